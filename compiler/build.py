@@ -1,0 +1,322 @@
+"""Assembles the pass pipelines from model.yaml and runs a build or a plan.
+
+TorchSource -> load_checkpoint -> export_onnx -> optimize_graph   (shared)
+    -> per target: [convert_fp16] -> check_accuracy                (one chain per target)
+-> write_triton_repo (the deployed variant(s); not cached)
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .artifacts import Artifact, Dataset, OnnxModel, ParityReport, TorchSource, size_of
+from .cache import Cache
+from .config import ModelConfig
+from .data import describe_dataset
+from .errors import AccuracyGateError, ConfigError
+from .instruments import Instruments
+from .loading import describe_source
+from .pipeline import Driver, Pipeline, Status, Step, StepRecord, library_versions
+
+TRACKED_LIBRARIES = (
+    "torch",
+    "onnx",
+    "onnxruntime",
+    "onnxslim",
+    "onnxscript",
+    "numpy",
+    "tritonclient",
+)
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get("MSCOMPILE_HOME", ".mscompile")).resolve()
+
+
+@dataclass
+class BuildOptions:
+    cache_dir: Path | None = None
+    force: bool = False
+    quiet: bool = False
+
+
+@dataclass
+class Variant:
+    target: str
+    backend: str
+    precision: str
+    status: str  # OK | FAIL | SKIPPED
+    model: OnnxModel | None = None
+    report: ParityReport | None = None
+    reason: str = ""
+    cached: bool = False
+    on_fail: str = "error"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.target,
+            "backend": self.backend,
+            "precision": self.precision,
+            "status": self.status,
+            "reason": self.reason,
+            "metrics": self.report.meta.get("metrics", {}) if self.report else {},
+            "failures": self.report.meta.get("failures", []) if self.report else [],
+            "size_bytes": size_of(self.model.path) if self.model else None,
+            "model_digest": self.model.digest if self.model else None,
+            "cached": self.cached,
+        }
+
+
+@dataclass
+class BuildResult:
+    model: str
+    variants: list[Variant]
+    records: list[StepRecord]
+    published: list[Any] = field(default_factory=list)
+    seconds: float = 0.0
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "version": self.published[0].version if self.published else None,
+            "repository": str(self.published[0].path.parent.parent) if self.published else None,
+            "published": [
+                {
+                    "model": p.model,
+                    "version": p.version,
+                    "path": str(p.path),
+                    "new_version": not p.reused,
+                }
+                for p in self.published
+            ],
+            "variants": [v.to_json() for v in self.variants],
+            "passes_run": sum(
+                1 for r in self.records if not r.cached and r.status is not Status.SKIPPED
+            ),
+            "passes_cached": sum(1 for r in self.records if r.cached),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+# -- pipeline assembly -----------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    cfg: ModelConfig
+    source: TorchSource
+    validation: Dataset
+    common: Pipeline
+    targets: dict[str, Pipeline]
+
+
+def assemble(cfg: ModelConfig) -> Plan:
+    """Describe the inputs (digests) and build the type-checked pipelines.
+    Raises ConfigError for missing files before any work."""
+    from mscompile.passes.check_accuracy import CheckAccuracy, CheckConfig
+    from mscompile.passes.convert_fp16 import ConvertFp16, Fp16Config
+    from mscompile.passes.export_onnx import ExportOnnx, ExportPassConfig
+    from mscompile.passes.load_checkpoint import LoadCheckpoint, LoadConfig
+    from mscompile.passes.optimize_graph import OptimizeGraph
+
+    source = describe_source(cfg.source)
+    validation = describe_dataset(cfg.validation.data, "validation.data")
+    io = cfg.io
+    common = Pipeline(
+        [
+            Step(
+                "load_checkpoint",
+                LoadCheckpoint,
+                LoadConfig(source=cfg.source, io=io, validation=cfg.validation),
+                extras={"validation": validation},
+            ),
+            Step(
+                "export_onnx",
+                ExportOnnx,
+                ExportPassConfig(export=cfg.export, io=io, validation=cfg.validation),
+                extras={"validation": validation},
+            ),
+            Step("optimize_graph", OptimizeGraph, cfg.optimize),
+        ],
+        input_type=TorchSource,
+    )
+    targets: dict[str, Pipeline] = {}
+    for t in cfg.targets:
+        steps: list[Step] = []
+        if t.precision == "fp16":
+            steps.append(
+                Step(
+                    f"{t.name}/convert_fp16", ConvertFp16, Fp16Config(keep_io_types=t.keep_io_types)
+                )
+            )
+        steps.append(
+            Step(
+                f"{t.name}/check_accuracy",
+                CheckAccuracy,
+                CheckConfig(io=io, validation=cfg.validation, tolerance=t.tolerance),
+                extras={"reference": "load_checkpoint", "validation": validation},
+            )
+        )
+        targets[t.name] = Pipeline(steps, input_type=common.output_type)
+        if not issubclass(targets[t.name].output_type, ParityReport):
+            raise AssertionError(f"target {t.name}: its chain must end in a parity check")
+    return Plan(cfg, source, validation, common, targets)
+
+
+def _driver(opts: BuildOptions, instruments: Instruments, log_dir: Path) -> Driver:
+    cache = Cache(opts.cache_dir or default_state_dir() / "cache")
+    return Driver(cache, instruments, force=opts.force, log_dir=log_dir)
+
+
+# -- build -----------------------------------------------------------------------
+
+
+def build(cfg: ModelConfig, config_path: Path, opts: BuildOptions) -> BuildResult:
+    from mscompile.passes.write_triton_repo import Deployment, deployment_names, write_repository
+
+    t0 = time.perf_counter()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    log_dir = (
+        (opts.cache_dir.parent if opts.cache_dir else default_state_dir())
+        / "logs"
+        / f"{stamp}-{cfg.name}-{os.getpid()}"
+    )
+    instruments = Instruments(log_dir / "events.jsonl", quiet=opts.quiet)
+    plan = assemble(cfg)
+    driver = _driver(opts, instruments, log_dir)
+    instruments.say(
+        f"mscompile build {cfg.name}: {len(plan.common.steps)} shared passes, {len(plan.targets)} target(s)"
+    )
+    common_rec = driver.run(plan.common, plan.source)
+    if common_rec.status is not Status.OK or common_rec.output is None:
+        raise ConfigError(f"pass {common_rec.id} was skipped: {common_rec.reason}")
+    base_model = common_rec.output
+
+    variants: list[Variant] = []
+    for t in cfg.targets:
+        pipe = plan.targets[t.name]
+        rec = driver.run(pipe, base_model)
+        model_step = pipe.steps[-2].id if len(pipe.steps) > 1 else plan.common.steps[-1].id
+        model = driver.outputs.get(model_step)
+        cached = all(driver.records[s.id].cached for s in pipe.steps if s.id in driver.records)
+        if rec.status is Status.SKIPPED:
+            variants.append(
+                Variant(
+                    t.name,
+                    t.backend,
+                    t.precision,
+                    "SKIPPED",
+                    reason=rec.reason,
+                    cached=False,
+                    on_fail=t.on_fail,
+                )
+            )
+            continue
+        report = rec.output if isinstance(rec.output, ParityReport) else None
+        status = "OK" if report is not None and report.passed else "FAIL"
+        variants.append(
+            Variant(
+                t.name, t.backend, t.precision, status, model, report, rec.reason, cached, t.on_fail
+            )
+        )  # type: ignore[arg-type]
+
+    failed_hard = [v for v in variants if v.status == "FAIL" and v.on_fail == "error"]
+    for v in variants:
+        if v.status == "FAIL" and v.on_fail == "skip":
+            instruments.warn(
+                f"variant {v.target} missed its gate and is left out (on_fail: skip): {v.reason}"
+            )
+    result = BuildResult(cfg.name, variants, list(driver.records.values()))
+    if failed_hard:
+        result.seconds = time.perf_counter() - t0
+        lines = [f"{v.target}: {v.reason}" for v in failed_hard]
+        err = AccuracyGateError(
+            "accuracy gate failed, nothing was published:\n  "
+            + "\n  ".join(lines)
+            + "\n(loosen the target's tolerance, or set on_fail: skip to leave the variant out)"
+        )
+        err.result = result  # type: ignore[attr-defined]
+        raise err
+
+    passing = [v.target for v in variants if v.status == "OK"]
+    wanted = cfg.deployed_targets()
+    if wanted is None:
+        chosen = passing[:1]
+    else:
+        chosen = [w for w in wanted if w in passing]
+        missing = [w for w in wanted if w not in passing]
+        if missing and cfg.triton.deploy != "all":
+            why = next(v.reason for v in variants if v.target == missing[0])
+            raise AccuracyGateError(
+                f"triton.deploy: variant {missing[0]!r} did not pass ({why}); nothing was published"
+            )
+    if not chosen:
+        reasons = "; ".join(f"{v.target}: {v.status} {v.reason}" for v in variants)
+        err2 = AccuracyGateError(f"no variant passed, nothing was published ({reasons})")
+        err2.result = result  # type: ignore[attr-defined]
+        raise err2
+
+    by_name = {v.target: v for v in variants}
+    deployments = [
+        Deployment(model_name=name, target=t, model=by_name[t].model)  # type: ignore[arg-type]
+        for name, t in deployment_names(cfg, chosen)
+    ]
+    manifest = build_manifest(cfg, config_path, plan, result, driver)
+    result.published = write_repository(cfg, deployments, manifest)
+    result.seconds = time.perf_counter() - t0
+    result.manifest = manifest
+    instruments.event("build_end", **result.to_json())
+    return result
+
+
+def build_manifest(
+    cfg: ModelConfig, config_path: Path, plan: Plan, result: BuildResult, driver: Driver
+) -> dict[str, Any]:
+    return {
+        "mscompile": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "host": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+        },
+        "config_file": str(config_path),
+        "config": cfg.model_dump(mode="json"),
+        "sources": {
+            "checkpoint": {
+                "path": str(plan.source.path),
+                **plan.source.meta,
+                "digest": plan.source.digest,
+            },
+            "validation": {"path": str(plan.validation.path), "digest": plan.validation.digest},
+        },
+        "libraries": library_versions(TRACKED_LIBRARIES),
+        "passes": [r.to_json() for r in result.records],
+        "variants": [v.to_json() for v in result.variants],
+        "lineage": {r.id: r.key for r in result.records},
+    }
+
+
+# -- plan (dry run) ---------------------------------------------------------------
+
+
+def plan_build(cfg: ModelConfig, opts: BuildOptions) -> list[dict[str, Any]]:
+    """Which passes would run and which would come from the cache."""
+    plan = assemble(cfg)
+    instruments = Instruments(None, quiet=True)
+    driver = _driver(opts, instruments, default_state_dir() / "logs" / "plan")
+    rows = []
+    for step, how, key in driver.plan(plan.common, plan.source):
+        rows.append({"step": step.id, "pass": step.pass_cls.name, "action": how, "key": key})
+    base: Artifact | None = driver.outputs.get(plan.common.steps[-1].id)
+    for _name, pipe in plan.targets.items():
+        for step, how, key in driver.plan(pipe, base):
+            rows.append({"step": step.id, "pass": step.pass_cls.name, "action": how, "key": key})
+    return rows

@@ -1,0 +1,214 @@
+"""Command line. Maps error types to exit codes; holds no build logic.
+
+Exit codes: 0 success, 1 build failure, 2 configuration/usage error,
+3 accuracy gate failed. User errors print one clear message (no traceback
+unless --debug)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import EXIT_FAILURE, MscompileError
+
+CONFIG_ARG = click.argument("config", type=click.Path(path_type=Path))
+
+
+def _fmt_size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def _fmt_parity(metrics: dict[str, Any]) -> str:
+    parts = []
+    if "max_abs" in metrics:
+        parts.append(f"max_abs={metrics['max_abs']:.2e}")
+    if "cosine_min" in metrics:
+        parts.append(f"cos_min={metrics['cosine_min']:.6f}")
+    if "top1_agreement" in metrics:
+        parts.append(f"top1={metrics['top1_agreement'] * 100:.1f}%")
+    if "accuracy" in metrics:
+        parts.append(f"acc={metrics['accuracy']:.2f}% (ref {metrics['reference_accuracy']:.2f}%)")
+    return " ".join(parts) or "-"
+
+
+def print_summary(result: Any) -> None:
+    rows = [("variant", "backend", "precision", "size", "parity vs PyTorch", "status", "cached")]
+    for v in result.variants:
+        j = v.to_json()
+        rows.append(
+            (
+                j["name"],
+                j["backend"],
+                j["precision"],
+                _fmt_size(j["size_bytes"]),
+                _fmt_parity(j["metrics"]),
+                j["status"],
+                "yes" if j["cached"] else "no",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    for v in result.variants:
+        if v.status != "OK" and v.reason:
+            click.echo(f"{v.target}: {v.status}: {v.reason}")
+    ran = sum(1 for r in result.records if not r.cached and r.status.value != "SKIPPED")
+    cached = sum(1 for r in result.records if r.cached)
+    click.echo(f"passes: {ran} ran, {cached} from cache" + ("  (no pass ran)" if ran == 0 else ""))
+    for p in result.published:
+        state = "unchanged, latest version kept" if p.reused else "new version"
+        click.echo(f"published {p.model} version {p.version} ({state}): {p.path}")
+    click.echo(f"done in {result.seconds:.1f}s")
+
+
+def _fail(exc: BaseException, debug: bool) -> None:
+    if debug:
+        traceback.print_exception(exc)
+    if isinstance(exc, MscompileError):
+        problems = getattr(exc, "problems", None)
+        lines = problems if problems else [str(exc)]
+        for line in lines:
+            click.echo(f"error: {line}", err=True)
+        sys.exit(exc.exit_code)
+    click.echo(
+        f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+        err=True,
+    )
+    sys.exit(EXIT_FAILURE)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mscompile")
+@click.option("--debug", is_flag=True, help="Show tracebacks for every error.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """Compile PyTorch checkpoints into accuracy-checked Triton model repositories."""
+    ctx.obj = {"debug": debug}
+
+
+def _run(ctx: click.Context, fn: Any) -> Any:
+    try:
+        return fn()
+    except click.exceptions.Exit:
+        raise
+    except Exception as exc:  # the CLI is where errors become exit codes
+        _fail(exc, ctx.obj["debug"])
+
+
+@main.command()
+@CONFIG_ARG
+@click.option("--force", is_flag=True, help="Re-run every pass, ignoring cached results.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Cache location (default .mscompile/cache, or $MSCOMPILE_HOME/cache).",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
+@click.pass_context
+def build(
+    ctx: click.Context,
+    config: Path,
+    force: bool,
+    as_json: bool,
+    cache_dir: Path | None,
+    quiet: bool,
+) -> None:
+    """Build every target of CONFIG and publish the deployed variant to the Triton repository."""
+    from .build import BuildOptions
+    from .build import build as run_build
+    from .config import load_config
+    from .errors import AccuracyGateError
+
+    def go() -> None:
+        cfg = load_config(config)
+        opts = BuildOptions(
+            cache_dir=cache_dir.resolve() if cache_dir else None,
+            force=force,
+            quiet=quiet or as_json,
+        )
+        try:
+            result = run_build(cfg, config, opts)
+        except AccuracyGateError as exc:
+            res = getattr(exc, "result", None)
+            if res is not None:
+                if as_json:
+                    click.echo(json.dumps(dict(res.to_json(), error=str(exc)), indent=2))
+                else:
+                    print_summary(res)
+            raise
+        if as_json:
+            click.echo(json.dumps(result.to_json(), indent=2))
+        else:
+            print_summary(result)
+
+    _run(ctx, go)
+
+
+@main.command()
+@CONFIG_ARG
+@click.pass_context
+def validate(ctx: click.Context, config: Path) -> None:
+    """Check CONFIG, its files, the factory and the declared shapes, without building."""
+    from .validate import validate_all
+
+    def go() -> None:
+        for line in validate_all(config):
+            click.echo(line)
+
+    _run(ctx, go)
+
+
+@main.command()
+@CONFIG_ARG
+@click.option("--force", is_flag=True, help="Plan as if nothing were cached.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def plan(
+    ctx: click.Context, config: Path, force: bool, cache_dir: Path | None, as_json: bool
+) -> None:
+    """Dry run: which passes would run and which come from the cache."""
+    from .build import BuildOptions, plan_build
+    from .config import load_config
+
+    def go() -> None:
+        cfg = load_config(config)
+        rows = plan_build(
+            cfg, BuildOptions(cache_dir=cache_dir.resolve() if cache_dir else None, force=force)
+        )
+        if as_json:
+            click.echo(json.dumps(rows, indent=2))
+            return
+        for r in rows:
+            key = (r["key"] or "(depends on an earlier pass)")[:16]
+            click.echo(f"{r['step']:<30} {r['action']:<7} {key}")
+        n = sum(r["action"] == "run" for r in rows)
+        click.echo(f"{n} pass(es) would run, {len(rows) - n} from cache")
+
+    _run(ctx, go)
+
+
+@main.command()
+def schema() -> None:
+    """Print the JSON Schema of model.yaml (for editors)."""
+    from .config import json_schema
+
+    click.echo(json.dumps(json_schema(), indent=2))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,251 @@
+"""Loading checkpoints and factories safely, and describing them for the cache.
+
+torch is imported inside the functions that need it, so `mscompile --help`,
+`plan` and cached rebuilds never pay for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import os
+import sys
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .artifacts import TorchSource, sha256_file
+from .config import SourceConfig
+from .errors import CheckpointError, ConfigError
+
+MAX_CHECKPOINT_BYTES = 8 << 30  # 8 GiB; larger models belong to the LLM path
+
+
+def resolve_checkpoint(spec: str, key: str = "source.checkpoint") -> Path:
+    """A path relative to the working directory, or pkg:<package>/<path inside it>."""
+    if spec.startswith("pkg:"):
+        rest = spec[4:]
+        pkg, _, inner = rest.partition("/")
+        if not pkg or not inner:
+            raise ConfigError(
+                f"{key}: {spec!r} must look like pkg:<package>/<path inside the package>"
+            )
+        try:
+            found = importlib.util.find_spec(pkg)
+        except (ImportError, ValueError):
+            found = None
+        if found is None or not found.submodule_search_locations:
+            raise ConfigError(
+                f"{key}: package {pkg!r} is not installed; pip install it, or give a file path"
+            )
+        base = Path(next(iter(found.submodule_search_locations))).resolve()
+        path = (base / inner).resolve()
+        if base not in path.parents:
+            raise ConfigError(f"{key}: {spec!r} points outside package {pkg!r}")
+    else:
+        path = Path(spec).expanduser().resolve()
+    if not path.is_file():
+        raise ConfigError(
+            f"{key}: checkpoint file {path} not found; check the path (relative paths start at the working directory)"
+        )
+    size = path.stat().st_size
+    if size > MAX_CHECKPOINT_BYTES:
+        raise ConfigError(
+            f"{key}: {path} is {size / 2**30:.1f} GiB, above the 8 GiB limit for this pipeline"
+        )
+    return path
+
+
+@contextmanager
+def _cwd_on_path():
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        yield
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
+
+
+def factory_file(spec: str, key: str = "source.factory") -> Path:
+    """The source file of the factory's module, found without running it."""
+    module, _, _ = spec.partition(":")
+    with _cwd_on_path():
+        try:
+            found = importlib.util.find_spec(module)
+        except (ImportError, ValueError) as exc:
+            raise ConfigError(
+                f"{key}: cannot find module {module!r} ({exc}); it must be importable from the working directory or installed"
+            ) from None
+    if found is None or found.origin in (None, "built-in", "frozen"):
+        raise ConfigError(
+            f"{key}: cannot find module {module!r}; it must be importable from the working directory or installed"
+        )
+    return Path(found.origin)
+
+
+def get_factory(spec: str, key: str = "source.factory") -> Any:
+    module_name, _, attr = spec.partition(":")
+    with _cwd_on_path():
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:  # any failure while importing user code is the user's to fix
+            raise ConfigError(
+                f"{key}: importing {module_name!r} failed: {type(exc).__name__}: {exc}"
+            ) from None
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(f"{key}: module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ConfigError(f"{key}: {spec!r} is not callable; it must return an nn.Module")
+    return obj
+
+
+def describe_source(src: SourceConfig) -> TorchSource:
+    """The load pass's input artifact: checkpoint + factory source, one digest."""
+    ckpt = resolve_checkpoint(src.checkpoint)
+    ck_digest = sha256_file(ckpt)
+    meta: dict[str, Any] = {"checkpoint": str(ckpt), "checkpoint_sha256": ck_digest}
+    h = hashlib.sha256(ck_digest.encode())
+    if src.factory:
+        f = factory_file(src.factory)
+        meta["factory_file"] = str(f)
+        meta["factory_sha256"] = sha256_file(f)
+        h.update(meta["factory_sha256"].encode())
+    return TorchSource(path=ckpt, digest=h.hexdigest(), meta=meta)
+
+
+def detect_format(path: Path) -> str:
+    """safetensors | export (.pt2) | torchscript | pickle (torch.save)."""
+    if path.suffix == ".safetensors":
+        return "safetensors"
+    if not zipfile.is_zipfile(path):
+        return "pickle"  # legacy (non-zip) torch.save files
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+    _check_members(path, names)
+    if path.suffix == ".pt2" or any(n.endswith("archive_format") for n in names):
+        return "export"
+    if any("/code/" in n for n in names) or any(n.endswith("constants.pkl") for n in names):
+        return "torchscript"
+    return "pickle"
+
+
+def _check_members(path: Path, names: list[str]) -> None:
+    for n in names:
+        parts = n.replace("\\", "/").split("/")
+        if n.startswith("/") or ".." in parts or (len(n) > 1 and n[1] == ":"):
+            raise CheckpointError(
+                f"source.checkpoint: {path} contains the archive member {n!r}, which escapes its folder; "
+                "refusing to load it (re-save the model with torch.save / torch.export.save)"
+            )
+
+
+def load_module(src: SourceConfig, checkpoint: Path) -> Any:
+    """Re-create the nn.Module in eval mode. Pickles only with trust_pickle."""
+    import torch
+
+    fmt = detect_format(checkpoint)
+    key = "source.checkpoint"
+    try:
+        if fmt == "torchscript":
+            module = torch.jit.load(str(checkpoint), map_location="cpu")
+            return module.eval()
+        if fmt == "export":
+            if not src.trust_pickle:
+                # .pt2 archives hold pickled constants; torch.export.load has no weights_only mode
+                raise CheckpointError(
+                    f"{key}: {checkpoint} is a torch.export archive, which unpickles data on load; "
+                    "set source.trust_pickle: true if you trust its origin, or give a state_dict/safetensors file"
+                )
+            return torch.export.load(str(checkpoint)).module()
+        if fmt == "safetensors":
+            from safetensors.torch import load_file
+
+            obj: Any = load_file(str(checkpoint), device="cpu")
+        else:
+            obj = torch.load(str(checkpoint), map_location="cpu", weights_only=not src.trust_pickle)
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        text = str(exc)
+        if "weights_only" in text or "Weights only load failed" in text:
+            raise CheckpointError(
+                f"{key}: {checkpoint} holds pickled Python objects beyond tensors (e.g. a whole nn.Module), "
+                "and loading it could run arbitrary code. Save a state_dict instead "
+                "(torch.save(model.state_dict(), path)), or set source.trust_pickle: true if you trust its origin"
+            ) from None
+        raise CheckpointError(
+            f"{key}: cannot load {checkpoint} as {fmt}: {type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+        ) from None
+
+    if isinstance(obj, torch.nn.Module):
+        return obj.eval()
+    if isinstance(obj, dict) and src.state_dict_key is not None:
+        if src.state_dict_key not in obj:
+            raise CheckpointError(
+                f"source.state_dict_key: {src.state_dict_key!r} not in {checkpoint}; "
+                f"its keys are {sorted(map(str, obj))[:10]}"
+            )
+        obj = obj[src.state_dict_key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        keys = sorted(map(str, obj))[:10] if isinstance(obj, dict) else type(obj).__name__
+        raise CheckpointError(
+            f"{key}: {checkpoint} is not a state dict of tensors (found {keys}); "
+            "if the weights sit under a key, name it in source.state_dict_key"
+        )
+    if not src.factory:
+        raise ConfigError(
+            f"source.factory: {checkpoint} holds only weights; name the module:callable that builds "
+            "the nn.Module, e.g. factory: mypkg.model:Net"
+        )
+    factory = get_factory(src.factory)
+    try:
+        module = factory(**src.factory_args)
+    except TypeError as exc:
+        raise ConfigError(f"source.factory_args: calling {src.factory} failed: {exc}") from None
+    if not isinstance(module, torch.nn.Module):
+        raise ConfigError(
+            f"source.factory: {src.factory} returned {type(module).__name__}, not an nn.Module"
+        )
+    try:
+        module.load_state_dict(obj, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()
+        detail = " ".join(s.strip() for s in first[:3])
+        raise CheckpointError(
+            f"{key}: the weights in {checkpoint} do not fit {src.factory}({_fmt_args(src.factory_args)}): {detail}"
+        ) from None
+    return module.eval()
+
+
+def _fmt_args(args: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in args.items())
+
+
+def as_output_list(value: Any, n_expected: int, where: str) -> list[Any]:
+    """A module's return value as a list of tensors, checked against outputs:."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        items = [value]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    elif isinstance(value, dict):
+        items = list(value.values())
+    else:
+        raise ConfigError(
+            f"{where}: the model returned {type(value).__name__}; it must return a tensor or a tuple of tensors"
+        )
+    if len(items) != n_expected or not all(isinstance(t, torch.Tensor) for t in items):
+        raise ConfigError(
+            f"outputs: model.yaml declares {n_expected} output(s), but the model returned "
+            f"{len(items)} value(s); list one name per returned tensor"
+        )
+    return items

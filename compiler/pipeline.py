@@ -1,0 +1,370 @@
+"""Passes, pipelines and the driver that runs them through the cache.
+
+A Pass turns one input artifact (plus named side inputs) into one output
+artifact, writing only into the work folder it is given. The driver computes
+the pass's cache key, returns the stored result when the key is known, and
+otherwise runs the pass and moves its work folder into the cache atomically.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, ClassVar, Generic, TypeVar
+
+from pydantic import BaseModel
+
+from . import __version__
+from .artifacts import Artifact
+from .cache import Cache, cache_key
+from .errors import ConfigError, MscompileError, PassError, PipelineTypeError
+
+I = TypeVar("I", bound=Artifact)  # noqa: E741
+O = TypeVar("O", bound=Artifact)  # noqa: E741
+
+
+class Status(str, Enum):
+    OK = "OK"
+    FAIL = "FAIL"  # ran, and its gate failed (the artifact is still stored)
+    SKIPPED = "SKIPPED"  # could not run here (e.g. TensorRT absent); never cached
+
+
+@dataclass
+class PassResult(Generic[O]):
+    output: O | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    status: Status = Status.OK
+    reason: str = ""
+
+
+@dataclass
+class PassContext:
+    workdir: Path  # an empty folder the pass owns; its output artifact lives inside it
+    extras: Mapping[str, Artifact]
+    log_path: Path
+    progress: Any = None  # callable(str) -> None; passes report progress through it, never print
+
+    def note(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress(message)
+
+
+class Pass(Generic[I, O]):
+    """One transformation. Subclasses set the class attributes and `run`."""
+
+    name: ClassVar[str]
+    version: ClassVar[int] = 1  # bump to invalidate cached results
+    input_type: ClassVar[type[Artifact]]
+    output_type: ClassVar[type[Artifact]]
+    Config: ClassVar[type[BaseModel]]
+    libraries: ClassVar[tuple[str, ...]] = ()  # distributions whose versions enter the key
+    extra_inputs: ClassVar[tuple[str, ...]] = ()  # names of side inputs (in ctx.extras)
+    device_dependent: ClassVar[bool] = False
+
+    def run(self, inp: I, cfg: Any, ctx: PassContext) -> PassResult[O]:  # pragma: no cover
+        raise NotImplementedError
+
+
+def library_versions(names: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for n in names:
+        try:
+            out[n] = importlib.metadata.version(n)
+        except importlib.metadata.PackageNotFoundError:
+            out[n] = "absent"
+    return out
+
+
+@dataclass(frozen=True)
+class Step:
+    """A pass with its configuration, and where its side inputs come from:
+    `extras` maps a side-input name to a step id or to a fixed artifact."""
+
+    id: str
+    pass_cls: type[Pass]
+    config: BaseModel
+    extras: Mapping[str, str | Artifact] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        missing = set(self.pass_cls.extra_inputs) - set(self.extras)
+        unknown = set(self.extras) - set(self.pass_cls.extra_inputs)
+        if missing or unknown:
+            raise PipelineTypeError(
+                f"step {self.id}: pass {self.pass_cls.name} takes side inputs "
+                f"{sorted(self.pass_cls.extra_inputs)}, got {sorted(self.extras)}"
+            )
+        if not isinstance(self.config, self.pass_cls.Config):
+            raise PipelineTypeError(
+                f"step {self.id}: config is {type(self.config).__name__}, "
+                f"pass {self.pass_cls.name} expects {self.pass_cls.Config.__name__}"
+            )
+
+
+class Pipeline:
+    """An ordered list of steps whose types are checked before anything runs."""
+
+    def __init__(self, steps: Sequence[Step], input_type: type[Artifact] | None = None) -> None:
+        if not steps:
+            raise PipelineTypeError("a pipeline needs at least one step")
+        self.steps = list(steps)
+        if input_type is not None:
+            self._check(input_type, self.steps[0], "the pipeline input")
+        for prev, nxt in zip(self.steps, self.steps[1:], strict=False):
+            self._check(prev.pass_cls.output_type, nxt, f"step {prev.id} ({prev.pass_cls.name})")
+
+    @staticmethod
+    def _check(given: type[Artifact], step: Step, source: str) -> None:
+        want = step.pass_cls.input_type
+        if not issubclass(given, want):
+            raise PipelineTypeError(
+                f"{source} gives {given.__name__}, but step {step.id} "
+                f"({step.pass_cls.name}) takes {want.__name__}"
+            )
+
+    @property
+    def input_type(self) -> type[Artifact]:
+        return self.steps[0].pass_cls.input_type
+
+    @property
+    def output_type(self) -> type[Artifact]:
+        return self.steps[-1].pass_cls.output_type
+
+
+@dataclass
+class StepRecord:
+    """What happened to one step in one build; goes into the manifest and summary."""
+
+    id: str
+    pass_name: str
+    key: str | None
+    status: Status
+    cached: bool
+    seconds: float
+    metrics: dict[str, Any]
+    reason: str = ""
+    output: Artifact | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "step": self.id,
+            "pass": self.pass_name,
+            "key": self.key,
+            "status": self.status.value,
+            "cached": self.cached,
+            "seconds": round(self.seconds, 4),
+            "metrics": self.metrics,
+            "reason": self.reason,
+            "output_digest": self.output.digest if self.output else None,
+        }
+
+
+class Driver:
+    """Runs pipelines through the cache and records every step."""
+
+    def __init__(
+        self,
+        cache: Cache,
+        instruments: Any,
+        *,
+        force: bool = False,
+        device_fingerprint: Any = None,
+        log_dir: Path,
+    ) -> None:
+        self.cache = cache
+        self.instruments = instruments
+        self.force = force
+        self.device_fingerprint = device_fingerprint
+        self.log_dir = log_dir
+        self.records: dict[str, StepRecord] = {}
+        self.outputs: dict[str, Artifact] = {}
+
+    # -- keys -------------------------------------------------------------------
+    def key_material(
+        self, step: Step, inp: Artifact, extras: Mapping[str, Artifact]
+    ) -> dict[str, Any]:
+        p = step.pass_cls
+        material = {
+            "pass": p.name,
+            "pass_version": p.version,
+            "config": step.config.model_dump(mode="json"),
+            "input": {"kind": inp.kind, "digest": inp.digest},
+            "extras": {k: {"kind": a.kind, "digest": a.digest} for k, a in sorted(extras.items())},
+            "libraries": library_versions(p.libraries),
+        }
+        if p.device_dependent:
+            fp = (
+                self.device_fingerprint()
+                if callable(self.device_fingerprint)
+                else self.device_fingerprint
+            )
+            material["device"] = fp
+        return material
+
+    def _resolve_extras(self, step: Step) -> dict[str, Artifact]:
+        out = {}
+        for name, src in step.extras.items():
+            if isinstance(src, Artifact):
+                out[name] = src
+            else:
+                if src not in self.outputs:
+                    raise PipelineTypeError(
+                        f"step {step.id}: side input {name} needs step {src}, which has no output"
+                    )
+                out[name] = self.outputs[src]
+        return out
+
+    # -- running ----------------------------------------------------------------
+    def run(self, pipeline: Pipeline, inp: Artifact) -> StepRecord:
+        """Run every step in order; stops at the first step that is not OK."""
+        current = inp
+        record: StepRecord | None = None
+        for step in pipeline.steps:
+            record = self.run_step(step, current)
+            if record.status is not Status.OK or record.output is None:
+                return record
+            current = record.output
+        assert record is not None
+        return record
+
+    def run_step(self, step: Step, inp: Artifact) -> StepRecord:
+        extras = self._resolve_extras(step)
+        material = self.key_material(step, inp, extras)
+        key = cache_key(material)
+        self.instruments.step_start(step)
+        start = time.perf_counter()
+        entry = None if self.force else self.cache.get(key, warn=self.instruments.warn)
+        if entry is not None:
+            m = entry.manifest
+            record = StepRecord(
+                id=step.id,
+                pass_name=step.pass_cls.name,
+                key=key,
+                status=Status(m.get("status", "OK")),
+                cached=True,
+                seconds=time.perf_counter() - start,
+                metrics=m.get("metrics", {}),
+                reason=m.get("reason", ""),
+                output=entry.artifact,
+            )
+            return self._finish(step, record)
+
+        entry_dir = self.cache.new_workdir(step.pass_cls.name)
+        workdir = entry_dir / "output"
+        workdir.mkdir()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        ctx = PassContext(
+            workdir=workdir,
+            extras=extras,
+            log_path=self.log_dir / f"{step.id.replace('/', '.')}.log",
+            progress=lambda msg: self.instruments.step_progress(step, msg),
+        )
+        prior = [r.id for r in self.records.values()]
+        try:
+            result = step.pass_cls().run(inp, step.config, ctx)
+        except MscompileError:
+            _rmtree(entry_dir)
+            raise
+        except (KeyboardInterrupt, SystemExit):
+            _rmtree(entry_dir)
+            raise
+        except Exception as exc:  # a pass failed on valid input: report which, keep the cause
+            _rmtree(entry_dir)
+            raise PassError(step.id, prior, f"{type(exc).__name__}: {exc}") from exc
+        seconds = time.perf_counter() - start
+        if result.status is Status.SKIPPED or result.output is None:
+            _rmtree(entry_dir)
+            record = StepRecord(
+                step.id,
+                step.pass_cls.name,
+                key,
+                Status.SKIPPED,
+                False,
+                seconds,
+                result.metrics,
+                result.reason,
+            )
+            return self._finish(step, record)
+        if not isinstance(result.output, step.pass_cls.output_type):
+            _rmtree(entry_dir)
+            raise PipelineTypeError(
+                f"pass {step.pass_cls.name} returned {type(result.output).__name__}, "
+                f"declared {step.pass_cls.output_type.__name__}"
+            )
+        manifest = {
+            "mscompile": __version__,
+            "step": step.id,
+            "pass": step.pass_cls.name,
+            "pass_version": step.pass_cls.version,
+            "key_material": material,
+            "status": result.status.value,
+            "reason": result.reason,
+            "metrics": result.metrics,
+            "seconds": seconds,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        # the driver, not the pass, computes the digest of what the pass wrote
+        out = type(result.output).of(result.output.path, result.output.meta)
+        entry = self.cache.put(key, entry_dir, out, manifest)
+        record = StepRecord(
+            step.id,
+            step.pass_cls.name,
+            key,
+            result.status,
+            False,
+            seconds,
+            result.metrics,
+            result.reason,
+            entry.artifact,
+        )
+        return self._finish(step, record)
+
+    def _finish(self, step: Step, record: StepRecord) -> StepRecord:
+        self.records[step.id] = record
+        if record.output is not None:
+            self.outputs[step.id] = record.output
+        self.instruments.step_end(step, record)
+        return record
+
+    # -- planning ---------------------------------------------------------------
+    def plan(self, pipeline: Pipeline, inp: Artifact | None) -> list[tuple[Step, str, str | None]]:
+        """(step, 'cached' | 'run', key) for each step, without running anything.
+        Once a step must run, the keys of the steps after it are unknown."""
+        out: list[tuple[Step, str, str | None]] = []
+        current = inp
+        for step in pipeline.steps:
+            if current is None:
+                out.append((step, "run", None))
+                continue
+            try:
+                extras = self._resolve_extras(step)
+            except PipelineTypeError:
+                out.append((step, "run", None))
+                current = None
+                continue
+            key = cache_key(self.key_material(step, current, extras))
+            manifest = None if self.force else self.cache.peek(key)
+            if manifest is None:
+                out.append((step, "run", key))
+                current = None
+                continue
+            art = Artifact.from_json(manifest["artifact"], base=self.cache.entry_dir(key))
+            self.outputs[step.id] = art
+            out.append((step, "cached", key))
+            current = art
+        return out
+
+
+def _rmtree(p: Path) -> None:
+    import shutil
+
+    shutil.rmtree(p, ignore_errors=True)
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise a ConfigError (exit 2) when a user-facing precondition fails."""
+    if not condition:
+        raise ConfigError(message)

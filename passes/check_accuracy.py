@@ -1,0 +1,175 @@
+"""Check a variant against the PyTorch reference, and gate it.
+
+Runs the ONNX model in ONNX Runtime over the validation inputs and compares
+each output with the reference outputs recorded by load_checkpoint: max
+absolute error, max error relative to the output's magnitude, cosine
+similarity per sample (mean and minimum), top-1 agreement and task accuracy
+when labels exist. Every key set in the target's `tolerance` is a gate; the
+result says which failed, and the driver fails the build on it."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import numpy as np
+from mscompile.artifacts import Dataset, OnnxModel, ParityReport, TorchModel
+from mscompile.config import IOSpec, Section, Tolerance, ValidationConfig
+from mscompile.data import batches, load_validation
+from mscompile.pipeline import Pass, PassContext, PassResult, Status
+
+
+class CheckConfig(Section):
+    io: IOSpec
+    validation: ValidationConfig
+    tolerance: Tolerance
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+
+
+def compare(out: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    """Parity metrics of one output against its reference (samples on axis 0)."""
+    a = (
+        out.astype(np.float64).reshape(out.shape[0], -1)
+        if out.ndim > 0
+        else out.astype(np.float64).reshape(1, -1)
+    )
+    b = ref.astype(np.float64).reshape(a.shape)
+    diff = np.abs(a - b)
+    scale = float(np.abs(b).max()) or 1.0
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    denom = na * nb
+    # two all-zero rows are identical; one zero row against a non-zero one is orthogonal
+    cos = np.where(
+        denom > 0,
+        (a * b).sum(axis=1) / np.where(denom > 0, denom, 1.0),
+        np.where(na + nb == 0, 1.0, 0.0),
+    )
+    m = {
+        "max_abs": float(diff.max()) if diff.size else 0.0,
+        "mean_abs": float(diff.mean()) if diff.size else 0.0,
+        "max_rel": float(diff.max() / scale) if diff.size else 0.0,
+        "cosine": float(cos.mean()),
+        "cosine_min": float(cos.min()),
+        "nonfinite": int((~np.isfinite(out)).sum()),
+    }
+    if out.ndim == 2 and out.shape[1] > 1:
+        m["top1_agreement"] = float((out.argmax(axis=1) == ref.argmax(axis=1)).mean())
+    return m
+
+
+def apply_gate(metrics: dict[str, Any], tol: Tolerance) -> list[str]:
+    """Each failed gate as a readable line; empty when the variant passes."""
+    fails = []
+    if metrics.get("nonfinite", 0):
+        fails.append(f"{metrics['nonfinite']} non-finite output values (NaN/inf)")
+    upper = {"max_abs": tol.max_abs, "max_rel": tol.max_rel, "accuracy_drop": tol.accuracy_drop}
+    lower = {
+        "cosine": tol.cosine,
+        "cosine_min": tol.cosine_min,
+        "top1_agreement": tol.top1_agreement,
+    }
+    for k, limit in upper.items():
+        if limit is None:
+            continue
+        if k not in metrics:
+            fails.append(
+                f"{k} cannot be measured for this model (set labels in validation, or drop the key)"
+            )
+        elif metrics[k] > limit:
+            fails.append(f"{k} {metrics[k]:.6g} > {limit:g}")
+    for k, limit in lower.items():
+        if limit is None:
+            continue
+        if k not in metrics:
+            fails.append(f"{k} cannot be measured for this model's outputs")
+        elif metrics[k] < limit:
+            fails.append(f"{k} {metrics[k]:.6g} < {limit:g}")
+    return fails
+
+
+def run_onnx(
+    path: str, io: IOSpec, feeds: dict[str, np.ndarray], batch: int, providers: tuple[str, ...]
+) -> tuple[dict[str, np.ndarray], float]:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(path, so, providers=list(providers))
+    names = [o.name for o in io.outputs]
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    t0 = time.perf_counter()
+    for feed in batches(feeds, batch) if io.has_batch_axis() else [feeds]:
+        res = sess.run(names, feed)
+        for n, r in zip(names, res, strict=True):
+            parts[n].append(r)
+    seconds = time.perf_counter() - t0
+    return {
+        n: np.concatenate(v, axis=0) if io.has_batch_axis() else v[0] for n, v in parts.items()
+    }, seconds
+
+
+class CheckAccuracy(Pass[OnnxModel, ParityReport]):
+    name = "check_accuracy"
+    version = 1
+    input_type = OnnxModel
+    output_type = ParityReport
+    Config = CheckConfig
+    libraries = ("onnxruntime", "numpy")
+    extra_inputs = ("reference", "validation")
+
+    def run(self, inp: OnnxModel, cfg: CheckConfig, ctx: PassContext) -> PassResult[ParityReport]:
+        reference: TorchModel = ctx.extras["reference"]  # type: ignore[assignment]
+        validation: Dataset = ctx.extras["validation"]  # type: ignore[assignment]
+        feeds, labels = load_validation(cfg.io, cfg.validation, validation.path)
+        with np.load(reference.path / "reference.npz") as z:
+            ref = {k: z[k] for k in z.files}
+        batch = cfg.validation.batch_size
+        mins = [
+            i.range.max[0] for i in cfg.io.inputs if i.range is not None and cfg.io.has_batch_axis()
+        ]
+        if mins:
+            batch = min(batch, *mins)
+        ctx.note(f"ONNX Runtime on {next(iter(feeds.values())).shape[0]} validation samples")
+        outs, seconds = run_onnx(str(inp.onnx_file), cfg.io, feeds, batch, cfg.providers)
+        per_output = {n: compare(outs[n], ref[n]) for n in outs}
+        # the gate sees the worst value over all outputs
+        agg: dict[str, Any] = {}
+        for m in per_output.values():
+            for k, v in m.items():
+                worse = max if k in ("max_abs", "mean_abs", "max_rel", "nonfinite") else min
+                agg[k] = v if k not in agg else worse(agg[k], v)
+        if labels is not None:
+            first = cfg.io.outputs[0].name
+            acc = float((outs[first].argmax(axis=-1) == labels).mean() * 100.0)
+            ref_acc = float((ref[first].argmax(axis=-1) == labels).mean() * 100.0)
+            agg.update(
+                accuracy=acc, reference_accuracy=ref_acc, accuracy_drop=max(0.0, ref_acc - acc)
+            )
+        failures = apply_gate(agg, cfg.tolerance)
+        report = {
+            "model_digest": inp.digest,
+            "precision": inp.meta.get("precision"),
+            "metrics": agg,
+            "per_output": per_output,
+            "tolerance": cfg.tolerance.model_dump(exclude_none=True),
+            "passed": not failures,
+            "failures": failures,
+            "samples": int(next(iter(feeds.values())).shape[0]),
+            "onnxruntime_seconds": seconds,
+        }
+        path = ctx.workdir / "report.json"
+        path.write_text(json.dumps(report, indent=2))
+        meta = {
+            "passed": not failures,
+            "failures": failures,
+            "metrics": agg,
+            "model_digest": inp.digest,
+        }
+        status = Status.OK if not failures else Status.FAIL
+        return PassResult(
+            output=ParityReport(path=path, digest="", meta=meta),
+            metrics=agg,
+            status=status,
+            reason="; ".join(failures),
+        )

@@ -1,0 +1,58 @@
+"""Write the deployed variant(s) into the Triton model repository.
+
+Not cached: publishing is the build's side effect. Each deployed variant
+becomes a version of its Triton model with a config.pbtxt built from the ONNX
+graph's real inputs and outputs (compiler/tritonrepo)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mscompile.artifacts import OnnxModel
+from mscompile.config import ModelConfig, resolve_path
+from mscompile.tritonrepo.config import build_model_config, to_text
+from mscompile.tritonrepo.writer import Published, publish
+
+
+@dataclass
+class Deployment:
+    model_name: str
+    target: str
+    model: OnnxModel
+
+
+def deployment_names(cfg: ModelConfig, targets: list[str]) -> list[tuple[str, str]]:
+    """(Triton model name, target) pairs: <name> for one variant, <name>_<target> for 'all'."""
+    if cfg.triton.deploy == "all":
+        return [(f"{cfg.name}_{t}", t) for t in targets]
+    return [(cfg.name, targets[0])]
+
+
+def model_files(model: OnnxModel) -> dict[str, Path]:
+    return {
+        f.name: f
+        for f in sorted(model.path.iterdir())
+        if f.is_file() and f.name.startswith("model.onnx")
+    }
+
+
+def write_repository(
+    cfg: ModelConfig, deployments: list[Deployment], manifest: dict[str, Any]
+) -> list[Published]:
+    repo = resolve_path(cfg.triton.repository)
+    # every config is built (and so checked) before anything is written
+    texts = [
+        to_text(build_model_config(cfg, d.model_name, d.model.meta["io"])) for d in deployments
+    ]
+    return [
+        publish(
+            repo,
+            d.model_name,
+            model_files(d.model),
+            text,
+            dict(manifest, deployed_variant=d.target),
+        )
+        for d, text in zip(deployments, texts, strict=True)
+    ]
