@@ -88,6 +88,13 @@ def apply_gate(metrics: dict[str, Any], tol: Tolerance) -> list[str]:
     return fails
 
 
+_ORT_TYPES = {
+    "tensor(float16)": np.float16,
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+}
+
+
 def run_onnx(
     path: str, io: IOSpec, feeds: dict[str, np.ndarray], batch: int, providers: tuple[str, ...]
 ) -> tuple[dict[str, np.ndarray], float]:
@@ -97,9 +104,15 @@ def run_onnx(
     so.log_severity_level = 3
     sess = ort.InferenceSession(path, so, providers=list(providers))
     names = [o.name for o in io.outputs]
+    # a variant may take another dtype than the declared one (fp16 without keep_io_types)
+    casts = {i.name: _ORT_TYPES[i.type] for i in sess.get_inputs() if i.type in _ORT_TYPES}
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     t0 = time.perf_counter()
     for feed in batches(feeds, batch) if io.has_batch_axis() else [feeds]:
+        feed = {
+            k: v.astype(casts[k]) if k in casts and v.dtype != casts[k] else v
+            for k, v in feed.items()
+        }
         res = sess.run(names, feed)
         for n, r in zip(names, res, strict=True):
             parts[n].append(r)

@@ -1,0 +1,74 @@
+"""Shared fixtures: real torch models, real data, each build in its own folders."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from helpers import REPO, TINY_MODEL_SRC
+
+
+@pytest.fixture(autouse=True)
+def _isolated_state(tmp_path_factory, monkeypatch):
+    """Every test gets its own cache/log folder and runs from the repository root
+    (where the examples' relative paths start)."""
+    home = tmp_path_factory.mktemp("mscompile-home")
+    monkeypatch.setenv("MSCOMPILE_HOME", str(home))
+    monkeypatch.chdir(REPO)
+    yield
+
+
+@pytest.fixture
+def digits_config(tmp_path) -> dict:
+    """The digits example's model.yaml as a dict, publishing into tmp_path."""
+    cfg = yaml.safe_load((REPO / "examples/digits/model.yaml").read_text())
+    cfg["triton"]["repository"] = str(tmp_path / "repo")
+    return cfg
+
+
+@pytest.fixture
+def tiny_project(tmp_path, monkeypatch):
+    """A tiny model module, its state_dict and validation data in tmp_path; cwd is tmp_path."""
+    import torch
+
+    (tmp_path / "tinymodels.py").write_text(TINY_MODEL_SRC)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("tinymodels", None)
+    import tinymodels  # noqa: F401  (the module under tmp_path)
+
+    torch.manual_seed(0)
+    model = tinymodels.Tiny()
+    torch.save(model.state_dict(), tmp_path / "tiny.pt")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((20, 4)).astype(np.float32)
+    np.savez(tmp_path / "val.npz", x=x, y=rng.integers(0, 3, 20))
+    cfg = {
+        "name": "tiny",
+        "source": {"checkpoint": "tiny.pt", "factory": "tinymodels:Tiny"},
+        "inputs": [
+            {
+                "name": "x",
+                "dtype": "float32",
+                "shape": [-1, 4],
+                "range": {"min": [1, 4], "opt": [4, 4], "max": [16, 4]},
+            }
+        ],
+        "outputs": [{"name": "y_hat"}],
+        "export": {"exporter": "torchscript"},
+        "validation": {"data": "val.npz"},
+        "targets": [{"name": "fp32", "tolerance": {"max_abs": 1e-5}}],
+        "triton": {"repository": "repo"},
+    }
+    yield tmp_path, cfg
+    sys.modules.pop("tinymodels", None)
+
+
+@pytest.fixture(scope="session")
+def digits_module():
+    sys.path.insert(0, str(REPO))
+    from examples.digits.model import DigitsNet
+
+    return DigitsNet

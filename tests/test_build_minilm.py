@@ -1,0 +1,56 @@
+"""The real all-MiniLM-L6-v2 encoder: dynamic batch and sequence length."""
+
+import json
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import yaml
+from helpers import REPO, run_cli, write_config
+from mscompile.tritonrepo.config import parse
+
+pytestmark = pytest.mark.slow
+
+
+def test_minilm_builds_with_dynamic_sequence(tmp_path):
+    cfg = yaml.safe_load((REPO / "examples/minilm/model.yaml").read_text())
+    cfg["triton"]["repository"] = str(tmp_path / "repo")
+    r = run_cli("build", str(write_config(cfg, tmp_path / "model.yaml")), "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    fp32 = next(v for v in out["variants"] if v["name"] == "fp32")
+    assert fp32["status"] == "OK" and fp32["metrics"]["cosine_min"] >= 0.9999
+
+    mc = parse((tmp_path / "repo/minilm/config.pbtxt").read_text())
+    assert [(i.name, list(i.dims)) for i in mc.input] == [
+        ("input_ids", [-1]),
+        ("attention_mask", [-1]),
+        ("token_type_ids", [-1]),
+    ]
+    assert list(mc.output[0].dims) == [384]
+
+    # a batch size and sequence length the validation set never had
+    sys.path.insert(0, str(REPO))
+    from safetensors.torch import load_file
+
+    from examples.minilm.model import MiniLMEncoder, package_dir
+
+    net = MiniLMEncoder()
+    net.load_state_dict(load_file(str(package_dir() / "model.safetensors")))
+    net.eval()
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1000, 20000, (3, 61)).astype(np.int64)
+    ids[:, 0], ids[:, -1] = 101, 102
+    mask = np.ones_like(ids)
+    mask[2, 40:] = 0
+    types = np.zeros_like(ids)
+    with torch.no_grad():
+        ref = net(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(types)).numpy()
+    sess = ort.InferenceSession(
+        str(tmp_path / "repo/minilm/1/model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    (got,) = sess.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})
+    cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
+    assert got.shape == (3, 384) and cos.min() >= 0.9999

@@ -1,0 +1,80 @@
+import pytest
+import yaml
+from google.protobuf import text_format
+from helpers import REPO
+from mscompile.config import parse_config
+from mscompile.errors import ConfigError
+from mscompile.tritonrepo.config import build_model_config, parse, to_text
+from tritonclient.grpc import model_config_pb2
+
+DIGITS_IO = {
+    "inputs": [{"name": "images", "dtype": "float32", "dims": ["batch", 1, 8, 8]}],
+    "outputs": [{"name": "logits", "dtype": "float32", "dims": ["batch", 10]}],
+}
+
+
+def _cfg(**triton):
+    d = yaml.safe_load((REPO / "examples/digits/model.yaml").read_text())
+    d["triton"].update(triton)
+    return parse_config(d)
+
+
+def test_digits_config_round_trips_through_tritons_schema():
+    text = to_text(build_model_config(_cfg(), "digits", DIGITS_IO))
+    mc = text_format.Parse(text, model_config_pb2.ModelConfig())
+    assert mc.name == "digits" and mc.platform == "onnxruntime_onnx" and mc.max_batch_size == 64
+    assert list(mc.input[0].dims) == [1, 8, 8]  # batch dim left out with max_batch_size > 0
+    assert list(mc.output[0].dims) == [10]
+    assert mc.input[0].data_type == model_config_pb2.TYPE_FP32
+    assert list(mc.dynamic_batching.preferred_batch_size) == [8, 16]
+    assert mc.dynamic_batching.max_queue_delay_microseconds == 500
+    assert mc.version_policy.latest.num_versions == 2
+    assert mc.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    w = mc.model_warmup[0]
+    assert (
+        w.batch_size == 8
+        and list(w.inputs["images"].dims) == [1, 8, 8]
+        and w.inputs["images"].zero_data
+    )
+
+
+def test_dynamic_non_batch_dims_are_minus_one():
+    d = yaml.safe_load((REPO / "examples/minilm/model.yaml").read_text())
+    io = {
+        "inputs": [
+            {"name": n, "dtype": "int64", "dims": ["batch", "sequence"]}
+            for n in ("input_ids", "attention_mask", "token_type_ids")
+        ],
+        "outputs": [{"name": "embeddings", "dtype": "float32", "dims": ["batch", 384]}],
+    }
+    mc = parse(to_text(build_model_config(parse_config(d), "minilm", io)))
+    assert [list(i.dims) for i in mc.input] == [[-1]] * 3
+    assert mc.input[0].data_type == model_config_pb2.TYPE_INT64
+    assert list(mc.model_warmup[0].inputs["input_ids"].dims) == [128]
+
+
+def test_max_batch_size_zero_keeps_all_dims_and_no_batching():
+    mc = parse(
+        to_text(
+            build_model_config(_cfg(max_batch_size=0, dynamic_batching=None), "digits", DIGITS_IO)
+        )
+    )
+    assert mc.max_batch_size == 0
+    assert list(mc.input[0].dims) == [-1, 1, 8, 8]
+    assert not mc.HasField("dynamic_batching")
+
+
+def test_output_without_batch_dim_is_refused():
+    io = {
+        "inputs": DIGITS_IO["inputs"],
+        "outputs": [{"name": "logits", "dtype": "float32", "dims": [10]}],
+    }
+    with pytest.raises(ConfigError, match="output 'logits' has no dynamic first dimension"):
+        build_model_config(_cfg(), "digits", io)
+
+
+def test_schema_rejects_typos_so_no_placeholder_survives():
+    with pytest.raises(text_format.ParseError):
+        parse('name: "x"\nmax_batch_sise: 4\n')
+    with pytest.raises(text_format.ParseError):
+        parse('name: "x"\ninput { name: "a" data_type: TYPE_FLOAT32 dims: 1 }\n')
