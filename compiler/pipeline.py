@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from . import __version__
 from .artifacts import Artifact
 from .cache import Cache, cache_key
-from .errors import ConfigError, MscompileError, PassError, PipelineTypeError
+from .errors import MscompileError, PassError, PipelineTypeError
 
 I = TypeVar("I", bound=Artifact)  # noqa: E741
 O = TypeVar("O", bound=Artifact)  # noqa: E741
@@ -363,8 +363,3 @@ def _rmtree(p: Path) -> None:
 
     shutil.rmtree(p, ignore_errors=True)
 
-
-def require(condition: bool, message: str) -> None:
-    """Raise a ConfigError (exit 2) when a user-facing precondition fails."""
-    if not condition:
-        raise ConfigError(message)
