@@ -117,3 +117,15 @@ class ParityReport(Artifact):
     @property
     def passed(self) -> bool:
         return bool(self.meta.get("passed"))
+
+
+@dataclass(frozen=True)
+class TrtEngine(Artifact):
+    """Folder: model.plan, engine.json (TensorRT version, GPU, compute capability,
+    build flags, profiles) and reproduce.py (the script that built it)."""
+
+    kind: ClassVar[str] = "trt_engine"
+
+    @property
+    def plan_file(self) -> Path:
+        return self.path / "model.plan"

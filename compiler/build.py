@@ -19,10 +19,11 @@ from .artifacts import Artifact, Dataset, OnnxModel, ParityReport, TorchSource, 
 from .cache import Cache
 from .config import ModelConfig
 from .data import describe_dataset
-from .errors import AccuracyGateError, ConfigError
+from .errors import AccuracyGateError, ConfigError, TargetSkippedError
 from .instruments import Instruments
 from .loading import describe_source
 from .pipeline import Driver, Pipeline, Status, Step, StepRecord, library_versions
+from .targets import run_target
 
 TRACKED_LIBRARIES = (
     "torch",
@@ -44,6 +45,7 @@ class BuildOptions:
     cache_dir: Path | None = None
     force: bool = False
     quiet: bool = False
+    require_all_targets: bool = False
 
 
 @dataclass
@@ -57,6 +59,9 @@ class Variant:
     reason: str = ""
     cached: bool = False
     on_fail: str = "error"
+    tries: list[dict[str, Any]] = field(default_factory=list)
+    quantization: dict[str, Any] | None = None
+    note: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -70,6 +75,10 @@ class Variant:
             "size_bytes": size_of(self.model.path) if self.model else None,
             "model_digest": self.model.digest if self.model else None,
             "cached": self.cached,
+            "quantization": self.quantization,
+            "note": self.note,
+            "excluded_nodes": self.tries[-1]["excluded_nodes"] if self.tries else [],
+            "tries": self.tries,
         }
 
 
@@ -97,9 +106,7 @@ class BuildResult:
                 for p in self.published
             ],
             "variants": [v.to_json() for v in self.variants],
-            "passes_run": sum(
-                1 for r in self.records if not r.cached and r.status is not Status.SKIPPED
-            ),
+            "passes_run": sum(1 for r in self.records if not r.cached and r.status is not Status.SKIPPED),
             "passes_cached": sum(1 for r in self.records if r.cached),
             "seconds": round(self.seconds, 3),
         }
@@ -113,21 +120,26 @@ class Plan:
     cfg: ModelConfig
     source: TorchSource
     validation: Dataset
+    calibration: Dataset | None
     common: Pipeline
-    targets: dict[str, Pipeline]
 
 
 def assemble(cfg: ModelConfig) -> Plan:
-    """Describe the inputs (digests) and build the type-checked pipelines.
-    Raises ConfigError for missing files before any work."""
-    from mscompile.passes.check_accuracy import CheckAccuracy, CheckConfig
-    from mscompile.passes.convert_fp16 import ConvertFp16, Fp16Config
+    """Describe the inputs (digests), check the calibration set, and build the
+    type-checked pipelines. Raises ConfigError for bad input before any work."""
     from mscompile.passes.export_onnx import ExportOnnx, ExportPassConfig
     from mscompile.passes.load_checkpoint import LoadCheckpoint, LoadConfig
     from mscompile.passes.optimize_graph import OptimizeGraph
 
+    from .data import load_calibration
+    from .targets import typecheck
+
     source = describe_source(cfg.source)
-    validation = describe_dataset(cfg.validation.data, "validation.data")
+    validation = describe_dataset(cfg.validation, "validation")
+    calibration = None
+    if cfg.calibration is not None:
+        calibration = describe_dataset(cfg.calibration, "calibration")
+        load_calibration(cfg.io, cfg.calibration)  # names, dtypes, shapes: exit 2 before any pass runs
     io = cfg.io
     common = Pipeline(
         [
@@ -147,32 +159,16 @@ def assemble(cfg: ModelConfig) -> Plan:
         ],
         input_type=TorchSource,
     )
-    targets: dict[str, Pipeline] = {}
-    for t in cfg.targets:
-        steps: list[Step] = []
-        if t.precision == "fp16":
-            steps.append(
-                Step(
-                    f"{t.name}/convert_fp16", ConvertFp16, Fp16Config(keep_io_types=t.keep_io_types)
-                )
-            )
-        steps.append(
-            Step(
-                f"{t.name}/check_accuracy",
-                CheckAccuracy,
-                CheckConfig(io=io, validation=cfg.validation, tolerance=t.tolerance),
-                extras={"reference": "load_checkpoint", "validation": validation},
-            )
-        )
-        targets[t.name] = Pipeline(steps, input_type=common.output_type)
-        if not issubclass(targets[t.name].output_type, ParityReport):
-            raise AssertionError(f"target {t.name}: its chain must end in a parity check")
-    return Plan(cfg, source, validation, common, targets)
+    for t in cfg.targets:  # type-check every target's chains before anything runs
+        typecheck(cfg, t, validation, calibration)
+    return Plan(cfg, source, validation, calibration, common)
 
 
 def _driver(opts: BuildOptions, instruments: Instruments, log_dir: Path) -> Driver:
+    from .device import fingerprint
+
     cache = Cache(opts.cache_dir or default_state_dir() / "cache")
-    return Driver(cache, instruments, force=opts.force, log_dir=log_dir)
+    return Driver(cache, instruments, force=opts.force, log_dir=log_dir, device_fingerprint=fingerprint)
 
 
 # -- build -----------------------------------------------------------------------
@@ -191,9 +187,7 @@ def build(cfg: ModelConfig, config_path: Path, opts: BuildOptions) -> BuildResul
     instruments = Instruments(log_dir / "events.jsonl", quiet=opts.quiet)
     plan = assemble(cfg)
     driver = _driver(opts, instruments, log_dir)
-    instruments.say(
-        f"mscompile build {cfg.name}: {len(plan.common.steps)} shared passes, {len(plan.targets)} target(s)"
-    )
+    instruments.say(f"mscompile build {cfg.name}: {len(plan.common.steps)} shared passes, {len(cfg.targets)} target(s)")
     common_rec = driver.run(plan.common, plan.source)
     if common_rec.status is not Status.OK or common_rec.output is None:
         raise ConfigError(f"pass {common_rec.id} was skipped: {common_rec.reason}")
@@ -201,38 +195,32 @@ def build(cfg: ModelConfig, config_path: Path, opts: BuildOptions) -> BuildResul
 
     variants: list[Variant] = []
     for t in cfg.targets:
-        pipe = plan.targets[t.name]
-        rec = driver.run(pipe, base_model)
-        model_step = pipe.steps[-2].id if len(pipe.steps) > 1 else plan.common.steps[-1].id
-        model = driver.outputs.get(model_step)
-        cached = all(driver.records[s.id].cached for s in pipe.steps if s.id in driver.records)
-        if rec.status is Status.SKIPPED:
-            variants.append(
-                Variant(
-                    t.name,
-                    t.backend,
-                    t.precision,
-                    "SKIPPED",
-                    reason=rec.reason,
-                    cached=False,
-                    on_fail=t.on_fail,
-                )
-            )
-            continue
-        report = rec.output if isinstance(rec.output, ParityReport) else None
-        status = "OK" if report is not None and report.passed else "FAIL"
+        out = run_target(driver, cfg, t, base_model, plan.validation, plan.calibration)  # type: ignore[arg-type]
+        cached = bool(out.steps) and all(driver.records[s].cached for s in out.steps if s in driver.records)
         variants.append(
             Variant(
-                t.name, t.backend, t.precision, status, model, report, rec.reason, cached, t.on_fail
+                t.name,
+                t.backend,
+                t.precision,
+                out.status,
+                out.model,
+                out.report,  # type: ignore[arg-type]
+                out.reason,
+                cached,
+                t.on_fail,
+                out.tries,
+                out.quantization,
+                out.note,
             )
-        )  # type: ignore[arg-type]
+        )
 
+    for v in variants:
+        if v.status == "SKIPPED":
+            instruments.warn(f"target {v.target} SKIPPED: {v.reason}")
     failed_hard = [v for v in variants if v.status == "FAIL" and v.on_fail == "error"]
     for v in variants:
         if v.status == "FAIL" and v.on_fail == "skip":
-            instruments.warn(
-                f"variant {v.target} missed its gate and is left out (on_fail: skip): {v.reason}"
-            )
+            instruments.warn(f"variant {v.target} missed its gate and is left out (on_fail: skip): {v.reason}")
     result = BuildResult(cfg.name, variants, list(driver.records.values()))
     if failed_hard:
         result.seconds = time.perf_counter() - t0
@@ -244,6 +232,16 @@ def build(cfg: ModelConfig, config_path: Path, opts: BuildOptions) -> BuildResul
         )
         err.result = result  # type: ignore[attr-defined]
         raise err
+
+    skipped = [v for v in variants if v.status == "SKIPPED"]
+    if skipped and opts.require_all_targets:
+        result.seconds = time.perf_counter() - t0
+        err3 = TargetSkippedError(
+            "--require-all-targets: nothing was published, these targets were skipped:\n  "
+            + "\n  ".join(f"{v.target}: {v.reason}" for v in skipped)
+        )
+        err3.result = result  # type: ignore[attr-defined]
+        raise err3
 
     passing = [v.target for v in variants if v.status == "OK"]
     wanted = cfg.deployed_targets()
@@ -307,8 +305,16 @@ def build_manifest(
 # -- plan (dry run) ---------------------------------------------------------------
 
 
-def plan_build(cfg: ModelConfig, opts: BuildOptions) -> list[dict[str, Any]]:
-    """Which passes would run and which would come from the cache."""
+def plan_build(cfg: ModelConfig, opts: BuildOptions) -> dict[str, Any]:
+    """Which passes would run and which would come from the cache, and per target
+    the TensorRT profiles and the config.pbtxt it would write. An INT8 search shows
+    its first try; later tries depend on its results."""
+    from mscompile.passes.write_triton_repo import deployment_names
+
+    from .config import trt_profiles
+    from .targets import static_chain, trt_chains
+    from .tritonrepo.config import build_model_config, to_text
+
     plan = assemble(cfg)
     instruments = Instruments(None, quiet=True)
     driver = _driver(opts, instruments, default_state_dir() / "logs" / "plan")
@@ -316,7 +322,65 @@ def plan_build(cfg: ModelConfig, opts: BuildOptions) -> list[dict[str, Any]]:
     for step, how, key in driver.plan(plan.common, plan.source):
         rows.append({"step": step.id, "pass": step.pass_cls.name, "action": how, "key": key})
     base: Artifact | None = driver.outputs.get(plan.common.steps[-1].id)
-    for _name, pipe in plan.targets.items():
-        for step, how, key in driver.plan(pipe, base):
+    for t in cfg.targets:
+        if t.backend == "tensorrt":
+            chain = trt_chains(cfg, t, plan.validation, plan.calibration)[2]
+        else:
+            chain = static_chain(cfg, t, plan.validation, plan.calibration) or _first_int8_try(cfg, t, plan)
+        for step, how, key in driver.plan(chain, base):
             rows.append({"step": step.id, "pass": step.pass_cls.name, "action": how, "key": key})
-    return rows
+
+    if base is not None:
+        io_sig, io_source = base.meta["io"], "the cached ONNX graph"
+    else:
+        from .validate import probe_io
+
+        io_sig, io_source = probe_io(cfg), "a PyTorch forward pass (no cached graph yet)"
+    names = dict((t, n) for n, t in deployment_names(cfg, [t.name for t in cfg.targets]))
+    targets = {}
+    for t in cfg.targets:
+        profiles = trt_profiles(cfg, t) if t.backend == "tensorrt" else []
+        io_t = dict(io_sig)
+        if t.precision == "fp16" and t.backend == "onnxruntime" and not t.keep_io_types:
+            io_t = {
+                k: [dict(v, dtype="float16" if v["dtype"] == "float32" else v["dtype"]) for v in vs]
+                for k, vs in io_sig.items()
+            }
+        mc = build_model_config(cfg, names.get(t.name, cfg.name), io_t, target=t, profiles=[p.name for p in profiles])
+        targets[t.name] = {
+            "backend": t.backend,
+            "precision": t.precision,
+            "profiles": [p.model_dump() for p in profiles],
+            "config_pbtxt": to_text(mc),
+            "io_from": io_source,
+        }
+    return {"steps": rows, "targets": targets}
+
+
+def _first_int8_try(cfg: ModelConfig, t: Any, plan: Plan) -> Pipeline:
+    from mscompile.passes.quantize_int8 import Int8Config, QuantizeInt8
+
+    from .targets import check_step, prep_steps
+
+    mode = "static" if t.mode == "auto" else t.mode
+    q = Step(
+        f"{t.name}/{mode}#1/quantize_int8",
+        QuantizeInt8,
+        Int8Config(
+            mode=mode,
+            calibration_method=t.calibration_method,
+            percentile=t.percentile,
+            num_bins=t.num_bins,
+            per_channel=t.per_channel,
+            exclude_nodes=tuple(t.exclude_nodes),
+            exclude_op_types=tuple(t.exclude_op_types),
+            io=cfg.io,
+            calibration=cfg.calibration,
+        ),
+        extras={"calibration": plan.calibration},
+    )
+    steps = prep_steps(cfg, t, plan.calibration) + [
+        q,
+        check_step(cfg, t, f"{t.name}/{mode}#1/check_accuracy", plan.validation),
+    ]
+    return Pipeline(steps, input_type=OnnxModel)

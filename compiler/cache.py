@@ -72,9 +72,7 @@ class Cache:
         except (OSError, ValueError):
             return None
 
-    def put(
-        self, key: str, workdir: Path, artifact: Artifact, manifest: dict[str, Any]
-    ) -> CacheEntry:
+    def put(self, key: str, workdir: Path, artifact: Artifact, manifest: dict[str, Any]) -> CacheEntry:
         """Move a finished work folder into the store. `artifact.path` lies in `workdir`."""
         rel = artifact.path.relative_to(workdir)
         manifest = dict(manifest, key=key, artifact=artifact.to_json(relative_to=workdir))

@@ -36,8 +36,8 @@ def _fmt_parity(metrics: dict[str, Any]) -> str:
         parts.append(f"max_abs={metrics['max_abs']:.2e}")
     if "cosine_min" in metrics:
         parts.append(f"cos_min={metrics['cosine_min']:.6f}")
-    if "top1_agreement" in metrics:
-        parts.append(f"top1={metrics['top1_agreement'] * 100:.1f}%")
+    if "cosine" in metrics and "accuracy" not in metrics:
+        parts.append(f"cos_mean={metrics['cosine']:.4f}")
     if "accuracy" in metrics:
         parts.append(f"acc={metrics['accuracy']:.2f}% (ref {metrics['reference_accuracy']:.2f}%)")
     return " ".join(parts) or "-"
@@ -53,7 +53,12 @@ def print_summary(result: Any) -> None:
                 j["backend"],
                 j["precision"],
                 _fmt_size(j["size_bytes"]),
-                _fmt_parity(j["metrics"]),
+                (
+                    "on ORT: "
+                    if v.backend == "tensorrt" and v.report and v.report.meta.get("runtime") != "tensorrt"
+                    else ""
+                )
+                + _fmt_parity(j["metrics"]),
                 j["status"],
                 "yes" if j["cached"] else "no",
             )
@@ -64,6 +69,8 @@ def print_summary(result: Any) -> None:
     for v in result.variants:
         if v.status != "OK" and v.reason:
             click.echo(f"{v.target}: {v.status}: {v.reason}")
+        elif v.note:
+            click.echo(f"{v.target}: {v.note}")
     ran = sum(1 for r in result.records if not r.cached and r.status.value != "SKIPPED")
     cached = sum(1 for r in result.records if r.cached)
     click.echo(f"passes: {ran} ran, {cached} from cache" + ("  (no pass ran)" if ran == 0 else ""))
@@ -118,6 +125,9 @@ def _run(ctx: click.Context, fn: Any) -> Any:
     help="Cache location (default .mscompile/cache, or $MSCOMPILE_HOME/cache).",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
+@click.option(
+    "--require-all-targets", is_flag=True, help="Fail (exit 1) when a target is SKIPPED, e.g. TensorRT absent."
+)
 @click.pass_context
 def build(
     ctx: click.Context,
@@ -126,12 +136,13 @@ def build(
     as_json: bool,
     cache_dir: Path | None,
     quiet: bool,
+    require_all_targets: bool,
 ) -> None:
     """Build every target of CONFIG and publish the deployed variant to the Triton repository."""
     from .build import BuildOptions
     from .build import build as run_build
     from .config import load_config
-    from .errors import AccuracyGateError
+    from .errors import AccuracyGateError, TargetSkippedError
 
     def go() -> None:
         cfg = load_config(config)
@@ -139,10 +150,11 @@ def build(
             cache_dir=cache_dir.resolve() if cache_dir else None,
             force=force,
             quiet=quiet or as_json,
+            require_all_targets=require_all_targets,
         )
         try:
             result = run_build(cfg, config, opts)
-        except AccuracyGateError as exc:
+        except (AccuracyGateError, TargetSkippedError) as exc:
             res = getattr(exc, "result", None)
             if res is not None:
                 if as_json:
@@ -178,28 +190,48 @@ def validate(ctx: click.Context, config: Path) -> None:
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def plan(
-    ctx: click.Context, config: Path, force: bool, cache_dir: Path | None, as_json: bool
-) -> None:
-    """Dry run: which passes would run and which come from the cache."""
+def plan(ctx: click.Context, config: Path, force: bool, cache_dir: Path | None, as_json: bool) -> None:
+    """Dry run: which passes would run, which come from the cache, and per target
+    the TensorRT profiles and the config.pbtxt it would write."""
     from .build import BuildOptions, plan_build
     from .config import load_config
 
     def go() -> None:
         cfg = load_config(config)
-        rows = plan_build(
-            cfg, BuildOptions(cache_dir=cache_dir.resolve() if cache_dir else None, force=force)
-        )
+        result = plan_build(cfg, BuildOptions(cache_dir=cache_dir.resolve() if cache_dir else None, force=force))
         if as_json:
-            click.echo(json.dumps(rows, indent=2))
+            click.echo(json.dumps(result, indent=2))
             return
+        rows = result["steps"]
+        width = max(len(r["step"]) for r in rows) + 2
         for r in rows:
             key = (r["key"] or "(depends on an earlier pass)")[:16]
-            click.echo(f"{r['step']:<30} {r['action']:<7} {key}")
+            click.echo(f"{r['step']:<{width}} {r['action']:<7} {key}")
         n = sum(r["action"] == "run" for r in rows)
         click.echo(f"{n} pass(es) would run, {len(rows) - n} from cache")
+        for name, t in result["targets"].items():
+            click.echo(f"\n== target {name} ({t['backend']}, {t['precision']}); I/O from {t['io_from']}")
+            for p in t["profiles"]:
+                shapes = ", ".join(
+                    f"{k} min={tuple(v['min'])} opt={tuple(v['opt'])} max={tuple(v['max'])}"
+                    for k, v in p["shapes"].items()
+                )
+                click.echo(f"TensorRT profile {p['name']!r}: {shapes}")
+            click.echo("config.pbtxt:")
+            click.echo("  " + t["config_pbtxt"].rstrip().replace("\n", "\n  "))
 
     _run(ctx, go)
+
+
+@main.command()
+def doctor() -> None:
+    """What this machine offers: libraries, ONNX Runtime providers, GPU, TensorRT."""
+    from .device import doctor as rows
+
+    table = rows()
+    width = max(len(r[0]) for r in table) + 2
+    for name, status, detail in table:
+        click.echo(f"{name:<{width}} {status:<8} {detail}")
 
 
 @main.command()

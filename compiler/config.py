@@ -25,8 +25,8 @@ _NAME_RE = re.compile(NAME_PATTERN)
 FACTORY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_.]*$"
 
 DType = Literal["float32", "float16", "bfloat16", "int64", "int32", "int8", "uint8", "bool"]
-Precision = Literal["fp32", "fp16"]
-Backend = Literal["onnxruntime"]
+Precision = Literal["fp32", "tf32", "fp16", "bf16", "int8", "fp8"]
+Backend = Literal["onnxruntime", "tensorrt"]
 
 MAX_VALIDATION_SAMPLES = 100_000
 
@@ -121,8 +121,7 @@ class ExportConfig(Section):
     opset: int = Field(default=18, ge=13, le=23)
     exporter: Literal["auto", "dynamo", "torchscript"] = Field(
         default="auto",
-        description="auto tries torch.export (dynamo) first and falls back to the TorchScript "
-        "exporter, recording why",
+        description="auto tries torch.export (dynamo) first and falls back to the TorchScript exporter, recording why",
     )
 
 
@@ -135,13 +134,36 @@ class OptimizeConfig(Section):
     )
 
 
-class ValidationConfig(Section):
-    data: str = Field(description=".npz file with one array per model input (first axis = samples)")
-    labels: str | None = Field(
-        default=None, description="name of the array in `data` holding integer class labels"
+class DataSource(Section):
+    """Where model inputs come from: exactly one of `data` (a file or folder) or
+    `generator` (module:callable yielding feed dicts)."""
+
+    data: str | None = Field(
+        default=None,
+        description=".npz (one array per input, samples on axis 0), a folder of .npz/.npy files, "
+        "or a .txt file of lines turned into inputs by `tokenizer`",
     )
+    generator: Annotated[str, Field(pattern=FACTORY_PATTERN)] | None = Field(
+        default=None, description="module:callable returning an iterable of {input name: array} batches"
+    )
+    generator_args: dict[str, Any] = Field(default_factory=dict)
+    tokenizer: Annotated[str, Field(pattern=FACTORY_PATTERN)] | None = Field(
+        default=None, description="module:callable taking a list of strings, returning {input name: array}"
+    )
+    tokenizer_args: dict[str, Any] = Field(default_factory=dict)
     samples: int | None = Field(default=None, ge=1, le=MAX_VALIDATION_SAMPLES)
+
+
+class ValidationConfig(DataSource):
+    labels: str | None = Field(default=None, description="name of the array in `data` holding integer class labels")
     batch_size: int = Field(default=32, ge=1, le=4096)
+
+
+class CalibrationConfig(DataSource):
+    """Calibration set for INT8/FP8: kept apart from the validation set."""
+
+    seed: int = Field(default=0, description="seed of the random subset when `samples` is below the set's size")
+    batch_size: int = Field(default=16, ge=1, le=4096)
 
 
 class Tolerance(Section):
@@ -152,12 +174,8 @@ class Tolerance(Section):
     max_rel: float | None = Field(
         default=None, ge=0, description="max |variant - reference| / max |reference|, per output"
     )
-    cosine: float | None = Field(
-        default=None, ge=-1, le=1, description="mean cosine similarity over samples"
-    )
-    cosine_min: float | None = Field(
-        default=None, ge=-1, le=1, description="minimum cosine similarity over samples"
-    )
+    cosine: float | None = Field(default=None, ge=-1, le=1, description="mean cosine similarity over samples")
+    cosine_min: float | None = Field(default=None, ge=-1, le=1, description="minimum cosine similarity over samples")
     top1_agreement: float | None = Field(
         default=None, ge=0, le=1, description="fraction of samples with the same argmax"
     )
@@ -166,12 +184,82 @@ class Tolerance(Section):
     )
 
 
+class RecoveryConfig(Section):
+    """What to do when an INT8 variant misses its gate: rank tensors by quantization
+    noise (SQNR), keep the worst nodes in float, re-quantize, re-check."""
+
+    enabled: bool = True
+    max_tries: int = Field(default=4, ge=1, le=20, description="quantization attempts in all, the first included")
+    max_excluded_fraction: float = Field(
+        default=0.3, gt=0, le=1, description="most quantizable nodes that may be left in float"
+    )
+
+
+class ProfileConfig(Section):
+    """One TensorRT optimization profile: min/opt/max per input."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_]+$")
+    shapes: dict[str, RangeConfig]
+
+
+class TensorRTConfig(Section):
+    """Engine build settings (backend: tensorrt)."""
+
+    profiles: list[ProfileConfig] | None = Field(
+        default=None, description="optimization profiles; default: one profile from inputs[].range"
+    )
+    workspace_mb: int = Field(default=4096, ge=16)
+    builder_optimization_level: int = Field(default=3, ge=0, le=5)
+    hardware_compatibility_level: Literal["none", "ampere_plus", "same_compute_capability"] = "none"
+    version_compatible: bool = False
+    refittable: bool = False
+    timing_cache: bool = Field(default=True, description="reuse a timing cache kept per GPU kind in the state folder")
+
+
+class OrtGpuConfig(Section):
+    """ONNX Runtime on GPU without an engine build: written into config.pbtxt."""
+
+    accelerator: Literal["cuda", "tensorrt"] = "cuda"
+    precision_mode: Literal["FP32", "FP16", "INT8"] = "FP16"
+    max_workspace_size_bytes: int = Field(default=1 << 30, ge=1 << 20)
+    trt_engine_cache_enable: bool = True
+    trt_engine_cache_path: str | None = None
+
+
 class TargetConfig(Section):
     name: str
     backend: Backend = "onnxruntime"
     precision: Precision = "fp32"
     keep_io_types: bool = Field(default=True, description="fp16: keep graph inputs/outputs fp32")
+    graph_fusion: Literal["none", "bert"] = Field(
+        default="none",
+        description="onnxruntime only: ONNX Runtime's transformer fusion (Attention, SkipLayerNorm, "
+        "BiasGelu contrib ops) before precision conversion",
+    )
+    mode: Literal["static", "dynamic", "auto"] = Field(
+        default="static",
+        description="onnxruntime int8: static QDQ (calibrated), dynamic (weights only; "
+        "for transformer MatMuls), or auto (static with recovery, then dynamic; keeps the first that passes)",
+    )
+    calibration_method: Literal["minmax", "percentile", "entropy"] = "minmax"
+    percentile: float = Field(default=99.999, gt=90, le=100, description="with calibration_method: percentile")
+    num_bins: int = Field(default=2048, ge=128, le=65536, description="histogram bins for percentile/entropy")
+    per_channel: bool = True
+    exclude_nodes: list[str] = Field(default_factory=list, description="node names kept in float")
+    exclude_op_types: list[str] = Field(default_factory=list, description="op types kept in float")
+    high_precision_dtype: Literal["fp32", "fp16"] = Field(
+        default="fp32", description="tensorrt int8/fp8: dtype of the layers ModelOpt leaves unquantized"
+    )
+    recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
+    tensorrt: TensorRTConfig | None = Field(default=None, description="backend: tensorrt only")
+    gpu: OrtGpuConfig | None = Field(
+        default=None, description="backend: onnxruntime only: serve on GPU through ORT's CUDA or TensorRT provider"
+    )
     tolerance: Tolerance = Field(default_factory=Tolerance)
+
+    def trt(self) -> TensorRTConfig:
+        return self.tensorrt or TensorRTConfig()
+
     on_fail: Literal["error", "skip"] = Field(
         default="error",
         description="error: a missed gate fails the build (exit 3); skip: leave the variant out",
@@ -226,6 +314,7 @@ class ModelConfig(Section):
     export: ExportConfig = Field(default_factory=ExportConfig)
     optimize: OptimizeConfig = Field(default_factory=OptimizeConfig)
     validation: ValidationConfig
+    calibration: CalibrationConfig | None = None
     targets: list[TargetConfig] = Field(min_length=1)
     triton: TritonConfig = Field(default_factory=TritonConfig)
 
@@ -273,9 +362,7 @@ def semantic_problems(cfg: ModelConfig, where: str) -> list[str]:
     names = [t.name for t in cfg.targets]
     for i, t in enumerate(cfg.targets):
         if names.index(t.name) != i:
-            out.append(
-                f"{where}: targets[{i}].name: {t.name!r} is used twice; target names must be unique"
-            )
+            out.append(f"{where}: targets[{i}].name: {t.name!r} is used twice; target names must be unique")
     seen_inputs: set[str] = set()
     dim_ranges: dict[str, tuple[int, int, str]] = {}
     for i, inp in enumerate(cfg.inputs):
@@ -297,10 +384,7 @@ def semantic_problems(cfg: ModelConfig, where: str) -> list[str]:
         for ax, d in enumerate(inp.shape):
             lo, opt, hi = r.min[ax], r.opt[ax], r.max[ax]
             if not (1 <= lo <= opt <= hi):
-                out.append(
-                    f"{key}.range: dimension {ax} needs 1 <= min <= opt <= max, got "
-                    f"min={lo} opt={opt} max={hi}"
-                )
+                out.append(f"{key}.range: dimension {ax} needs 1 <= min <= opt <= max, got min={lo} opt={opt} max={hi}")
             if not _is_dynamic(d) and not (lo == opt == hi == d):
                 out.append(
                     f"{key}.range: dimension {ax} is fixed at {d} in shape, but the range gives "
@@ -335,28 +419,141 @@ def semantic_problems(cfg: ModelConfig, where: str) -> list[str]:
                         f"{where}: triton.max_batch_size: {mbs} exceeds inputs[{i}].range.max[0] = "
                         f"{inp.range.max[0]}; the model is only built and checked up to that batch"
                     )
+    if cfg.has_batch_axis():
+        first = cfg.inputs[0].name
+        for i, t in enumerate(cfg.targets):
+            profs = t.trt().profiles if t.backend == "tensorrt" else None
+            if profs and all(first in p.shapes for p in profs):
+                prof_max = max(p.shapes[first].max[0] for p in profs)
+                if cfg.max_batch_size() > prof_max:
+                    out.append(
+                        f"{where}: triton.max_batch_size: {cfg.max_batch_size()} exceeds the largest batch of "
+                        f"targets[{i}].tensorrt.profiles ({prof_max}); Triton would send batches the engine rejects"
+                    )
     if cfg.triton.dynamic_batching is not None:
         mb = cfg.max_batch_size()
         for j, b in enumerate(cfg.triton.dynamic_batching.preferred_batch_size):
             if mb and b > mb:
                 out.append(
-                    f"{where}: triton.dynamic_batching.preferred_batch_size[{j}]: {b} exceeds "
-                    f"max_batch_size {mb}"
+                    f"{where}: triton.dynamic_batching.preferred_batch_size[{j}]: {b} exceeds max_batch_size {mb}"
                 )
     vp = cfg.triton.version_policy
     if vp is not None:
         set_keys = [k for k in ("latest", "all", "specific") if getattr(vp, k) not in (None, False)]
         if len(set_keys) != 1:
             out.append(
-                f"{where}: triton.version_policy: set exactly one of latest, all, specific "
-                f"(got {set_keys or 'none'})"
+                f"{where}: triton.version_policy: set exactly one of latest, all, specific (got {set_keys or 'none'})"
             )
     dep = cfg.triton.deploy
     if dep is not None and dep != "all" and dep not in names:
         out.append(f"{where}: triton.deploy: {dep!r} is not a target; use one of {names} or 'all'")
+    for key, src in (("validation", cfg.validation), ("calibration", cfg.calibration)):
+        if src is None:
+            continue
+        if (src.data is None) == (src.generator is None):
+            out.append(f"{where}: {key}: set exactly one of data (a file or folder) or generator (module:callable)")
+        if src.data is not None and src.data.endswith(".txt") and src.tokenizer is None:
+            out.append(
+                f"{where}: {key}.tokenizer: {src.data} is a text file; name the module:callable that turns lines into inputs"
+            )
+        if src.tokenizer is not None and not (src.data or "").endswith(".txt"):
+            out.append(f"{where}: {key}.tokenizer: only used with a .txt data file")
+    if cfg.calibration is not None and cfg.calibration.data is not None and cfg.calibration.data == cfg.validation.data:
+        out.append(
+            f"{where}: calibration.data: the calibration set must differ from validation.data (the gate must see unseen data)"
+        )
+    defaults = TargetConfig(name="x")
+    for i, t in enumerate(cfg.targets):
+        key = f"{where}: targets[{i}]"
+        quantized = t.precision in ("int8", "fp8")
+        if quantized and cfg.calibration is None:
+            out.append(
+                f"{key}.precision: {t.precision} needs a calibration: section (data the quantizer measures ranges on)"
+            )
+        if t.precision in ("fp8", "tf32", "bf16") and t.backend != "tensorrt":
+            out.append(
+                f"{key}.precision: {t.precision} needs backend: tensorrt (ONNX Runtime's CPU kernels have no {t.precision})"
+            )
+        if t.tensorrt is not None and t.backend != "tensorrt":
+            out.append(f"{key}.tensorrt: only applies to backend: tensorrt")
+        if t.gpu is not None and t.backend != "onnxruntime":
+            out.append(f"{key}.gpu: only applies to backend: onnxruntime (a tensorrt target builds its own engine)")
+        if t.backend == "tensorrt":
+            out.extend(_trt_problems(cfg, t, key))
+        if t.backend == "tensorrt" and t.graph_fusion != "none":
+            out.append(
+                f"{key}.graph_fusion: {t.graph_fusion} writes ONNX Runtime contrib ops, which TensorRT cannot read"
+            )
+        int8_keys = ["mode", "calibration_method", "percentile", "num_bins", "per_channel", "recovery"]
+        if t.precision != "int8" or t.backend != "onnxruntime":
+            for k in int8_keys:
+                if getattr(t, k) != getattr(defaults, k):
+                    out.append(f"{key}.{k}: only applies to backend: onnxruntime with precision: int8")
+        if not quantized:
+            for k in ("exclude_nodes", "exclude_op_types", "high_precision_dtype"):
+                if getattr(t, k) != getattr(defaults, k):
+                    out.append(f"{key}.{k}: only applies to precision int8 or fp8")
+        if t.backend == "onnxruntime" and t.high_precision_dtype != "fp32":
+            out.append(f"{key}.high_precision_dtype: only applies to backend: tensorrt")
     if cfg.validation.labels is not None and cfg.validation.labels in seen_inputs:
         out.append(f"{where}: validation.labels: {cfg.validation.labels!r} is also an input name")
     return out
+
+
+def _trt_problems(cfg: ModelConfig, t: TargetConfig, key: str) -> list[str]:
+    """TensorRT needs bounded dynamic dimensions: every profile is min/opt/max."""
+    out = []
+    trt = t.trt()
+    if trt.profiles is None:
+        for i, inp in enumerate(cfg.inputs):
+            if inp.range is None and any(_is_dynamic(d) for d in inp.shape):
+                out.append(
+                    f"{key.split(': ')[0]}: inputs[{i}].shape: dynamic dimension in {inp.shape} needs min/opt/max "
+                    f"under inputs[{i}].range for TensorRT target {t.name!r} (or give {t.name}.tensorrt.profiles)"
+                )
+        return out
+    names = [i.name for i in cfg.inputs]
+    for j, prof in enumerate(trt.profiles):
+        pk = f"{key}.tensorrt.profiles[{j}]"
+        missing = [n for n in names if n not in prof.shapes]
+        extra = [n for n in prof.shapes if n not in names]
+        if missing or extra:
+            out.append(f"{pk}.shapes: needs exactly the inputs {names} (missing {missing}, unknown {extra})")
+            continue
+        for inp in cfg.inputs:
+            r = prof.shapes[inp.name]
+            if any(len(getattr(r, p)) != len(inp.shape) for p in ("min", "opt", "max")):
+                out.append(
+                    f"{pk}.shapes.{inp.name}: min/opt/max need {len(inp.shape)} dimensions each, like shape {inp.shape}"
+                )
+                continue
+            for ax, d in enumerate(inp.shape):
+                lo, opt, hi = r.min[ax], r.opt[ax], r.max[ax]
+                if not (1 <= lo <= opt <= hi):
+                    out.append(
+                        f"{pk}.shapes.{inp.name}: dimension {ax} needs 1 <= min <= opt <= max, got min={lo} opt={opt} max={hi}"
+                    )
+                elif not _is_dynamic(d) and not (lo == hi == d):
+                    out.append(
+                        f"{pk}.shapes.{inp.name}: dimension {ax} is fixed at {d} in shape, got min={lo} max={hi}"
+                    )
+    if len({p.name for p in trt.profiles}) != len(trt.profiles):
+        out.append(f"{key}.tensorrt.profiles: profile names must be unique")
+    return out
+
+
+def trt_profiles(cfg: ModelConfig, t: TargetConfig) -> list[ProfileConfig]:
+    """The target's optimization profiles: given, or one built from inputs[].range."""
+    if t.trt().profiles:
+        return list(t.trt().profiles)  # type: ignore[arg-type]
+    shapes = {}
+    for inp in cfg.inputs:
+        if inp.range is not None:
+            shapes[inp.name] = inp.range
+        else:
+            fixed = [int(d) for d in inp.shape]  # validated: no dynamic dims without a range
+            shapes[inp.name] = RangeConfig(min=fixed, opt=fixed, max=fixed)
+    return [ProfileConfig(name="default", shapes=shapes)]
 
 
 # -- loading and error reporting ------------------------------------------------
@@ -448,16 +645,12 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
         if key in keys:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
         keys.add(key)
     return loader.construct_mapping(node, deep=deep)
 
 
-_NoDuplicatesLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
-)
+_NoDuplicatesLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 MAX_CONFIG_BYTES = 1 << 20
 
@@ -467,9 +660,7 @@ def load_config(path: str | Path) -> ModelConfig:
     if not p.is_file():
         raise ConfigError(f"{p}: model config not found; pass the path of your model.yaml")
     if p.stat().st_size > MAX_CONFIG_BYTES:
-        raise ConfigError(
-            f"{p}: {p.stat().st_size} bytes is too large for a model config (max 1 MiB)"
-        )
+        raise ConfigError(f"{p}: {p.stat().st_size} bytes is too large for a model config (max 1 MiB)")
     try:
         data = yaml.load(p.read_text(encoding="utf-8"), Loader=_NoDuplicatesLoader)  # noqa: S506 - safe loader subclass
     except yaml.YAMLError as exc:

@@ -1,31 +1,115 @@
-"""Validation (and later calibration) data: .npz files of named arrays, checked
-against the declared model inputs before any work is done."""
+"""Validation and calibration data: named arrays checked against the declared
+model inputs before any work is done.
+
+A data source is an .npz file (one array per input, samples on axis 0), a
+folder of .npz batches or of <input>.npy files, a .txt file of lines turned
+into inputs by a declared tokenizer, or a module:callable generator of feed
+dicts."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from .artifacts import Dataset, sha256_file
-from .config import IOSpec, ValidationConfig, resolve_path
+from .artifacts import Dataset, sha256_file, sha256_path, size_of
+from .config import CalibrationConfig, DataSource, IOSpec, ValidationConfig, resolve_path
 from .errors import ConfigError, InputDataError
+from .loading import factory_file, get_factory
 
 MAX_DATA_BYTES = 2 << 30
+MAX_TEXT_LINES = 100_000
 
 
-def describe_dataset(path_spec: str, key: str) -> Dataset:
-    path = resolve_path(path_spec)
-    if not path.is_file():
-        raise ConfigError(
-            f"{key}: data file {path} not found; check the path (relative paths start at the working directory)"
-        )
-    if path.stat().st_size > MAX_DATA_BYTES:
-        raise InputDataError(f"{key}: {path} is larger than the 2 GiB limit for data files")
-    if path.suffix != ".npz":
-        raise InputDataError(f"{key}: {path} must be an .npz file with one array per model input")
-    return Dataset(path=path, digest=sha256_file(path), meta={"file": str(path)})
+def describe_dataset(src: DataSource, key: str) -> Dataset:
+    """The data source as an artifact whose digest covers everything that shapes the
+    arrays: the file(s), and the source of the tokenizer or generator with its args."""
+    h = hashlib.sha256()
+    meta: dict = {}
+    if src.data is not None:
+        path = resolve_path(src.data)
+        if not path.exists():
+            raise ConfigError(
+                f"{key}.data: {path} not found; check the path (relative paths start at the working directory)"
+            )
+        if size_of(path) > MAX_DATA_BYTES:
+            raise InputDataError(f"{key}.data: {path} is larger than the 2 GiB limit for data")
+        if path.is_file() and path.suffix not in (".npz", ".txt"):
+            raise InputDataError(
+                f"{key}.data: {path} must be an .npz file, a folder of .npz/.npy files, or a .txt file with a tokenizer"
+            )
+        h.update(sha256_path(path).encode())
+        meta["data"] = str(path)
+    else:
+        path = factory_file(src.generator, f"{key}.generator")  # type: ignore[arg-type]
+        meta["generator"] = src.generator
+    for name in ("tokenizer", "generator"):
+        spec = getattr(src, name)
+        if spec:
+            h.update(sha256_file(factory_file(spec, f"{key}.{name}")).encode())
+            h.update(json.dumps(getattr(src, f"{name}_args"), sort_keys=True, default=str).encode())
+    return Dataset(path=path, digest=h.hexdigest(), meta=meta)
+
+
+def read_source(src: DataSource, key: str) -> dict[str, np.ndarray]:
+    """All arrays of a data source (inputs, and labels where present)."""
+    if src.generator is not None:
+        gen = get_factory(src.generator, f"{key}.generator")
+        try:
+            parts = list(gen(**src.generator_args))
+        except Exception as exc:  # user code: report it as a data error
+            raise InputDataError(f"{key}.generator: {src.generator} failed: {type(exc).__name__}: {exc}") from None
+        return _concat(parts, f"{key}.generator {src.generator}")
+    path = resolve_path(src.data)  # type: ignore[arg-type]
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".npz", ".npy"))
+        if not files:
+            raise InputDataError(f"{key}.data: folder {path} holds no .npz or .npy files")
+        if all(p.suffix == ".npy" for p in files):
+            return {p.stem: _load_npy(p, key) for p in files}
+        return _concat([load_arrays(p, f"{key}.data") for p in files if p.suffix == ".npz"], str(path))
+    if path.suffix == ".txt":
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        if not lines:
+            raise InputDataError(f"{key}.data: {path} has no non-empty lines")
+        if len(lines) > MAX_TEXT_LINES:
+            raise InputDataError(f"{key}.data: {path} has {len(lines)} lines, above the {MAX_TEXT_LINES} limit")
+        tok = get_factory(src.tokenizer, f"{key}.tokenizer")  # type: ignore[arg-type]
+        try:
+            out = tok(lines, **src.tokenizer_args)
+        except Exception as exc:  # user code: report it as a data error
+            raise InputDataError(
+                f"{key}.tokenizer: {src.tokenizer} failed on {path}: {type(exc).__name__}: {exc}"
+            ) from None
+        if not isinstance(out, dict):
+            raise InputDataError(
+                f"{key}.tokenizer: {src.tokenizer} returned {type(out).__name__}; it must return {{input name: array}}"
+            )
+        return {k: np.asarray(v) for k, v in out.items()}
+    return load_arrays(path, f"{key}.data")
+
+
+def _load_npy(p: Path, key: str) -> np.ndarray:
+    try:
+        return np.load(p, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise InputDataError(f"{key}.data: cannot read {p} ({exc})") from None
+
+
+def _concat(parts: list, where: str) -> dict[str, np.ndarray]:
+    if not parts or not all(isinstance(p, dict) for p in parts):
+        raise InputDataError(f"{where}: expected one or more {{input name: array}} batches")
+    keys = set(parts[0])
+    for p in parts[1:]:
+        if set(p) != keys:
+            raise InputDataError(f"{where}: batches have different arrays ({sorted(keys)} vs {sorted(p)})")
+    try:
+        return {k: np.concatenate([np.asarray(p[k]) for p in parts], axis=0) for k in sorted(keys)}
+    except ValueError as exc:
+        raise InputDataError(f"{where}: batches do not stack along the sample axis: {exc}") from None
 
 
 def load_arrays(path: Path, key: str) -> dict[str, np.ndarray]:
@@ -33,14 +117,10 @@ def load_arrays(path: Path, key: str) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise InputDataError(
-            f"{key}: cannot read {path} as .npz ({exc}); save it with numpy.savez"
-        ) from None
+        raise InputDataError(f"{key}: cannot read {path} as .npz ({exc}); save it with numpy.savez") from None
 
 
-def check_arrays(
-    cfg: IOSpec, arrays: dict[str, np.ndarray], path: Path, key: str, labels: str | None
-) -> int:
+def check_arrays(cfg: IOSpec, arrays: dict[str, np.ndarray], path: Path | str, key: str, labels: str | None) -> int:
     """Names, dtypes and shapes against cfg.inputs; returns the sample count."""
     wanted = [i.name for i in cfg.inputs] + ([labels] if labels else [])
     missing = [n for n in wanted if n not in arrays]
@@ -57,9 +137,7 @@ def check_arrays(
                 f"{path}: array {inp.name!r} has dtype {a.dtype}; model input {inp.name!r} expects {inp.dtype}"
             )
         expect = _expected_shape(cfg, inp)
-        ok = a.ndim == len(expect) and all(
-            e is None or e == d for e, d in zip(expect, a.shape, strict=False)
-        )
+        ok = a.ndim == len(expect) and all(e is None or e == d for e, d in zip(expect, a.shape, strict=False))
         if not ok:
             shown = "(" + ", ".join("N" if e is None else str(e) for e in expect) + ")"
             raise InputDataError(
@@ -77,9 +155,7 @@ def check_arrays(
     if labels:
         lab = arrays[labels]
         if lab.ndim != 1 or not np.issubdtype(lab.dtype, np.integer):
-            raise InputDataError(
-                f"{path}: labels array {labels!r} must be 1-D integers, got {lab.dtype} {lab.shape}"
-            )
+            raise InputDataError(f"{path}: labels array {labels!r} must be 1-D integers, got {lab.dtype} {lab.shape}")
         counts.add(lab.shape[0])
     if len(counts) != 1:
         raise InputDataError(
@@ -99,16 +175,33 @@ def _expected_shape(cfg: IOSpec, inp) -> list[int | None]:
     return dims
 
 
-def load_validation(
-    io: IOSpec, v: ValidationConfig, path: Path
-) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """Inputs (limited to validation.samples) and labels, after checking them."""
-    arrays = load_arrays(path, "validation.data")
-    n = check_arrays(io, arrays, path, "validation.data", v.labels)
+def load_validation(io: IOSpec, v: ValidationConfig) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Inputs (the first validation.samples) and labels, after checking them."""
+    arrays = read_source(v, "validation")
+    n = check_arrays(io, arrays, _where(v), _key(v, "validation"), v.labels)
     k = min(n, v.samples) if v.samples else n
     feeds = {i.name: arrays[i.name][:k] for i in io.inputs}
     labels = arrays[v.labels][:k] if v.labels else None
     return feeds, labels
+
+
+def load_calibration(io: IOSpec, c: CalibrationConfig) -> dict[str, np.ndarray]:
+    """Calibration inputs after checking them: a seeded random subset of `samples`."""
+    arrays = read_source(c, "calibration")
+    n = check_arrays(io, arrays, _where(c), _key(c, "calibration"), None)
+    feeds = {i.name: arrays[i.name] for i in io.inputs}
+    if c.samples and c.samples < n and io.has_batch_axis():
+        idx = np.sort(np.random.default_rng(c.seed).choice(n, size=c.samples, replace=False))
+        feeds = {k: v[idx] for k, v in feeds.items()}
+    return feeds
+
+
+def _key(src: DataSource, section: str) -> str:
+    return f"{section}.data" if src.data else f"{section}.generator"
+
+
+def _where(src: DataSource) -> str:
+    return str(resolve_path(src.data)) if src.data else f"generator {src.generator}"
 
 
 def batches(feeds: dict[str, np.ndarray], size: int):

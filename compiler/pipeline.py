@@ -47,6 +47,7 @@ class PassContext:
     extras: Mapping[str, Artifact]
     log_path: Path
     progress: Any = None  # callable(str) -> None; passes report progress through it, never print
+    state_dir: Path | None = None  # mscompile's state folder, for shared accelerators (timing caches)
 
     def note(self, message: str) -> None:
         if self.progress is not None:
@@ -121,8 +122,7 @@ class Pipeline:
         want = step.pass_cls.input_type
         if not issubclass(given, want):
             raise PipelineTypeError(
-                f"{source} gives {given.__name__}, but step {step.id} "
-                f"({step.pass_cls.name}) takes {want.__name__}"
+                f"{source} gives {given.__name__}, but step {step.id} ({step.pass_cls.name}) takes {want.__name__}"
             )
 
     @property
@@ -183,9 +183,7 @@ class Driver:
         self.outputs: dict[str, Artifact] = {}
 
     # -- keys -------------------------------------------------------------------
-    def key_material(
-        self, step: Step, inp: Artifact, extras: Mapping[str, Artifact]
-    ) -> dict[str, Any]:
+    def key_material(self, step: Step, inp: Artifact, extras: Mapping[str, Artifact]) -> dict[str, Any]:
         p = step.pass_cls
         material = {
             "pass": p.name,
@@ -196,11 +194,7 @@ class Driver:
             "libraries": library_versions(p.libraries),
         }
         if p.device_dependent:
-            fp = (
-                self.device_fingerprint()
-                if callable(self.device_fingerprint)
-                else self.device_fingerprint
-            )
+            fp = self.device_fingerprint() if callable(self.device_fingerprint) else self.device_fingerprint
             material["device"] = fp
         return material
 
@@ -211,9 +205,7 @@ class Driver:
                 out[name] = src
             else:
                 if src not in self.outputs:
-                    raise PipelineTypeError(
-                        f"step {step.id}: side input {name} needs step {src}, which has no output"
-                    )
+                    raise PipelineTypeError(f"step {step.id}: side input {name} needs step {src}, which has no output")
                 out[name] = self.outputs[src]
         return out
 
@@ -261,6 +253,7 @@ class Driver:
             extras=extras,
             log_path=self.log_dir / f"{step.id.replace('/', '.')}.log",
             progress=lambda msg: self.instruments.step_progress(step, msg),
+            state_dir=self.cache.root.parent,
         )
         prior = [r.id for r in self.records.values()]
         try:
@@ -362,4 +355,3 @@ def _rmtree(p: Path) -> None:
     import shutil
 
     shutil.rmtree(p, ignore_errors=True)
-

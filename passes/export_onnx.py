@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 from mscompile import onnx_utils
-from mscompile.artifacts import Dataset, OnnxModel, TorchModel
+from mscompile.artifacts import OnnxModel, TorchModel
 from mscompile.config import ExportConfig, IOSpec, Section, SourceConfig, ValidationConfig
 from mscompile.data import load_validation
 from mscompile.instruments import capture_output
@@ -62,9 +62,7 @@ def _dynamo_shapes(io: IOSpec) -> tuple[dict[int, Any], ...]:
                 continue
             if name not in dims:
                 if inp.range is not None:
-                    dims[name] = torch.export.Dim(
-                        name, min=inp.range.min[ax], max=inp.range.max[ax]
-                    )
+                    dims[name] = torch.export.Dim(name, min=inp.range.min[ax], max=inp.range.max[ax])
                 else:
                     dims[name] = torch.export.Dim(name)
             spec[ax] = dims[name]
@@ -84,9 +82,7 @@ def _dynamic_axes(io: IOSpec) -> dict[str, dict[int, str]]:
     return axes
 
 
-def _export(
-    module: Any, args: tuple, io: IOSpec, cfg: ExportConfig, path: Path, exporter: str
-) -> None:
+def _export(module: Any, args: tuple, io: IOSpec, cfg: ExportConfig, path: Path, exporter: str) -> None:
     import torch
 
     names_in = [i.name for i in io.inputs]
@@ -145,21 +141,16 @@ class ExportOnnx(Pass[TorchModel, OnnxModel]):
     output_type = OnnxModel
     Config = ExportPassConfig
     libraries = ("torch", "onnx", "onnxscript")
-    extra_inputs = ("validation",)
+    extra_inputs = ("validation",)  # keys the result by the data's digest; read through cfg.validation
 
-    def run(
-        self, inp: TorchModel, cfg: ExportPassConfig, ctx: PassContext
-    ) -> PassResult[OnnxModel]:
+    def run(self, inp: TorchModel, cfg: ExportPassConfig, ctx: PassContext) -> PassResult[OnnxModel]:
         info = json.loads((inp.path / "module.json").read_text())
         src = SourceConfig.model_validate(info["source"])
         module = load_module(src, Path(info["checkpoint"]))
-        validation: Dataset = ctx.extras["validation"]  # type: ignore[assignment]
-        feeds, _ = load_validation(cfg.io, cfg.validation, validation.path)
+        feeds, _ = load_validation(cfg.io, cfg.validation)
         args = example_inputs(cfg.io, feeds)
         path = ctx.workdir / "model.onnx"
-        order = (
-            ["dynamo", "torchscript"] if cfg.export.exporter == "auto" else [cfg.export.exporter]
-        )
+        order = ["dynamo", "torchscript"] if cfg.export.exporter == "auto" else [cfg.export.exporter]
         attempts: list[dict[str, Any]] = []
         for exporter in order:
             ctx.note(f"exporting with the {exporter} exporter (opset {cfg.export.opset})")
@@ -182,13 +173,9 @@ class ExportOnnx(Pass[TorchModel, OnnxModel]):
                     f.unlink()
                 if exporter == order[-1]:
                     tried = "; ".join(f"{a['exporter']}: {a['reason']}" for a in attempts)
-                    raise RuntimeError(
-                        f"ONNX export failed ({tried}); full log: {ctx.log_path}"
-                    ) from exc
+                    raise RuntimeError(f"ONNX export failed ({tried}); full log: {ctx.log_path}") from exc
                 continue
-            attempts.append(
-                {"exporter": exporter, "ok": True, "seconds": round(time.perf_counter() - t0, 3)}
-            )
+            attempts.append({"exporter": exporter, "ok": True, "seconds": round(time.perf_counter() - t0, 3)})
             break
         meta = onnx_utils.describe(path)
         meta.update(precision="fp32", exporter=attempts[-1]["exporter"])

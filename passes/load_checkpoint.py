@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from mscompile.artifacts import Dataset, TorchModel, TorchSource
+from mscompile.artifacts import TorchModel, TorchSource
 from mscompile.config import IOSpec, Section, SourceConfig, ValidationConfig
 from mscompile.data import batches, load_validation
 from mscompile.errors import ShapeError
@@ -23,9 +23,7 @@ class LoadConfig(Section):
     validation: ValidationConfig
 
 
-def reference_outputs(
-    module, io: IOSpec, feeds: dict[str, np.ndarray], batch_size: int
-) -> dict[str, np.ndarray]:
+def reference_outputs(module, io: IOSpec, feeds: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
     """Run the module in eval mode over `feeds` in batches; one array per declared output."""
     import torch
 
@@ -42,12 +40,8 @@ def reference_outputs(
                     f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; "
                     "fix inputs[].shape/dtype (or the validation data) to what the model's forward() takes"
                 ) from None
-            for o, t in zip(
-                io.outputs, as_output_list(result, len(io.outputs), "outputs"), strict=True
-            ):
-                outs[o.name].append(
-                    t.detach().float().numpy() if t.is_floating_point() else t.numpy()
-                )
+            for o, t in zip(io.outputs, as_output_list(result, len(io.outputs), "outputs"), strict=True):
+                outs[o.name].append(t.detach().float().numpy() if t.is_floating_point() else t.numpy())
     return {k: np.concatenate(v, axis=0) if io.has_batch_axis() else v[0] for k, v in outs.items()}
 
 
@@ -58,14 +52,13 @@ class LoadCheckpoint(Pass[TorchSource, TorchModel]):
     output_type = TorchModel
     Config = LoadConfig
     libraries = ("torch", "numpy", "safetensors")
-    extra_inputs = ("validation",)
+    extra_inputs = ("validation",)  # keys the result by the data's digest; read through cfg.validation
 
     def run(self, inp: TorchSource, cfg: LoadConfig, ctx: PassContext) -> PassResult[TorchModel]:
         import torch
 
-        validation: Dataset = ctx.extras["validation"]  # type: ignore[assignment]
         module = load_module(cfg.source, inp.path)
-        feeds, labels = load_validation(cfg.io, cfg.validation, validation.path)
+        feeds, labels = load_validation(cfg.io, cfg.validation)
         ctx.note(f"reference outputs on {next(iter(feeds.values())).shape[0]} validation samples")
         ref = reference_outputs(module, cfg.io, feeds, cfg.validation.batch_size)
         np.savez(ctx.workdir / "reference.npz", **ref)
@@ -89,6 +82,4 @@ class LoadCheckpoint(Pass[TorchSource, TorchModel]):
                 indent=2,
             )
         )
-        return PassResult(
-            output=TorchModel(path=ctx.workdir, digest="", meta=dict(metrics)), metrics=metrics
-        )
+        return PassResult(output=TorchModel(path=ctx.workdir, digest="", meta=dict(metrics)), metrics=metrics)

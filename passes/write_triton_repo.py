@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mscompile.artifacts import OnnxModel
+from mscompile.artifacts import Artifact, TrtEngine
 from mscompile.config import ModelConfig, resolve_path
 from mscompile.tritonrepo.config import build_model_config, to_text
 from mscompile.tritonrepo.writer import Published, publish
@@ -20,7 +20,7 @@ from mscompile.tritonrepo.writer import Published, publish
 class Deployment:
     model_name: str
     target: str
-    model: OnnxModel
+    model: Artifact  # OnnxModel or TrtEngine
 
 
 def deployment_names(cfg: ModelConfig, targets: list[str]) -> list[tuple[str, str]]:
@@ -30,29 +30,24 @@ def deployment_names(cfg: ModelConfig, targets: list[str]) -> list[tuple[str, st
     return [(cfg.name, targets[0])]
 
 
-def model_files(model: OnnxModel) -> dict[str, Path]:
-    return {
-        f.name: f
-        for f in sorted(model.path.iterdir())
-        if f.is_file() and f.name.startswith("model.onnx")
-    }
+def model_files(model: Artifact) -> dict[str, Path]:
+    """The files Triton loads: model.onnx (+ external data), or model.plan."""
+    if isinstance(model, TrtEngine):
+        return {"model.plan": model.plan_file}
+    return {f.name: f for f in sorted(model.path.iterdir()) if f.is_file() and f.name.startswith("model.onnx")}
 
 
-def write_repository(
-    cfg: ModelConfig, deployments: list[Deployment], manifest: dict[str, Any]
-) -> list[Published]:
+def model_config_text(cfg: ModelConfig, name: str, target: str, model: Artifact) -> str:
+    t = next(x for x in cfg.targets if x.name == target)
+    profiles = [p["name"] for p in model.meta.get("profiles", [])] if isinstance(model, TrtEngine) else None
+    return to_text(build_model_config(cfg, name, model.meta["io"], target=t, profiles=profiles))
+
+
+def write_repository(cfg: ModelConfig, deployments: list[Deployment], manifest: dict[str, Any]) -> list[Published]:
     repo = resolve_path(cfg.triton.repository)
     # every config is built (and so checked) before anything is written
-    texts = [
-        to_text(build_model_config(cfg, d.model_name, d.model.meta["io"])) for d in deployments
-    ]
+    texts = [model_config_text(cfg, d.model_name, d.target, d.model) for d in deployments]
     return [
-        publish(
-            repo,
-            d.model_name,
-            model_files(d.model),
-            text,
-            dict(manifest, deployed_variant=d.target),
-        )
+        publish(repo, d.model_name, model_files(d.model), text, dict(manifest, deployed_variant=d.target))
         for d, text in zip(deployments, texts, strict=True)
     ]

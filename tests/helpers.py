@@ -19,9 +19,7 @@ def write_config(cfg: dict, path: Path) -> Path:
     return path
 
 
-def run_cli(
-    *args: str, cwd: Path | None = None, env: dict | None = None
-) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     """The real console entry point in a child process (exit codes included)."""
     return subprocess.run(
         [sys.executable, "-m", "mscompile.cli", *args],

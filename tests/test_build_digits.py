@@ -32,7 +32,7 @@ def test_build_publishes_a_model_that_matches_pytorch(tmp_path, digits_config, d
     assert r.returncode == 0, r.stderr
     repo = tmp_path / "repo"
     assert out["version"] == 1 and out["published"][0]["new_version"] is True
-    assert {v["name"]: v["status"] for v in out["variants"]} == {"fp32": "OK", "fp16": "OK"}
+    assert {v["name"]: v["status"] for v in out["variants"]} == {"fp32": "OK", "fp16": "OK", "int8": "OK"}
     mc = parse((repo / "digits/config.pbtxt").read_text())
     assert mc.name == "digits" and list(mc.input[0].dims) == [1, 8, 8] and mc.max_batch_size == 64
 
@@ -43,12 +43,8 @@ def test_build_publishes_a_model_that_matches_pytorch(tmp_path, digits_config, d
     net.eval()
     with torch.no_grad():
         ref = net(torch.from_numpy(val["images"])).numpy()
-    sess = ort.InferenceSession(
-        str(repo / "digits/1/model.onnx"), providers=["CPUExecutionProvider"]
-    )
-    got = np.concatenate(
-        [sess.run(None, {"images": val["images"][i : i + 64]})[0] for i in range(0, len(ref), 64)]
-    )
+    sess = ort.InferenceSession(str(repo / "digits/1/model.onnx"), providers=["CPUExecutionProvider"])
+    got = np.concatenate([sess.run(None, {"images": val["images"][i : i + 64]})[0] for i in range(0, len(ref), 64)])
     np.testing.assert_allclose(got, ref, atol=1e-4)
     acc_torch = (ref.argmax(1) == val["labels"]).mean()
     assert (got.argmax(1) == val["labels"]).mean() == acc_torch and acc_torch > 0.95
@@ -76,7 +72,7 @@ def test_rebuild_runs_nothing_and_changes_rerun_only_their_target(tmp_path, digi
     cfg = write_config(digits_config, tmp_path / "model.yaml")
     assert _build(cfg, env=env)[0].returncode == 0
     r, out = _build(cfg, env=env)
-    assert r.returncode == 0 and out["passes_run"] == 0 and out["passes_cached"] == 6
+    assert r.returncode == 0 and out["passes_run"] == 0 and out["passes_cached"] == 8
     assert out["published"] == [
         {
             "model": "digits",
@@ -99,7 +95,7 @@ def test_rebuild_runs_nothing_and_changes_rerun_only_their_target(tmp_path, digi
     assert _ran(home) == ["fp16/check_accuracy", "fp16/convert_fp16"]
 
     r, out = _build(cfg, "--force", env=env)
-    assert out["passes_run"] == 6 and out["passes_cached"] == 0
+    assert out["passes_run"] == 8 and out["passes_cached"] == 0
     assert out["version"] == 1  # same files: no new version for Triton to load
 
 
@@ -118,11 +114,7 @@ def test_killed_build_resumes_from_the_last_finished_pass(tmp_path, digits_confi
     deadline = time.time() + 120
     while time.time() < deadline:
         logs = list(home.glob("logs/*/events.jsonl"))
-        if (
-            logs
-            and '"step": "load_checkpoint"' in logs[0].read_text()
-            and '"step_end"' in logs[0].read_text()
-        ):
+        if logs and '"step": "load_checkpoint"' in logs[0].read_text() and '"step_end"' in logs[0].read_text():
             break
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)  # mid-way through the export
@@ -162,9 +154,7 @@ def test_deploy_all_writes_one_model_per_variant(tmp_path, digits_config):
         d = tmp_path / "repo" / f"digits_{variant}"
         assert parse((d / "config.pbtxt").read_text()).name == f"digits_{variant}"
         assert json.loads((d / "1/build_manifest.json").read_text())["deployed_variant"] == variant
-    fp16 = ort.InferenceSession(
-        str(tmp_path / "repo/digits_fp16/1/model.onnx"), providers=["CPUExecutionProvider"]
-    )
+    fp16 = ort.InferenceSession(str(tmp_path / "repo/digits_fp16/1/model.onnx"), providers=["CPUExecutionProvider"])
     assert fp16.get_inputs()[0].type == "tensor(float)"
 
 
@@ -174,7 +164,9 @@ def test_plan_validate_schema_and_human_summary(tmp_path, digits_config):
     cfg = write_config(digits_config, tmp_path / "model.yaml")
     r = run_cli("plan", str(cfg), "--json", env=env)
     assert r.returncode == 0
-    assert {row["action"] for row in json.loads(r.stdout)} == {"run"}
+    planned = json.loads(r.stdout)
+    assert {row["action"] for row in planned["steps"]} == {"run"}
+    assert parse(planned["targets"]["fp32"]["config_pbtxt"]).max_batch_size == 64  # from a PyTorch probe
     r = run_cli("validate", str(cfg), env=env)
     assert r.returncode == 0, r.stderr
     assert "forward pass at range max: ok" in r.stdout and "nothing was written" in r.stdout
@@ -195,7 +187,7 @@ def test_plan_validate_schema_and_human_summary(tmp_path, digits_config):
     assert "published digits version 1 (new version)" in r.stdout
     assert "export_onnx" in r.stderr  # progress goes to stderr
     r = run_cli("plan", str(cfg), "--json", env=env)
-    assert {row["action"] for row in json.loads(r.stdout)} == {"cached"}
+    assert {row["action"] for row in json.loads(r.stdout)["steps"]} == {"cached"}
     r = run_cli("schema")
     assert json.loads(r.stdout)["title"] == "mscompile model.yaml"
 

@@ -48,9 +48,7 @@ def test_minilm_builds_with_dynamic_sequence(tmp_path):
     types = np.zeros_like(ids)
     with torch.no_grad():
         ref = net(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(types)).numpy()
-    sess = ort.InferenceSession(
-        str(tmp_path / "repo/minilm/1/model.onnx"), providers=["CPUExecutionProvider"]
-    )
+    sess = ort.InferenceSession(str(tmp_path / "repo/minilm/1/model.onnx"), providers=["CPUExecutionProvider"])
     (got,) = sess.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})
     cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
     assert got.shape == (3, 384) and cos.min() >= 0.9999

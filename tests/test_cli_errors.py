@@ -31,9 +31,12 @@ def _factory_does_not_import(c, t):
     c["source"]["factory"] = "broken_factory:Net"
     c["source"]["checkpoint"] = str(REPO / "examples/digits/digits.pt")
     c["validation"]["data"] = str(REPO / "calibration_data/digits_val.npz")
+    c["calibration"]["data"] = str(REPO / "calibration_data/digits_calib.npz")
 
 
 def _shape_rejected(c, t):
+    c.pop("calibration")
+    c["targets"] = [x for x in c["targets"] if x["precision"] != "int8"]
     np.savez(t / "v.npz", images=np.zeros((4, 1, 12, 12), np.float32), labels=np.zeros(4, np.int64))
     c["inputs"][0] = {"name": "images", "dtype": "float32", "shape": [-1, 1, 12, 12]}
     c["validation"]["data"] = str(t / "v.npz")
@@ -65,6 +68,25 @@ def _full_pickle(c, t):
     c["source"]["checkpoint"] = str(t / "whole.pt")
 
 
+def _calib_wrong_name(c, t):
+    np.savez(t / "cal.npz", pixels=np.zeros((4, 1, 8, 8), np.float32))
+    c["calibration"]["data"] = str(t / "cal.npz")
+
+
+def _calib_wrong_dtype(c, t):
+    np.savez(t / "cal.npz", images=np.zeros((4, 1, 8, 8), np.float16))
+    c["calibration"]["data"] = str(t / "cal.npz")
+
+
+def _calib_wrong_shape(c, t):
+    np.savez(t / "cal.npz", images=np.zeros((4, 8, 8), np.float32))
+    c["calibration"]["data"] = str(t / "cal.npz")
+
+
+def _int8_without_calibration(c, t):
+    c.pop("calibration")
+
+
 def _opt_outside_range(c, t):
     c["inputs"][0]["range"]["opt"] = [0, 1, 8, 8]
 
@@ -92,6 +114,16 @@ CASES = {
         "v.npz: array 'images' has shape (4, 1, 28, 28); model input 'images' expects (N, 1, 8, 8)",
     ),
     "full pickle": (_full_pickle, "set source.trust_pickle: true if you trust its origin"),
+    "calibration wrong array name": (_calib_wrong_name, "cal.npz: no array named 'images' (key calibration.data)"),
+    "calibration wrong dtype": (
+        _calib_wrong_dtype,
+        "cal.npz: array 'images' has dtype float16; model input 'images' expects float32",
+    ),
+    "calibration wrong shape": (
+        _calib_wrong_shape,
+        "cal.npz: array 'images' has shape (4, 8, 8); model input 'images' expects (N, 1, 8, 8)",
+    ),
+    "int8 without calibration": (_int8_without_calibration, "targets[2].precision: int8 needs a calibration: section"),
     "opt outside range": (
         _opt_outside_range,
         "inputs[0].range: dimension 0 needs 1 <= min <= opt <= max",

@@ -30,9 +30,7 @@ def test_unknown_key_names_path_and_suggests():
     d = base()
     d["targets"][1]["tolerence"] = {"cosine": 0.9}
     (msg,) = problems(d)
-    assert msg.startswith(
-        "model.yaml: targets[1].tolerence: unknown key; did you mean 'tolerance'?"
-    )
+    assert msg.startswith("model.yaml: targets[1].tolerence: unknown key; did you mean 'tolerance'?")
     assert "allowed here:" in msg and "precision" in msg
 
 

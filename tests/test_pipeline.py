@@ -32,9 +32,7 @@ class Double(Pass[TorchSource, TorchModel]):
             raise ValueError("boom")
         data = inp.path.read_bytes() * 2 * cfg.factor
         (ctx.workdir / "out.bin").write_bytes(data)
-        return PassResult(
-            output=TorchModel(path=ctx.workdir, digest="", meta={}), metrics={"bytes": len(data)}
-        )
+        return PassResult(output=TorchModel(path=ctx.workdir, digest="", meta={}), metrics={"bytes": len(data)})
 
 
 def test_types_are_checked_before_anything_runs():
@@ -52,10 +50,7 @@ def test_types_are_checked_before_anything_runs():
         match=r"step check \(check_accuracy\) gives ParityReport, but step fp16 \(convert_fp16\) takes OnnxModel",
     ):
         Pipeline(report_then_fp16)
-    assert (
-        issubclass(CheckAccuracy.output_type, ParityReport)
-        and CheckAccuracy.input_type is OnnxModel
-    )
+    assert issubclass(CheckAccuracy.output_type, ParityReport) and CheckAccuracy.input_type is OnnxModel
 
 
 def _check_cfg():
@@ -105,8 +100,6 @@ def test_failure_names_the_pass_and_those_before_it(tmp_path):
     src.write_bytes(b"ab")
     d = _driver(tmp_path)
     d.run_step(Step("first", Double, Cfg()), TorchSource.of(src))
-    with pytest.raises(
-        PassError, match=r"pass 'second' failed: ValueError: boom \(passes run before it: first\)"
-    ):
+    with pytest.raises(PassError, match=r"pass 'second' failed: ValueError: boom \(passes run before it: first\)"):
         d.run_step(Step("second", Double, Cfg(fail=True)), TorchSource.of(src))
     assert [p.name for p in (tmp_path / "cache" / "tmp").iterdir()] == []  # its work folder is gone

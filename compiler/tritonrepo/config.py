@@ -8,7 +8,7 @@ from typing import Any
 
 from google.protobuf import text_format
 
-from ..config import IOSpec, ModelConfig
+from ..config import IOSpec, ModelConfig, TargetConfig
 from ..errors import ConfigError
 
 TRITON_DTYPES = {
@@ -50,53 +50,67 @@ def _dtype(spec: dict[str, Any]) -> Any:
     pb = _pb()
     name = TRITON_DTYPES.get(spec["dtype"])
     if name is None:
-        raise ConfigError(
-            f"tensor {spec['name']!r} has dtype {spec['dtype']}, which Triton cannot serve"
-        )
+        raise ConfigError(f"tensor {spec['name']!r} has dtype {spec['dtype']}, which Triton cannot serve")
     return pb.DataType.Value(name)
 
 
 def _opt_dims(io: IOSpec, name: str) -> tuple[int, list[int]]:
     """Warm-up batch and dims from the range's opt shape (1 for unbounded dynamic dims)."""
     inp = next(i for i in io.inputs if i.name == name)
-    shape = (
-        list(inp.range.opt)
-        if inp.range
-        else [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
-    )
+    shape = list(inp.range.opt) if inp.range else [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
     if io.has_batch_axis():
         return shape[0], shape[1:]
     return 1, shape
 
 
-def build_model_config(cfg: ModelConfig, model_name: str, io_sig: dict[str, Any]) -> Any:
-    """A ModelConfig message for an ONNX Runtime model."""
+def build_model_config(
+    cfg: ModelConfig,
+    model_name: str,
+    io_sig: dict[str, Any],
+    target: TargetConfig | None = None,
+    profiles: list[str] | None = None,
+) -> Any:
+    """A ModelConfig message for an ONNX Runtime model, or a TensorRT plan when
+    `target` is a tensorrt target (`profiles`: the engine's profile names)."""
     pb = _pb()
     t = cfg.triton
     mbs = cfg.max_batch_size()
     batched = mbs > 0
+    trt = target is not None and target.backend == "tensorrt"
+    platform, backend, filename = (
+        ("tensorrt_plan", "tensorrt", "model.plan") if trt else ("onnxruntime_onnx", "onnxruntime", "model.onnx")
+    )
     mc = pb.ModelConfig(
-        name=model_name,
-        platform="onnxruntime_onnx",
-        backend="onnxruntime",
-        max_batch_size=mbs,
-        default_model_filename="model.onnx",
+        name=model_name, platform=platform, backend=backend, max_batch_size=mbs, default_model_filename=filename
     )
     for spec in io_sig["inputs"]:
         mc.input.add(name=spec["name"], data_type=_dtype(spec), dims=_dims(spec, batched, "input"))
     for spec in io_sig["outputs"]:
-        mc.output.add(
-            name=spec["name"], data_type=_dtype(spec), dims=_dims(spec, batched, "output")
-        )
+        mc.output.add(name=spec["name"], data_type=_dtype(spec), dims=_dims(spec, batched, "output"))
     if t.dynamic_batching is not None and batched:
         db = mc.dynamic_batching
         db.preferred_batch_size.extend(t.dynamic_batching.preferred_batch_size)
         db.max_queue_delay_microseconds = t.dynamic_batching.max_queue_delay_microseconds
         db.SetInParent()
+    on_gpu = trt or (target is not None and target.gpu is not None)
     for g in t.instance_group:
-        ig = mc.instance_group.add(kind=pb.ModelInstanceGroup.Kind.Value(g.kind), count=g.count)
+        # an engine (or an ONNX Runtime GPU target) runs on GPUs whatever the CPU default says
+        kind = "KIND_GPU" if on_gpu and g.kind == "KIND_CPU" else g.kind
+        ig = mc.instance_group.add(kind=pb.ModelInstanceGroup.Kind.Value(kind), count=g.count)
         if g.gpus:
             ig.gpus.extend(g.gpus)
+        if trt and profiles and len(profiles) > 1:
+            # every instance may pick among all profiles; the server chooses by input shape
+            ig.profile.extend(str(i) for i in range(len(profiles)))
+    if target is not None and target.gpu is not None:
+        acc = mc.optimization.execution_accelerators.gpu_execution_accelerator.add(name=target.gpu.accelerator)
+        if target.gpu.accelerator == "tensorrt":
+            g = target.gpu
+            acc.parameters["precision_mode"] = g.precision_mode
+            acc.parameters["max_workspace_size_bytes"] = str(g.max_workspace_size_bytes)
+            acc.parameters["trt_engine_cache_enable"] = "true" if g.trt_engine_cache_enable else "false"
+            if g.trt_engine_cache_path:
+                acc.parameters["trt_engine_cache_path"] = g.trt_engine_cache_path
     if t.version_policy is not None:
         vp = t.version_policy
         if vp.latest is not None:

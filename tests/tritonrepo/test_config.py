@@ -31,11 +31,7 @@ def test_digits_config_round_trips_through_tritons_schema():
     assert mc.version_policy.latest.num_versions == 2
     assert mc.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
     w = mc.model_warmup[0]
-    assert (
-        w.batch_size == 8
-        and list(w.inputs["images"].dims) == [1, 8, 8]
-        and w.inputs["images"].zero_data
-    )
+    assert w.batch_size == 8 and list(w.inputs["images"].dims) == [1, 8, 8] and w.inputs["images"].zero_data
 
 
 def test_dynamic_non_batch_dims_are_minus_one():
@@ -54,11 +50,7 @@ def test_dynamic_non_batch_dims_are_minus_one():
 
 
 def test_max_batch_size_zero_keeps_all_dims_and_no_batching():
-    mc = parse(
-        to_text(
-            build_model_config(_cfg(max_batch_size=0, dynamic_batching=None), "digits", DIGITS_IO)
-        )
-    )
+    mc = parse(to_text(build_model_config(_cfg(max_batch_size=0, dynamic_batching=None), "digits", DIGITS_IO)))
     assert mc.max_batch_size == 0
     assert list(mc.input[0].dims) == [-1, 1, 8, 8]
     assert not mc.HasField("dynamic_batching")

@@ -70,9 +70,7 @@ def test_lock_timeout_names_the_holder(tmp_path):
     t.start()
     held.wait(5)
     try:
-        with pytest.raises(
-            RepositoryError, match=rf"another build holds the lock \(pid {os.getpid()} on"
-        ):
+        with pytest.raises(RepositoryError, match=rf"another build holds the lock \(pid {os.getpid()} on"):
             with model_lock(tmp_path / "m", timeout=0.2):
                 pass
     finally:

@@ -1,0 +1,205 @@
+"""INT8 with ONNX Runtime's quantizer, for the onnxruntime backend.
+
+static: `quant_pre_process`, then `quantize_static` to QDQ with uint8
+activations and int8 (per-channel) weights, calibrated on the calibration set
+with MinMax, Percentile or Entropy (a real histogram: `num_bins`). Formats are
+pinned explicitly, since ONNX Runtime's defaults have changed between releases.
+dynamic: `quantize_dynamic`, int8 weights, activations quantized at run time
+(the route that keeps transformer MatMuls accurate).
+Nodes named in `exclude_nodes` (or of `exclude_op_types`) stay in float: the
+recovery loop uses this to repair a variant that misses its gate."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from mscompile import onnx_utils
+from mscompile.artifacts import OnnxModel
+from mscompile.config import CalibrationConfig, IOSpec, Section
+from mscompile.data import batches, load_calibration
+from mscompile.instruments import capture_output
+from mscompile.pipeline import Pass, PassContext, PassResult
+
+
+class Int8Config(Section):
+    mode: Literal["static", "dynamic"]
+    calibration_method: Literal["minmax", "percentile", "entropy"] = "minmax"
+    percentile: float = 99.999
+    num_bins: int = 2048
+    per_channel: bool = True
+    exclude_nodes: tuple[str, ...] = ()
+    exclude_op_types: tuple[str, ...] = ()
+    io: IOSpec
+    calibration: CalibrationConfig
+
+
+def quantizable_nodes(model, mode: str) -> list[str]:
+    """Names of the nodes ONNX Runtime's quantizer would quantize in this mode."""
+    from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry
+
+    ops = set(QDQRegistry) if mode == "static" else set(IntegerOpsRegistry)
+    return [n.name for n in model.graph.node if n.op_type in ops and n.name]
+
+
+class _Reader:
+    """CalibrationDataReader over in-memory feeds."""
+
+    def __init__(self, feeds: dict[str, np.ndarray], batch: int) -> None:
+        self._it = iter(list(batches(feeds, batch)))
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def __iter__(self):  # qdq_loss_debug iterates the reader
+        return self._it
+
+    def rewind(self):  # pragma: no cover - not used by MinMax/Entropy/Percentile
+        pass
+
+
+def histogram_ranges(model: Path, method, options: dict, reader: _Reader, out: Path) -> None:
+    """Percentile/Entropy ranges from a histogram with `options['num_bins']` bins."""
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+    calibrator = create_calibrator(
+        str(model),
+        augmented_model_path=str(out.with_suffix(".aug.onnx")),
+        calibrate_method=method,
+        extra_options=options,
+    )
+    calibrator.collect_data(reader)
+    save_tensors_data(calibrator.compute_data(), out)
+    out.with_suffix(".aug.onnx").unlink(missing_ok=True)
+
+
+def pre_process(src: str, dst: str) -> str:
+    """quant_pre_process (shape inference + basic optimization); falls back to ONNX
+    shape inference only when the symbolic pass cannot handle the graph."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(src, dst, auto_merge=True)
+        return "symbolic"
+    except Exception:  # the symbolic shape pass fails on some graphs; the ONNX one is enough then
+        quant_pre_process(src, dst, skip_symbolic_shape=True)
+        return "onnx"
+
+
+class QuantizeInt8(Pass[OnnxModel, OnnxModel]):
+    name = "quantize_int8"
+    version = 3
+    input_type = OnnxModel
+    output_type = OnnxModel
+    Config = Int8Config
+    libraries = ("onnx", "onnxruntime", "numpy")
+    extra_inputs = ("calibration",)  # keys the result by the data's digest; read through cfg.calibration
+
+    def run(self, inp: OnnxModel, cfg: Int8Config, ctx: PassContext) -> PassResult[OnnxModel]:
+        import onnx
+        from onnxruntime.quantization import (
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_dynamic,
+            quantize_static,
+        )
+
+        out = ctx.workdir / "model.onnx"
+        settings: dict = {"mode": cfg.mode, "per_channel": cfg.per_channel, "weight_type": "int8"}
+        pre = ctx.workdir.parent / "pre.onnx"  # outside the output folder: not part of the artifact
+        if cfg.mode == "static":
+            with capture_output(ctx.log_path):
+                settings["shape_inference"] = pre_process(str(inp.onnx_file), str(pre))
+        # node names as the quantizer sees them
+        src_model = onnx.load(str(pre if cfg.mode == "static" else inp.onnx_file), load_external_data=False)
+        candidates = quantizable_nodes(src_model, cfg.mode)
+        names = {n.name for n in src_model.graph.node}
+        unknown = sorted(set(cfg.exclude_nodes) - names)
+        excluded = (set(cfg.exclude_nodes) & names) | {
+            n.name for n in src_model.graph.node if n.op_type in cfg.exclude_op_types
+        }
+        with capture_output(ctx.log_path):
+            if cfg.mode == "static":
+                feeds = load_calibration(cfg.io, cfg.calibration)
+                n = next(iter(feeds.values())).shape[0]
+                ctx.note(
+                    f"static QDQ, {cfg.calibration_method} calibration on {n} samples, {len(excluded)} nodes kept in float"
+                )
+                method = {
+                    "minmax": CalibrationMethod.MinMax,
+                    "percentile": CalibrationMethod.Percentile,
+                    "entropy": CalibrationMethod.Entropy,
+                }[cfg.calibration_method]
+                reader = _Reader(feeds, cfg.calibration.batch_size)
+                cache = None
+                extra: dict = {}
+                if cfg.calibration_method != "minmax":
+                    # quantize_static does not pass a bin count on to its calibrator: run the
+                    # histogram calibration here with the configured bins and hand over its ranges
+                    cache = ctx.workdir.parent / "calibration.json"
+                    extra = {"num_bins": cfg.num_bins}
+                    if cfg.calibration_method == "percentile":
+                        extra["percentile"] = cfg.percentile
+                    else:
+                        extra["num_quantized_bins"] = 128
+                    histogram_ranges(pre, method, extra, reader, cache)
+                    reader = None
+                quantize_static(
+                    str(pre),
+                    str(out),
+                    reader,
+                    quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    per_channel=cfg.per_channel,
+                    reduce_range=False,
+                    calibrate_method=method,
+                    nodes_to_exclude=sorted(excluded),
+                    calibration_cache_path=str(cache) if cache else None,
+                )
+                pre.unlink(missing_ok=True)
+                settings.update(
+                    quantizer="onnxruntime.quantize_static",
+                    format="QDQ",
+                    activation_type="uint8",
+                    calibration_method=cfg.calibration_method,
+                    calibration_samples=int(n),
+                    **extra,
+                )
+            else:
+                ctx.note(f"dynamic INT8, {len(excluded)} nodes kept in float")
+                quantize_dynamic(
+                    str(inp.onnx_file),
+                    str(out),
+                    weight_type=QuantType.QInt8,
+                    per_channel=cfg.per_channel,
+                    reduce_range=False,
+                    nodes_to_exclude=sorted(excluded),
+                    extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+                )
+                settings.update(quantizer="onnxruntime.quantize_dynamic", format="QOperator")
+        q = onnx.load(str(out))
+        ops = Counter(n.op_type for n in q.graph.node)
+        quantized = [c for c in candidates if c not in excluded]
+        meta = dict(inp.meta)
+        meta.update(onnx_utils.describe(out))
+        meta.update(precision="int8", quantization=settings)
+        metrics = {
+            **settings,
+            "quantizable_nodes": len(candidates),
+            "excluded_nodes": sorted(excluded),
+            "quantized_nodes": len(quantized),
+            "unknown_excluded_nodes": unknown,
+            "qdq_nodes": ops.get("QuantizeLinear", 0) + ops.get("DequantizeLinear", 0),
+            "integer_ops": sum(
+                v
+                for k, v in ops.items()
+                if k.startswith(("QLinear", "MatMulInteger", "ConvInteger", "DynamicQuantize"))
+            ),
+            "bytes_before": inp.onnx_file.stat().st_size,
+            "bytes_after": out.stat().st_size,
+        }
+        return PassResult(output=OnnxModel(path=ctx.workdir, digest="", meta=meta), metrics=metrics)
