@@ -80,6 +80,13 @@ def print_summary(result: Any) -> None:
     click.echo(f"done in {result.seconds:.1f}s")
 
 
+def _finish_tracking(tracker: Any, result: Any, error: BaseException | None) -> None:
+    try:
+        tracker.finish(result, error)
+    except Exception as exc:  # tracking must never hide the build's own outcome
+        click.echo(f"warning: could not record the build in MLflow: {type(exc).__name__}: {exc}", err=True)
+
+
 def _fail(exc: BaseException, debug: bool) -> None:
     if debug:
         traceback.print_exception(exc)
@@ -128,6 +135,16 @@ def _run(ctx: click.Context, fn: Any) -> Any:
 @click.option(
     "--require-all-targets", is_flag=True, help="Fail (exit 1) when a target is SKIPPED, e.g. TensorRT absent."
 )
+@click.option(
+    "--tracking-uri",
+    default=None,
+    help="MLflow tracking URI (default: model.yaml, $MLFLOW_TRACKING_URI, .mscompile/mlflow.db).",
+)
+@click.option(
+    "--experiment", default=None, help="MLflow experiment (default: model.yaml mlflow.experiment, mscompile/<name>)."
+)
+@click.option("--no-mlflow", is_flag=True, help="Do not record the build in MLflow.")
+@click.option("--mlflow-optional", is_flag=True, help="Warn and build anyway when the tracking store is unreachable.")
 @click.pass_context
 def build(
     ctx: click.Context,
@@ -137,9 +154,14 @@ def build(
     cache_dir: Path | None,
     quiet: bool,
     require_all_targets: bool,
+    tracking_uri: str | None,
+    experiment: str | None,
+    no_mlflow: bool,
+    mlflow_optional: bool,
 ) -> None:
-    """Build every target of CONFIG and publish the deployed variant to the Triton repository."""
-    from .build import BuildOptions
+    """Build every target of CONFIG and publish the deployed variant to the Triton repository.
+    The build is recorded as an MLflow run unless --no-mlflow."""
+    from .build import BuildOptions, default_state_dir
     from .build import build as run_build
     from .config import load_config
     from .errors import AccuracyGateError, TargetSkippedError
@@ -152,20 +174,50 @@ def build(
             quiet=quiet or as_json,
             require_all_targets=require_all_targets,
         )
+        tracker = None
+        if not no_mlflow:
+            from .tracking import Tracker, TrackingError, preflight, resolve
+
+            state = opts.cache_dir.parent if opts.cache_dir else default_state_dir()
+            settings = resolve(cfg, state, tracking_uri, experiment)
+            try:
+                preflight(settings)
+                tracker = Tracker(settings)
+                tracker.start(cfg, config)
+            except Exception as exc:  # any failure to open the store: exit 2 unless optional
+                err = exc if isinstance(exc, TrackingError) else TrackingError(f"MLflow store {settings.uri}: {exc}")
+                if not mlflow_optional:
+                    raise err from None
+                click.echo(f"warning: {err}; building without tracking (--mlflow-optional)", err=True)
+                tracker = None
+        result = None
         try:
             result = run_build(cfg, config, opts)
-        except (AccuracyGateError, TargetSkippedError) as exc:
+        except BaseException as exc:
             res = getattr(exc, "result", None)
-            if res is not None:
+            if tracker is not None:
+                _finish_tracking(tracker, res, exc)
+            if isinstance(exc, (AccuracyGateError, TargetSkippedError)) and res is not None:
                 if as_json:
                     click.echo(json.dumps(dict(res.to_json(), error=str(exc)), indent=2))
                 else:
                     print_summary(res)
             raise
+        if tracker is not None:
+            _finish_tracking(tracker, result, None)
         if as_json:
-            click.echo(json.dumps(result.to_json(), indent=2))
+            out = result.to_json()
+            if tracker is not None:
+                out["mlflow"] = {
+                    "tracking_uri": tracker.s.uri,
+                    "experiment": tracker.s.experiment,
+                    "run_id": tracker.run_id,
+                }
+            click.echo(json.dumps(out, indent=2))
         else:
             print_summary(result)
+            if tracker is not None:
+                click.echo(f"mlflow: run {tracker.run_id} in experiment {tracker.s.experiment!r} ({tracker.s.uri})")
 
     _run(ctx, go)
 
@@ -219,6 +271,42 @@ def plan(ctx: click.Context, config: Path, force: bool, cache_dir: Path | None, 
                 click.echo(f"TensorRT profile {p['name']!r}: {shapes}")
             click.echo("config.pbtxt:")
             click.echo("  " + t["config_pbtxt"].rstrip().replace("\n", "\n  "))
+
+    _run(ctx, go)
+
+
+@main.command()
+@CONFIG_ARG
+@click.option("--tracking-uri", default=None)
+@click.option("--experiment", default=None)
+@click.option("-n", "--limit", default=10, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def runs(
+    ctx: click.Context, config: Path, tracking_uri: str | None, experiment: str | None, limit: int, as_json: bool
+) -> None:
+    """Recent builds of CONFIG's model from MLflow: version, status, headline metrics."""
+    from .build import default_state_dir
+    from .config import load_config
+    from .tracking import list_runs, preflight, resolve
+
+    def go() -> None:
+        cfg = load_config(config)
+        settings = resolve(cfg, default_state_dir(), tracking_uri, experiment)
+        preflight(settings)
+        rows = list_runs(settings, cfg.name, limit)
+        if as_json:
+            click.echo(json.dumps(rows, indent=2))
+            return
+        if not rows:
+            click.echo(f"no builds of {cfg.name} in experiment {settings.experiment!r} ({settings.uri})")
+            return
+        for r in rows:
+            head = " ".join(f"{k}={v:.4g}" for k, v in sorted(r["headline"].items()))
+            click.echo(
+                f"{r['start']}  {r['run_id'][:12]}  {r['status']:<8}  version {r['version'] or '-':<4} "
+                f"git {r['git_commit'] or '-':<10}  ran {r['passes_run']:.0f} cached {r['passes_cached']:.0f}  {head}"
+            )
 
     _run(ctx, go)
 

