@@ -7,7 +7,9 @@ unless --debug)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -80,11 +82,28 @@ def print_summary(result: Any) -> None:
     click.echo(f"done in {result.seconds:.1f}s")
 
 
-def _finish_tracking(tracker: Any, result: Any, error: BaseException | None) -> None:
+def _track(
+    settings: Any,
+    cfg: Any,
+    config: Path,
+    result: Any,
+    error: BaseException | None,
+    started: float,
+    state: Path,
+    sync: bool,
+) -> dict[str, Any] | None:
+    """Record the build in MLflow; a tracking failure never hides the build's own outcome."""
+    from .tracking import flush, make_record, submit
+
     try:
-        tracker.finish(result, error)
-    except Exception as exc:  # tracking must never hide the build's own outcome
+        record = make_record(settings, cfg, config, result, error, started)
+        if sync:
+            flush(state, warn=lambda m: click.echo(f"warning: {m}", err=True))
+        out = submit(record, state, sync)
+        return {"tracking_uri": settings.uri, "experiment": settings.experiment, **out}
+    except Exception as exc:  # the build is done; say what went wrong with its record
         click.echo(f"warning: could not record the build in MLflow: {type(exc).__name__}: {exc}", err=True)
+        return None
 
 
 def _fail(exc: BaseException, debug: bool) -> None:
@@ -143,8 +162,14 @@ def _run(ctx: click.Context, fn: Any) -> Any:
 @click.option(
     "--experiment", default=None, help="MLflow experiment (default: model.yaml mlflow.experiment, mscompile/<name>)."
 )
-@click.option("--no-mlflow", is_flag=True, help="Do not record the build in MLflow.")
+@click.option(
+    "--no-mlflow",
+    is_flag=True,
+    envvar="MSCOMPILE_NO_MLFLOW",
+    help="Do not record the build in MLflow ($MSCOMPILE_NO_MLFLOW=1 too).",
+)
 @click.option("--mlflow-optional", is_flag=True, help="Warn and build anyway when the tracking store is unreachable.")
+@click.option("--mlflow-sync", is_flag=True, help="Log to MLflow before exiting (default when $CI is set).")
 @click.pass_context
 def build(
     ctx: click.Context,
@@ -158,6 +183,7 @@ def build(
     experiment: str | None,
     no_mlflow: bool,
     mlflow_optional: bool,
+    mlflow_sync: bool,
 ) -> None:
     """Build every target of CONFIG and publish the deployed variant to the Triton repository.
     The build is recorded as an MLflow run unless --no-mlflow."""
@@ -174,50 +200,45 @@ def build(
             quiet=quiet or as_json,
             require_all_targets=require_all_targets,
         )
-        tracker = None
+        settings = None
+        state = opts.cache_dir.parent if opts.cache_dir else default_state_dir()
         if not no_mlflow:
-            from .tracking import Tracker, TrackingError, preflight, resolve
+            from .tracking import TrackingError, preflight, resolve
 
-            state = opts.cache_dir.parent if opts.cache_dir else default_state_dir()
             settings = resolve(cfg, state, tracking_uri, experiment)
             try:
                 preflight(settings)
-                tracker = Tracker(settings)
-                tracker.start(cfg, config)
-            except Exception as exc:  # any failure to open the store: exit 2 unless optional
-                err = exc if isinstance(exc, TrackingError) else TrackingError(f"MLflow store {settings.uri}: {exc}")
+            except TrackingError as exc:
                 if not mlflow_optional:
-                    raise err from None
-                click.echo(f"warning: {err}; building without tracking (--mlflow-optional)", err=True)
-                tracker = None
+                    raise
+                click.echo(f"warning: {exc}; building without tracking (--mlflow-optional)", err=True)
+                settings = None
+        sync = mlflow_sync or bool(os.environ.get("CI"))
+        started = time.time()
         result = None
         try:
             result = run_build(cfg, config, opts)
         except BaseException as exc:
             res = getattr(exc, "result", None)
-            if tracker is not None:
-                _finish_tracking(tracker, res, exc)
+            if settings is not None and isinstance(exc, MscompileError):
+                _track(settings, cfg, config, res, exc, started, state, sync)
             if isinstance(exc, (AccuracyGateError, TargetSkippedError)) and res is not None:
                 if as_json:
                     click.echo(json.dumps(dict(res.to_json(), error=str(exc)), indent=2))
                 else:
                     print_summary(res)
             raise
-        if tracker is not None:
-            _finish_tracking(tracker, result, None)
+        tracked = _track(settings, cfg, config, result, None, started, state, sync) if settings else None
         if as_json:
             out = result.to_json()
-            if tracker is not None:
-                out["mlflow"] = {
-                    "tracking_uri": tracker.s.uri,
-                    "experiment": tracker.s.experiment,
-                    "run_id": tracker.run_id,
-                }
+            if tracked is not None:
+                out["mlflow"] = tracked
             click.echo(json.dumps(out, indent=2))
         else:
             print_summary(result)
-            if tracker is not None:
-                click.echo(f"mlflow: run {tracker.run_id} in experiment {tracker.s.experiment!r} ({tracker.s.uri})")
+            if tracked is not None:
+                how = f"run {tracked['run_id']}" if tracked["run_id"] else "recorded in the background"
+                click.echo(f"mlflow: {how}, experiment {tracked['experiment']!r} ({tracked['tracking_uri']})")
 
     _run(ctx, go)
 
@@ -288,12 +309,13 @@ def runs(
     """Recent builds of CONFIG's model from MLflow: version, status, headline metrics."""
     from .build import default_state_dir
     from .config import load_config
-    from .tracking import list_runs, preflight, resolve
+    from .tracking import flush, list_runs, preflight, resolve
 
     def go() -> None:
         cfg = load_config(config)
         settings = resolve(cfg, default_state_dir(), tracking_uri, experiment)
         preflight(settings)
+        flush(default_state_dir(), warn=lambda m: click.echo(f"warning: {m}", err=True))
         rows = list_runs(settings, cfg.name, limit)
         if as_json:
             click.echo(json.dumps(rows, indent=2))

@@ -307,14 +307,18 @@ class TritonConfig(Section):
 
 
 class MlflowConfig(Section):
-    """Build tracking (not part of any pass's cache key)."""
+    """Build tracking (not part of any pass's cache key). Key `register` in model.yaml."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     tracking_uri: str | None = Field(
         default=None, description="default: $MLFLOW_TRACKING_URI, else .mscompile/mlflow.db"
     )
     experiment: str | None = Field(default=None, description="default: mscompile/<name>")
     log_models: bool = Field(default=False, description="also log every variant's model files as artifacts")
-    register: bool = Field(default=False, description="register the published Triton model in the Model Registry")
+    register_model: bool = Field(
+        default=False, alias="register", description="register the published Triton model in the Model Registry"
+    )
     registered_model_name: str | None = None
 
 

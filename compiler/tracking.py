@@ -1,11 +1,18 @@
-"""MLflow tracking: every `mscompile build` is a run, every target variant a
-child run, so CI builds leave a record.
+"""MLflow tracking: every `mscompile build` is an MLflow run, every target
+variant a child run, so CI builds leave a record.
 
 Tracking URI: --tracking-uri, else model.yaml `mlflow.tracking_uri`, else
 $MLFLOW_TRACKING_URI, else a local SQLite store in the state folder
 (.mscompile/mlflow.db) with an explicit artifact location (mlflow 3 refuses a
-plain folder store; FIELD-NOTES). The store is checked before the build starts.
-mlflow is imported only when tracking is on.
+plain folder store; FIELD-NOTES). A tracking server is checked before the build
+starts (exit 2 when unreachable, unless --mlflow-optional).
+
+Importing mlflow and opening its store costs about 3 s here, more than a cached
+build. So a build writes its record (a JSON file) into .mscompile/mlflow-spool/
+and logs it: in the same process when `CI` is set or with --mlflow-sync, else in
+a detached child process. A record is deleted only once MLflow has it; records
+left behind (a killed or failed child) are logged by the next build or
+`mscompile runs`, so none is lost.
 """
 
 from __future__ import annotations
@@ -13,11 +20,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+import uuid
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +68,7 @@ def resolve(cfg: Any, state_dir: Path, cli_uri: str | None, cli_experiment: str 
     artifact_location = None
     if not uri:
         state_dir.mkdir(parents=True, exist_ok=True)
-        uri = f"sqlite:///{state_dir / 'mlflow.db'}"
+        uri = f"sqlite:///{state_dir.resolve() / 'mlflow.db'}"
         artifact_location = (state_dir / "mlartifacts").resolve().as_uri()
     experiment = cli_experiment or (m.experiment if m and m.experiment else None) or f"mscompile/{cfg.name}"
     return TrackingSettings(
@@ -67,17 +76,17 @@ def resolve(cfg: Any, state_dir: Path, cli_uri: str | None, cli_experiment: str 
         experiment=experiment,
         artifact_location=artifact_location,
         log_models=bool(m and m.log_models),
-        register=bool(m and m.register),
+        register=bool(m and m.register_model),
         registered_model_name=(m.registered_model_name if m else None),
     )
 
 
 def preflight(s: TrackingSettings, timeout: float = 5.0) -> None:
-    """Fail fast (before any pass runs) when the tracking store is unusable."""
+    """Fail fast, before any pass runs, when the tracking store is unusable."""
     if s.uri.startswith(("http://", "https://")):
         url = s.uri.rstrip("/") + "/health"
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - user-given tracking URL
+            with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - the user's tracking URL
                 if resp.status != 200:
                     raise TrackingError(f"MLflow tracking server {s.uri} answered {resp.status} on /health")
         except (urllib.error.URLError, OSError) as exc:
@@ -90,6 +99,11 @@ def preflight(s: TrackingSettings, timeout: float = 5.0) -> None:
         db = Path(s.uri[len("sqlite:///") :])
         if not db.parent.is_dir() or not os.access(db.parent, os.W_OK):
             raise TrackingError(f"MLflow store {s.uri}: folder {db.parent} is missing or not writable")
+    elif s.uri.startswith(("file:", "/")) or "://" not in s.uri:
+        raise TrackingError(
+            f"MLflow tracking URI {s.uri!r}: mlflow 3 refuses plain folder stores; use sqlite:///path/mlflow.db "
+            "or an http(s):// tracking server"
+        )
 
 
 def git_info(path: Path) -> dict[str, str]:
@@ -101,9 +115,11 @@ def git_info(path: Path) -> dict[str, str]:
         ).stdout.strip()
 
     try:
-        commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-        return {"git.commit": commit, "git.dirty": str(dirty).lower(), "git.root": git("rev-parse", "--show-toplevel")}
+        return {
+            "git.commit": git("rev-parse", "HEAD"),
+            "git.dirty": str(bool(git("status", "--porcelain", "--untracked-files=no"))).lower(),
+            "git.root": git("rev-parse", "--show-toplevel"),
+        }
     except (OSError, subprocess.SubprocessError):
         return {}
 
@@ -117,7 +133,7 @@ def flatten(d: Any, prefix: str = "") -> dict[str, str]:
         for i, v in enumerate(d):
             out.update(flatten(v, f"{prefix}{i}."))
     else:
-        out[prefix[:-1]] = json.dumps(d) if not isinstance(d, str) else d
+        out[prefix[:-1]] = d if isinstance(d, str) else json.dumps(d)
     return out
 
 
@@ -125,169 +141,265 @@ def _metric_name(*parts: str) -> str:
     return "/".join("".join(c if c.isalnum() or c in "_-. /" else "_" for c in p) for p in parts)
 
 
-class Tracker:
-    """One MLflow run per build (child runs per variant), written through MlflowClient."""
+# -- the record: everything MLflow gets, captured when the build ends ------------------
 
-    def __init__(self, settings: TrackingSettings) -> None:
-        from mlflow.tracking import MlflowClient
 
-        self.s = settings
-        self.client = MlflowClient(tracking_uri=settings.uri)
-        exp = self.client.get_experiment_by_name(settings.experiment)
-        if exp is None:
-            exp_id = self.client.create_experiment(settings.experiment, artifact_location=settings.artifact_location)
-        else:
-            exp_id = exp.experiment_id
-        self.experiment_id = exp_id
-        self.run_id: str | None = None
+def make_record(
+    settings: TrackingSettings, cfg: Any, config_path: Path, result: Any, error: BaseException | None, started: float
+) -> dict[str, Any]:
+    from .build import TRACKED_LIBRARIES
+    from .pipeline import library_versions
 
-    def start(self, cfg: Any, config_path: Path) -> str:
-        tags = {
-            "mscompile.kind": "build",
-            "mscompile.model": cfg.name,
-            "mscompile.version": __version__,
-            "mscompile.config_file": str(config_path.resolve()),
-            **git_info(config_path.resolve().parent),
-            **{f"ci.{k}": os.environ[k] for k in CI_VARIABLES if os.environ.get(k)},
-        }
-        from .build import TRACKED_LIBRARIES
-        from .pipeline import library_versions
-
-        tags.update({f"lib.{k}": v for k, v in library_versions(TRACKED_LIBRARIES).items()})
-        run = self.client.create_run(
-            self.experiment_id, run_name=f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}", tags=tags
-        )
-        self.run_id = run.info.run_id
-        self._params(self.run_id, flatten(cfg.model_dump(mode="json")))
-        return self.run_id
-
-    def _params(self, run_id: str, params: dict[str, str]) -> None:
-        from mlflow.entities import Param
-
-        items = [Param(k[:250], v[:6000]) for k, v in params.items()]
-        for i in range(0, len(items), 100):
-            self.client.log_batch(run_id, params=items[i : i + 100])
-
-    def _metrics(self, run_id: str, metrics: dict[str, float]) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, 0) for k, v in metrics.items() if isinstance(v, (int, float)) and v == v]
-        for i in range(0, len(items), 1000):
-            self.client.log_batch(run_id, metrics=items[i : i + 1000])
-
-    def finish(self, result: Any, error: BaseException | None = None) -> None:
-        """Log what the build produced (also for a failed build) and close the run."""
-        from mlflow.entities import RunTag
-
-        assert self.run_id is not None
-        metrics: dict[str, float] = {}
-        if result is not None:
-            for r in result.records:
-                metrics[_metric_name("pass", r.id, "seconds")] = r.seconds
-                metrics[_metric_name("pass", r.id, "cache_hit")] = 1.0 if r.cached else 0.0
-            metrics["passes_run"] = sum(1 for r in result.records if not r.cached)
-            metrics["passes_cached"] = sum(1 for r in result.records if r.cached)
-            metrics["build_seconds"] = result.seconds
-            for v in result.variants:
-                self._variant_run(v)
-                for k, val in (v.to_json()["metrics"] or {}).items():
-                    metrics[_metric_name(v.target, k)] = val
-            tags = []
-            for p in result.published:
-                tags += [
-                    RunTag(f"triton.{p.model}.version", str(p.version)),
-                    RunTag(f"triton.{p.model}.path", str(p.path)),
-                    RunTag(f"triton.{p.model}.new_version", str(not p.reused).lower()),
-                ]
-            if result.published:
-                tags += [
-                    RunTag("triton.repository", str(result.published[0].path.parent.parent)),
-                    RunTag("triton.version", str(result.published[0].version)),
-                ]
-            if tags:
-                self.client.log_batch(self.run_id, tags=tags)
-            self._artifacts(result)
-        self._metrics(self.run_id, metrics)
-        if error is not None:
-            self.client.set_tag(self.run_id, "mscompile.error", str(error)[:5000])
-        if result is not None and error is None and self.s.register:
-            self._register(result)
-        self.client.set_terminated(self.run_id, status="FAILED" if error is not None else "FINISHED")
-
-    def _variant_run(self, v: Any) -> None:
+    tags = {
+        "mscompile.kind": "build",
+        "mscompile.model": cfg.name,
+        "mscompile.version": __version__,
+        "mscompile.config_file": str(config_path.resolve()),
+        **git_info(config_path.resolve().parent),
+        **{f"ci.{k}": os.environ[k] for k in CI_VARIABLES if os.environ.get(k)},
+        **{f"lib.{k}": v for k, v in library_versions(TRACKED_LIBRARIES).items()},
+    }
+    rec: dict[str, Any] = {
+        "id": uuid.uuid4().hex,
+        "settings": asdict(settings),
+        "run_name": f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(started))}",
+        "start_ms": int(started * 1000),
+        "end_ms": int(time.time() * 1000),
+        "params": flatten(cfg.model_dump(mode="json")),
+        "tags": tags,
+        "error": str(error) if error is not None else None,
+        "metrics": {},
+        "variants": [],
+        "artifacts": [],
+        "published": [],
+        "summary": None,
+        "manifest": None,
+    }
+    if result is None:
+        return rec
+    m = rec["metrics"]
+    for r in result.records:
+        m[_metric_name("pass", r.id, "seconds")] = r.seconds
+        m[_metric_name("pass", r.id, "cache_hit")] = 1.0 if r.cached else 0.0
+    m["passes_run"] = sum(1 for r in result.records if not r.cached)
+    m["passes_cached"] = sum(1 for r in result.records if r.cached)
+    m["build_seconds"] = result.seconds
+    for v in result.variants:
         j = v.to_json()
-        child = self.client.create_run(
-            self.experiment_id,
-            run_name=v.target,
-            tags={
-                "mlflow.parentRunId": self.run_id,
-                "mscompile.kind": "variant",
-                "mscompile.variant": v.target,
-                "mscompile.backend": v.backend,
-                "mscompile.precision": v.precision,
-                "mscompile.status": v.status,
-                "mscompile.reason": (v.reason or "")[:5000],
-                "mscompile.cached": str(v.cached).lower(),
-            },
-        )
-        m = dict(j["metrics"] or {})
+        vm = dict(j["metrics"] or {})
         if j["size_bytes"] is not None:
-            m["size_bytes"] = j["size_bytes"]
-        m["quantization_tries"] = len(j["tries"])
-        self._metrics(child.info.run_id, m)
-        self._params(
-            child.info.run_id,
+            vm["size_bytes"] = j["size_bytes"]
+        vm["quantization_tries"] = len(j["tries"])
+        for k, val in vm.items():
+            m[_metric_name(v.target, k)] = val
+        rec["variants"].append(
             {
+                "name": v.target,
                 "backend": v.backend,
                 "precision": v.precision,
-                **({"quantizer": str(j["quantization"].get("quantizer"))} if j["quantization"] else {}),
+                "status": v.status,
+                "reason": v.reason or "",
+                "cached": v.cached,
+                "metrics": vm,
+                "quantizer": (j["quantization"] or {}).get("quantizer"),
+                "model_dir": str(v.model.path) if v.model is not None else None,
+                "report": str(v.report.path) if v.report is not None else None,
+            }
+        )
+    for p in result.published:
+        rec["published"].append({"model": p.model, "version": p.version, "path": str(p.path), "new": not p.reused})
+        rec["artifacts"].append([str(p.path.parent / "config.pbtxt"), f"triton/{p.model}"])
+    rec["summary"] = result.to_json()
+    rec["manifest"] = result.manifest or None
+    return rec
+
+
+def spool_dir(state_dir: Path) -> Path:
+    return state_dir / "mlflow-spool"
+
+
+def submit(record: dict[str, Any], state_dir: Path, sync: bool) -> dict[str, Any]:
+    """Spool the record, then log it now (sync) or in a detached child process."""
+    d = spool_dir(state_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"{record['id']}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, default=str))
+    os.replace(tmp, path)
+    if sync:
+        run_id = log_spooled(path)
+        return {"run_id": run_id, "pending": None}
+    log = d / f"{record['id']}.log"
+    with open(log, "ab") as out:
+        subprocess.Popen(
+            [sys.executable, "-m", "mscompile.tracking", str(path)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    return {"run_id": None, "pending": str(path)}
+
+
+def flush(state_dir: Path, warn: Any = None) -> int:
+    """Log records left by earlier builds (a killed or failed child); returns how many."""
+    d = spool_dir(state_dir)
+    n = 0
+    for path in sorted(d.glob("*.json")) if d.is_dir() else []:
+        if time.time() - path.stat().st_mtime < 60 and not (path.with_suffix(".error")).exists():
+            continue  # probably still being logged by its own child process
+        try:
+            log_spooled(path)
+            n += 1
+        except Exception as exc:  # keep the record; say why
+            if warn:
+                warn(f"MLflow record {path.name} not logged yet: {type(exc).__name__}: {exc}")
+    return n
+
+
+def log_spooled(path: Path) -> str | None:
+    """Log one spooled record into MLflow, then delete it. Returns the run id."""
+    lock = path.with_suffix(".lock")
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return None  # another process is logging it
+    try:
+        if not path.exists():
+            return None
+        record = json.loads(path.read_text())
+        try:
+            run_id = log_record(record)
+        except Exception as exc:
+            path.with_suffix(".error").write_text(f"{type(exc).__name__}: {exc}\n")
+            raise
+        path.unlink()
+        for suffix in (".error", ".log"):
+            path.with_suffix(suffix).unlink(missing_ok=True)
+        return run_id
+    finally:
+        os.close(fd)
+        lock.unlink(missing_ok=True)
+
+
+def log_record(rec: dict[str, Any]) -> str:
+    """Write one build record as an MLflow run (+ one child run per variant).
+    mlflow prints run links on stdout: they go to stderr, stdout is the build's."""
+    import contextlib
+
+    with contextlib.redirect_stdout(sys.stderr):
+        return _log_record(rec)
+
+
+def _log_record(rec: dict[str, Any]) -> str:
+    import logging
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    from mlflow.entities import Metric, Param
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    s = TrackingSettings(**rec["settings"])
+    client = MlflowClient(tracking_uri=s.uri)
+    exp = client.get_experiment_by_name(s.experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(s.experiment, artifact_location=s.artifact_location)
+
+    def params(run_id: str, p: dict[str, str]) -> None:
+        items = [Param(k[:250], str(v)[:6000]) for k, v in p.items()]
+        for i in range(0, len(items), 100):
+            client.log_batch(run_id, params=items[i : i + 100])
+
+    def metrics(run_id: str, m: dict[str, Any]) -> None:
+        items = [
+            Metric(k, float(v), rec["end_ms"], 0)
+            for k, v in m.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+        ]
+        for i in range(0, len(items), 1000):
+            client.log_batch(run_id, metrics=items[i : i + 1000])
+
+    tags = dict(rec["tags"])
+    for p in rec["published"]:
+        tags[f"triton.{p['model']}.version"] = str(p["version"])
+        tags[f"triton.{p['model']}.path"] = p["path"]
+        tags[f"triton.{p['model']}.new_version"] = str(p["new"]).lower()
+    if rec["published"]:
+        tags["triton.repository"] = str(Path(rec["published"][0]["path"]).parent.parent)
+        tags["triton.version"] = str(rec["published"][0]["version"])
+    if rec["error"]:
+        tags["mscompile.error"] = rec["error"][:5000]
+    run = client.create_run(exp_id, start_time=rec["start_ms"], run_name=rec["run_name"], tags=tags)
+    run_id = run.info.run_id
+    params(run_id, rec["params"])
+    metrics(run_id, rec["metrics"])
+    for v in rec["variants"]:
+        child = client.create_run(
+            exp_id,
+            start_time=rec["start_ms"],
+            run_name=v["name"],
+            tags={
+                "mlflow.parentRunId": run_id,
+                "mscompile.kind": "variant",
+                "mscompile.model": rec["tags"]["mscompile.model"],
+                "mscompile.variant": v["name"],
+                "mscompile.backend": v["backend"],
+                "mscompile.precision": v["precision"],
+                "mscompile.status": v["status"],
+                "mscompile.reason": v["reason"][:5000],
+                "mscompile.cached": str(v["cached"]).lower(),
             },
         )
-        if self.s.log_models and v.model is not None:
-            self.client.log_artifacts(child.info.run_id, str(v.model.path), artifact_path="model")
-        self.client.set_terminated(
-            child.info.run_id, status="FINISHED" if v.status == "OK" else "FAILED" if v.status == "FAIL" else "KILLED"
+        cid = child.info.run_id
+        metrics(cid, v["metrics"])
+        params(
+            cid,
+            {
+                "backend": v["backend"],
+                "precision": v["precision"],
+                **({"quantizer": v["quantizer"]} if v["quantizer"] else {}),
+            },
         )
-
-    def _artifacts(self, result: Any) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            t = Path(tmp)
-            (t / "summary.json").write_text(json.dumps(result.to_json(), indent=2, default=str))
-            self.client.log_artifact(self.run_id, str(t / "summary.json"))
-            if result.manifest:
-                (t / "build_manifest.json").write_text(json.dumps(result.manifest, indent=2, default=str))
-                self.client.log_artifact(self.run_id, str(t / "build_manifest.json"))
-            for p in result.published:
-                cfg_file = p.path.parent / "config.pbtxt"
-                if cfg_file.is_file():
-                    self.client.log_artifact(self.run_id, str(cfg_file), artifact_path=f"triton/{p.model}")
-            for v in result.variants:
-                if v.report is not None:
-                    self.client.log_artifact(self.run_id, str(v.report.path), artifact_path=f"reports/{v.target}")
-
-    def _register(self, result: Any) -> None:
-        from mlflow.exceptions import MlflowException
-
-        for p in result.published:
-            name = self.s.registered_model_name or p.model
+        if v["report"] and Path(v["report"]).is_file():
+            client.log_artifact(cid, v["report"])
+        if s.log_models and v["model_dir"] and Path(v["model_dir"]).is_dir():
+            client.log_artifacts(cid, v["model_dir"], artifact_path="model")
+        status = {"OK": "FINISHED", "FAIL": "FAILED"}.get(v["status"], "KILLED")
+        client.set_terminated(cid, status=status, end_time=rec["end_ms"])
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("summary", "manifest"):
+            if rec[name]:
+                f = Path(tmp) / ("build_manifest.json" if name == "manifest" else "summary.json")
+                f.write_text(json.dumps(rec[name], indent=2, default=str))
+                client.log_artifact(run_id, str(f))
+    for local, where in rec["artifacts"]:
+        if Path(local).is_file():
+            client.log_artifact(run_id, local, artifact_path=where)
+    if s.register and not rec["error"]:
+        for p in rec["published"]:
+            name = s.registered_model_name or p["model"]
             try:
-                self.client.create_registered_model(name, tags={"mscompile.model": result.model})
+                client.create_registered_model(name, tags={"mscompile.model": rec["tags"]["mscompile.model"]})
             except MlflowException:
-                pass  # exists already
-            deployed = result.manifest.get("deployed_variant") if result.manifest else None
-            self.client.create_model_version(
+                pass  # registered already
+            # a registry source must lie in the run's artifacts: log the published Triton model
+            # (config.pbtxt + its version folder) there; the repository path and version go in tags
+            where = f"triton/{p['model']}"
+            client.log_artifacts(run_id, p["path"], artifact_path=f"{where}/{p['version']}")
+            client.create_model_version(
                 name,
-                source=p.path.resolve().as_uri(),
-                run_id=self.run_id,
+                source=f"{run.info.artifact_uri.rstrip('/')}/{where}",
+                run_id=run_id,
                 tags={
-                    "triton.repository": str(p.path.parent.parent),
-                    "triton.model": p.model,
-                    "triton.version": str(p.version),
-                    "mscompile.variant": str(deployed or ""),
+                    "triton.repository": str(Path(p["path"]).parent.parent),
+                    "triton.model": p["model"],
+                    "triton.version": str(p["version"]),
+                    "triton.path": p["path"],
                 },
-                description=f"Triton model {p.model} version {p.version} at {p.path}",
+                description=f"Triton model {p['model']} version {p['version']} at {p['path']}",
             )
+    client.set_terminated(run_id, status="FAILED" if rec["error"] else "FINISHED", end_time=rec["end_ms"])
+    return run_id
 
 
 def list_runs(settings: TrackingSettings, model: str, limit: int) -> list[dict[str, Any]]:
@@ -320,3 +432,7 @@ def list_runs(settings: TrackingSettings, model: str, limit: int) -> list[dict[s
             }
         )
     return out
+
+
+if __name__ == "__main__":  # the detached logger: python -m mscompile.tracking <spooled record>
+    log_spooled(Path(sys.argv[1]))

@@ -16,6 +16,7 @@ def _isolated_state(tmp_path_factory, monkeypatch):
     (where the examples' relative paths start)."""
     home = tmp_path_factory.mktemp("mscompile-home")
     monkeypatch.setenv("MSCOMPILE_HOME", str(home))
+    monkeypatch.setenv("MSCOMPILE_NO_MLFLOW", "1")  # tests/test_tracking.py turns tracking back on
     monkeypatch.chdir(REPO)
     yield
 

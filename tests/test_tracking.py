@@ -1,0 +1,199 @@
+"""MLflow-tracked builds: the embedded SQLite store, a real `mlflow server` on
+loopback, unreachable servers, registration, and the background logger."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from helpers import run_cli, write_config
+from mlflow.tracking import MlflowClient
+
+
+@pytest.fixture(autouse=True)
+def _tracking_on(monkeypatch):
+    monkeypatch.delenv("MSCOMPILE_NO_MLFLOW", raising=False)
+
+
+def _git_repo_with(tmp_path, cfg):
+    """model.yaml committed in a git repository of its own (for the commit tag)."""
+    repo = tmp_path / "proj"
+    repo.mkdir()
+    path = write_config(cfg, repo / "model.yaml")
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
+    for args in (["init", "-q"], ["add", "model.yaml"], ["commit", "-qm", "m"]):
+        subprocess.run(["git", *args], cwd=repo, check=True, env=env)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    return path, commit
+
+
+def _runs(client, experiment, kind="build"):
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.`mscompile.kind` = '{kind}'", order_by=["attributes.start_time ASC"]
+    )
+
+
+def _check_two_builds(client, experiment, commit):
+    builds = _runs(client, experiment)
+    assert len(builds) == 2
+    first, second = builds
+    for run in builds:
+        assert run.info.status == "FINISHED"
+        assert run.data.params["name"] == "digits" and run.data.params["targets.2.precision"] == "int8"
+        assert run.data.metrics["fp32/max_abs"] < 1e-4 and "int8/accuracy" in run.data.metrics
+        assert run.data.tags["git.commit"] == commit and run.data.tags["git.dirty"] == "false"
+        assert run.data.tags["triton.version"] == "1" and run.data.tags["mscompile.model"] == "digits"
+        names = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"build_manifest.json", "summary.json", "triton"} <= names
+        assert "triton/digits/config.pbtxt" in [a.path for a in client.list_artifacts(run.info.run_id, "triton/digits")]
+    assert first.data.metrics["passes_cached"] == 0 and second.data.metrics["passes_cached"] == 8
+    assert (
+        second.data.metrics["pass/export_onnx/cache_hit"] == 1.0
+        and first.data.metrics["pass/export_onnx/cache_hit"] == 0.0
+    )
+    assert second.data.tags["triton.digits.new_version"] == "false"
+    children = _runs(client, experiment, kind="variant")
+    assert len(children) == 6
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {first.info.run_id, second.info.run_id}
+    assert {c.data.tags["mscompile.variant"] for c in children} == {"fp32", "fp16", "int8"}
+
+
+def test_default_store_records_each_build(tmp_path, digits_config):
+    cfg, commit = _git_repo_with(tmp_path, digits_config)
+    home = tmp_path / "home"
+    env = {"MSCOMPILE_HOME": str(home), "CI": "true", "GITHUB_SHA": "abc123"}
+    for _ in range(2):
+        r = run_cli("build", str(cfg), "--json", env=env)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["mlflow"]["run_id"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    _check_two_builds(client, "mscompile/digits", commit)
+    assert _runs(client, "mscompile/digits")[0].data.tags["ci.GITHUB_SHA"] == "abc123"
+    assert (home / "mlartifacts").is_dir()  # explicit artifact location, not ./mlruns
+    r = run_cli("runs", str(cfg), env=env)
+    assert r.returncode == 0 and len(r.stdout.strip().splitlines()) == 2 and "version 1" in r.stdout
+
+
+def test_background_logging_is_flushed_by_runs(tmp_path, digits_config):
+    home = tmp_path / "home"
+    env = {"MSCOMPILE_HOME": str(home), "CI": ""}
+    cfg = write_config(digits_config, tmp_path / "model.yaml")
+    r = run_cli("build", str(cfg), "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["mlflow"]["pending"]
+    deadline = time.time() + 120
+    while list((home / "mlflow-spool").glob("*.json")) and time.time() < deadline:
+        time.sleep(0.5)
+    r = run_cli("runs", str(cfg), "--json", env=env)
+    rows = json.loads(r.stdout)
+    assert len(rows) == 1 and rows[0]["status"] == "FINISHED" and rows[0]["version"] == "1"
+    assert not list((home / "mlflow-spool").glob("*.json"))
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    d = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{d / 'db.sqlite'}",
+            "--artifacts-destination",
+            str(d / "artifacts"),
+        ],
+        stdout=open(d / "server.log", "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(uri + "/health", timeout=1) as resp:
+                if resp.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.3)
+    else:
+        proc.kill()
+        pytest.fail(f"mlflow server did not start: {(d / 'server.log').read_text()[-2000:]}")
+    yield uri
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=30)
+
+
+def test_http_tracking_server(tmp_path, digits_config, mlflow_server):
+    digits_config["mlflow"] = {"experiment": "ci-digits", "register": True, "registered_model_name": "digits-triton"}
+    cfg, commit = _git_repo_with(tmp_path, digits_config)
+    env = {"MSCOMPILE_HOME": str(tmp_path / "home")}
+    for _ in range(2):
+        r = run_cli("build", str(cfg), "--tracking-uri", mlflow_server, "--mlflow-sync", env=env)
+        assert r.returncode == 0, r.stderr
+        assert f"({mlflow_server})" in r.stdout and "View run" not in r.stdout
+    client = MlflowClient(tracking_uri=mlflow_server)
+    _check_two_builds(client, "ci-digits", commit)
+    versions = client.search_model_versions("name = 'digits-triton'")
+    assert len(versions) == 2
+    v = versions[0]
+    assert (
+        v.source.endswith("/triton/digits") and v.tags["triton.model"] == "digits" and v.tags["triton.version"] == "1"
+    )
+    assert v.tags["triton.path"] == str((tmp_path / "repo/digits/1").resolve())
+    files = {a.path for a in client.list_artifacts(v.run_id, "triton/digits/1")}
+    assert "triton/digits/1/model.onnx" in files
+
+
+def test_unreachable_server_exits_2_unless_optional(tmp_path, digits_config):
+    port = _free_port()  # nothing listens there
+    home = tmp_path / "home"
+    cfg = write_config(digits_config, tmp_path / "model.yaml")
+    r = run_cli("build", str(cfg), "--tracking-uri", f"http://127.0.0.1:{port}", env={"MSCOMPILE_HOME": str(home)})
+    assert r.returncode == 2
+    assert f"error: MLflow tracking server http://127.0.0.1:{port} is unreachable" in r.stderr
+    assert not (tmp_path / "repo").exists() and not (home / "cache").exists()
+    r = run_cli(
+        "build",
+        str(cfg),
+        "--tracking-uri",
+        f"http://127.0.0.1:{port}",
+        "--mlflow-optional",
+        env={"MSCOMPILE_HOME": str(home)},
+    )
+    assert r.returncode == 0, r.stderr
+    assert "warning: MLflow tracking server" in r.stderr and "building without tracking" in r.stderr
+    assert (tmp_path / "repo/digits/1/model.onnx").is_file()
+
+
+def test_no_mlflow_writes_no_store(tmp_path, digits_config):
+    home = tmp_path / "home"
+    cfg = write_config(digits_config, tmp_path / "model.yaml")
+    r = run_cli("build", str(cfg), "--no-mlflow", env={"MSCOMPILE_HOME": str(home)})
+    assert r.returncode == 0 and "mlflow:" not in r.stdout
+    assert not (home / "mlflow.db").exists() and not (home / "mlflow-spool").exists()
