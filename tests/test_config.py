@@ -90,10 +90,10 @@ def test_batching_needs_dynamic_first_dim():
 def test_duplicate_target_and_bad_deploy():
     d = base()
     d["targets"][1]["name"] = "fp32"
-    d["triton"]["deploy"] = "int8"
+    d["triton"]["deploy"] = "int4"
     ps = problems(d)
     assert any("targets[1].name: 'fp32' is used twice" in p for p in ps)
-    assert any("triton.deploy: 'int8' is not a target" in p for p in ps)
+    assert any("triton.deploy: 'int4' is not a target" in p for p in ps)
 
 
 def test_factory_must_be_module_colon_callable():
