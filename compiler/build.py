@@ -102,6 +102,7 @@ class BuildResult:
                     "version": p.version,
                     "path": str(p.path),
                     "new_version": not p.reused,
+                    "pruned": p.pruned,
                 }
                 for p in self.published
             ],

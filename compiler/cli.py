@@ -79,6 +79,8 @@ def print_summary(result: Any) -> None:
     for p in result.published:
         state = "unchanged, latest version kept" if p.reused else "new version"
         click.echo(f"published {p.model} version {p.version} ({state}): {p.path}")
+        if p.pruned:
+            click.echo(f"retention: removed {p.model} version(s) {', '.join(map(str, p.pruned))}")
     click.echo(f"done in {result.seconds:.1f}s")
 
 

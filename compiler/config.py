@@ -288,6 +288,13 @@ class VersionPolicy(Section):
     specific: list[Annotated[int, Field(ge=1)]] | None = None
 
 
+class RetentionConfig(Section):
+    """Prune old version folders after a successful publish; versions the
+    version_policy serves are never pruned."""
+
+    keep_last: int = Field(ge=1)
+
+
 class TritonConfig(Section):
     repository: str = "model_repository"
     max_batch_size: int | None = Field(
@@ -299,6 +306,10 @@ class TritonConfig(Section):
     instance_group: list[InstanceGroup] = Field(default_factory=lambda: [InstanceGroup()])
     version_policy: VersionPolicy | None = None
     warmup: bool = False
+    retention: RetentionConfig | None = None
+    lock_timeout_s: float = Field(
+        default=600, gt=0, description="how long to wait for another build's lock on the model"
+    )
     deploy: str | None = Field(
         default=None,
         description="target name to publish as <name>, or 'all' to publish each variant as "
@@ -461,6 +472,16 @@ def semantic_problems(cfg: ModelConfig, where: str) -> list[str]:
             out.append(
                 f"{where}: triton.version_policy: set exactly one of latest, all, specific (got {set_keys or 'none'})"
             )
+    if cfg.triton.retention is not None and vp is not None and vp.all:
+        out.append(
+            f"{where}: triton.retention: version_policy all serves every version, so retention could prune "
+            "a served one; use version_policy latest or drop retention"
+        )
+    if cfg.triton.retention is not None and vp is not None and vp.latest and vp.latest > cfg.triton.retention.keep_last:
+        out.append(
+            f"{where}: triton.retention.keep_last: {cfg.triton.retention.keep_last} is below version_policy.latest "
+            f"({vp.latest}); keep at least the versions Triton serves"
+        )
     dep = cfg.triton.deploy
     if dep is not None and dep != "all" and dep not in names:
         out.append(f"{where}: triton.deploy: {dep!r} is not a target; use one of {names} or 'all'")

@@ -167,14 +167,25 @@ def load_module(src: SourceConfig, checkpoint: Path) -> Any:
         raise
     except Exception as exc:
         text = str(exc)
-        if "weights_only" in text or "Weights only load failed" in text:
+        if "Unsupported global" in text or "GLOBAL" in text:  # a pickle that names Python classes
             raise CheckpointError(
                 f"{key}: {checkpoint} holds pickled Python objects beyond tensors (e.g. a whole nn.Module), "
                 "and loading it could run arbitrary code. Save a state_dict instead "
                 "(torch.save(model.state_dict(), path)), or set source.trust_pickle: true if you trust its origin"
             ) from None
+        detail = next(
+            (
+                ln.strip()
+                for ln in text.splitlines()
+                if ln.strip()
+                and "Weights only load failed" not in ln
+                and not ln.startswith(("Please file", "Check the documentation", "WeightsUnpickler"))
+            ),
+            "",
+        )
         raise CheckpointError(
-            f"{key}: cannot load {checkpoint} as {fmt}: {type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+            f"{key}: cannot load {checkpoint} as a {fmt} checkpoint ({type(exc).__name__}: {detail}); "
+            "is it a torch.save / safetensors / TorchScript / torch.export file?"
         ) from None
 
     if isinstance(obj, torch.nn.Module):

@@ -47,7 +47,23 @@ def write_repository(cfg: ModelConfig, deployments: list[Deployment], manifest: 
     repo = resolve_path(cfg.triton.repository)
     # every config is built (and so checked) before anything is written
     texts = [model_config_text(cfg, d.model_name, d.target, d.model) for d in deployments]
+    t = cfg.triton
+    vp = t.version_policy
+    protect_latest = (
+        vp.latest if vp is not None and vp.latest else (1 if vp is None else 0)
+    )  # Triton's default: latest 1
+    protect_specific = frozenset(vp.specific or []) if vp is not None else frozenset()
     return [
-        publish(repo, d.model_name, model_files(d.model), text, dict(manifest, deployed_variant=d.target))
+        publish(
+            repo,
+            d.model_name,
+            model_files(d.model),
+            text,
+            dict(manifest, deployed_variant=d.target),
+            lock_timeout=t.lock_timeout_s,
+            keep_last=t.retention.keep_last if t.retention else None,
+            protect_latest=protect_latest,
+            protect_specific=protect_specific,
+        )
         for d, text in zip(deployments, texts, strict=True)
     ]

@@ -73,3 +73,19 @@ def digits_module():
     from examples.digits.model import DigitsNet
 
     return DigitsNet
+
+
+FIGURES: list[str] = []
+
+
+@pytest.fixture
+def figures():
+    """Lines printed at the end of the run (the safety tests' measured figures)."""
+    return FIGURES
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FIGURES:
+        terminalreporter.section("mscompile figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)

@@ -91,3 +91,83 @@ def tiny_steps(cfg_dict: dict):
 
     cfg = parse_config(cfg_dict)
     return cfg, assemble(cfg)
+
+
+def make_tiny_project(root: Path, seeds: tuple[int, ...] = (0,)) -> dict:
+    """A tiny model project on disk for subprocess builds: tinymodels.py, one
+    state_dict per seed (tiny_<seed>.pt), val.npz; returns the model.yaml dict."""
+    import numpy as np
+    import torch
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "tinymodels.py").write_text(TINY_MODEL_SRC)
+    ns: dict = {}
+    exec(compile(TINY_MODEL_SRC, "tinymodels", "exec"), ns)  # noqa: S102 - our own test source
+    for seed in seeds:
+        torch.manual_seed(seed)
+        torch.save(ns["Tiny"]().state_dict(), root / f"tiny_{seed}.pt")
+    rng = np.random.default_rng(0)
+    np.savez(root / "val.npz", x=rng.standard_normal((16, 4)).astype(np.float32))
+    return {
+        "name": "tiny",
+        "source": {"checkpoint": f"tiny_{seeds[0]}.pt", "factory": "tinymodels:Tiny"},
+        "inputs": [{"name": "x", "shape": [-1, 4], "range": {"min": [1, 4], "opt": [4, 4], "max": [16, 4]}}],
+        "outputs": [{"name": "y_hat"}],
+        "export": {"exporter": "torchscript"},
+        "validation": {"data": "val.npz"},
+        "targets": [{"name": "fp32", "tolerance": {"max_abs": 1e-4}}, {"name": "fp16", "precision": "fp16"}],
+        "triton": {"repository": "repo", "version_policy": {"latest": 2}},
+    }
+
+
+def check_repository(repo: Path) -> list[str]:
+    """Problems in a Triton repository: version folders whose files do not match
+    their manifest, unparsable configs. Empty when every version is whole."""
+    import json as _json
+
+    from mscompile.artifacts import sha256_file
+    from mscompile.tritonrepo.config import parse
+
+    problems = []
+    for model in sorted(p for p in repo.iterdir() if p.is_dir()) if repo.is_dir() else []:
+        cfg = model / "config.pbtxt"
+        if cfg.exists():
+            try:
+                parse(cfg.read_text())
+            except Exception as exc:  # noqa: BLE001 - report any parse failure
+                problems.append(f"{cfg}: {exc}")
+        for v in model.iterdir():
+            if not (v.is_dir() and v.name.isdigit()):
+                continue
+            man = v / "build_manifest.json"
+            if not man.is_file():
+                problems.append(f"{v}: no build_manifest.json (partial version)")
+                continue
+            files = _json.loads(man.read_text())["files"]
+            present = {f.name for f in v.iterdir()} - {"build_manifest.json"}
+            if present != set(files):
+                problems.append(f"{v}: files {sorted(present)} != manifest {sorted(files)}")
+            for name, digest in files.items():
+                if (v / name).is_file() and sha256_file(v / name) != digest:
+                    problems.append(f"{v / name}: digest differs from its manifest")
+    return problems
+
+
+def check_cache(cache: Path) -> tuple[int, list[str]]:
+    """(complete entries, poisoned entries): an entry with a manifest must verify."""
+    import json as _json
+
+    from mscompile.artifacts import sha256_path
+
+    good, bad = 0, []
+    for entry in cache.iterdir() if cache.is_dir() else []:
+        man = entry / "manifest.json"
+        if entry.name == "tmp" or not man.exists():
+            continue
+        art = _json.loads(man.read_text())["artifact"]
+        p = entry / art["path"]
+        if p.exists() and sha256_path(p) == art["digest"]:
+            good += 1
+        else:
+            bad.append(entry.name)
+    return good, bad

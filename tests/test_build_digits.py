@@ -79,6 +79,7 @@ def test_rebuild_runs_nothing_and_changes_rerun_only_their_target(tmp_path, digi
             "version": 1,
             "path": str(tmp_path / "repo/digits/1"),
             "new_version": False,
+            "pruned": [],
         }
     ]
     assert _ran(home) == []

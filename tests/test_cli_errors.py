@@ -1,17 +1,21 @@
 """Broken inputs: one clear line naming the key or file, exit code 2, nothing written."""
 
 import copy
+import os
+import zipfile
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from helpers import REPO, run_cli, tree, write_config
 
 
 def _mutate(cfg, tmp_path, change):
+    """The changed config; a change may return raw text to write instead."""
     c = copy.deepcopy(cfg)
-    change(c, tmp_path)
-    return c
+    raw = change(c, tmp_path)
+    return raw if isinstance(raw, str) else c
 
 
 def _unknown_key(c, t):
@@ -87,6 +91,42 @@ def _int8_without_calibration(c, t):
     c.pop("calibration")
 
 
+def _garbage_checkpoint(c, t):
+    (t / "garbage.pt").write_bytes(os.urandom(4096))
+    c["source"]["checkpoint"] = str(t / "garbage.pt")
+
+
+def _corrupt_npz(c, t):
+    (t / "v.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    c["validation"]["data"] = str(t / "v.npz")
+
+
+def _pt2_traversal(c, t):
+    with zipfile.ZipFile(t / "evil.pt2", "w") as z:
+        z.writestr("model/../../../../tmp/pwned.txt", "x")
+    c["source"].update(checkpoint=str(t / "evil.pt2"), trust_pickle=True)
+
+
+def _python_tag(c, t):
+    return "name: !!python/object/apply:os.system ['touch /tmp/mscompile-pwned']\n"
+
+
+def _duplicate_key(c, t):
+    return yaml.safe_dump(c, sort_keys=False) + "name: other\n"
+
+
+def _huge_config(c, t):
+    return yaml.safe_dump(c, sort_keys=False) + "#" + "x" * (2 << 20) + "\n"
+
+
+def _factory_code_string(c, t):
+    c["source"]["factory"] = "__import__('os').system('true')"
+
+
+def _weights_do_not_fit(c, t):
+    c["source"]["factory_args"] = {"num_classes": 10, "width": 8}
+
+
 def _opt_outside_range(c, t):
     c["inputs"][0]["range"]["opt"] = [0, 1, 8, 8]
 
@@ -124,6 +164,17 @@ CASES = {
         "cal.npz: array 'images' has shape (4, 8, 8); model input 'images' expects (N, 1, 8, 8)",
     ),
     "int8 without calibration": (_int8_without_calibration, "targets[2].precision: int8 needs a calibration: section"),
+    "checkpoint of random bytes": (_garbage_checkpoint, "source.checkpoint: cannot load"),
+    "corrupt validation npz": (_corrupt_npz, "v.npz as .npz"),
+    "pt2 member escaping its folder": (_pt2_traversal, "which escapes its folder; refusing to load it"),
+    "yaml python tag": (_python_tag, "invalid YAML"),
+    "yaml duplicate key": (_duplicate_key, "duplicate key 'name'"),
+    "config over 1 MiB": (_huge_config, "is too large for a model config (max 1 MiB)"),
+    "factory as a code string": (_factory_code_string, "source.factory: String should match pattern"),
+    "weights that do not fit": (
+        _weights_do_not_fit,
+        "do not fit examples.digits.model:DigitsNet(num_classes=10, width=8)",
+    ),
     "opt outside range": (
         _opt_outside_range,
         "inputs[0].range: dimension 0 needs 1 <= min <= opt <= max",
@@ -132,11 +183,16 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_broken_input(case, tmp_path, digits_config, monkeypatch):
+def test_broken_input(case, tmp_path, digits_config, monkeypatch, figures):
     monkeypatch.syspath_prepend(str(REPO))
     change, expected = CASES[case]
     home = tmp_path / "home"
-    cfg = write_config(_mutate(digits_config, tmp_path, change), tmp_path / "model.yaml")
+    mutated = _mutate(digits_config, tmp_path, change)
+    cfg = tmp_path / "model.yaml"
+    if isinstance(mutated, str):
+        cfg.write_text(mutated)
+    else:
+        write_config(mutated, cfg)
     for command in ("validate", "build"):
         r = run_cli(
             command,
@@ -152,6 +208,7 @@ def test_broken_input(case, tmp_path, digits_config, monkeypatch):
     assert tree(tmp_path / "repo") == []
     assert [p for p in tree(home / "cache") if not p.startswith("tmp")] == []  # no cache entry
     assert tree(home / "cache/tmp") == []  # and no leftover work folder
+    figures.append(f"broken input {case!r}: validate and build exit 2, one error line, nothing written")
 
 
 def test_debug_shows_the_traceback(tmp_path, digits_config):

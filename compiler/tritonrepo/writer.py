@@ -19,7 +19,7 @@ import socket
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,23 @@ class Published:
     version: int
     path: Path
     reused: bool  # True: identical to the latest version; nothing new was written
+    pruned: list[int] = field(default_factory=list)
+
+
+def prune(model_dir: Path, keep_last: int, protected: set[int]) -> list[int]:
+    """Remove version folders beyond the newest `keep_last`, never a protected one.
+    A folder is renamed to a hidden name first (Triton ignores it), then deleted."""
+    vs = versions(model_dir)
+    keep = set(vs[-keep_last:]) | protected
+    removed = []
+    for v in vs:
+        if v in keep:
+            continue
+        trash = model_dir / f".trash-{v}-{os.getpid()}"
+        os.rename(model_dir / str(v), trash)
+        shutil.rmtree(trash, ignore_errors=True)
+        removed.append(v)
+    return removed
 
 
 def versions(model_dir: Path) -> list[int]:
@@ -103,6 +120,9 @@ def publish(
     config_text: str,
     manifest: dict[str, Any],
     lock_timeout: float = 600.0,
+    keep_last: int | None = None,
+    protect_latest: int = 0,
+    protect_specific: frozenset[int] = frozenset(),
 ) -> Published:
     """Publish `files` (name in the version folder -> source file) as the next version
     of model `name`, unless they equal the latest version's files."""
@@ -110,7 +130,7 @@ def publish(
     digests = {rel: sha256_file(src) for rel, src in files.items()}
     with model_lock(model_dir, lock_timeout):
         # staging folders exist only under the lock: any found now are from a killed build
-        for stale in model_dir.glob(".staging-*"):
+        for stale in [*model_dir.glob(".staging-*"), *model_dir.glob(".trash-*")]:
             shutil.rmtree(stale, ignore_errors=True)
         existing = versions(model_dir)
         config_path = model_dir / "config.pbtxt"
@@ -123,7 +143,7 @@ def publish(
             if prior == digests:
                 if not config_path.is_file() or config_path.read_text() != config_text:
                     write_atomic(config_path, config_text)
-                return Published(name, existing[-1], latest, reused=True)
+                return Published(name, existing[-1], latest, reused=True)  # nothing new: nothing to prune
         version = (existing[-1] + 1) if existing else 1
         # config first: a server never sees a new version with a stale config
         if not config_path.is_file() or config_path.read_text() != config_text:
@@ -140,7 +160,20 @@ def publish(
             os.chmod(staging, 0o755)
             final = model_dir / str(version)
             os.rename(staging, final)
+            _fsync_dir(model_dir)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        return Published(name, version, final, reused=False)
+        pruned: list[int] = []
+        if keep_last:
+            served = set(versions(model_dir)[-protect_latest:]) if protect_latest else set()
+            pruned = prune(model_dir, keep_last, served | set(protect_specific))
+        return Published(name, version, final, reused=False, pruned=pruned)
+
+
+def _fsync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

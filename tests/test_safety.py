@@ -1,0 +1,149 @@
+"""Repository and cache safety: builds killed at random points, parallel builds,
+retention. Each test adds its measured figures to the run's closing summary."""
+
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from helpers import check_cache, check_repository, make_tiny_project, write_config
+from mscompile.tritonrepo.config import parse
+from mscompile.tritonrepo.writer import publish, versions
+
+
+def _build(cwd, cfg_path, home, *extra, timeout=300):
+    env = {**os.environ, "MSCOMPILE_HOME": str(home), "MSCOMPILE_NO_MLFLOW": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "mscompile.cli", "build", str(cfg_path), "-q", *extra],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_builds_killed_at_random_points(tmp_path, figures):
+    rng = random.Random(1234)
+    cfg = make_tiny_project(tmp_path, seeds=(0, 1, 2))
+    home = tmp_path / "home"
+    kills = partial = poisoned = followups_ok = 0
+    runs = 20
+    for i in range(runs):
+        cfg["source"]["checkpoint"] = f"tiny_{i % 3}.pt"
+        path = write_config(cfg, tmp_path / "model.yaml")
+        args = ["--force"] if rng.random() < 0.5 else []
+        env = {**os.environ, "MSCOMPILE_HOME": str(home), "MSCOMPILE_NO_MLFLOW": "1"}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mscompile.cli", "build", str(path), "-q", *args],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        time.sleep(rng.uniform(0.3, 3.5))
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        partial += len(check_repository(tmp_path / "repo"))
+        poisoned += len(check_cache(home / "cache")[1])
+        r = _build(tmp_path, path, home)
+        followups_ok += r.returncode == 0
+        assert r.returncode == 0, r.stderr
+        assert check_repository(tmp_path / "repo") == []
+    good, bad = check_cache(home / "cache")
+    figures.append(
+        f"fault injection: {runs} builds, {kills} killed by SIGKILL mid-run, {partial} partial versions, "
+        f"{poisoned} poisoned cache entries, {followups_ok}/{runs} following builds succeeded, "
+        f"{good} verified cache entries"
+    )
+    assert kills >= 10 and partial == 0 and poisoned == 0 and not bad
+    assert versions(tmp_path / "repo/tiny") == sorted(versions(tmp_path / "repo/tiny"))
+
+
+def _parallel(tmp_path, home, paths):
+    with ThreadPoolExecutor(len(paths)) as pool:
+        return list(pool.map(lambda p: _build(tmp_path, p, home), paths))
+
+
+def test_parallel_builds_get_distinct_whole_versions(tmp_path, figures):
+    seeds = tuple(range(8))
+    cfg = make_tiny_project(tmp_path, seeds=seeds)
+    home = tmp_path / "home"
+    paths = []
+    for s in seeds:
+        cfg["source"]["checkpoint"] = f"tiny_{s}.pt"
+        paths.append(write_config(cfg, tmp_path / f"model_{s}.yaml"))
+    t0 = time.time()
+    results = _parallel(tmp_path, home, paths)
+    assert [r.returncode for r in results] == [0] * 8, [r.stderr for r in results if r.returncode]
+    model = tmp_path / "repo/tiny"
+    assert versions(model) == list(range(1, 9))
+    assert check_repository(tmp_path / "repo") == []
+    assert parse((model / "config.pbtxt").read_text()).name == "tiny"
+    outs = set()
+    for v in range(1, 9):
+        sess = ort.InferenceSession(str(model / str(v) / "model.onnx"), providers=["CPUExecutionProvider"])
+        outs.add(sess.run(None, {"x": np.ones((1, 4), np.float32)})[0].tobytes())
+    assert len(outs) == 8  # eight different models, one per checkpoint
+    different = time.time() - t0
+
+    cfg["source"]["checkpoint"] = "tiny_0.pt"
+    cfg["triton"]["repository"] = "repo_same"
+    same = write_config(cfg, tmp_path / "model_same.yaml")
+    t0 = time.time()
+    results = _parallel(tmp_path, home, [same] * 8)
+    assert [r.returncode for r in results] == [0] * 8
+    assert versions(tmp_path / "repo_same/tiny") == [1]
+    good, bad = check_cache(home / "cache")
+    assert not bad
+    figures.append(
+        f"concurrency: 8 parallel builds, 8 checkpoints -> versions {versions(model)} in {different:.1f}s; "
+        f"8 parallel identical builds -> {len(versions(tmp_path / 'repo_same/tiny'))} version in "
+        f"{time.time() - t0:.1f}s; shared cache: {good} entries verified, {len(bad)} corrupt"
+    )
+
+
+def test_retention_keeps_what_the_policy_serves(tmp_path):
+    repo = tmp_path / "repo"
+
+    def pub(payload, **kw):
+        src = tmp_path / f"src-{payload}"
+        src.mkdir(exist_ok=True)
+        (src / "model.onnx").write_bytes(payload.encode())
+        return publish(repo, "m", {"model.onnx": src / "model.onnx"}, 'name: "m"\n', {}, **kw)
+
+    for i in range(5):
+        pub(f"v{i}", keep_last=2, protect_latest=2, protect_specific=frozenset({1}))
+    assert versions(repo / "m") == [1, 4, 5]  # newest two, plus the pinned version 1
+    p = pub("v5", keep_last=1, protect_latest=2)
+    assert p.version == 6 and p.pruned == [1, 4]  # latest 2 are served: 5 and 6 stay
+    assert versions(repo / "m") == [5, 6]
+    assert pub("v5", keep_last=1).reused  # identical files: nothing published, nothing pruned
+    assert not list((repo / "m").glob(".trash-*"))
+
+
+@pytest.mark.parametrize(
+    ("policy", "keep", "message"),
+    [
+        ({"all": True}, 2, "version_policy all serves every version"),
+        ({"latest": 3}, 2, "keep_last: 2 is below version_policy.latest (3)"),
+    ],
+)
+def test_retention_conflicting_with_the_policy_is_refused(tmp_path, policy, keep, message):
+    from mscompile.config import parse_config
+    from mscompile.errors import ConfigError
+
+    cfg = make_tiny_project(tmp_path)
+    cfg["triton"].update(version_policy=policy, retention={"keep_last": keep})
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_config(cfg)
