@@ -62,6 +62,7 @@ class Variant:
     tries: list[dict[str, Any]] = field(default_factory=list)
     quantization: dict[str, Any] | None = None
     note: str = ""
+    profile: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -77,6 +78,8 @@ class Variant:
             "cached": self.cached,
             "quantization": self.quantization,
             "note": self.note,
+            "profile": self.profile,
+            "distribution": self.report.meta.get("distribution") if self.report else None,
             "excluded_nodes": self.tries[-1]["excluded_nodes"] if self.tries else [],
             "tries": self.tries,
         }
@@ -90,6 +93,8 @@ class BuildResult:
     published: list[Any] = field(default_factory=list)
     seconds: float = 0.0
     manifest: dict[str, Any] = field(default_factory=dict)
+    report_path: Path | None = None
+    selection: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -110,6 +115,8 @@ class BuildResult:
             "passes_run": sum(1 for r in self.records if not r.cached and r.status is not Status.SKIPPED),
             "passes_cached": sum(1 for r in self.records if r.cached),
             "seconds": round(self.seconds, 3),
+            "report": str(self.report_path) if self.report_path else None,
+            "selection": self.selection,
         }
 
 
@@ -244,10 +251,18 @@ def build(cfg: ModelConfig, config_path: Path, opts: BuildOptions) -> BuildResul
         err3.result = result  # type: ignore[attr-defined]
         raise err3
 
+    if cfg.profile.enabled:
+        profile_variants(driver, cfg, plan, variants)
+        result.records = list(driver.records.values())
     passing = [v.target for v in variants if v.status == "OK"]
     wanted = cfg.deployed_targets()
     if wanted is None:
-        chosen = passing[:1]
+        chosen = choose(cfg, [v for v in variants if v.status == "OK"])
+        if chosen and cfg.triton.deploy in ("fastest", "smallest"):
+            result.selection = (
+                f"{cfg.triton.deploy} passing variant is {chosen[0]} ({selection_note(cfg, variants, chosen[0])})"
+            )
+            instruments.say(f"deploy: {result.selection}")
     else:
         chosen = [w for w in wanted if w in passing]
         missing = [w for w in wanted if w not in passing]
@@ -264,15 +279,83 @@ def build(cfg: ModelConfig, config_path: Path, opts: BuildOptions) -> BuildResul
 
     by_name = {v.target: v for v in variants}
     deployments = [
-        Deployment(model_name=name, target=t, model=by_name[t].model)  # type: ignore[arg-type]
+        Deployment(model_name=name, target=t, model=by_name[t].model, profile=by_name[t].profile)  # type: ignore[arg-type]
         for name, t in deployment_names(cfg, chosen)
     ]
     manifest = build_manifest(cfg, config_path, plan, result, driver)
     result.published = write_repository(cfg, deployments, manifest)
     result.seconds = time.perf_counter() - t0
     result.manifest = manifest
+    from .report import write_report
+
+    first = result.published[0]
+    page = dict(manifest, model=first.model, version=first.version, deployed_variant=deployments[0].target)
+    state = opts.cache_dir.parent if opts.cache_dir else default_state_dir()
+    result.report_path = write_report(page, state / "reports" / cfg.name / f"{stamp}-v{first.version}.html")
     instruments.event("build_end", **result.to_json())
     return result
+
+
+def profile_variants(driver: Driver, cfg: ModelConfig, plan: Plan, variants: list[Variant]) -> None:
+    """Profile every variant that passed its gate, on the runtime that will serve it."""
+    from mscompile.passes.profile import Profile, ProfilingConfig
+
+    for v in variants:
+        t = next(x for x in cfg.targets if x.name == v.target)
+        if v.status != "OK" or not isinstance(v.model, OnnxModel) or t.backend != "onnxruntime" or t.gpu is not None:
+            continue  # engines and GPU targets are profiled where they run
+        runtime = "openvino" if t.cpu is not None and t.cpu.accelerator == "openvino" else "onnxruntime"
+        pc = ProfilingConfig(
+            io=cfg.io,
+            validation=cfg.validation,
+            batch_sizes=tuple(cfg.profile_batches()),
+            runtime=runtime,
+            intra_op_threads=t.cpu.intra_op_threads if t.cpu else 0,
+            window=cfg.profile.window,
+            max_windows=cfg.profile.max_windows,
+            agreement=cfg.profile.agreement,
+        )
+        rec = driver.run_step(Step(f"{t.name}/profile", Profile, pc, extras={"validation": plan.validation}), v.model)
+        if rec.output is not None:
+            v.profile = {"runtime": runtime, "batches": rec.output.meta["batches"]}
+
+
+def selection_batch(cfg: ModelConfig, v: Variant) -> dict[str, Any] | None:
+    """The profile row at the batch size Triton mostly runs (the range's opt, or the largest profiled below it)."""
+    if not v.profile:
+        return None
+    rows = sorted(v.profile["batches"], key=lambda r: r["batch"])
+    target = max(cfg.profile_batches())
+    if cfg.has_batch_axis():
+        target = min((i.range.opt[0] for i in cfg.inputs if i.range is not None), default=target)
+    below = [r for r in rows if r["batch"] <= target]
+    return (below or rows)[-1]
+
+
+def choose(cfg: ModelConfig, passing: list[Variant]) -> list[str]:
+    if not passing:
+        return []
+    if cfg.triton.deploy == "smallest":
+        return [min(passing, key=lambda v: size_of(v.model.path) if v.model else float("inf")).target]
+    if cfg.triton.deploy == "fastest":
+        timed = [v for v in passing if selection_batch(cfg, v) is not None]
+        if not timed:
+            return [passing[0].target]
+        return [min(timed, key=lambda v: selection_batch(cfg, v)["p50_ms"]).target]  # type: ignore[index]
+    return [passing[0].target]
+
+
+def selection_note(cfg: ModelConfig, variants: list[Variant], chosen: str) -> str:
+    if cfg.triton.deploy == "smallest":
+        return ", ".join(
+            f"{v.target} {size_of(v.model.path) / 1024:.0f} KB" for v in variants if v.status == "OK" and v.model
+        )
+    parts = []
+    for v in variants:
+        row = selection_batch(cfg, v) if v.status == "OK" else None
+        if row:
+            parts.append(f"{v.target} {row['p50_ms']:.2f} ms p50 at batch {row['batch']}")
+    return ", ".join(parts)
 
 
 def build_manifest(

@@ -45,22 +45,27 @@ def _fmt_parity(metrics: dict[str, Any]) -> str:
     return " ".join(parts) or "-"
 
 
+def _fmt_latency(v: Any) -> str:
+    if not v.profile:
+        return "-"
+    return " ".join(
+        f"b{r['batch']}:{r['p50_ms']:.2f}ms" for r in sorted(v.profile["batches"], key=lambda r: r["batch"])
+    )
+
+
 def print_summary(result: Any) -> None:
-    rows = [("variant", "backend", "precision", "size", "parity vs PyTorch", "status", "cached")]
+    rows = [("variant", "backend", "precision", "size", "parity vs PyTorch", "p50 latency", "status", "cached")]
     for v in result.variants:
         j = v.to_json()
+        ort_checked = v.backend == "tensorrt" and v.report and v.report.meta.get("runtime") != "tensorrt"
         rows.append(
             (
                 j["name"],
                 j["backend"],
                 j["precision"],
                 _fmt_size(j["size_bytes"]),
-                (
-                    "on ORT: "
-                    if v.backend == "tensorrt" and v.report and v.report.meta.get("runtime") != "tensorrt"
-                    else ""
-                )
-                + _fmt_parity(j["metrics"]),
+                ("on ORT: " if ort_checked else "") + _fmt_parity(j["metrics"]),
+                _fmt_latency(v),
                 j["status"],
                 "yes" if j["cached"] else "no",
             )
@@ -81,6 +86,8 @@ def print_summary(result: Any) -> None:
         click.echo(f"published {p.model} version {p.version} ({state}): {p.path}")
         if p.pruned:
             click.echo(f"retention: removed {p.model} version(s) {', '.join(map(str, p.pruned))}")
+    if result.report_path:
+        click.echo(f"report: {result.report_path}")
     click.echo(f"done in {result.seconds:.1f}s")
 
 
@@ -331,6 +338,27 @@ def runs(
                 f"{r['start']}  {r['run_id'][:12]}  {r['status']:<8}  version {r['version'] or '-':<4} "
                 f"git {r['git_commit'] or '-':<10}  ran {r['passes_run']:.0f} cached {r['passes_cached']:.0f}  {head}"
             )
+
+    _run(ctx, go)
+
+
+@main.command()
+@CONFIG_ARG
+@click.option("--version", "version", type=int, default=None, help="Published version (default: the latest).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Where to write the HTML page.")
+@click.pass_context
+def report(ctx: click.Context, config: Path, version: int | None, out: Path | None) -> None:
+    """Write the HTML report of CONFIG's published build (variants, latency plots,
+    parity distributions, excluded layers, pass timings)."""
+    from .build import default_state_dir
+    from .config import load_config, resolve_path
+    from .report import latest_manifest, write_report
+
+    def go() -> None:
+        cfg = load_config(config)
+        manifest, path = latest_manifest(resolve_path(cfg.triton.repository), cfg.name, version)
+        dest = out or default_state_dir() / "reports" / cfg.name / f"v{manifest['version']}.html"
+        click.echo(f"report of {path.parent}: {write_report(manifest, dest)}")
 
     _run(ctx, go)
 

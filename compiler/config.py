@@ -226,6 +226,26 @@ class OrtGpuConfig(Section):
     trt_engine_cache_path: str | None = None
 
 
+class CpuServingConfig(Section):
+    """ONNX Runtime on CPU in Triton: execution accelerator and threads (config.pbtxt)."""
+
+    accelerator: Literal["none", "openvino"] = "none"
+    intra_op_threads: int = Field(default=0, ge=0, description="0: ONNX Runtime's default")
+    inter_op_threads: int = Field(default=0, ge=0)
+
+
+class ProfileSettings(Section):
+    """How variants are profiled (latency and throughput per batch size)."""
+
+    enabled: bool = True
+    batch_sizes: list[Annotated[int, Field(ge=1)]] | None = Field(
+        default=None, description="default: 1 and the batch range's opt"
+    )
+    window: int = Field(default=10, ge=3, le=10_000, description="calls per timing window")
+    max_windows: int = Field(default=8, ge=2, le=100)
+    agreement: float = Field(default=0.05, gt=0, le=1, description="p50 of two windows must agree within this")
+
+
 class TargetConfig(Section):
     name: str
     backend: Backend = "onnxruntime"
@@ -252,6 +272,7 @@ class TargetConfig(Section):
     )
     recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
     tensorrt: TensorRTConfig | None = Field(default=None, description="backend: tensorrt only")
+    cpu: CpuServingConfig | None = Field(default=None, description="backend: onnxruntime only: CPU serving options")
     gpu: OrtGpuConfig | None = Field(
         default=None, description="backend: onnxruntime only: serve on GPU through ORT's CUDA or TensorRT provider"
     )
@@ -312,8 +333,8 @@ class TritonConfig(Section):
     )
     deploy: str | None = Field(
         default=None,
-        description="target name to publish as <name>, or 'all' to publish each variant as "
-        "<name>_<target>; default: the first target that passes its gate",
+        description="fastest | smallest (among variants that passed) | a target name, published as <name>; "
+        "or all: each variant as <name>_<target>; default: the first target that passes its gate",
     )
 
 
@@ -344,6 +365,7 @@ class ModelConfig(Section):
     calibration: CalibrationConfig | None = None
     targets: list[TargetConfig] = Field(min_length=1)
     triton: TritonConfig = Field(default_factory=TritonConfig)
+    profile: ProfileSettings = Field(default_factory=ProfileSettings)
     mlflow: MlflowConfig | None = None
 
     @field_validator("name")
@@ -371,9 +393,17 @@ class ModelConfig(Section):
     def dim_name(self, inp: InputSpec, axis: int) -> str | None:
         return self.io.dim_name(inp, axis)
 
+    def profile_batches(self) -> list[int]:
+        if self.profile.batch_sizes:
+            return sorted(set(self.profile.batch_sizes))
+        if not self.has_batch_axis():
+            return [1]
+        opt = min((i.range.opt[0] for i in self.inputs if i.range is not None), default=8)
+        return sorted({1, opt})
+
     def deployed_targets(self) -> list[str] | None:
-        """None means 'the first passing target'."""
-        if self.triton.deploy is None:
+        """None means 'the first passing target' (or a measured choice: fastest, smallest)."""
+        if self.triton.deploy in (None, "fastest", "smallest"):
             return None
         if self.triton.deploy == "all":
             return [t.name for t in self.targets]
@@ -482,8 +512,15 @@ def semantic_problems(cfg: ModelConfig, where: str) -> list[str]:
             f"{where}: triton.retention.keep_last: {cfg.triton.retention.keep_last} is below version_policy.latest "
             f"({vp.latest}); keep at least the versions Triton serves"
         )
+    for i, t in enumerate(cfg.targets):
+        if t.cpu is not None and t.backend != "onnxruntime":
+            out.append(f"{where}: targets[{i}].cpu: only applies to backend: onnxruntime")
+        if t.cpu is not None and t.gpu is not None:
+            out.append(f"{where}: targets[{i}]: set cpu or gpu serving options, not both")
     dep = cfg.triton.deploy
-    if dep is not None and dep != "all" and dep not in names:
+    if dep in ("fastest", "smallest") and dep == "fastest" and not cfg.profile.enabled:
+        out.append(f"{where}: triton.deploy: fastest needs profiling; remove profile.enabled: false")
+    if dep is not None and dep not in ("all", "fastest", "smallest") and dep not in names:
         out.append(f"{where}: triton.deploy: {dep!r} is not a target; use one of {names} or 'all'")
     for key, src in (("validation", cfg.validation), ("calibration", cfg.calibration)):
         if src is None:

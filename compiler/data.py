@@ -179,6 +179,7 @@ def load_validation(io: IOSpec, v: ValidationConfig) -> tuple[dict[str, np.ndarr
     """Inputs (the first validation.samples) and labels, after checking them."""
     arrays = read_source(v, "validation")
     n = check_arrays(io, arrays, _where(v), _key(v, "validation"), v.labels)
+    _bounded(n, v, "validation")
     k = min(n, v.samples) if v.samples else n
     feeds = {i.name: arrays[i.name][:k] for i in io.inputs}
     labels = arrays[v.labels][:k] if v.labels else None
@@ -189,11 +190,22 @@ def load_calibration(io: IOSpec, c: CalibrationConfig) -> dict[str, np.ndarray]:
     """Calibration inputs after checking them: a seeded random subset of `samples`."""
     arrays = read_source(c, "calibration")
     n = check_arrays(io, arrays, _where(c), _key(c, "calibration"), None)
+    _bounded(n, c, "calibration")
     feeds = {i.name: arrays[i.name] for i in io.inputs}
     if c.samples and c.samples < n and io.has_batch_axis():
         idx = np.sort(np.random.default_rng(c.seed).choice(n, size=c.samples, replace=False))
         feeds = {k: v[idx] for k, v in feeds.items()}
     return feeds
+
+
+def _bounded(n: int, src: DataSource, section: str) -> None:
+    from .config import MAX_VALIDATION_SAMPLES
+
+    if n > MAX_VALIDATION_SAMPLES and not src.samples:
+        raise InputDataError(
+            f"{_where(src)}: holds {n} samples, above the {MAX_VALIDATION_SAMPLES} limit; "
+            f"set {section}.samples to use a subset"
+        )
 
 
 def _key(src: DataSource, section: str) -> str:

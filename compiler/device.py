@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import importlib.util
+import os
 import platform
 import subprocess
 from typing import Any
@@ -51,12 +52,24 @@ def nvidia_gpus() -> list[dict[str, str]]:
     return gpus
 
 
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 @functools.lru_cache(maxsize=1)
 def fingerprint() -> dict[str, Any]:
     """What a TensorRT engine depends on: TensorRT version, GPU model and compute capability."""
     gpus = nvidia_gpus()
     gpu = gpus[0] if gpus else None
     return {
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count(),
         "tensorrt": _version("tensorrt") or _version("tensorrt-cu12") or _version("tensorrt-cu13"),
         "gpu": gpu["name"] if gpu else None,
         "compute_capability": gpu["compute_capability"] if gpu else None,

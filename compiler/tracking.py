@@ -209,6 +209,8 @@ def make_record(
     for p in result.published:
         rec["published"].append({"model": p.model, "version": p.version, "path": str(p.path), "new": not p.reused})
         rec["artifacts"].append([str(p.path.parent / "config.pbtxt"), f"triton/{p.model}"])
+    if getattr(result, "report_path", None):
+        rec["artifacts"].append([str(result.report_path), "report"])
     rec["summary"] = result.to_json()
     rec["manifest"] = result.manifest or None
     return rec

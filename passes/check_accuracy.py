@@ -54,6 +54,15 @@ def compare(out: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     return m
 
 
+def per_sample(out: np.ndarray, ref: np.ndarray, cap: int = 2000) -> dict[str, list[float]]:
+    """Per-sample max |error| and cosine of the first output (for the report's histograms)."""
+    a = out[:cap].astype(np.float64).reshape(min(len(out), cap), -1)
+    b = ref[:cap].astype(np.float64).reshape(a.shape)
+    denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    cos = np.where(denom > 0, (a * b).sum(axis=1) / np.where(denom > 0, denom, 1.0), 1.0)
+    return {"max_abs": [float(x) for x in np.abs(a - b).max(axis=1)], "cosine": [float(x) for x in cos]}
+
+
 def apply_gate(metrics: dict[str, Any], tol: Tolerance) -> list[str]:
     """Each failed gate as a readable line; empty when the variant passes."""
     fails = []
@@ -142,7 +151,7 @@ def run_onnx(
 
 class CheckAccuracy(Pass[OnnxModel, ParityReport]):
     name = "check_accuracy"
-    version = 2
+    version = 3
     input_type = OnnxModel
     output_type = ParityReport
     Config = CheckConfig
@@ -183,6 +192,7 @@ def make_report(
     runtime: str = "onnxruntime",
 ) -> PassResult[ParityReport]:
     agg, per_output, failures = evaluate(outs, ref, labels, cfg.io, cfg.tolerance)
+    distribution = per_sample(outs[cfg.io.outputs[0].name], ref[cfg.io.outputs[0].name])
     report = {
         "model_digest": model_digest,
         "precision": precision,
@@ -194,12 +204,14 @@ def make_report(
         "failures": failures,
         "samples": n,
         "onnxruntime_seconds": seconds,
+        "per_sample": distribution,
     }
     path = ctx.workdir / "report.json"
     path.write_text(json.dumps(report, indent=2))
     meta = {
         "passed": not failures,
         "failures": failures,
+        "distribution": distribution,
         "metrics": agg,
         "model_digest": model_digest,
         "runtime": runtime,

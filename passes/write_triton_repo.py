@@ -21,6 +21,7 @@ class Deployment:
     model_name: str
     target: str
     model: Artifact  # OnnxModel or TrtEngine
+    profile: dict[str, Any] | None = None
 
 
 def deployment_names(cfg: ModelConfig, targets: list[str]) -> list[tuple[str, str]]:
@@ -37,16 +38,23 @@ def model_files(model: Artifact) -> dict[str, Path]:
     return {f.name: f for f in sorted(model.path.iterdir()) if f.is_file() and f.name.startswith("model.onnx")}
 
 
-def model_config_text(cfg: ModelConfig, name: str, target: str, model: Artifact) -> str:
+def model_config_text(
+    cfg: ModelConfig, name: str, target: str, model: Artifact, profile: dict[str, Any] | None = None
+) -> str:
+    from mscompile.passes.profile import preferred_batch
+
     t = next(x for x in cfg.targets if x.name == target)
     profiles = [p["name"] for p in model.meta.get("profiles", [])] if isinstance(model, TrtEngine) else None
-    return to_text(build_model_config(cfg, name, model.meta["io"], target=t, profiles=profiles))
+    preferred = [preferred_batch(profile["batches"])] if profile and len(profile["batches"]) > 1 else None
+    return to_text(
+        build_model_config(cfg, name, model.meta["io"], target=t, profiles=profiles, preferred_batch_size=preferred)
+    )
 
 
 def write_repository(cfg: ModelConfig, deployments: list[Deployment], manifest: dict[str, Any]) -> list[Published]:
     repo = resolve_path(cfg.triton.repository)
     # every config is built (and so checked) before anything is written
-    texts = [model_config_text(cfg, d.model_name, d.target, d.model) for d in deployments]
+    texts = [model_config_text(cfg, d.model_name, d.target, d.model, d.profile) for d in deployments]
     t = cfg.triton
     vp = t.version_policy
     protect_latest = (

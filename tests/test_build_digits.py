@@ -72,7 +72,7 @@ def test_rebuild_runs_nothing_and_changes_rerun_only_their_target(tmp_path, digi
     cfg = write_config(digits_config, tmp_path / "model.yaml")
     assert _build(cfg, env=env)[0].returncode == 0
     r, out = _build(cfg, env=env)
-    assert r.returncode == 0 and out["passes_run"] == 0 and out["passes_cached"] == 8
+    assert r.returncode == 0 and out["passes_run"] == 0 and out["passes_cached"] == 11
     assert out["published"] == [
         {
             "model": "digits",
@@ -93,10 +93,10 @@ def test_rebuild_runs_nothing_and_changes_rerun_only_their_target(tmp_path, digi
     write_config(digits_config, cfg)
     r, out = _build(cfg, env=env)
     assert r.returncode == 0, r.stderr
-    assert _ran(home) == ["fp16/check_accuracy", "fp16/convert_fp16"]
+    assert _ran(home) == ["fp16/check_accuracy", "fp16/convert_fp16", "fp16/profile"]
 
     r, out = _build(cfg, "--force", env=env)
-    assert out["passes_run"] == 8 and out["passes_cached"] == 0
+    assert out["passes_run"] == 11 and out["passes_cached"] == 0
     assert out["version"] == 1  # same files: no new version for Triton to load
 
 

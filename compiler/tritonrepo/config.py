@@ -69,6 +69,7 @@ def build_model_config(
     io_sig: dict[str, Any],
     target: TargetConfig | None = None,
     profiles: list[str] | None = None,
+    preferred_batch_size: list[int] | None = None,
 ) -> Any:
     """A ModelConfig message for an ONNX Runtime model, or a TensorRT plan when
     `target` is a tensorrt target (`profiles`: the engine's profile names)."""
@@ -89,7 +90,8 @@ def build_model_config(
         mc.output.add(name=spec["name"], data_type=_dtype(spec), dims=_dims(spec, batched, "output"))
     if t.dynamic_batching is not None and batched:
         db = mc.dynamic_batching
-        db.preferred_batch_size.extend(t.dynamic_batching.preferred_batch_size)
+        # given in model.yaml, else derived from the profile (where throughput stops growing)
+        db.preferred_batch_size.extend(t.dynamic_batching.preferred_batch_size or preferred_batch_size or [])
         db.max_queue_delay_microseconds = t.dynamic_batching.max_queue_delay_microseconds
         db.SetInParent()
     on_gpu = trt or (target is not None and target.gpu is not None)
@@ -102,6 +104,14 @@ def build_model_config(
         if trt and profiles and len(profiles) > 1:
             # every instance may pick among all profiles; the server chooses by input shape
             ig.profile.extend(str(i) for i in range(len(profiles)))
+    if target is not None and target.cpu is not None:
+        c = target.cpu
+        if c.accelerator == "openvino":
+            mc.optimization.execution_accelerators.cpu_execution_accelerator.add(name="openvino")
+        if c.intra_op_threads:
+            mc.parameters["intra_op_thread_count"].string_value = str(c.intra_op_threads)
+        if c.inter_op_threads:
+            mc.parameters["inter_op_thread_count"].string_value = str(c.inter_op_threads)
     if target is not None and target.gpu is not None:
         acc = mc.optimization.execution_accelerators.gpu_execution_accelerator.add(name=target.gpu.accelerator)
         if target.gpu.accelerator == "tensorrt":

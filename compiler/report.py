@@ -1,0 +1,194 @@
+"""One self-contained HTML page per build: variants with accuracy and size,
+latency-vs-batch plots, parity error distributions, INT8 tries and excluded
+layers, pass timings. Plots are inline SVG; the page loads nothing."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def _line_chart(
+    series: dict[str, list[tuple[float, float]]], xlabel: str, ylabel: str, w: int = 560, h: int = 300
+) -> str:
+    pts = [p for s in series.values() for p in s]
+    if not pts:
+        return "<p>No profile data.</p>"
+    x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
+    y1 = max(p[1] for p in pts) * 1.1 or 1.0
+    ml, mb, mt, mr = 60, 40, 15, 150
+
+    def sx(x: float) -> float:
+        return ml + (0 if x1 == x0 else (x - x0) / (x1 - x0) * (w - ml - mr))
+
+    def sy(y: float) -> float:
+        return h - mb - y / y1 * (h - mb - mt)
+
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img" aria-label="{_e(ylabel)} vs {_e(xlabel)}">',
+        f'<line x1="{ml}" y1="{h - mb}" x2="{w - mr}" y2="{h - mb}" stroke="#333"/>',
+        f'<line x1="{ml}" y1="{mt}" x2="{ml}" y2="{h - mb}" stroke="#333"/>',
+    ]
+    for i in range(5):
+        y = y1 * i / 4
+        out.append(f'<text x="{ml - 6}" y="{sy(y) + 4:.1f}" font-size="11" text-anchor="end">{y:.3g}</text>')
+        out.append(f'<line x1="{ml}" y1="{sy(y):.1f}" x2="{w - mr}" y2="{sy(y):.1f}" stroke="#eee"/>')
+    for x in sorted({p[0] for p in pts}):
+        out.append(f'<text x="{sx(x):.1f}" y="{h - mb + 16}" font-size="11" text-anchor="middle">{x:g}</text>')
+    out.append(f'<text x="{(ml + w - mr) / 2}" y="{h - 5}" font-size="12" text-anchor="middle">{_e(xlabel)}</text>')
+    out.append(
+        f'<text x="14" y="{(h - mb) / 2}" font-size="12" transform="rotate(-90 14 {(h - mb) / 2})" text-anchor="middle">{_e(ylabel)}</text>'
+    )
+    for i, (name, s) in enumerate(series.items()):
+        c = COLORS[i % len(COLORS)]
+        s = sorted(s)
+        path = " ".join(f"{'M' if j == 0 else 'L'}{sx(x):.1f},{sy(y):.1f}" for j, (x, y) in enumerate(s))
+        out.append(f'<path d="{path}" fill="none" stroke="{c}" stroke-width="2"/>')
+        for x, y in s:
+            out.append(
+                f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{c}"><title>{_e(name)}: {y:.4g} at {x:g}</title></circle>'
+            )
+        out.append(f'<text x="{w - mr + 10}" y="{mt + 14 + 16 * i}" font-size="12" fill="{c}">{_e(name)}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _histogram(values: list[float], label: str, log: bool, w: int = 260, h: int = 150, bins: int = 20) -> str:
+    vals = [v for v in values if math.isfinite(v)]
+    if not vals:
+        return ""
+    tr = [math.log10(max(v, 1e-12)) for v in vals] if log else vals
+    lo, hi = min(tr), max(tr)
+    if hi == lo:
+        hi = lo + 1e-9
+    counts = [0] * bins
+    for v in tr:
+        counts[min(bins - 1, int((v - lo) / (hi - lo) * bins))] += 1
+    top = max(counts)
+    bw = (w - 20) / bins
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h + 30}" role="img" aria-label="{_e(label)}">'
+    ]
+    for i, c in enumerate(counts):
+        bh = c / top * h
+        out.append(
+            f'<rect x="{10 + i * bw:.1f}" y="{h - bh:.1f}" width="{bw - 1:.1f}" height="{bh:.1f}" fill="#1f77b4"><title>{c} samples</title></rect>'
+        )
+    fmt = (lambda v: f"1e{v:.1f}") if log else (lambda v: f"{v:.5g}")
+    out.append(f'<text x="10" y="{h + 14}" font-size="10">{fmt(lo)}</text>')
+    out.append(f'<text x="{w - 10}" y="{h + 14}" font-size="10" text-anchor="end">{fmt(hi)}</text>')
+    out.append(f'<text x="{w / 2}" y="{h + 27}" font-size="11" text-anchor="middle">{_e(label)}</text></svg>')
+    return "".join(out)
+
+
+def render(manifest: dict[str, Any]) -> str:
+    cfg = manifest.get("config", {})
+    variants = manifest.get("variants", [])
+    title = f"mscompile build report: {cfg.get('name', '?')}"
+    rows = []
+    for v in variants:
+        m = v.get("metrics") or {}
+        acc = ", ".join(
+            f"{k} {m[k]:.6g}" for k in ("max_abs", "cosine", "cosine_min", "accuracy", "accuracy_drop") if k in m
+        )
+        prof = v.get("profile") or {}
+        lat = ", ".join(
+            f"b{r['batch']}: {r['p50_ms']:.3g} ms" for r in sorted(prof.get("batches", []), key=lambda r: r["batch"])
+        )
+        size = f"{v['size_bytes'] / 1024:.1f} KB" if v.get("size_bytes") else "-"
+        deployed = " (deployed)" if v["name"] == manifest.get("deployed_variant") else ""
+        rows.append(
+            f"<tr><td>{_e(v['name'])}{deployed}</td><td>{_e(v['backend'])}</td><td>{_e(v['precision'])}</td>"
+            f"<td>{_e(v['status'])}</td><td>{size}</td><td>{_e(acc)}</td><td>{_e(lat or '-')}</td>"
+            f"<td>{_e(v.get('reason') or v.get('note') or '')}</td></tr>"
+        )
+    lat_series = {
+        v["name"]: [(r["batch"], r["p50_ms"]) for r in (v.get("profile") or {}).get("batches", [])] for v in variants
+    }
+    thr_series = {
+        v["name"]: [(r["batch"], r["throughput"]) for r in (v.get("profile") or {}).get("batches", [])]
+        for v in variants
+    }
+    lat_series = {k: s for k, s in lat_series.items() if s}
+    thr_series = {k: s for k, s in thr_series.items() if s}
+    dists = []
+    for v in variants:
+        d = v.get("distribution")
+        if d:
+            dists.append(
+                f"<div class='dist'><h4>{_e(v['name'])}</h4>{_histogram(d['max_abs'], 'max |error| per sample (log10)', True)}"
+                f"{_histogram(d['cosine'], 'cosine per sample', False)}</div>"
+            )
+    tries = []
+    for v in variants:
+        for t in v.get("tries") or []:
+            tm = t.get("metrics", {})
+            tries.append(
+                f"<tr><td>{_e(v['name'])}</td><td>{t['try']}</td><td>{_e(t['mode'])}</td>"
+                f"<td>{len(t['excluded_nodes'])} ({t['excluded_fraction'] * 100:.0f}%)</td>"
+                f"<td>{tm.get('cosine', float('nan')):.4f}</td><td>{'pass' if t['passed'] else 'fail'}</td>"
+                f"<td><details><summary>nodes</summary>{'<br>'.join(_e(n) for n in t['excluded_nodes']) or '-'}</details></td></tr>"
+            )
+    passes = [
+        f"<tr><td>{_e(p['step'])}</td><td>{_e(p['status'])}</td><td>{'yes' if p['cached'] else 'no'}</td>"
+        f"<td>{p['seconds']:.3f}</td></tr>"
+        for p in manifest.get("passes", [])
+    ]
+    libs = ", ".join(f"{k} {v}" for k, v in (manifest.get("libraries") or {}).items())
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>
+<style>
+body{{font-family:system-ui,sans-serif;margin:2em;color:#222}} table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px;text-align:left;vertical-align:top}} th{{background:#f3f3f3}}
+.plots,.dists{{display:flex;flex-wrap:wrap;gap:2em}} .dist{{border:1px solid #eee;padding:.5em}} h4{{margin:.2em 0}}
+</style></head><body>
+<h1>{_e(title)}</h1>
+<p>Triton model <b>{_e(manifest.get("model", cfg.get("name")))}</b> version <b>{_e(manifest.get("version", "-"))}</b>,
+deployed variant <b>{_e(manifest.get("deployed_variant", "-"))}</b>; built {_e(manifest.get("created", ""))}
+with mscompile {_e(manifest.get("mscompile", ""))}.</p>
+<p style="font-size:12px;color:#555">{_e(libs)}</p>
+<h2>Variants</h2>
+<table><tr><th>variant</th><th>backend</th><th>precision</th><th>status</th><th>size</th><th>parity vs PyTorch</th><th>p50 latency</th><th>notes</th></tr>
+{"".join(rows)}</table>
+<h2>Latency and throughput vs batch size</h2>
+<div class="plots">{_line_chart(lat_series, "batch size", "p50 latency (ms)")}{_line_chart(thr_series, "batch size", "throughput (samples/s)")}</div>
+<h2>Parity error distributions (first output, validation set)</h2>
+<div class="dists">{"".join(dists) or "<p>No parity data.</p>"}</div>
+<h2>INT8 tries and layers kept in float</h2>
+{("<table><tr><th>variant</th><th>try</th><th>mode</th><th>excluded</th><th>cosine</th><th>gate</th><th>excluded nodes</th></tr>" + "".join(tries) + "</table>") if tries else "<p>No INT8 search in this build.</p>"}
+<h2>Pass timings</h2>
+<table><tr><th>step</th><th>status</th><th>cached</th><th>seconds</th></tr>{"".join(passes)}</table>
+</body></html>
+"""
+
+
+def write_report(manifest: dict[str, Any], out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(render(manifest), encoding="utf-8")
+    tmp.replace(out)
+    return out
+
+
+def latest_manifest(repo: Path, name: str, version: int | None = None) -> tuple[dict[str, Any], Path]:
+    from .errors import ConfigError
+    from .tritonrepo.writer import MANIFEST, versions
+
+    d = repo / name
+    vs = versions(d)
+    if not vs:
+        raise ConfigError(f"{d}: no published version; run `mscompile build` first")
+    v = version or vs[-1]
+    path = d / str(v) / MANIFEST
+    if not path.is_file():
+        raise ConfigError(f"{d}: version {v} not found (versions: {vs})")
+    return json.loads(path.read_text()), path

@@ -1,0 +1,146 @@
+"""Profile a variant the way it will be served: latency percentiles and
+throughput per batch size, on the runtime and thread settings of its target.
+
+Warm-up first; then windows of `window` calls are timed until the p50 of two
+consecutive windows agree within `agreement` (the stability rule), or
+`max_windows` is reached (the result says whether it settled). Inputs are
+validation samples tiled to each batch size at the range's opt shape.
+Depends on the machine: its key includes the device fingerprint (CPU model)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Literal
+
+import numpy as np
+from mscompile.artifacts import Artifact, OnnxModel
+from mscompile.config import IOSpec, Section, ValidationConfig
+from mscompile.data import load_validation
+from mscompile.pipeline import Pass, PassContext, PassResult
+
+
+class ProfileReport(Artifact):
+    kind = "profile_report"
+
+
+class ProfilingConfig(Section):
+    io: IOSpec
+    validation: ValidationConfig
+    batch_sizes: tuple[int, ...]
+    runtime: Literal["onnxruntime", "openvino"] = "onnxruntime"
+    intra_op_threads: int = 0  # 0: the runtime's default
+    warmup: int = 5
+    window: int = 10
+    max_windows: int = 8
+    agreement: float = 0.05
+
+
+def feeds_for_batch(io: IOSpec, sample: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+    """`batch` copies of validation samples, padded/cut to the range's opt shape."""
+    out = {}
+    for inp in io.inputs:
+        a = sample[inp.name]
+        if io.has_batch_axis():
+            reps = -(-batch // a.shape[0])
+            a = np.concatenate([a] * reps, axis=0)[:batch]
+            if inp.range is not None:
+                for ax in range(1, a.ndim):
+                    want = inp.range.opt[ax]
+                    if a.shape[ax] < want:
+                        pad = [(0, 0)] * a.ndim
+                        pad[ax] = (0, want - a.shape[ax])
+                        a = np.pad(a, pad)
+                    elif a.shape[ax] > want:
+                        a = np.take(a, range(want), axis=ax)
+        out[inp.name] = np.ascontiguousarray(a)
+    return out
+
+
+def make_runner(runtime: str, path: str, threads: int) -> Any:
+    if runtime == "openvino":
+        import openvino as ov
+
+        core = ov.Core()
+        cfg = {"INFERENCE_NUM_THREADS": threads} if threads else {}
+        compiled = core.compile_model(core.read_model(path), "CPU", cfg)
+        return lambda feeds: compiled(feeds)
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    return lambda feeds: sess.run(None, feeds)
+
+
+def measure(run: Any, feeds: dict[str, np.ndarray], cfg: ProfilingConfig) -> dict[str, Any]:
+    for _ in range(cfg.warmup):
+        run(feeds)
+    windows: list[list[float]] = []
+    stable = False
+    while len(windows) < cfg.max_windows:
+        w = []
+        for _ in range(cfg.window):
+            t0 = time.perf_counter()
+            run(feeds)
+            w.append((time.perf_counter() - t0) * 1000)
+        windows.append(w)
+        if len(windows) >= 2:
+            a, b = np.median(windows[-2]), np.median(windows[-1])
+            if abs(a - b) <= cfg.agreement * min(a, b):
+                stable = True
+                break
+    last = np.array(windows[-2] + windows[-1] if len(windows) >= 2 else windows[-1])
+    return {
+        "p50_ms": float(np.percentile(last, 50)),
+        "p95_ms": float(np.percentile(last, 95)),
+        "p99_ms": float(np.percentile(last, 99)),
+        "windows": len(windows),
+        "stable": stable,
+    }
+
+
+class Profile(Pass[OnnxModel, ProfileReport]):
+    name = "profile"
+    version = 1
+    input_type = OnnxModel
+    output_type = ProfileReport
+    Config = ProfilingConfig
+    libraries = ("onnxruntime", "openvino", "numpy")
+    extra_inputs = ("validation",)  # read through cfg.validation
+    device_dependent = True
+
+    def run(self, inp: OnnxModel, cfg: ProfilingConfig, ctx: PassContext) -> PassResult[ProfileReport]:
+        feeds_all, _ = load_validation(cfg.io, cfg.validation)
+        sample = {k: v[: max(cfg.batch_sizes)] for k, v in feeds_all.items()}
+        casts = {s["name"]: s["dtype"] for s in inp.meta["io"]["inputs"]}
+        run = make_runner(cfg.runtime, str(inp.onnx_file), cfg.intra_op_threads)
+        rows = []
+        for b in cfg.batch_sizes:
+            ctx.note(f"{cfg.runtime}, batch {b}")
+            feeds = {k: v.astype(casts.get(k, str(v.dtype))) for k, v in feeds_for_batch(cfg.io, sample, b).items()}
+            m = measure(run, feeds, cfg)
+            m.update(batch=b, throughput=b / (m["p50_ms"] / 1000))
+            rows.append(m)
+        path = ctx.workdir / "profile.json"
+        path.write_text(
+            json.dumps({"runtime": cfg.runtime, "threads": cfg.intra_op_threads, "batches": rows}, indent=2)
+        )
+        metrics = {f"b{r['batch']}_p50_ms": r["p50_ms"] for r in rows}
+        metrics.update({f"b{r['batch']}_throughput": r["throughput"] for r in rows})
+        return PassResult(
+            output=ProfileReport(path=path, digest="", meta={"runtime": cfg.runtime, "batches": rows}), metrics=metrics
+        )
+
+
+def preferred_batch(rows: list[dict[str, Any]], gain: float = 1.10) -> int:
+    """The batch size where throughput stops growing by more than `gain` per step."""
+    rows = sorted(rows, key=lambda r: r["batch"])
+    best = rows[0]
+    for r in rows[1:]:
+        if r["throughput"] < best["throughput"] * gain:
+            break
+        best = r
+    return int(best["batch"])
