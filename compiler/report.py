@@ -25,7 +25,7 @@ def _line_chart(
         return "<p>No profile data.</p>"
     x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
     y1 = max(p[1] for p in pts) * 1.1 or 1.0
-    ml, mb, mt, mr = 60, 40, 15, 150
+    ml, mb, mt, mr = 78, 40, 15, 150
 
     def sx(x: float) -> float:
         return ml + (0 if x1 == x0 else (x - x0) / (x1 - x0) * (w - ml - mr))
@@ -83,7 +83,7 @@ def _histogram(values: list[float], label: str, log: bool, w: int = 260, h: int 
         out.append(
             f'<rect x="{10 + i * bw:.1f}" y="{h - bh:.1f}" width="{bw - 1:.1f}" height="{bh:.1f}" fill="#1f77b4"><title>{c} samples</title></rect>'
         )
-    fmt = (lambda v: f"1e{v:.1f}") if log else (lambda v: f"{v:.5g}")
+    fmt = (lambda v: f"1e{v:.1f}") if log else (lambda v: f"{v:.7f}")
     out.append(f'<text x="10" y="{h + 14}" font-size="10">{fmt(lo)}</text>')
     out.append(f'<text x="{w - 10}" y="{h + 14}" font-size="10" text-anchor="end">{fmt(hi)}</text>')
     out.append(f'<text x="{w / 2}" y="{h + 27}" font-size="11" text-anchor="middle">{_e(label)}</text></svg>')

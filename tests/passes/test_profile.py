@@ -118,3 +118,13 @@ def test_html_report_has_the_plots_and_tables(tmp_path, digits):
     assert "http" not in open(page, encoding="utf-8").read().replace("http://www.w3.org/2000/svg", "")  # self-contained
     r2 = run_cli("report", str(tmp_path / "model.yaml"), "--out", str(tmp_path / "r.html"))
     assert r2.returncode == 0 and (tmp_path / "r.html").stat().st_size > 1000
+
+
+def test_openvino_target_is_profiled_with_openvino(tmp_path, digits):
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install 'mscompile[openvino]')")
+    digits["targets"] = [digits["targets"][0], {"name": "fp32_ov", "cpu": {"accelerator": "openvino"}}]
+    digits["profile"]["batch_sizes"] = [1, 8]
+    out, _ = _build(digits, tmp_path)
+    runtimes = {v["name"]: v["profile"]["runtime"] for v in out["variants"]}
+    assert runtimes == {"fp32": "onnxruntime", "fp32_ov": "openvino"}
+    assert all(row["p50_ms"] > 0 for v in out["variants"] for row in v["profile"]["batches"])
