@@ -182,6 +182,8 @@ def test_plan_validate_schema_and_human_summary(tmp_path, digits_config):
         "parity",
         "vs",
         "PyTorch",
+        "p50",
+        "latency",
         "status",
         "cached",
     ]
