@@ -75,6 +75,7 @@ class Variant:
             "failures": self.report.meta.get("failures", []) if self.report else [],
             "size_bytes": size_of(self.model.path) if self.model else None,
             "model_digest": self.model.digest if self.model else None,
+            "artifact": str(self.model.path) if self.model else None,
             "cached": self.cached,
             "quantization": self.quantization,
             "note": self.note,

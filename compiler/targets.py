@@ -198,7 +198,7 @@ def run_tensorrt(
     if built.status is Status.SKIPPED or built.output is None:
         report = pre.output if isinstance(pre.output, ParityReport) else None
         return TargetOutcome(
-            "SKIPPED", None, report, f"engine not built: {built.reason}", steps=ids, quantization=quant
+            "SKIPPED", graph, report, f"engine not built: {built.reason}", steps=ids, quantization=quant
         )
     rec = driver.run_step(trt_check, built.output)
     ids.append(trt_check.id)

@@ -90,7 +90,7 @@ def pre_process(src: str, dst: str) -> str:
 
 class QuantizeInt8(Pass[OnnxModel, OnnxModel]):
     name = "quantize_int8"
-    version = 3
+    version = 4
     input_type = OnnxModel
     output_type = OnnxModel
     Config = Int8Config
@@ -192,6 +192,7 @@ class QuantizeInt8(Pass[OnnxModel, OnnxModel]):
             "quantizable_nodes": len(candidates),
             "excluded_nodes": sorted(excluded),
             "quantized_nodes": len(quantized),
+            "quantized_node_names": quantized,
             "unknown_excluded_nodes": unknown,
             "qdq_nodes": ops.get("QuantizeLinear", 0) + ops.get("DequantizeLinear", 0),
             "integer_ops": sum(

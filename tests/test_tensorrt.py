@@ -40,6 +40,10 @@ def test_build_without_tensorrt_skips_honestly(tmp_path, trt_config):
     trt_int8 = next(v for v in out["variants"] if v["name"] == "trt_int8")
     assert trt_int8["quantization"]["quantizer"] == "modelopt.onnx.quantization.quantize"
     assert trt_int8["metrics"]["accuracy_drop"] <= 0.5
+    import onnx  # the Q/DQ graph TensorRT would read is there, though no engine was built
+
+    qdq = onnx.load(f"{trt_int8['artifact']}/model.onnx")
+    assert sum(n.op_type == "QuantizeLinear" for n in qdq.graph.node) >= 4
     assert "warning: target trt_fp16 SKIPPED" in r.stderr
     assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["digits_trt_fp32"]
 
