@@ -126,6 +126,38 @@ def prepare_minilm() -> Path:
     return d / "model.yaml"
 
 
+def resnet_module():
+    """The benchmark's ResNet-50 in eval mode (weights from prepare_resnet)."""
+    import torch
+
+    from examples.resnet.model import ResNet50
+
+    net = ResNet50()
+    net.load_state_dict(torch.load(WORK / "resnet/resnet50.pt"))
+    return net.eval()
+
+
+def minilm_module():
+    """all-MiniLM-L6-v2 with the package's weights, in eval mode."""
+    from safetensors.torch import load_file
+
+    from examples.minilm.model import MiniLMEncoder, package_dir
+
+    enc = MiniLMEncoder()
+    enc.load_state_dict(load_file(str(package_dir() / "model.safetensors")))
+    return enc.eval()
+
+
+def minilm_bench_inputs() -> dict[str, np.ndarray]:
+    """8 paragraphs of the validation sentences, 128 tokens each."""
+    from examples.minilm.model import tokenize
+
+    lines = [ln for ln in (ROOT / "calibration_data/minilm_val.txt").read_text().splitlines() if ln]
+    toks = tokenize([" ".join(lines[i:] + lines[:i]) for i in range(8)], max_length=128, padding="max_length")
+    assert toks["input_ids"].shape == (8, 128)
+    return toks
+
+
 def build(path: Path):
     from mscompile.build import BuildOptions, build
     from mscompile.config import load_config
@@ -248,32 +280,19 @@ def main() -> None:
 
 
 def bench_resnet(rounds: int, iters: int) -> list[tuple]:
-    import torch
-
-    from examples.resnet.model import ResNet50
 
     res_cfg = prepare_resnet()
     res = build(res_cfg)
-    net = ResNet50()
-    net.load_state_dict(torch.load(WORK / "resnet/resnet50.pt"))
-    net.eval()
+    net = resnet_module()
     imgs = smooth_images(8, 7)
     return bench_model("ResNet-50", net, res, {1: {"images": imgs[:1]}, 8: {"images": imgs}}, rounds, iters, top1=True)
 
 
 def bench_minilm(rounds: int, iters: int) -> list[tuple]:
-    from safetensors.torch import load_file
-
-    from examples.minilm.model import MiniLMEncoder, package_dir, tokenize
 
     mini = build(prepare_minilm())
-    enc = MiniLMEncoder()
-    enc.load_state_dict(load_file(str(package_dir() / "model.safetensors")))
-    enc.eval()
-    lines = [ln for ln in (ROOT / "calibration_data/minilm_val.txt").read_text().splitlines() if ln]
-    paragraphs = [" ".join(lines[i:] + lines[:i]) for i in range(8)]  # long enough for 128 tokens
-    toks = tokenize(paragraphs, max_length=128, padding="max_length")
-    assert toks["input_ids"].shape == (8, 128)
+    enc = minilm_module()
+    toks = minilm_bench_inputs()
     feeds = {1: {k: v[:1] for k, v in toks.items()}, 8: toks}
     rows = bench_model("MiniLM seq128", enc, mini, feeds, rounds, max(1, iters // 2), top1=False)
     for v in mini.variants:

@@ -40,9 +40,12 @@ from bench_int8 import (  # noqa: E402
     WORK,
     build,
     cosine,
+    minilm_bench_inputs,
+    minilm_module,
     ort_session,
     prepare_minilm,
     prepare_resnet,
+    resnet_module,
     smooth_images,
     time_side_by_side,
 )
@@ -195,8 +198,6 @@ def main() -> None:
     notes: list[str] = []
 
     if "resnet" in models:
-        from examples.resnet.model import ResNet50
-
         p = prepare_resnet()
         cfg = yaml.safe_load(p.read_text())
         cfg["targets"] = [
@@ -217,9 +218,7 @@ def main() -> None:
         res = build(p2)
         res.manifest_deployed = _deployed(res)
         notes.append(f"ResNet-50: {res.selection}")
-        net = ResNet50()
-        net.load_state_dict(torch.load(WORK / "resnet/resnet50.pt"))
-        net.eval()
+        net = resnet_module()
         fp32 = next(v for v in res.variants if v.target == "fp32").model.onnx_file
         calib = dict(np.load(WORK / "resnet/calib.npz"))
         imgs = smooth_images(8, 7)
@@ -235,10 +234,6 @@ def main() -> None:
         )
 
     if "minilm" in models:
-        from safetensors.torch import load_file
-
-        from examples.minilm.model import MiniLMEncoder, package_dir, tokenize
-
         p = prepare_minilm()
         cfg = yaml.safe_load(p.read_text())
         cfg["targets"] = [t for t in cfg["targets"] if t["name"] in ("fp32", "int8_auto")] + [
@@ -251,11 +246,8 @@ def main() -> None:
         mini = build(p2)
         mini.manifest_deployed = _deployed(mini)
         notes.append(f"MiniLM: {mini.selection}")
-        enc = MiniLMEncoder()
-        enc.load_state_dict(load_file(str(package_dir() / "model.safetensors")))
-        enc.eval()
-        lines = [ln for ln in (ROOT / "calibration_data/minilm_val.txt").read_text().splitlines() if ln]
-        toks = tokenize([" ".join(lines[i:] + lines[:i]) for i in range(8)], max_length=128, padding="max_length")
+        enc = minilm_module()
+        toks = minilm_bench_inputs()
         fp32 = next(v for v in mini.variants if v.target == "fp32").model.onnx_file
         rows += peers(
             "MiniLM seq128",
