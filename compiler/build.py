@@ -7,6 +7,7 @@ TorchSource -> load_checkpoint -> export_onnx -> optimize_graph   (shared)
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
@@ -133,14 +134,31 @@ class Plan:
     common: Pipeline
 
 
-def assemble(cfg: ModelConfig) -> Plan:
+def _check_calibration_once(cfg: ModelConfig, calibration: Dataset, state_dir: Path) -> None:
+    """Names, dtypes and shapes of the calibration set, checked before any pass runs
+    (exit 2). A set already checked against the same inputs is not read again: for
+    text it means running the tokenizer, which costs more than a cached build."""
+    import hashlib
+
+    from .data import load_calibration
+
+    io = json.dumps(cfg.io.model_dump(mode="json"), sort_keys=True)
+    key = hashlib.sha256(f"{calibration.digest}\n{io}".encode()).hexdigest()
+    marker = state_dir / "checked" / key
+    if marker.exists():
+        return
+    load_calibration(cfg.io, cfg.calibration)  # type: ignore[arg-type]
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+
+
+def assemble(cfg: ModelConfig, state_dir: Path | None = None) -> Plan:
     """Describe the inputs (digests), check the calibration set, and build the
     type-checked pipelines. Raises ConfigError for bad input before any work."""
     from mscompile.passes.export_onnx import ExportOnnx, ExportPassConfig
     from mscompile.passes.load_checkpoint import LoadCheckpoint, LoadConfig
     from mscompile.passes.optimize_graph import OptimizeGraph
 
-    from .data import load_calibration
     from .targets import typecheck
 
     source = describe_source(cfg.source)
@@ -148,7 +166,7 @@ def assemble(cfg: ModelConfig) -> Plan:
     calibration = None
     if cfg.calibration is not None:
         calibration = describe_dataset(cfg.calibration, "calibration")
-        load_calibration(cfg.io, cfg.calibration)  # names, dtypes, shapes: exit 2 before any pass runs
+        _check_calibration_once(cfg, calibration, state_dir or default_state_dir())
     io = cfg.io
     common = Pipeline(
         [
@@ -194,7 +212,8 @@ def build(cfg: ModelConfig, config_path: Path, opts: BuildOptions) -> BuildResul
         / f"{stamp}-{cfg.name}-{os.getpid()}"
     )
     instruments = Instruments(log_dir / "events.jsonl", quiet=opts.quiet)
-    plan = assemble(cfg)
+    state = opts.cache_dir.parent if opts.cache_dir else default_state_dir()
+    plan = assemble(cfg, state)
     driver = _driver(opts, instruments, log_dir)
     instruments.say(f"mscompile build {cfg.name}: {len(plan.common.steps)} shared passes, {len(cfg.targets)} target(s)")
     common_rec = driver.run(plan.common, plan.source)
@@ -291,7 +310,6 @@ def build(cfg: ModelConfig, config_path: Path, opts: BuildOptions) -> BuildResul
 
     first = result.published[0]
     page = dict(manifest, model=first.model, version=first.version, deployed_variant=deployments[0].target)
-    state = opts.cache_dir.parent if opts.cache_dir else default_state_dir()
     result.report_path = write_report(page, state / "reports" / cfg.name / f"{stamp}-v{first.version}.html")
     instruments.event("build_end", **result.to_json())
     return result
@@ -443,29 +461,12 @@ def plan_build(cfg: ModelConfig, opts: BuildOptions) -> dict[str, Any]:
 
 
 def _first_int8_try(cfg: ModelConfig, t: Any, plan: Plan) -> Pipeline:
-    from mscompile.passes.quantize_int8 import Int8Config, QuantizeInt8
-
-    from .targets import check_step, prep_steps
+    from .targets import check_step, int8_step, prep_steps
 
     mode = "static" if t.mode == "auto" else t.mode
-    q = Step(
-        f"{t.name}/{mode}#1/quantize_int8",
-        QuantizeInt8,
-        Int8Config(
-            mode=mode,
-            calibration_method=t.calibration_method,
-            percentile=t.percentile,
-            num_bins=t.num_bins,
-            per_channel=t.per_channel,
-            exclude_nodes=tuple(t.exclude_nodes),
-            exclude_op_types=tuple(t.exclude_op_types),
-            io=cfg.io,
-            calibration=cfg.calibration,
-        ),
-        extras={"calibration": plan.calibration},
-    )
+    prefix = f"{t.name}/{mode}#1"
     steps = prep_steps(cfg, t, plan.calibration) + [
-        q,
-        check_step(cfg, t, f"{t.name}/{mode}#1/check_accuracy", plan.validation),
+        int8_step(cfg, t, mode, list(t.exclude_nodes), prefix, plan.calibration),
+        check_step(cfg, t, f"{prefix}/check_accuracy", plan.validation),
     ]
     return Pipeline(steps, input_type=OnnxModel)

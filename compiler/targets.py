@@ -85,6 +85,26 @@ def prep_steps(cfg: ModelConfig, t: TargetConfig, calibration: Artifact | None) 
     return steps
 
 
+def int8_step(
+    cfg: ModelConfig, t: TargetConfig, mode: str, excluded: list[str], prefix: str, calibration: Artifact | None
+) -> Step:
+    """One ONNX Runtime quantization try of target `t` (used by the search and by `plan`)."""
+    from mscompile.passes.quantize_int8 import Int8Config, QuantizeInt8
+
+    qcfg = Int8Config(
+        mode=mode,  # type: ignore[arg-type]
+        calibration_method=t.calibration_method,
+        percentile=t.percentile,
+        num_bins=t.num_bins,
+        per_channel=t.per_channel,
+        exclude_nodes=tuple(excluded),
+        exclude_op_types=tuple(t.exclude_op_types),
+        io=cfg.io,
+        calibration=cfg.calibration,  # type: ignore[arg-type]
+    )
+    return Step(f"{prefix}/quantize_int8", QuantizeInt8, qcfg, extras={"calibration": calibration})
+
+
 def static_chain(
     cfg: ModelConfig, t: TargetConfig, validation: Artifact, calibration: Artifact | None
 ) -> Pipeline | None:
@@ -219,7 +239,6 @@ def run_int8_search(
     calibration: Artifact | None,
 ) -> TargetOutcome:
     from mscompile.passes.analyze_quantization import AnalyzeConfig, AnalyzeQuantization
-    from mscompile.passes.quantize_int8 import Int8Config, QuantizeInt8
 
     assert cfg.calibration is not None and calibration is not None
     steps_run: list[str] = []
@@ -240,20 +259,7 @@ def run_int8_search(
         attempts = t.recovery.max_tries if (t.recovery.enabled and mode == "static") else 1
         for k in range(1, attempts + 1):
             prefix = f"{t.name}/{mode}#{k}"
-            qcfg = Int8Config(
-                mode=mode,
-                calibration_method=t.calibration_method,
-                percentile=t.percentile,  # type: ignore[arg-type]
-                num_bins=t.num_bins,
-                per_channel=t.per_channel,
-                exclude_nodes=tuple(excluded),
-                exclude_op_types=tuple(t.exclude_op_types),
-                io=cfg.io,
-                calibration=cfg.calibration,
-            )
-            q = driver.run_step(
-                Step(f"{prefix}/quantize_int8", QuantizeInt8, qcfg, extras={"calibration": calibration}), base
-            )
+            q = driver.run_step(int8_step(cfg, t, mode, excluded, prefix, calibration), base)
             c = driver.run_step(check_step(cfg, t, f"{prefix}/check_accuracy", validation), q.output)  # type: ignore[arg-type]
             steps_run += [f"{prefix}/quantize_int8", f"{prefix}/check_accuracy"]
             outcome = _outcome_from(c, q.output, list(steps_run))
