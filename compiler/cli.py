@@ -346,8 +346,9 @@ def runs(
 @CONFIG_ARG
 @click.option("--version", "version", type=int, default=None, help="Published version (default: the latest).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Where to write the HTML page.")
+@click.option("--model", "model_name", default=None, help="Triton model name (default: the config's name).")
 @click.pass_context
-def report(ctx: click.Context, config: Path, version: int | None, out: Path | None) -> None:
+def report(ctx: click.Context, config: Path, version: int | None, out: Path | None, model_name: str | None) -> None:
     """Write the HTML report of CONFIG's published build (variants, latency plots,
     parity distributions, excluded layers, pass timings)."""
     from .build import default_state_dir
@@ -356,8 +357,9 @@ def report(ctx: click.Context, config: Path, version: int | None, out: Path | No
 
     def go() -> None:
         cfg = load_config(config)
-        manifest, path = latest_manifest(resolve_path(cfg.triton.repository), cfg.name, version)
-        dest = out or default_state_dir() / "reports" / cfg.name / f"v{manifest['version']}.html"
+        name = model_name or cfg.name
+        manifest, path = latest_manifest(resolve_path(cfg.triton.repository), name, version)
+        dest = out or default_state_dir() / "reports" / name / f"v{manifest['version']}.html"
         click.echo(f"report of {path.parent}: {write_report(manifest, dest)}")
 
     _run(ctx, go)

@@ -186,7 +186,13 @@ def latest_manifest(repo: Path, name: str, version: int | None = None) -> tuple[
     d = repo / name
     vs = versions(d)
     if not vs:
-        raise ConfigError(f"{d}: no published version; run `mscompile build` first")
+        siblings = sorted(p.name for p in repo.glob(f"{name}_*") if versions(p)) if repo.is_dir() else []
+        hint = (
+            f"; with triton.deploy: all each variant is its own model: pass --model with one of {siblings}"
+            if siblings
+            else "; run `mscompile build` first"
+        )
+        raise ConfigError(f"{d}: no published version{hint}")
     v = version or vs[-1]
     path = d / str(v) / MANIFEST
     if not path.is_file():

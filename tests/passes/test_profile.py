@@ -128,3 +128,13 @@ def test_openvino_target_is_profiled_with_openvino(tmp_path, digits):
     runtimes = {v["name"]: v["profile"]["runtime"] for v in out["variants"]}
     assert runtimes == {"fp32": "onnxruntime", "fp32_ov": "openvino"}
     assert all(row["p50_ms"] > 0 for v in out["variants"] for row in v["profile"]["batches"])
+
+
+def test_report_names_the_models_of_deploy_all(tmp_path, digits):
+    digits["triton"]["deploy"] = "all"
+    _build(digits, tmp_path)
+    r = run_cli("report", str(tmp_path / "model.yaml"))
+    assert r.returncode == 2
+    assert "pass --model with one of ['digits_fp16', 'digits_fp32', 'digits_int8']" in r.stderr
+    r = run_cli("report", str(tmp_path / "model.yaml"), "--model", "digits_int8", "--out", str(tmp_path / "r.html"))
+    assert r.returncode == 0 and "int8" in (tmp_path / "r.html").read_text()
