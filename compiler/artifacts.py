@@ -129,3 +129,17 @@ class TrtEngine(Artifact):
     @property
     def plan_file(self) -> Path:
         return self.path / "model.plan"
+
+
+@dataclass(frozen=True)
+class OpenVinoModel(Artifact):
+    """Folder: model.xml + model.bin (OpenVINO IR). meta: io, precision, quantization."""
+
+    kind: ClassVar[str] = "openvino_model"
+
+
+@dataclass(frozen=True)
+class ProfileReport(Artifact):
+    """profile.json: latency percentiles and throughput per batch size, on one runtime."""
+
+    kind: ClassVar[str] = "profile_report"

@@ -1,14 +1,13 @@
-"""Assembles the pass pipelines from model.yaml and runs a build or a plan.
+"""Assembles the pipelines from model.yaml and runs a build or a plan.
 
-TorchSource -> load_checkpoint -> export_onnx -> optimize_graph   (shared)
-    -> per target: [convert_fp16] -> check_accuracy                (one chain per target)
--> write_triton_repo (the deployed variant(s); not cached)
+TorchSource -> load_checkpoint -> export_onnx -> optimize_graph      (shared)
+    -> per target: its backend's recipe (prepare, gates, deployable) (mscompile.backends)
+    -> profile the variants that passed, where they are served
+-> publish the deployed variant(s) (mscompile.publish; not a pass, not cached)
 """
 
 from __future__ import annotations
 
-import json
-import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from typing import Any
 
 from . import __version__
 from .artifacts import Artifact, Dataset, OnnxModel, ParityReport, TorchSource, size_of
+from .backends import Recipe, RecipeInputs, TargetOutcome, get
 from .cache import Cache
 from .config import ModelConfig
 from .data import describe_dataset
@@ -24,7 +24,8 @@ from .errors import AccuracyGateError, ConfigError, TargetSkippedError
 from .instruments import Instruments
 from .loading import describe_source
 from .pipeline import Driver, Pipeline, Status, Step, StepRecord, library_versions
-from .targets import run_target
+from .state import State
+from .targets import plan_recipe, run_recipe
 
 TRACKED_LIBRARIES = (
     "torch",
@@ -34,11 +35,9 @@ TRACKED_LIBRARIES = (
     "onnxscript",
     "numpy",
     "tritonclient",
+    "openvino",
+    "nncf",
 )
-
-
-def default_state_dir() -> Path:
-    return Path(os.environ.get("MSCOMPILE_HOME", ".mscompile")).resolve()
 
 
 @dataclass
@@ -48,14 +47,18 @@ class BuildOptions:
     quiet: bool = False
     require_all_targets: bool = False
 
+    @property
+    def state(self) -> State:
+        return State.resolve(self.cache_dir)
+
 
 @dataclass
 class Variant:
     target: str
     backend: str
     precision: str
-    status: str  # OK | FAIL | SKIPPED
-    model: OnnxModel | None = None
+    status: Status
+    model: Artifact | None = None
     report: ParityReport | None = None
     reason: str = ""
     cached: bool = False
@@ -64,13 +67,15 @@ class Variant:
     quantization: dict[str, Any] | None = None
     note: str = ""
     profile: dict[str, Any] | None = None
+    served_by: str = ""
+    gated_on: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.target,
             "backend": self.backend,
             "precision": self.precision,
-            "status": self.status,
+            "status": self.status.value,
             "reason": self.reason,
             "metrics": self.report.meta.get("metrics", {}) if self.report else {},
             "failures": self.report.meta.get("failures", []) if self.report else [],
@@ -84,7 +89,16 @@ class Variant:
             "distribution": self.report.meta.get("distribution") if self.report else None,
             "excluded_nodes": self.tries[-1]["excluded_nodes"] if self.tries else [],
             "tries": self.tries,
+            "served_by": self.served_by,
+            "gated_on": self.gated_on,
         }
+
+
+def passes_ran(records: list[StepRecord]) -> tuple[int, int]:
+    """(passes that ran, passes taken from the cache): the one definition the
+    summary, --json and MLflow use. A SKIPPED step did not run."""
+    ran = sum(1 for r in records if not r.cached and r.status is not Status.SKIPPED)
+    return ran, sum(1 for r in records if r.cached)
 
 
 @dataclass
@@ -99,6 +113,7 @@ class BuildResult:
     selection: str | None = None
 
     def to_json(self) -> dict[str, Any]:
+        ran, cached = passes_ran(self.records)
         return {
             "model": self.model,
             "version": self.published[0].version if self.published else None,
@@ -114,8 +129,8 @@ class BuildResult:
                 for p in self.published
             ],
             "variants": [v.to_json() for v in self.variants],
-            "passes_run": sum(1 for r in self.records if not r.cached and r.status is not Status.SKIPPED),
-            "passes_cached": sum(1 for r in self.records if r.cached),
+            "passes_run": ran,
+            "passes_cached": cached,
             "seconds": round(self.seconds, 3),
             "report": str(self.report_path) if self.report_path else None,
             "selection": self.selection,
@@ -132,89 +147,103 @@ class Plan:
     validation: Dataset
     calibration: Dataset | None
     common: Pipeline
+    recipes: dict[str, Recipe]
+    datasets: Any  # DataStore: the validation and calibration arrays, read once when a pass first asks
 
 
-def _check_calibration_once(cfg: ModelConfig, calibration: Dataset, state_dir: Path) -> None:
+def _check_calibration_once(cfg: ModelConfig, calibration: Dataset, state: State) -> Any:
     """Names, dtypes and shapes of the calibration set, checked before any pass runs
     (exit 2). A set already checked against the same inputs is not read again: for
     text it means running the tokenizer, which costs more than a cached build."""
     import hashlib
+    import json
 
     from .data import load_calibration
 
     io = json.dumps(cfg.io.model_dump(mode="json"), sort_keys=True)
     key = hashlib.sha256(f"{calibration.digest}\n{io}".encode()).hexdigest()
-    marker = state_dir / "checked" / key
+    marker = state.checked / key
     if marker.exists():
-        return
-    load_calibration(cfg.io, cfg.calibration)  # type: ignore[arg-type]
+        return None
+    feeds = load_calibration(cfg.io, cfg.calibration, calibration)  # type: ignore[arg-type]
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.touch()
+    return feeds
 
 
-def assemble(cfg: ModelConfig, state_dir: Path | None = None) -> Plan:
+def assemble(cfg: ModelConfig, state: State | None = None) -> Plan:
     """Describe the inputs (digests), check the calibration set, and build the
-    type-checked pipelines. Raises ConfigError for bad input before any work."""
+    type-checked pipelines and every target's recipe. Raises ConfigError for bad
+    input before any work."""
     from mscompile.passes.export_onnx import ExportOnnx, ExportPassConfig
     from mscompile.passes.load_checkpoint import LoadCheckpoint, LoadConfig
     from mscompile.passes.optimize_graph import OptimizeGraph
 
-    from .targets import typecheck
-
+    state = state or State.resolve()
     source = describe_source(cfg.source)
     validation = describe_dataset(cfg.validation, "validation")
-    calibration = None
+    calibration = checked = None
     if cfg.calibration is not None:
         calibration = describe_dataset(cfg.calibration, "calibration")
-        _check_calibration_once(cfg, calibration, state_dir or default_state_dir())
+        checked = _check_calibration_once(cfg, calibration, state)
     io = cfg.io
     common = Pipeline(
         [
             Step(
                 "load_checkpoint",
                 LoadCheckpoint,
-                LoadConfig(source=cfg.source, io=io, validation=cfg.validation),
+                LoadConfig(source=cfg.source, io=io, batch_size=cfg.validation.batch_size),
                 extras={"validation": validation},
             ),
             Step(
                 "export_onnx",
                 ExportOnnx,
-                ExportPassConfig(export=cfg.export, io=io, validation=cfg.validation),
+                ExportPassConfig(export=cfg.export, io=io),
                 extras={"validation": validation},
             ),
             Step("optimize_graph", OptimizeGraph, cfg.optimize),
         ],
         input_type=TorchSource,
     )
-    for t in cfg.targets:  # type-check every target's chains before anything runs
-        typecheck(cfg, t, validation, calibration)
-    return Plan(cfg, source, validation, calibration, common)
+    inputs = RecipeInputs(validation=validation, calibration=calibration, reference=common.steps[0].id)
+    recipes = {}
+    for t in cfg.targets:  # every recipe is built and type-checked before anything runs
+        recipe = get(t.backend).recipe(cfg, t, inputs)
+        recipe.typecheck(common.output_type)
+        recipes[t.name] = recipe
+    from .data import DataStore, load_calibration, load_validation
+
+    # each set is read once per build, when a pass first asks for it, and checked
+    # against the digest the cache keys were computed from
+    store = DataStore()
+    store.register(validation, lambda: load_validation(cfg.io, cfg.validation, validation))
+    if calibration is not None:
+        cal = calibration
+        store.register(cal, lambda: (load_calibration(cfg.io, cfg.calibration, cal), None))  # type: ignore[arg-type]
+        if checked is not None:  # read just now for the check: not again
+            store.put(cal, (checked, None))
+    return Plan(cfg, source, validation, calibration, common, recipes, store)
 
 
-def _driver(opts: BuildOptions, instruments: Instruments, log_dir: Path) -> Driver:
-    from .device import fingerprint
-
-    cache = Cache(opts.cache_dir or default_state_dir() / "cache")
-    return Driver(cache, instruments, force=opts.force, log_dir=log_dir, device_fingerprint=fingerprint)
+def _driver(plan: Plan, opts: BuildOptions, instruments: Instruments, log_dir: Path) -> Driver:
+    return Driver(Cache(opts.state.cache), instruments, force=opts.force, log_dir=log_dir, datasets=plan.datasets)
 
 
 # -- build -----------------------------------------------------------------------
 
 
 def build(cfg: ModelConfig, config_path: Path, opts: BuildOptions) -> BuildResult:
-    from mscompile.passes.write_triton_repo import Deployment, deployment_names, write_repository
+    from .publish import Deployment, deployment_names, write_repository
 
     t0 = time.perf_counter()
+    state = opts.state
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    log_dir = (
-        (opts.cache_dir.parent if opts.cache_dir else default_state_dir())
-        / "logs"
-        / f"{stamp}-{cfg.name}-{os.getpid()}"
-    )
+    log_dir = state.build_logs(cfg.name, stamp)
     instruments = Instruments(log_dir / "events.jsonl", quiet=opts.quiet)
-    state = opts.cache_dir.parent if opts.cache_dir else default_state_dir()
     plan = assemble(cfg, state)
-    driver = _driver(opts, instruments, log_dir)
+    # whether this machine can build each target, before any pass runs
+    availability = {t.name: get(t.backend).available(t) for t in cfg.targets}
+    driver = _driver(plan, opts, instruments, log_dir)
     instruments.say(f"mscompile build {cfg.name}: {len(plan.common.steps)} shared passes, {len(cfg.targets)} target(s)")
     common_rec = driver.run(plan.common, plan.source)
     if common_rec.status is not Status.OK or common_rec.output is None:
@@ -223,7 +252,12 @@ def build(cfg: ModelConfig, config_path: Path, opts: BuildOptions) -> BuildResul
 
     variants: list[Variant] = []
     for t in cfg.targets:
-        out = run_target(driver, cfg, t, base_model, plan.validation, plan.calibration)  # type: ignore[arg-type]
+        recipe = plan.recipes[t.name]
+        ok, why = availability[t.name]
+        if ok:
+            out = run_recipe(driver, recipe, base_model)
+        else:
+            out = TargetOutcome(Status.SKIPPED, reason=why)
         cached = bool(out.steps) and all(driver.records[s].cached for s in out.steps if s in driver.records)
         variants.append(
             Variant(
@@ -232,22 +266,24 @@ def build(cfg: ModelConfig, config_path: Path, opts: BuildOptions) -> BuildResul
                 t.precision,
                 out.status,
                 out.model,
-                out.report,  # type: ignore[arg-type]
+                out.report,
                 out.reason,
                 cached,
                 t.on_fail,
                 out.tries,
                 out.quantization,
                 out.note,
+                served_by=recipe.served_by,
+                gated_on=out.gated_on,
             )
         )
 
     for v in variants:
-        if v.status == "SKIPPED":
+        if v.status is Status.SKIPPED:
             instruments.warn(f"target {v.target} SKIPPED: {v.reason}")
-    failed_hard = [v for v in variants if v.status == "FAIL" and v.on_fail == "error"]
+    failed_hard = [v for v in variants if v.status is Status.FAIL and v.on_fail == "error"]
     for v in variants:
-        if v.status == "FAIL" and v.on_fail == "skip":
+        if v.status is Status.FAIL and v.on_fail == "skip":
             instruments.warn(f"variant {v.target} missed its gate and is left out (on_fail: skip): {v.reason}")
     result = BuildResult(cfg.name, variants, list(driver.records.values()))
     if failed_hard:
@@ -261,7 +297,7 @@ def build(cfg: ModelConfig, config_path: Path, opts: BuildOptions) -> BuildResul
         err.result = result  # type: ignore[attr-defined]
         raise err
 
-    skipped = [v for v in variants if v.status == "SKIPPED"]
+    skipped = [v for v in variants if v.status is Status.SKIPPED]
     if skipped and opts.require_all_targets:
         result.seconds = time.perf_counter() - t0
         err3 = TargetSkippedError(
@@ -271,13 +307,12 @@ def build(cfg: ModelConfig, config_path: Path, opts: BuildOptions) -> BuildResul
         err3.result = result  # type: ignore[attr-defined]
         raise err3
 
-    if cfg.profile.enabled:
-        profile_variants(driver, cfg, plan, variants)
-        result.records = list(driver.records.values())
-    passing = [v.target for v in variants if v.status == "OK"]
+    profile_variants(driver, plan, variants)
+    result.records = list(driver.records.values())
+    passing = [v.target for v in variants if v.status is Status.OK]
     wanted = cfg.deployed_targets()
     if wanted is None:
-        chosen = choose(cfg, [v for v in variants if v.status == "OK"])
+        chosen = choose(cfg, [v for v in variants if v.status is Status.OK])
         if chosen and cfg.triton.deploy in ("fastest", "smallest"):
             result.selection = (
                 f"{cfg.triton.deploy} passing variant is {chosen[0]} ({selection_note(cfg, variants, chosen[0])})"
@@ -292,7 +327,7 @@ def build(cfg: ModelConfig, config_path: Path, opts: BuildOptions) -> BuildResul
                 f"triton.deploy: variant {missing[0]!r} did not pass ({why}); nothing was published"
             )
     if not chosen:
-        reasons = "; ".join(f"{v.target}: {v.status} {v.reason}" for v in variants)
+        reasons = "; ".join(f"{v.target}: {v.status.value} {v.reason}" for v in variants)
         err2 = AccuracyGateError(f"no variant passed, nothing was published ({reasons})")
         err2.result = result  # type: ignore[attr-defined]
         raise err2
@@ -302,7 +337,7 @@ def build(cfg: ModelConfig, config_path: Path, opts: BuildOptions) -> BuildResul
         Deployment(model_name=name, target=t, model=by_name[t].model, profile=by_name[t].profile)  # type: ignore[arg-type]
         for name, t in deployment_names(cfg, chosen)
     ]
-    manifest = build_manifest(cfg, config_path, plan, result, driver)
+    manifest = build_manifest(cfg, config_path, plan, result)
     result.published = write_repository(cfg, deployments, manifest)
     result.seconds = time.perf_counter() - t0
     result.manifest = manifest
@@ -310,33 +345,21 @@ def build(cfg: ModelConfig, config_path: Path, opts: BuildOptions) -> BuildResul
 
     first = result.published[0]
     page = dict(manifest, model=first.model, version=first.version, deployed_variant=deployments[0].target)
-    result.report_path = write_report(page, state / "reports" / cfg.name / f"{stamp}-v{first.version}.html")
+    result.report_path = write_report(page, state.reports / cfg.name / f"{stamp}-v{first.version}.html")
     instruments.event("build_end", **result.to_json())
     return result
 
 
-def profile_variants(driver: Driver, cfg: ModelConfig, plan: Plan, variants: list[Variant]) -> None:
-    """Profile every variant that passed its gate, on the runtime that will serve it."""
-    from mscompile.passes.profile import Profile, ProfilingConfig
-
+def profile_variants(driver: Driver, plan: Plan, variants: list[Variant]) -> None:
+    """Profile every variant that passed its gate, on the runtime that will serve it
+    (the recipe's profile step; none where the runtime is not on this machine)."""
     for v in variants:
-        t = next(x for x in cfg.targets if x.name == v.target)
-        if v.status != "OK" or not isinstance(v.model, OnnxModel) or t.backend != "onnxruntime" or t.gpu is not None:
-            continue  # engines and GPU targets are profiled where they run
-        runtime = "openvino" if t.cpu is not None and t.cpu.accelerator == "openvino" else "onnxruntime"
-        pc = ProfilingConfig(
-            io=cfg.io,
-            validation=cfg.validation,
-            batch_sizes=tuple(cfg.profile_batches()),
-            runtime=runtime,
-            intra_op_threads=t.cpu.intra_op_threads if t.cpu else 0,
-            window=cfg.profile.window,
-            max_windows=cfg.profile.max_windows,
-            agreement=cfg.profile.agreement,
-        )
-        rec = driver.run_step(Step(f"{t.name}/profile", Profile, pc, extras={"validation": plan.validation}), v.model)
+        step = plan.recipes[v.target].profile
+        if v.status is not Status.OK or v.model is None or step is None:
+            continue
+        rec = driver.run_step(step, v.model)
         if rec.output is not None:
-            v.profile = {"runtime": runtime, "batches": rec.output.meta["batches"]}
+            v.profile = {"runtime": rec.output.meta["runtime"], "batches": rec.output.meta["batches"]}
 
 
 def selection_batch(cfg: ModelConfig, v: Variant) -> dict[str, Any] | None:
@@ -367,19 +390,17 @@ def choose(cfg: ModelConfig, passing: list[Variant]) -> list[str]:
 def selection_note(cfg: ModelConfig, variants: list[Variant], chosen: str) -> str:
     if cfg.triton.deploy == "smallest":
         return ", ".join(
-            f"{v.target} {size_of(v.model.path) / 1024:.0f} KB" for v in variants if v.status == "OK" and v.model
+            f"{v.target} {size_of(v.model.path) / 1024:.0f} KB" for v in variants if v.status is Status.OK and v.model
         )
     parts = []
     for v in variants:
-        row = selection_batch(cfg, v) if v.status == "OK" else None
+        row = selection_batch(cfg, v) if v.status is Status.OK else None
         if row:
             parts.append(f"{v.target} {row['p50_ms']:.2f} ms p50 at batch {row['batch']}")
     return ", ".join(parts)
 
 
-def build_manifest(
-    cfg: ModelConfig, config_path: Path, plan: Plan, result: BuildResult, driver: Driver
-) -> dict[str, Any]:
+def build_manifest(cfg: ModelConfig, config_path: Path, plan: Plan, result: BuildResult) -> dict[str, Any]:
     return {
         "mscompile": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -409,31 +430,28 @@ def build_manifest(
 
 
 def plan_build(cfg: ModelConfig, opts: BuildOptions) -> dict[str, Any]:
-    """Which passes would run and which would come from the cache, and per target
-    the TensorRT profiles and the config.pbtxt it would write. An INT8 search shows
-    its first try; later tries depend on its results."""
-    from mscompile.passes.write_triton_repo import deployment_names
+    """Which passes would run and which would come from the cache (the same recipe
+    steps a build walks), and per target what it would publish. An INT8 search
+    shows its first try; later tries depend on its results."""
+    from .publish import deployment_names
+    from .tritonrepo.config import to_text
 
-    from .config import trt_profiles
-    from .targets import static_chain, trt_chains
-    from .tritonrepo.config import build_model_config, to_text
-
-    plan = assemble(cfg)
+    state = opts.state
+    plan = assemble(cfg, state)
     instruments = Instruments(None, quiet=True)
-    driver = _driver(opts, instruments, default_state_dir() / "logs" / "plan")
+    driver = _driver(plan, opts, instruments, state.logs / "plan")
     rows = []
     for step, how, key in driver.plan(plan.common, plan.source):
-        rows.append({"step": step.id, "pass": step.pass_cls.name, "action": how, "key": key})
+        rows.append({"step": step.id, "pass": step.pass_cls.name, "action": how, "key": key, "target": None})
     base: Artifact | None = driver.outputs.get(plan.common.steps[-1].id)
     for t in cfg.targets:
-        if t.backend == "tensorrt":
-            chain = trt_chains(cfg, t, plan.validation, plan.calibration)[2]
-        else:
-            chain = static_chain(cfg, t, plan.validation, plan.calibration) or _first_int8_try(cfg, t, plan)
-        for step, how, key in driver.plan(chain, base):
-            rows.append({"step": step.id, "pass": step.pass_cls.name, "action": how, "key": key})
+        ok, why = get(t.backend).available(t)
+        for step, how, key in plan_recipe(driver, plan.recipes[t.name], base):
+            row = {"step": step.id, "pass": step.pass_cls.name, "action": how if ok else "skip", "key": key}
+            row.update(target=t.name, reason="" if ok else why)
+            rows.append(row)
 
-    if base is not None:
+    if isinstance(base, OnnxModel):
         io_sig, io_source = base.meta["io"], "the cached ONNX graph"
     else:
         from .validate import probe_io
@@ -442,31 +460,21 @@ def plan_build(cfg: ModelConfig, opts: BuildOptions) -> dict[str, Any]:
     names = dict((t, n) for n, t in deployment_names(cfg, [t.name for t in cfg.targets]))
     targets = {}
     for t in cfg.targets:
-        profiles = trt_profiles(cfg, t) if t.backend == "tensorrt" else []
-        io_t = dict(io_sig)
-        if t.precision == "fp16" and t.backend == "onnxruntime" and not t.keep_io_types:
-            io_t = {
-                k: [dict(v, dtype="float16" if v["dtype"] == "float32" else v["dtype"]) for v in vs]
-                for k, vs in io_sig.items()
-            }
-        mc = build_model_config(cfg, names.get(t.name, cfg.name), io_t, target=t, profiles=[p.name for p in profiles])
+        backend = get(t.backend)
+        ok, why = backend.available(t)
+        served = backend.serving(cfg, t, names.get(t.name, cfg.name), io_sig, None)
+        details = backend.plan_details(cfg, t)
         targets[t.name] = {
             "backend": t.backend,
             "precision": t.precision,
-            "profiles": [p.model_dump() for p in profiles],
-            "config_pbtxt": to_text(mc),
+            "available": ok,
+            "reason": why,
+            "served_by": plan.recipes[t.name].served_by,
+            "steps": [s.id for s in plan.recipes[t.name].planned()],
+            "profiles": details.get("profiles", []),
+            "lines": details.get("lines", []),
+            "config_pbtxt": to_text(served[0].config),
+            "models": {m.name: to_text(m.config) for m in served},
             "io_from": io_source,
         }
     return {"steps": rows, "targets": targets}
-
-
-def _first_int8_try(cfg: ModelConfig, t: Any, plan: Plan) -> Pipeline:
-    from .targets import check_step, int8_step, prep_steps
-
-    mode = "static" if t.mode == "auto" else t.mode
-    prefix = f"{t.name}/{mode}#1"
-    steps = prep_steps(cfg, t, plan.calibration) + [
-        int8_step(cfg, t, mode, list(t.exclude_nodes), prefix, plan.calibration),
-        check_step(cfg, t, f"{prefix}/check_accuracy", plan.validation),
-    ]
-    return Pipeline(steps, input_type=OnnxModel)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts import Artifact, sha256_path
+from .faults import point
 
 MANIFEST = "manifest.json"
 
@@ -72,13 +73,19 @@ class Cache:
         except (OSError, ValueError):
             return None
 
-    def put(self, key: str, workdir: Path, artifact: Artifact, manifest: dict[str, Any]) -> CacheEntry:
-        """Move a finished work folder into the store. `artifact.path` lies in `workdir`."""
+    def put(
+        self, key: str, workdir: Path, artifact: Artifact, manifest: dict[str, Any], replace: bool = False
+    ) -> CacheEntry:
+        """Move a finished work folder into the store. `artifact.path` lies in `workdir`.
+        `replace` (a --force build) puts the new result in place of an existing entry."""
         rel = artifact.path.relative_to(workdir)
         manifest = dict(manifest, key=key, artifact=artifact.to_json(relative_to=workdir))
         (workdir / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
         _fsync_tree(workdir)
+        point("cache:put")
         final = self.entry_dir(key)
+        if replace and final.exists():
+            self._discard(final, "", None)
         try:
             os.rename(workdir, final)
         except OSError:

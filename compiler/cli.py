@@ -54,17 +54,21 @@ def _fmt_latency(v: Any) -> str:
 
 
 def print_summary(result: Any) -> None:
-    rows = [("variant", "backend", "precision", "size", "parity vs PyTorch", "p50 latency", "status", "cached")]
+    from .build import passes_ran
+
+    rows = [
+        ("variant", "backend", "precision", "size", "gated on", "parity vs PyTorch", "p50 latency", "status", "cached")
+    ]
     for v in result.variants:
         j = v.to_json()
-        ort_checked = v.backend == "tensorrt" and v.report and v.report.meta.get("runtime") != "tensorrt"
         rows.append(
             (
                 j["name"],
                 j["backend"],
                 j["precision"],
                 _fmt_size(j["size_bytes"]),
-                ("on ORT: " if ort_checked else "") + _fmt_parity(j["metrics"]),
+                "+".join(v.gated_on) or "-",
+                _fmt_parity(j["metrics"]),
                 _fmt_latency(v),
                 j["status"],
                 "yes" if j["cached"] else "no",
@@ -78,8 +82,7 @@ def print_summary(result: Any) -> None:
             click.echo(f"{v.target}: {v.status}: {v.reason}")
         elif v.note:
             click.echo(f"{v.target}: {v.note}")
-    ran = sum(1 for r in result.records if not r.cached and r.status.value != "SKIPPED")
-    cached = sum(1 for r in result.records if r.cached)
+    ran, cached = passes_ran(result.records)
     click.echo(f"passes: {ran} ran, {cached} from cache" + ("  (no pass ran)" if ran == 0 else ""))
     for p in result.published:
         state = "unchanged, latest version kept" if p.reused else "new version"
@@ -196,7 +199,7 @@ def build(
 ) -> None:
     """Build every target of CONFIG and publish the deployed variant to the Triton repository.
     The build is recorded as an MLflow run unless --no-mlflow."""
-    from .build import BuildOptions, default_state_dir
+    from .build import BuildOptions
     from .build import build as run_build
     from .config import load_config
     from .errors import AccuracyGateError, TargetSkippedError
@@ -210,7 +213,7 @@ def build(
             require_all_targets=require_all_targets,
         )
         settings = None
-        state = opts.cache_dir.parent if opts.cache_dir else default_state_dir()
+        state = opts.state.root
         if not no_mlflow:
             from .tracking import TrackingError, preflight, resolve
 
@@ -287,22 +290,35 @@ def plan(ctx: click.Context, config: Path, force: bool, cache_dir: Path | None, 
         rows = result["steps"]
         width = max(len(r["step"]) for r in rows) + 2
         for r in rows:
-            key = (r["key"] or "(depends on an earlier pass)")[:16]
+            key = r["key"][:16] if r["key"] else "- (key follows from an earlier step)"
             click.echo(f"{r['step']:<{width}} {r['action']:<7} {key}")
         n = sum(r["action"] == "run" for r in rows)
-        click.echo(f"{n} pass(es) would run, {len(rows) - n} from cache")
+        skip = sum(r["action"] == "skip" for r in rows)
+        click.echo(
+            f"{n} pass(es) would run, {len(rows) - n - skip} from cache" + (f", {skip} skipped here" if skip else "")
+        )
         for name, t in result["targets"].items():
-            click.echo(f"\n== target {name} ({t['backend']}, {t['precision']}); I/O from {t['io_from']}")
-            for p in t["profiles"]:
-                shapes = ", ".join(
-                    f"{k} min={tuple(v['min'])} opt={tuple(v['opt'])} max={tuple(v['max'])}"
-                    for k, v in p["shapes"].items()
-                )
-                click.echo(f"TensorRT profile {p['name']!r}: {shapes}")
-            click.echo("config.pbtxt:")
-            click.echo("  " + t["config_pbtxt"].rstrip().replace("\n", "\n  "))
+            click.echo(
+                f"\n== target {name} ({t['backend']}, {t['precision']}; served by {t['served_by']}); "
+                f"I/O from {t['io_from']}"
+            )
+            if not t["available"]:
+                click.echo(f"SKIPPED here: {t['reason']}")
+            for line in t["lines"]:
+                click.echo(line)
+            for model, text in t["models"].items():
+                click.echo(f"config.pbtxt of {model}:")
+                click.echo("  " + text.rstrip().replace("\n", "\n  "))
 
     _run(ctx, go)
+
+
+CACHE_DIR_OPT = click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The cache the build used (its state folder is beside it), as for build.",
+)
 
 
 @main.command()
@@ -311,20 +327,28 @@ def plan(ctx: click.Context, config: Path, force: bool, cache_dir: Path | None, 
 @click.option("--experiment", default=None)
 @click.option("-n", "--limit", default=10, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
+@CACHE_DIR_OPT
 @click.pass_context
 def runs(
-    ctx: click.Context, config: Path, tracking_uri: str | None, experiment: str | None, limit: int, as_json: bool
+    ctx: click.Context,
+    config: Path,
+    tracking_uri: str | None,
+    experiment: str | None,
+    limit: int,
+    as_json: bool,
+    cache_dir: Path | None,
 ) -> None:
     """Recent builds of CONFIG's model from MLflow: version, status, headline metrics."""
-    from .build import default_state_dir
     from .config import load_config
+    from .state import State
     from .tracking import flush, list_runs, preflight, resolve
 
     def go() -> None:
         cfg = load_config(config)
-        settings = resolve(cfg, default_state_dir(), tracking_uri, experiment)
+        state = State.resolve(cache_dir).root
+        settings = resolve(cfg, state, tracking_uri, experiment)
         preflight(settings)
-        flush(default_state_dir(), warn=lambda m: click.echo(f"warning: {m}", err=True))
+        flush(state, warn=lambda m: click.echo(f"warning: {m}", err=True))
         rows = list_runs(settings, cfg.name, limit)
         if as_json:
             click.echo(json.dumps(rows, indent=2))
@@ -347,19 +371,27 @@ def runs(
 @click.option("--version", "version", type=int, default=None, help="Published version (default: the latest).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Where to write the HTML page.")
 @click.option("--model", "model_name", default=None, help="Triton model name (default: the config's name).")
+@CACHE_DIR_OPT
 @click.pass_context
-def report(ctx: click.Context, config: Path, version: int | None, out: Path | None, model_name: str | None) -> None:
+def report(
+    ctx: click.Context,
+    config: Path,
+    version: int | None,
+    out: Path | None,
+    model_name: str | None,
+    cache_dir: Path | None,
+) -> None:
     """Write the HTML report of CONFIG's published build (variants, latency plots,
     parity distributions, excluded layers, pass timings)."""
-    from .build import default_state_dir
     from .config import load_config, resolve_path
     from .report import latest_manifest, write_report
+    from .state import State
 
     def go() -> None:
         cfg = load_config(config)
         name = model_name or cfg.name
         manifest, path = latest_manifest(resolve_path(cfg.triton.repository), name, version)
-        dest = out or default_state_dir() / "reports" / name / f"v{manifest['version']}.html"
+        dest = out or State.resolve(cache_dir).reports / name / f"v{manifest['version']}.html"
         click.echo(f"report of {path.parent}: {write_report(manifest, dest)}")
 
     _run(ctx, go)

@@ -1,357 +1,72 @@
-"""model.yaml -> frozen pydantic models, one section per pass.
+"""model.yaml -> frozen pydantic models.
 
-Unknown keys are rejected. Every error names its key path in model.yaml and
-what is allowed. Relative paths in model.yaml are resolved against the current
-working directory (the directory `mscompile` is run from), like the examples in
-the README.
+The shared sections live in mscompile.sections; each backend's target section
+lives in its module under mscompile.backends, and `targets:` is their union,
+selected by `backend:` (default onnxruntime). Unknown keys are rejected, also a
+key that belongs to another backend. Every error names its key path in
+model.yaml and what is allowed. Relative paths in model.yaml are resolved
+against the current working directory (the directory `mscompile` is run from).
 """
 
 from __future__ import annotations
 
 import difflib
-import re
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, field_validator
 
 from .errors import ConfigError
-
-# Triton model names become folder names: keep them to a portable, path-safe set.
-NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
-_NAME_RE = re.compile(NAME_PATTERN)
-FACTORY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_.]*$"
-
-DType = Literal["float32", "float16", "bfloat16", "int64", "int32", "int8", "uint8", "bool"]
-Precision = Literal["fp32", "tf32", "fp16", "bf16", "int8", "fp8"]
-Backend = Literal["onnxruntime", "tensorrt"]
-
-MAX_VALIDATION_SAMPLES = 100_000
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _check_name(value: str, what: str) -> str:
-    if not _NAME_RE.match(value) or value in {".", ".."}:
-        raise ValueError(
-            f"{what} {value!r} must be 1-128 characters of letters, digits, '_', '.', '-' "
-            "and must not start with '.' or '-' (it becomes a folder name in the Triton repository)"
-        )
-    return value
-
-
-class SourceConfig(Section):
-    """Where the PyTorch model comes from."""
-
-    checkpoint: str = Field(
-        description="state_dict (.pt/.pth), .safetensors, TorchScript (.pt) or torch.export (.pt2) file; "
-        "'pkg:<package>/<path>' names a file shipped inside an installed Python package"
-    )
-    factory: Annotated[str, Field(pattern=FACTORY_PATTERN)] | None = Field(
-        default=None,
-        description="module:callable returning the nn.Module (needed for state dicts and safetensors)",
-    )
-    factory_args: dict[str, Any] = Field(default_factory=dict)
-    state_dict_key: str | None = Field(
-        default=None, description="key of the state dict inside a checkpoint dict, e.g. 'model'"
-    )
-    trust_pickle: bool = Field(
-        default=False,
-        description="allow full pickles (arbitrary code runs on load); only for checkpoints you trust",
-    )
-
-
-class RangeConfig(Section):
-    """min/opt/max shapes of one input: the optimization profile of TensorRT, the
-    warm-up shape of Triton and the bounds of dynamic dimensions."""
-
-    min: list[int]
-    opt: list[int]
-    max: list[int]
-
-
-class InputSpec(Section):
-    name: str = Field(min_length=1)
-    dtype: DType = "float32"
-    shape: list[int | str] = Field(
-        min_length=1,
-        description="-1 or a name marks a dynamic dimension; inputs sharing a name share the dimension",
-    )
-    range: RangeConfig | None = None
-
-    @field_validator("shape")
-    @classmethod
-    def _dims(cls, v: list[int | str]) -> list[int | str]:
-        for d in v:
-            if isinstance(d, int) and d != -1 and d < 1:
-                raise ValueError(f"dimension {d} must be a positive size, -1 (dynamic) or a name")
-            if isinstance(d, str) and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", d):
-                raise ValueError(f"dimension name {d!r} must be an identifier")
-        return v
-
-
-class OutputSpec(Section):
-    name: str = Field(min_length=1)
-
-
-class IOSpec(Section):
-    """The model's inputs and outputs, as declared (the part several passes need)."""
-
-    inputs: list[InputSpec]
-    outputs: list[OutputSpec]
-
-    def has_batch_axis(self) -> bool:
-        return all(_is_dynamic(i.shape[0]) for i in self.inputs)
-
-    def dim_name(self, inp: InputSpec, axis: int) -> str | None:
-        """Symbolic name of a dynamic dimension (None for a fixed one)."""
-        d = inp.shape[axis]
-        if isinstance(d, str):
-            return d
-        if d == -1:
-            return "batch" if axis == 0 and self.has_batch_axis() else f"{inp.name}_dim{axis}"
-        return None
-
-
-class ExportConfig(Section):
-    opset: int = Field(default=18, ge=13, le=23)
-    exporter: Literal["auto", "dynamo", "torchscript"] = Field(
-        default="auto",
-        description="auto tries torch.export (dynamo) first and falls back to the TorchScript exporter, recording why",
-    )
-
-
-class OptimizeConfig(Section):
-    level: Literal["none", "basic", "slim"] = Field(
-        default="basic",
-        description="none: shape inference only; basic: ONNX Runtime's basic offline rewrites "
-        "(constant folding, redundant nodes; standard ONNX ops only, safe for every target); "
-        "slim: onnxslim, then basic",
-    )
-
-
-class DataSource(Section):
-    """Where model inputs come from: exactly one of `data` (a file or folder) or
-    `generator` (module:callable yielding feed dicts)."""
-
-    data: str | None = Field(
-        default=None,
-        description=".npz (one array per input, samples on axis 0), a folder of .npz/.npy files, "
-        "or a .txt file of lines turned into inputs by `tokenizer`",
-    )
-    generator: Annotated[str, Field(pattern=FACTORY_PATTERN)] | None = Field(
-        default=None, description="module:callable returning an iterable of {input name: array} batches"
-    )
-    generator_args: dict[str, Any] = Field(default_factory=dict)
-    tokenizer: Annotated[str, Field(pattern=FACTORY_PATTERN)] | None = Field(
-        default=None, description="module:callable taking a list of strings, returning {input name: array}"
-    )
-    tokenizer_args: dict[str, Any] = Field(default_factory=dict)
-    samples: int | None = Field(default=None, ge=1, le=MAX_VALIDATION_SAMPLES)
-
-
-class ValidationConfig(DataSource):
-    labels: str | None = Field(default=None, description="name of the array in `data` holding integer class labels")
-    batch_size: int = Field(default=32, ge=1, le=4096)
-
-
-class CalibrationConfig(DataSource):
-    """Calibration set for INT8/FP8: kept apart from the validation set."""
-
-    seed: int = Field(default=0, description="seed of the random subset when `samples` is below the set's size")
-    batch_size: int = Field(default=16, ge=1, le=4096)
-
-
-class Tolerance(Section):
-    """Accuracy gate of a variant against the PyTorch reference. Every key set
-    here must hold for the variant to pass; unset keys are not checked."""
-
-    max_abs: float | None = Field(default=None, ge=0, description="max |variant - reference|")
-    max_rel: float | None = Field(
-        default=None, ge=0, description="max |variant - reference| / max |reference|, per output"
-    )
-    cosine: float | None = Field(default=None, ge=-1, le=1, description="mean cosine similarity over samples")
-    cosine_min: float | None = Field(default=None, ge=-1, le=1, description="minimum cosine similarity over samples")
-    top1_agreement: float | None = Field(
-        default=None, ge=0, le=1, description="fraction of samples with the same argmax"
-    )
-    accuracy_drop: float | None = Field(
-        default=None, ge=0, description="task accuracy lost vs PyTorch, in percentage points"
-    )
-
-
-class RecoveryConfig(Section):
-    """What to do when an INT8 variant misses its gate: rank tensors by quantization
-    noise (SQNR), keep the worst nodes in float, re-quantize, re-check."""
-
-    enabled: bool = True
-    max_tries: int = Field(default=4, ge=1, le=20, description="quantization attempts in all, the first included")
-    max_excluded_fraction: float = Field(
-        default=0.3, gt=0, le=1, description="most quantizable nodes that may be left in float"
-    )
-
-
-class ProfileConfig(Section):
-    """One TensorRT optimization profile: min/opt/max per input."""
-
-    name: str = Field(pattern=r"^[A-Za-z0-9_]+$")
-    shapes: dict[str, RangeConfig]
-
-
-class TensorRTConfig(Section):
-    """Engine build settings (backend: tensorrt)."""
-
-    profiles: list[ProfileConfig] | None = Field(
-        default=None, description="optimization profiles; default: one profile from inputs[].range"
-    )
-    workspace_mb: int = Field(default=4096, ge=16)
-    builder_optimization_level: int = Field(default=3, ge=0, le=5)
-    hardware_compatibility_level: Literal["none", "ampere_plus", "same_compute_capability"] = "none"
-    version_compatible: bool = False
-    refittable: bool = False
-    timing_cache: bool = Field(default=True, description="reuse a timing cache kept per GPU kind in the state folder")
-
-
-class OrtGpuConfig(Section):
-    """ONNX Runtime on GPU without an engine build: written into config.pbtxt."""
-
-    accelerator: Literal["cuda", "tensorrt"] = "cuda"
-    precision_mode: Literal["FP32", "FP16", "INT8"] = "FP16"
-    max_workspace_size_bytes: int = Field(default=1 << 30, ge=1 << 20)
-    trt_engine_cache_enable: bool = True
-    trt_engine_cache_path: str | None = None
-
-
-class CpuServingConfig(Section):
-    """ONNX Runtime on CPU in Triton: execution accelerator and threads (config.pbtxt)."""
-
-    accelerator: Literal["none", "openvino"] = "none"
-    intra_op_threads: int = Field(default=0, ge=0, description="0: ONNX Runtime's default")
-    inter_op_threads: int = Field(default=0, ge=0)
-
-
-class ProfileSettings(Section):
-    """How variants are profiled (latency and throughput per batch size)."""
-
-    enabled: bool = True
-    batch_sizes: list[Annotated[int, Field(ge=1)]] | None = Field(
-        default=None, description="default: 1 and the batch range's opt"
-    )
-    window: int = Field(default=10, ge=3, le=10_000, description="calls per timing window")
-    max_windows: int = Field(default=8, ge=2, le=100)
-    agreement: float = Field(default=0.05, gt=0, le=1, description="p50 of two windows must agree within this")
-
-
-class TargetConfig(Section):
-    name: str
-    backend: Backend = "onnxruntime"
-    precision: Precision = "fp32"
-    keep_io_types: bool = Field(default=True, description="fp16: keep graph inputs/outputs fp32")
-    graph_fusion: Literal["none", "bert"] = Field(
-        default="none",
-        description="onnxruntime only: ONNX Runtime's transformer fusion (Attention, SkipLayerNorm, "
-        "BiasGelu contrib ops) before precision conversion",
-    )
-    mode: Literal["static", "dynamic", "auto"] = Field(
-        default="static",
-        description="onnxruntime int8: static QDQ (calibrated), dynamic (weights only; "
-        "for transformer MatMuls), or auto (static with recovery, then dynamic; keeps the first that passes)",
-    )
-    calibration_method: Literal["minmax", "percentile", "entropy"] = "minmax"
-    percentile: float = Field(default=99.999, gt=90, le=100, description="with calibration_method: percentile")
-    num_bins: int = Field(default=2048, ge=128, le=65536, description="histogram bins for percentile/entropy")
-    per_channel: bool = True
-    exclude_nodes: list[str] = Field(default_factory=list, description="node names kept in float")
-    exclude_op_types: list[str] = Field(default_factory=list, description="op types kept in float")
-    high_precision_dtype: Literal["fp32", "fp16"] = Field(
-        default="fp32", description="tensorrt int8/fp8: dtype of the layers ModelOpt leaves unquantized"
-    )
-    recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
-    tensorrt: TensorRTConfig | None = Field(default=None, description="backend: tensorrt only")
-    cpu: CpuServingConfig | None = Field(default=None, description="backend: onnxruntime only: CPU serving options")
-    gpu: OrtGpuConfig | None = Field(
-        default=None, description="backend: onnxruntime only: serve on GPU through ORT's CUDA or TensorRT provider"
-    )
-    tolerance: Tolerance = Field(default_factory=Tolerance)
-
-    def trt(self) -> TensorRTConfig:
-        return self.tensorrt or TensorRTConfig()
-
-    on_fail: Literal["error", "skip"] = Field(
-        default="error",
-        description="error: a missed gate fails the build (exit 3); skip: leave the variant out",
-    )
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        return _check_name(v, "target name")
-
-
-class DynamicBatching(Section):
-    preferred_batch_size: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
-    max_queue_delay_microseconds: int = Field(default=0, ge=0)
-
-
-class InstanceGroup(Section):
-    kind: Literal["KIND_CPU", "KIND_GPU", "KIND_AUTO"] = "KIND_CPU"
-    count: int = Field(default=1, ge=1)
-    gpus: list[int] | None = None
-
-
-class VersionPolicy(Section):
-    latest: int | None = Field(default=None, ge=1)
-    all: bool | None = None
-    specific: list[Annotated[int, Field(ge=1)]] | None = None
-
-
-class RetentionConfig(Section):
-    """Prune old version folders after a successful publish; versions the
-    version_policy serves are never pruned."""
-
-    keep_last: int = Field(ge=1)
-
-
-class TritonConfig(Section):
-    repository: str = "model_repository"
-    max_batch_size: int | None = Field(
-        default=None,
-        ge=0,
-        description="defaults to the batch dimension's range max (0 when inputs have no batch axis)",
-    )
-    dynamic_batching: DynamicBatching | None = None
-    instance_group: list[InstanceGroup] = Field(default_factory=lambda: [InstanceGroup()])
-    version_policy: VersionPolicy | None = None
-    warmup: bool = False
-    retention: RetentionConfig | None = None
-    lock_timeout_s: float = Field(
-        default=600, gt=0, description="how long to wait for another build's lock on the model"
-    )
-    deploy: str | None = Field(
-        default=None,
-        description="fastest | smallest (among variants that passed) | a target name, published as <name>; "
-        "or all: each variant as <name>_<target>; default: the first target that passes its gate",
-    )
-
-
-class MlflowConfig(Section):
-    """Build tracking (not part of any pass's cache key). Key `register` in model.yaml."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    tracking_uri: str | None = Field(
-        default=None, description="default: $MLFLOW_TRACKING_URI, else .mscompile/mlflow.db"
-    )
-    experiment: str | None = Field(default=None, description="default: mscompile/<name>")
-    log_models: bool = Field(default=False, description="also log every variant's model files as artifacts")
-    register_model: bool = Field(
-        default=False, alias="register", description="register the published Triton model in the Model Registry"
-    )
-    registered_model_name: str | None = None
+from .sections import (  # noqa: F401  (re-exported: passes and tests import them from here)
+    FACTORY_PATTERN,
+    MAX_VALIDATION_SAMPLES,
+    NAME_PATTERN,
+    CalibrationConfig,
+    DataSource,
+    DynamicBatching,
+    ExportConfig,
+    InputSpec,
+    InstanceGroup,
+    IOSpec,
+    MlflowConfig,
+    OptimizeConfig,
+    OutputSpec,
+    ProfileSettings,
+    RangeConfig,
+    RecoveryConfig,
+    RetentionConfig,
+    Section,
+    SourceConfig,
+    TargetBase,
+    Tolerance,
+    TritonConfig,
+    ValidationConfig,
+    VersionPolicy,
+    _check_name,
+    is_dynamic,
+    resolve_path,
+)
+
+DEFAULT_BACKEND = "onnxruntime"
+
+
+def _backend_of(value: Any) -> str | None:
+    if isinstance(value, dict):
+        b = value.get("backend", DEFAULT_BACKEND)
+        return b if isinstance(b, str) else None
+    return getattr(value, "backend", None)
+
+
+def _target_union() -> Any:
+    from .backends import all_backends
+
+    members = tuple(Annotated[b.Target, Tag(name)] for name, b in all_backends().items())
+    return Annotated[Union[members], Discriminator(_backend_of)]  # noqa: UP007 - built at run time
+
+
+TargetConfig = _target_union()
 
 
 class ModelConfig(Section):
@@ -363,7 +78,7 @@ class ModelConfig(Section):
     optimize: OptimizeConfig = Field(default_factory=OptimizeConfig)
     validation: ValidationConfig
     calibration: CalibrationConfig | None = None
-    targets: list[TargetConfig] = Field(min_length=1)
+    targets: list[TargetConfig] = Field(min_length=1)  # type: ignore[valid-type]
     triton: TritonConfig = Field(default_factory=TritonConfig)
     profile: ProfileSettings = Field(default_factory=ProfileSettings)
     mlflow: MlflowConfig | None = None
@@ -410,10 +125,6 @@ class ModelConfig(Section):
         return [self.triton.deploy]
 
 
-def _is_dynamic(d: int | str) -> bool:
-    return isinstance(d, str) or d == -1
-
-
 def semantic_problems(cfg: ModelConfig, where: str) -> list[str]:
     """Cross-field checks pydantic cannot express per field; each names its key."""
     out: list[str] = []
@@ -443,7 +154,7 @@ def semantic_problems(cfg: ModelConfig, where: str) -> list[str]:
             lo, opt, hi = r.min[ax], r.opt[ax], r.max[ax]
             if not (1 <= lo <= opt <= hi):
                 out.append(f"{key}.range: dimension {ax} needs 1 <= min <= opt <= max, got min={lo} opt={opt} max={hi}")
-            if not _is_dynamic(d) and not (lo == opt == hi == d):
+            if not is_dynamic(d) and not (lo == opt == hi == d):
                 out.append(
                     f"{key}.range: dimension {ax} is fixed at {d} in shape, but the range gives "
                     f"min={lo} opt={opt} max={hi}; use {d} in all three or make the dimension dynamic"
@@ -466,7 +177,7 @@ def semantic_problems(cfg: ModelConfig, where: str) -> list[str]:
     mbs = cfg.triton.max_batch_size
     if mbs is not None and mbs > 0:
         for i, inp in enumerate(cfg.inputs):
-            if not _is_dynamic(inp.shape[0]):
+            if not is_dynamic(inp.shape[0]):
                 out.append(
                     f"{where}: triton.max_batch_size: {mbs} needs a dynamic batch dimension, but "
                     f"inputs[{i}].shape[0] is {inp.shape[0]}; use -1 there or set max_batch_size: 0"
@@ -476,17 +187,6 @@ def semantic_problems(cfg: ModelConfig, where: str) -> list[str]:
                     out.append(
                         f"{where}: triton.max_batch_size: {mbs} exceeds inputs[{i}].range.max[0] = "
                         f"{inp.range.max[0]}; the model is only built and checked up to that batch"
-                    )
-    if cfg.has_batch_axis():
-        first = cfg.inputs[0].name
-        for i, t in enumerate(cfg.targets):
-            profs = t.trt().profiles if t.backend == "tensorrt" else None
-            if profs and all(first in p.shapes for p in profs):
-                prof_max = max(p.shapes[first].max[0] for p in profs)
-                if cfg.max_batch_size() > prof_max:
-                    out.append(
-                        f"{where}: triton.max_batch_size: {cfg.max_batch_size()} exceeds the largest batch of "
-                        f"targets[{i}].tensorrt.profiles ({prof_max}); Triton would send batches the engine rejects"
                     )
     if cfg.triton.dynamic_batching is not None:
         mb = cfg.max_batch_size()
@@ -512,11 +212,6 @@ def semantic_problems(cfg: ModelConfig, where: str) -> list[str]:
             f"{where}: triton.retention.keep_last: {cfg.triton.retention.keep_last} is below version_policy.latest "
             f"({vp.latest}); keep at least the versions Triton serves"
         )
-    for i, t in enumerate(cfg.targets):
-        if t.cpu is not None and t.backend != "onnxruntime":
-            out.append(f"{where}: targets[{i}].cpu: only applies to backend: onnxruntime")
-        if t.cpu is not None and t.gpu is not None:
-            out.append(f"{where}: targets[{i}]: set cpu or gpu serving options, not both")
     dep = cfg.triton.deploy
     if dep in ("fastest", "smallest") and dep == "fastest" and not cfg.profile.enabled:
         out.append(f"{where}: triton.deploy: fastest needs profiling; remove profile.enabled: false")
@@ -537,101 +232,23 @@ def semantic_problems(cfg: ModelConfig, where: str) -> list[str]:
         out.append(
             f"{where}: calibration.data: the calibration set must differ from validation.data (the gate must see unseen data)"
         )
-    defaults = TargetConfig(name="x")
+    from .backends import get
+
     for i, t in enumerate(cfg.targets):
-        key = f"{where}: targets[{i}]"
-        quantized = t.precision in ("int8", "fp8")
-        if quantized and cfg.calibration is None:
-            out.append(
-                f"{key}.precision: {t.precision} needs a calibration: section (data the quantizer measures ranges on)"
-            )
-        if t.precision in ("fp8", "tf32", "bf16") and t.backend != "tensorrt":
-            out.append(
-                f"{key}.precision: {t.precision} needs backend: tensorrt (ONNX Runtime's CPU kernels have no {t.precision})"
-            )
-        if t.tensorrt is not None and t.backend != "tensorrt":
-            out.append(f"{key}.tensorrt: only applies to backend: tensorrt")
-        if t.gpu is not None and t.backend != "onnxruntime":
-            out.append(f"{key}.gpu: only applies to backend: onnxruntime (a tensorrt target builds its own engine)")
-        if t.backend == "tensorrt":
-            out.extend(_trt_problems(cfg, t, key))
-        if t.backend == "tensorrt" and t.graph_fusion != "none":
-            out.append(
-                f"{key}.graph_fusion: {t.graph_fusion} writes ONNX Runtime contrib ops, which TensorRT cannot read"
-            )
-        int8_keys = ["mode", "calibration_method", "percentile", "num_bins", "per_channel", "recovery"]
-        if t.precision != "int8" or t.backend != "onnxruntime":
-            for k in int8_keys:
-                if getattr(t, k) != getattr(defaults, k):
-                    out.append(f"{key}.{k}: only applies to backend: onnxruntime with precision: int8")
-        if not quantized:
-            for k in ("exclude_nodes", "exclude_op_types", "high_precision_dtype"):
-                if getattr(t, k) != getattr(defaults, k):
-                    out.append(f"{key}.{k}: only applies to precision int8 or fp8")
-        if t.backend == "onnxruntime" and t.high_precision_dtype != "fp32":
-            out.append(f"{key}.high_precision_dtype: only applies to backend: tensorrt")
+        out.extend(get(t.backend).problems(cfg, t, f"{where}: targets[{i}]"))
     if cfg.validation.labels is not None and cfg.validation.labels in seen_inputs:
         out.append(f"{where}: validation.labels: {cfg.validation.labels!r} is also an input name")
     return out
 
 
-def _trt_problems(cfg: ModelConfig, t: TargetConfig, key: str) -> list[str]:
-    """TensorRT needs bounded dynamic dimensions: every profile is min/opt/max."""
-    out = []
-    trt = t.trt()
-    if trt.profiles is None:
-        for i, inp in enumerate(cfg.inputs):
-            if inp.range is None and any(_is_dynamic(d) for d in inp.shape):
-                out.append(
-                    f"{key.split(': ')[0]}: inputs[{i}].shape: dynamic dimension in {inp.shape} needs min/opt/max "
-                    f"under inputs[{i}].range for TensorRT target {t.name!r} (or give {t.name}.tensorrt.profiles)"
-                )
-        return out
-    names = [i.name for i in cfg.inputs]
-    for j, prof in enumerate(trt.profiles):
-        pk = f"{key}.tensorrt.profiles[{j}]"
-        missing = [n for n in names if n not in prof.shapes]
-        extra = [n for n in prof.shapes if n not in names]
-        if missing or extra:
-            out.append(f"{pk}.shapes: needs exactly the inputs {names} (missing {missing}, unknown {extra})")
-            continue
-        for inp in cfg.inputs:
-            r = prof.shapes[inp.name]
-            if any(len(getattr(r, p)) != len(inp.shape) for p in ("min", "opt", "max")):
-                out.append(
-                    f"{pk}.shapes.{inp.name}: min/opt/max need {len(inp.shape)} dimensions each, like shape {inp.shape}"
-                )
-                continue
-            for ax, d in enumerate(inp.shape):
-                lo, opt, hi = r.min[ax], r.opt[ax], r.max[ax]
-                if not (1 <= lo <= opt <= hi):
-                    out.append(
-                        f"{pk}.shapes.{inp.name}: dimension {ax} needs 1 <= min <= opt <= max, got min={lo} opt={opt} max={hi}"
-                    )
-                elif not _is_dynamic(d) and not (lo == hi == d):
-                    out.append(
-                        f"{pk}.shapes.{inp.name}: dimension {ax} is fixed at {d} in shape, got min={lo} max={hi}"
-                    )
-    if len({p.name for p in trt.profiles}) != len(trt.profiles):
-        out.append(f"{key}.tensorrt.profiles: profile names must be unique")
-    return out
+def _split_tags(loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], str | None]:
+    """pydantic puts the union tag (the backend) after targets[i]; take it out of the
+    key path, and return it."""
+    from .backends import all_backends
 
-
-def trt_profiles(cfg: ModelConfig, t: TargetConfig) -> list[ProfileConfig]:
-    """The target's optimization profiles: given, or one built from inputs[].range."""
-    if t.trt().profiles:
-        return list(t.trt().profiles)  # type: ignore[arg-type]
-    shapes = {}
-    for inp in cfg.inputs:
-        if inp.range is not None:
-            shapes[inp.name] = inp.range
-        else:
-            fixed = [int(d) for d in inp.shape]  # validated: no dynamic dims without a range
-            shapes[inp.name] = RangeConfig(min=fixed, opt=fixed, max=fixed)
-    return [ProfileConfig(name="default", shapes=shapes)]
-
-
-# -- loading and error reporting ------------------------------------------------
+    if len(loc) >= 3 and loc[0] == "targets" and isinstance(loc[1], int) and loc[2] in all_backends():
+        return (loc[0], loc[1], *loc[3:]), str(loc[2])
+    return loc, None
 
 
 def _loc_to_path(loc: tuple[Any, ...]) -> str:
@@ -644,10 +261,15 @@ def _loc_to_path(loc: tuple[Any, ...]) -> str:
     return "".join(parts)
 
 
-def _section_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The pydantic model class that holds the last key of `loc`."""
+def _section_at(loc: tuple[Any, ...], backend: str | None) -> type[BaseModel] | None:
+    """The pydantic model class that holds the last key of `loc` (tags removed)."""
+    from .backends import get
+
     cls: Any = ModelConfig
-    for item in loc[:-1]:
+    items = loc[:-1]
+    if backend is not None:
+        cls, items = get(backend).Target, loc[2:-1]
+    for item in items:
         if isinstance(item, int):
             continue
         if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
@@ -671,14 +293,24 @@ def _inner_model(annotation: Any) -> Any:
 
 
 def _describe(err: dict[str, Any], where: str) -> str:
-    loc = tuple(err["loc"])
+    from .backends import all_backends
+
+    loc, backend = _split_tags(tuple(err["loc"]))
     path = _loc_to_path(loc)
+    if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        tag = (err.get("ctx") or {}).get("tag")
+        return f"{where}: {path}.backend: {tag!r} is not a backend here; use one of {', '.join(all_backends())}"
     if err["type"] == "extra_forbidden":
-        section = _section_at(loc)
+        section = _section_at(loc, backend)
         allowed = sorted(section.model_fields) if section else []
         key = str(loc[-1])
         hint = difflib.get_close_matches(key, allowed, n=1)
         msg = f"{where}: {path}: unknown key"
+        if backend is not None and len(loc) == 3:  # a key of the target itself
+            msg += f" for backend {backend}"
+            owners = [n for n, b in all_backends().items() if n != backend and key in b.Target.model_fields]
+            if owners:
+                msg += f" (it is an option of backend {', '.join(owners)})"
         if hint:
             msg += f"; did you mean '{hint[0]}'?"
         if allowed:
@@ -749,12 +381,8 @@ def load_config(path: str | Path) -> ModelConfig:
 
 
 def json_schema() -> dict[str, Any]:
+    """The JSON Schema of model.yaml: `targets` items are one shape per backend (oneOf)."""
     schema = ModelConfig.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "mscompile model.yaml"
     return schema
-
-
-def resolve_path(p: str) -> Path:
-    """Relative paths in model.yaml are relative to the working directory."""
-    return Path(p).expanduser().resolve()

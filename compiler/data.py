@@ -9,16 +9,48 @@ dicts."""
 from __future__ import annotations
 
 import hashlib
+import io as _io
 import json
+import os
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from .artifacts import Dataset, sha256_file, sha256_path, size_of
-from .config import CalibrationConfig, DataSource, IOSpec, ValidationConfig, resolve_path
+from .artifacts import Dataset, sha256_path, size_of
 from .errors import ConfigError, InputDataError
-from .loading import factory_file, get_factory
+from .loading import code_digest, factory_file, get_factory
+from .sections import CalibrationConfig, DataSource, IOSpec, ValidationConfig, resolve_path
+
+
+class Arrays(NamedTuple):
+    feeds: dict[str, np.ndarray]
+    labels: np.ndarray | None
+
+
+class DataStore:
+    """The arrays of each Dataset side input, loaded once per build (on first use)
+    by the loader registered for its digest; passes get them through ctx.data()."""
+
+    def __init__(self) -> None:
+        self._loaders: dict[str, Callable[[], Any]] = {}
+        self._loaded: dict[str, Arrays] = {}
+
+    def register(self, dataset: Dataset, loader: Callable[[], Any]) -> None:
+        self._loaders[dataset.digest] = loader
+
+    def put(self, dataset: Dataset, arrays: Any) -> None:
+        self._loaded[dataset.digest] = Arrays(*arrays)
+
+    def get(self, dataset: Any) -> Arrays:
+        if dataset.digest not in self._loaded:
+            if dataset.digest not in self._loaders:
+                raise KeyError(f"no loader for dataset {dataset.path} ({dataset.digest[:12]})")
+            self._loaded[dataset.digest] = Arrays(*self._loaders[dataset.digest]())
+        return self._loaded[dataset.digest]
+
 
 MAX_DATA_BYTES = 2 << 30
 MAX_TEXT_LINES = 100_000
@@ -26,9 +58,13 @@ MAX_TEXT_LINES = 100_000
 
 def describe_dataset(src: DataSource, key: str) -> Dataset:
     """The data source as an artifact whose digest covers everything that shapes the
-    arrays: the file(s), and the source of the tokenizer or generator with its args."""
+    arrays: the file(s), the source of the tokenizer or generator (with the local
+    modules it imports) and its args, and the section's settings (samples, seed,
+    labels). meta['content'] is the digest of the file(s) alone: loading checks it."""
     h = hashlib.sha256()
     meta: dict = {}
+    settings = src.model_dump(mode="json", exclude={"batch_size"})
+    h.update(json.dumps(settings, sort_keys=True).encode())
     if src.data is not None:
         path = resolve_path(src.data)
         if not path.exists():
@@ -41,7 +77,8 @@ def describe_dataset(src: DataSource, key: str) -> Dataset:
             raise InputDataError(
                 f"{key}.data: {path} must be an .npz file, a folder of .npz/.npy files, or a .txt file with a tokenizer"
             )
-        h.update(sha256_path(path).encode())
+        meta["content"] = sha256_path(path)
+        h.update(meta["content"].encode())
         meta["data"] = str(path)
     else:
         path = factory_file(src.generator, f"{key}.generator")  # type: ignore[arg-type]
@@ -49,13 +86,38 @@ def describe_dataset(src: DataSource, key: str) -> Dataset:
     for name in ("tokenizer", "generator"):
         spec = getattr(src, name)
         if spec:
-            h.update(sha256_file(factory_file(spec, f"{key}.{name}")).encode())
-            h.update(json.dumps(getattr(src, f"{name}_args"), sort_keys=True, default=str).encode())
+            h.update(code_digest(spec, f"{key}.{name}").encode())
     return Dataset(path=path, digest=h.hexdigest(), meta=meta)
 
 
-def read_source(src: DataSource, key: str) -> dict[str, np.ndarray]:
-    """All arrays of a data source (inputs, and labels where present)."""
+def _snapshot(path: Path, key: str, expect: str | None) -> dict[str, bytes]:
+    """Every file of a data path read once into memory (relative name -> bytes),
+    checked against the digest the build's cache keys were computed from."""
+    if path.is_file():
+        files = {"": path.read_bytes()}
+        digest = hashlib.sha256(files[""]).hexdigest()
+    else:
+        files = {}
+        h = hashlib.sha256()
+        for root, dirs, names in os.walk(path):
+            dirs.sort()
+            for name in sorted(names):
+                f = Path(root) / name
+                rel = f.relative_to(path).as_posix()
+                files[rel] = f.read_bytes()
+                h.update(rel.encode() + b"\0" + hashlib.sha256(files[rel]).hexdigest().encode() + b"\n")
+        digest = h.hexdigest()
+    if expect is not None and digest != expect:
+        raise InputDataError(
+            f"{key}.data: {path} changed while the build was running (its digest was {expect[:12]}... at the "
+            f"start, {digest[:12]}... now); run the build again once the file is complete"
+        )
+    return files
+
+
+def read_source(src: DataSource, key: str, expect: str | None = None) -> dict[str, np.ndarray]:
+    """All arrays of a data source (inputs, and labels where present). `expect`: the
+    digest of the data file(s) recorded when the build started (Dataset meta 'content')."""
     if src.generator is not None:
         gen = get_factory(src.generator, f"{key}.generator")
         try:
@@ -64,15 +126,20 @@ def read_source(src: DataSource, key: str) -> dict[str, np.ndarray]:
             raise InputDataError(f"{key}.generator: {src.generator} failed: {type(exc).__name__}: {exc}") from None
         return _concat(parts, f"{key}.generator {src.generator}")
     path = resolve_path(src.data)  # type: ignore[arg-type]
+    snap = _snapshot(path, key, expect)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in (".npz", ".npy"))
+        files = sorted(r for r in snap if "/" not in r and Path(r).suffix in (".npz", ".npy"))
         if not files:
             raise InputDataError(f"{key}.data: folder {path} holds no .npz or .npy files")
-        if all(p.suffix == ".npy" for p in files):
-            return {p.stem: _load_npy(p, key) for p in files}
-        return _concat([load_arrays(p, f"{key}.data") for p in files if p.suffix == ".npz"], str(path))
+        if all(r.endswith(".npy") for r in files):
+            return {Path(r).stem: _load_npy(snap[r], path / r, key) for r in files}
+        return _concat([load_arrays(snap[r], path / r, f"{key}.data") for r in files if r.endswith(".npz")], str(path))
     if path.suffix == ".txt":
-        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        try:
+            text = snap[""].decode("utf-8")
+        except UnicodeDecodeError:
+            raise InputDataError(f"{key}.data: {path} is not UTF-8 text") from None
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
         if not lines:
             raise InputDataError(f"{key}.data: {path} has no non-empty lines")
         if len(lines) > MAX_TEXT_LINES:
@@ -89,13 +156,13 @@ def read_source(src: DataSource, key: str) -> dict[str, np.ndarray]:
                 f"{key}.tokenizer: {src.tokenizer} returned {type(out).__name__}; it must return {{input name: array}}"
             )
         return {k: np.asarray(v) for k, v in out.items()}
-    return load_arrays(path, f"{key}.data")
+    return load_arrays(snap[""], path, f"{key}.data")
 
 
-def _load_npy(p: Path, key: str) -> np.ndarray:
+def _load_npy(data: bytes, p: Path, key: str) -> np.ndarray:
     try:
-        return np.load(p, allow_pickle=False)
-    except (ValueError, OSError) as exc:
+        return np.load(_io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
         raise InputDataError(f"{key}.data: cannot read {p} ({exc})") from None
 
 
@@ -112,9 +179,9 @@ def _concat(parts: list, where: str) -> dict[str, np.ndarray]:
         raise InputDataError(f"{where}: batches do not stack along the sample axis: {exc}") from None
 
 
-def load_arrays(path: Path, key: str) -> dict[str, np.ndarray]:
+def load_arrays(data: bytes | Path, path: Path, key: str) -> dict[str, np.ndarray]:
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with np.load(_io.BytesIO(data) if isinstance(data, bytes) else data, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         raise InputDataError(f"{key}: cannot read {path} as .npz ({exc}); save it with numpy.savez") from None
@@ -175,9 +242,12 @@ def _expected_shape(cfg: IOSpec, inp) -> list[int | None]:
     return dims
 
 
-def load_validation(io: IOSpec, v: ValidationConfig) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """Inputs (the first validation.samples) and labels, after checking them."""
-    arrays = read_source(v, "validation")
+def load_validation(
+    io: IOSpec, v: ValidationConfig, dataset: Dataset | None = None
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Inputs (the first validation.samples) and labels, after checking them.
+    `dataset`: the described source, whose recorded digest the files must still have."""
+    arrays = read_source(v, "validation", dataset.meta.get("content") if dataset else None)
     n = check_arrays(io, arrays, _where(v), _key(v, "validation"), v.labels)
     _bounded(n, v, "validation")
     k = min(n, v.samples) if v.samples else n
@@ -186,9 +256,9 @@ def load_validation(io: IOSpec, v: ValidationConfig) -> tuple[dict[str, np.ndarr
     return feeds, labels
 
 
-def load_calibration(io: IOSpec, c: CalibrationConfig) -> dict[str, np.ndarray]:
+def load_calibration(io: IOSpec, c: CalibrationConfig, dataset: Dataset | None = None) -> dict[str, np.ndarray]:
     """Calibration inputs after checking them: a seeded random subset of `samples`."""
-    arrays = read_source(c, "calibration")
+    arrays = read_source(c, "calibration", dataset.meta.get("content") if dataset else None)
     n = check_arrays(io, arrays, _where(c), _key(c, "calibration"), None)
     _bounded(n, c, "calibration")
     feeds = {i.name: arrays[i.name] for i in io.inputs}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import importlib.util
-import os
 import platform
 import subprocess
 from typing import Any
@@ -62,14 +61,45 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+ISA_FLAGS = (
+    "avx2",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+    "asimd",
+    "sve",
+)
+
+
+def cpu_flags() -> list[str]:
+    """The instruction-set extensions that change which kernels a CPU runtime picks."""
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith(("flags", "Features")):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in ISA_FLAGS if f in have]
+    except OSError:
+        pass
+    return []
+
+
 @functools.lru_cache(maxsize=1)
-def fingerprint() -> dict[str, Any]:
+def cpu_fingerprint() -> dict[str, Any]:
+    """What a CPU latency profile depends on: the CPU model and its ISA extensions
+    (not the core count: a CI runner's count changes while its CPU does not)."""
+    return {"cpu": cpu_model(), "isa": cpu_flags(), "machine": platform.machine()}
+
+
+@functools.lru_cache(maxsize=1)
+def gpu_fingerprint() -> dict[str, Any]:
     """What a TensorRT engine depends on: TensorRT version, GPU model and compute capability."""
     gpus = nvidia_gpus()
     gpu = gpus[0] if gpus else None
     return {
-        "cpu": cpu_model(),
-        "cpus": os.cpu_count(),
         "tensorrt": _version("tensorrt") or _version("tensorrt-cu12") or _version("tensorrt-cu13"),
         "gpu": gpu["name"] if gpu else None,
         "compute_capability": gpu["compute_capability"] if gpu else None,
@@ -90,6 +120,7 @@ def doctor() -> list[tuple[str, str, str]]:
         ("tritonclient", "Triton client (model config schema)"),
         ("mlflow", "MLflow"),
         ("openvino", "OpenVINO"),
+        ("nncf", "NNCF (OpenVINO INT8)"),
     ):
         v = _version(dist)
         rows.append((what, "ok" if v else "missing", v or f"pip install {dist}"))
@@ -117,6 +148,10 @@ def doctor() -> list[tuple[str, str, str]]:
         )
     )
     ok, reason = tensorrt_status()
-    trt_v = fingerprint()["tensorrt"]
+    trt_v = gpu_fingerprint()["tensorrt"]
     rows.append(("TensorRT", "ok" if ok else "missing", f"{trt_v}" if ok else reason))
+    from .backends import all_backends
+
+    for name, b in all_backends().items():
+        rows.append((f"backend {name}", "registered", b.description))
     return rows

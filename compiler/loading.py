@@ -6,11 +6,13 @@ torch is imported inside the functions that need it, so `mscompile --help`,
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib
 import importlib.util
 import os
 import sys
+import sysconfig
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -99,17 +101,104 @@ def get_factory(spec: str, key: str = "source.factory") -> Any:
     return obj
 
 
+def _library_roots() -> list[Path]:
+    paths = sysconfig.get_paths()
+    roots = {Path(paths[k]).resolve() for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
+    roots |= {Path(sys.base_prefix).resolve() / "lib", Path(sys.prefix).resolve() / "lib"}
+    return sorted(roots)
+
+
+def _is_local(path: Path) -> bool:
+    """User code: a .py file outside the interpreter's standard library and site-packages."""
+    path = path.resolve()
+    return path.suffix == ".py" and not any(r == path or r in path.parents for r in _library_roots())
+
+
+def _module_file(name: str) -> Path | None:
+    """The .py file of a module of a local top-level package or module, found
+    without importing anything (a library's modules are never looked at)."""
+    top, _, rest = name.partition(".")
+    with _cwd_on_path():
+        try:
+            spec = importlib.util.find_spec(top)  # a top-level lookup imports nothing
+        except (ImportError, ValueError):
+            return None
+    if spec is None:
+        return None
+    if spec.submodule_search_locations:
+        base = Path(next(iter(spec.submodule_search_locations)))
+        if not rest:
+            init = base / "__init__.py"
+            return init if init.is_file() and _is_local(init) else None
+        stem = base.joinpath(*rest.split("."))
+        for f in (stem.with_suffix(".py"), stem / "__init__.py"):
+            if f.is_file() and _is_local(f):
+                return f
+        return None
+    if rest or spec.origin in (None, "built-in", "frozen"):
+        return None
+    f = Path(spec.origin)
+    return f if _is_local(f) else None
+
+
+def local_modules(spec: str, key: str = "source.factory") -> dict[str, Path]:
+    """The factory's module and every local module it imports, directly or not
+    (found by reading import statements, not by running them): name -> file."""
+    module, _, _ = spec.partition(":")
+    first = factory_file(spec, key)
+    seen: dict[Path, str] = {first.resolve(): module}
+    queue = [(first.resolve(), module)]
+    while queue:
+        path, name = queue.pop()
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+            continue  # importing it will report the problem
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    parts = package.split(".") if package else []
+                    base = ".".join(parts[: len(parts) - (node.level - 1)] if node.level > 1 else parts)
+                    mod = ".".join(p for p in (base, node.module or "") if p)
+                else:
+                    mod = node.module or ""
+                names = [mod] + [f"{mod}.{a.name}" for a in node.names if mod]
+            for n in names:
+                f = _module_file(n) if n else None
+                if f is not None and f.resolve() not in seen:
+                    seen[f.resolve()] = n
+                    queue.append((f.resolve(), n))
+    return {name: path for path, name in sorted(seen.items(), key=lambda kv: kv[1])}
+
+
+def code_digest(spec: str, key: str = "source.factory", modules: dict[str, Path] | None = None) -> str:
+    """One digest over the factory's module and the local modules it imports, by
+    module name and content (not by path, so two checkouts share a cache): editing
+    any of them changes every cache key built from it."""
+    h = hashlib.sha256()
+    for name, f in sorted((modules or local_modules(spec, key)).items()):
+        h.update(name.encode() + b"\0" + sha256_file(f).encode() + b"\n")
+    return h.hexdigest()
+
+
 def describe_source(src: SourceConfig) -> TorchSource:
-    """The load pass's input artifact: checkpoint + factory source, one digest."""
+    """The load pass's input artifact: checkpoint + factory code, one digest. The load
+    pass copies the checkpoint into its own output and checks the copy against
+    `checkpoint_sha256`, so what it reads is what the key digested."""
     ckpt = resolve_checkpoint(src.checkpoint)
     ck_digest = sha256_file(ckpt)
     meta: dict[str, Any] = {"checkpoint": str(ckpt), "checkpoint_sha256": ck_digest}
     h = hashlib.sha256(ck_digest.encode())
     if src.factory:
-        f = factory_file(src.factory)
-        meta["factory_file"] = str(f)
-        meta["factory_sha256"] = sha256_file(f)
-        h.update(meta["factory_sha256"].encode())
+        modules = local_modules(src.factory)
+        meta["factory_file"] = str(factory_file(src.factory))
+        meta["code_sha256"] = code_digest(src.factory, modules=modules)
+        meta["code_files"] = {name: str(f) for name, f in modules.items()}
+        h.update(meta["code_sha256"].encode())
     return TorchSource(path=ckpt, digest=h.hexdigest(), meta=meta)
 
 

@@ -22,6 +22,7 @@ from . import __version__
 from .artifacts import Artifact
 from .cache import Cache, cache_key
 from .errors import MscompileError, PassError, PipelineTypeError
+from .faults import point
 
 I = TypeVar("I", bound=Artifact)  # noqa: E741
 O = TypeVar("O", bound=Artifact)  # noqa: E741
@@ -32,10 +33,21 @@ class Status(str, Enum):
     FAIL = "FAIL"  # ran, and its gate failed (the artifact is still stored)
     SKIPPED = "SKIPPED"  # could not run here (e.g. TensorRT absent); never cached
 
+    def __str__(self) -> str:  # the word itself in messages and tables, on every Python
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
 
 @dataclass
 class PassResult(Generic[O]):
-    output: O | None
+    """What a pass made: the path of its output (inside ctx.workdir) and the
+    output's metadata. The driver, not the pass, creates the artifact and its
+    digest from what is on disk. No path: the pass was SKIPPED (say why)."""
+
+    path: Path | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     status: Status = Status.OK
     reason: str = ""
@@ -43,15 +55,24 @@ class PassResult(Generic[O]):
 
 @dataclass
 class PassContext:
-    workdir: Path  # an empty folder the pass owns; its output artifact lives inside it
+    workdir: Path  # an empty folder the pass owns; its output lives inside it and nothing else does
+    scratch: Path  # an empty folder for temporary files, deleted after the pass
     extras: Mapping[str, Artifact]
     log_path: Path
     progress: Any = None  # callable(str) -> None; passes report progress through it, never print
     state_dir: Path | None = None  # mscompile's state folder, for shared accelerators (timing caches)
+    datasets: Any = None  # DataStore: the arrays of the Dataset side inputs, loaded once per digest
 
     def note(self, message: str) -> None:
         if self.progress is not None:
             self.progress(message)
+
+    def data(self, name: str) -> Any:
+        """The arrays of side input `name` (a Dataset): (feeds, labels)."""
+        art = self.extras.get(name)
+        if art is None or self.datasets is None:
+            raise PipelineTypeError(f"side input {name!r} is not a dataset this pass was given")
+        return self.datasets.get(art)
 
 
 class Pass(Generic[I, O]):
@@ -89,8 +110,14 @@ class Step:
     pass_cls: type[Pass]
     config: BaseModel
     extras: Mapping[str, str | Artifact] = field(default_factory=dict)
+    # what a device-dependent pass's result depends on (the backend's fingerprint)
+    device: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        if self.pass_cls.device_dependent and self.device is None:
+            raise PipelineTypeError(
+                f"step {self.id}: pass {self.pass_cls.name} depends on the device; give the backend's fingerprint"
+            )
         missing = set(self.pass_cls.extra_inputs) - set(self.extras)
         unknown = set(self.extras) - set(self.pass_cls.extra_inputs)
         if missing or unknown:
@@ -171,14 +198,16 @@ class Driver:
         instruments: Any,
         *,
         force: bool = False,
-        device_fingerprint: Any = None,
         log_dir: Path,
+        datasets: Any = None,
     ) -> None:
+        from .data import DataStore
+
         self.cache = cache
         self.instruments = instruments
         self.force = force
-        self.device_fingerprint = device_fingerprint
         self.log_dir = log_dir
+        self.datasets = datasets if datasets is not None else DataStore()
         self.records: dict[str, StepRecord] = {}
         self.outputs: dict[str, Artifact] = {}
 
@@ -194,8 +223,7 @@ class Driver:
             "libraries": library_versions(p.libraries),
         }
         if p.device_dependent:
-            fp = self.device_fingerprint() if callable(self.device_fingerprint) else self.device_fingerprint
-            material["device"] = fp
+            material["device"] = dict(step.device or {})
         return material
 
     def _resolve_extras(self, step: Step) -> dict[str, Artifact]:
@@ -247,15 +275,20 @@ class Driver:
         entry_dir = self.cache.new_workdir(step.pass_cls.name)
         workdir = entry_dir / "output"
         workdir.mkdir()
+        scratch = entry_dir / "scratch"
+        scratch.mkdir()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         ctx = PassContext(
             workdir=workdir,
+            scratch=scratch,
             extras=extras,
             log_path=self.log_dir / f"{step.id.replace('/', '.')}.log",
             progress=lambda msg: self.instruments.step_progress(step, msg),
             state_dir=self.cache.root.parent,
+            datasets=self.datasets,
         )
         prior = [r.id for r in self.records.values()]
+        point("step:start")
         try:
             result = step.pass_cls().run(inp, step.config, ctx)
         except MscompileError:
@@ -268,7 +301,9 @@ class Driver:
             _rmtree(entry_dir)
             raise PassError(step.id, prior, f"{type(exc).__name__}: {exc}") from exc
         seconds = time.perf_counter() - start
-        if result.status is Status.SKIPPED or result.output is None:
+        point("step:ran")
+        _rmtree(scratch)
+        if result.status is Status.SKIPPED or result.path is None:
             _rmtree(entry_dir)
             record = StepRecord(
                 step.id,
@@ -281,12 +316,10 @@ class Driver:
                 result.reason,
             )
             return self._finish(step, record)
-        if not isinstance(result.output, step.pass_cls.output_type):
+        out_path = Path(result.path).resolve()
+        if out_path != workdir.resolve() and workdir.resolve() not in out_path.parents:
             _rmtree(entry_dir)
-            raise PipelineTypeError(
-                f"pass {step.pass_cls.name} returned {type(result.output).__name__}, "
-                f"declared {step.pass_cls.output_type.__name__}"
-            )
+            raise PipelineTypeError(f"pass {step.pass_cls.name} returned {out_path}, outside its work folder")
         manifest = {
             "mscompile": __version__,
             "step": step.id,
@@ -299,9 +332,9 @@ class Driver:
             "seconds": seconds,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        # the driver, not the pass, computes the digest of what the pass wrote
-        out = type(result.output).of(result.output.path, result.output.meta)
-        entry = self.cache.put(key, entry_dir, out, manifest)
+        # the driver, not the pass, makes the artifact and computes the digest of what the pass wrote
+        out = step.pass_cls.output_type.of(out_path, result.meta)
+        entry = self.cache.put(key, entry_dir, out, manifest, replace=self.force)
         record = StepRecord(
             step.id,
             step.pass_cls.name,
@@ -323,31 +356,30 @@ class Driver:
         return record
 
     # -- planning ---------------------------------------------------------------
+    def plan_step(self, step: Step, inp: Artifact | None) -> tuple[str, str | None, Artifact | None]:
+        """('cached' | 'run', key, the cached output) without running anything. The key
+        of a step whose input is not built yet is unknown (None)."""
+        if inp is None:
+            return "run", None, None
+        try:
+            extras = self._resolve_extras(step)
+        except PipelineTypeError:
+            return "run", None, None
+        key = cache_key(self.key_material(step, inp, extras))
+        manifest = None if self.force else self.cache.peek(key)
+        if manifest is None:
+            return "run", key, None
+        art = Artifact.from_json(manifest["artifact"], base=self.cache.entry_dir(key))
+        self.outputs[step.id] = art
+        return "cached", key, art
+
     def plan(self, pipeline: Pipeline, inp: Artifact | None) -> list[tuple[Step, str, str | None]]:
-        """(step, 'cached' | 'run', key) for each step, without running anything.
-        Once a step must run, the keys of the steps after it are unknown."""
+        """(step, 'cached' | 'run', key) for each step of a chain, without running anything."""
         out: list[tuple[Step, str, str | None]] = []
         current = inp
         for step in pipeline.steps:
-            if current is None:
-                out.append((step, "run", None))
-                continue
-            try:
-                extras = self._resolve_extras(step)
-            except PipelineTypeError:
-                out.append((step, "run", None))
-                current = None
-                continue
-            key = cache_key(self.key_material(step, current, extras))
-            manifest = None if self.force else self.cache.peek(key)
-            if manifest is None:
-                out.append((step, "run", key))
-                current = None
-                continue
-            art = Artifact.from_json(manifest["artifact"], base=self.cache.entry_dir(key))
-            self.outputs[step.id] = art
-            out.append((step, "cached", key))
-            current = art
+            how, key, current = self.plan_step(step, current)
+            out.append((step, how, key))
         return out
 
 

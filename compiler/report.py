@@ -17,6 +17,11 @@ def _e(x: Any) -> str:
     return html.escape(str(x))
 
 
+def _fraction(t: dict[str, Any]) -> str:
+    f = t.get("excluded_fraction")
+    return f" ({f * 100:.0f}%)" if f is not None else ""
+
+
 def _line_chart(
     series: dict[str, list[tuple[float, float]]], xlabel: str, ylabel: str, w: int = 560, h: int = 300
 ) -> str:
@@ -106,9 +111,11 @@ def render(manifest: dict[str, Any]) -> str:
         )
         size = f"{v['size_bytes'] / 1024:.1f} KB" if v.get("size_bytes") else "-"
         deployed = " (deployed)" if v["name"] == manifest.get("deployed_variant") else ""
+        gated = " and ".join(v.get("gated_on") or []) or "not gated"
         rows.append(
             f"<tr><td>{_e(v['name'])}{deployed}</td><td>{_e(v['backend'])}</td><td>{_e(v['precision'])}</td>"
-            f"<td>{_e(v['status'])}</td><td>{size}</td><td>{_e(acc)}</td><td>{_e(lat or '-')}</td>"
+            f"<td>{_e(v['status'])}</td><td>{_e(v.get('served_by') or '-')}</td><td>{_e(gated)}</td>"
+            f"<td>{size}</td><td>{_e(acc)}</td><td>{_e(lat or '-')}</td>"
             f"<td>{_e(v.get('reason') or v.get('note') or '')}</td></tr>"
         )
     lat_series = {
@@ -134,7 +141,7 @@ def render(manifest: dict[str, Any]) -> str:
             tm = t.get("metrics", {})
             tries.append(
                 f"<tr><td>{_e(v['name'])}</td><td>{t['try']}</td><td>{_e(t['mode'])}</td>"
-                f"<td>{len(t['excluded_nodes'])} ({t['excluded_fraction'] * 100:.0f}%)</td>"
+                f"<td>{len(t['excluded_nodes'])}{_fraction(t)}</td>"
                 f"<td>{tm.get('cosine', float('nan')):.4f}</td><td>{'pass' if t['passed'] else 'fail'}</td>"
                 f"<td><details><summary>nodes</summary>{'<br>'.join(_e(n) for n in t['excluded_nodes']) or '-'}</details></td></tr>"
             )
@@ -157,7 +164,7 @@ deployed variant <b>{_e(manifest.get("deployed_variant", "-"))}</b>; built {_e(m
 with mscompile {_e(manifest.get("mscompile", ""))}.</p>
 <p style="font-size:12px;color:#555">{_e(libs)}</p>
 <h2>Variants</h2>
-<table><tr><th>variant</th><th>backend</th><th>precision</th><th>status</th><th>size</th><th>parity vs PyTorch</th><th>p50 latency</th><th>notes</th></tr>
+<table><tr><th>variant</th><th>backend</th><th>precision</th><th>status</th><th>served by</th><th>gated on</th><th>size</th><th>parity vs PyTorch</th><th>p50 latency</th><th>notes</th></tr>
 {"".join(rows)}</table>
 <h2>Latency and throughput vs batch size</h2>
 <div class="plots">{_line_chart(lat_series, "batch size", "p50 latency (ms)")}{_line_chart(thr_series, "batch size", "throughput (samples/s)")}</div>

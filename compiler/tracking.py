@@ -181,8 +181,9 @@ def make_record(
     for r in result.records:
         m[_metric_name("pass", r.id, "seconds")] = r.seconds
         m[_metric_name("pass", r.id, "cache_hit")] = 1.0 if r.cached else 0.0
-    m["passes_run"] = sum(1 for r in result.records if not r.cached)
-    m["passes_cached"] = sum(1 for r in result.records if r.cached)
+    from .build import passes_ran
+
+    m["passes_run"], m["passes_cached"] = passes_ran(result.records)
     m["build_seconds"] = result.seconds
     for v in result.variants:
         j = v.to_json()
@@ -197,7 +198,7 @@ def make_record(
                 "name": v.target,
                 "backend": v.backend,
                 "precision": v.precision,
-                "status": v.status,
+                "status": j["status"],
                 "reason": v.reason or "",
                 "cached": v.cached,
                 "metrics": vm,

@@ -20,7 +20,7 @@ def validate_all(config_path: Path) -> list[str]:
     source = describe_source(cfg.source)
     lines.append(f"checkpoint: {source.path} (sha256 {source.meta['checkpoint_sha256'][:12]}...)")
     data = describe_dataset(cfg.validation, "validation")
-    feeds, labels = load_validation(cfg.io, cfg.validation)
+    feeds, labels = load_validation(cfg.io, cfg.validation, data)
     n = next(iter(feeds.values())).shape[0]
     lines.append(
         f"validation data: {data.path}: {n} samples"
@@ -29,8 +29,7 @@ def validate_all(config_path: Path) -> list[str]:
     if cfg.calibration is not None:
         from .data import load_calibration
 
-        describe_dataset(cfg.calibration, "calibration")
-        cal = load_calibration(cfg.io, cfg.calibration)
+        cal = load_calibration(cfg.io, cfg.calibration, describe_dataset(cfg.calibration, "calibration"))
         lines.append(f"calibration data: {next(iter(cal.values())).shape[0]} samples")
     module = load_module(cfg.source, source.path)
     lines.append(f"model: {type(module).__module__}.{type(module).__qualname__}")

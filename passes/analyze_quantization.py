@@ -17,8 +17,7 @@ import json
 import math
 
 from mscompile.artifacts import Artifact, OnnxModel
-from mscompile.config import CalibrationConfig, IOSpec, Section
-from mscompile.data import load_calibration
+from mscompile.config import IOSpec, Section
 from mscompile.instruments import capture_output
 from mscompile.pipeline import Pass, PassContext, PassResult
 
@@ -31,13 +30,13 @@ class QuantAnalysis(Artifact):
 
 class AnalyzeConfig(Section):
     io: IOSpec
-    calibration: CalibrationConfig
+    batch_size: int = 16
     samples: int = 16
 
 
 class AnalyzeQuantization(Pass[OnnxModel, QuantAnalysis]):
     name = "analyze_quantization"
-    version = 2
+    version = 3
     input_type = OnnxModel  # the QDQ model
     output_type = QuantAnalysis
     Config = AnalyzeConfig
@@ -55,10 +54,10 @@ class AnalyzeQuantization(Pass[OnnxModel, QuantAnalysis]):
         )
 
         float_model: OnnxModel = ctx.extras["float_model"]  # type: ignore[assignment]
-        scratch = ctx.workdir.parent
+        scratch = ctx.scratch
         pre = scratch / "float_pre.onnx"
         aug_f, aug_q = scratch / "float_aug.onnx", scratch / "qdq_aug.onnx"
-        feeds = load_calibration(cfg.io, cfg.calibration)
+        feeds, _ = ctx.data("calibration")
         feeds = {k: v[: cfg.samples] for k, v in feeds.items()}
         ctx.note(f"SQNR per tensor on {next(iter(feeds.values())).shape[0]} calibration samples")
         with capture_output(ctx.log_path):
@@ -100,7 +99,8 @@ class AnalyzeQuantization(Pass[OnnxModel, QuantAnalysis]):
         ranking = [{"node": r["node"], "feeders": r["feeders"]} for r in rows if r["drop"] > 0]
         worst = [{k: r[k] for k in ("node", "op_type", "input_sqnr", "output_sqnr", "drop")} for r in rows[:5]]
         return PassResult(
-            output=QuantAnalysis(path=path, digest="", meta={"ranking": ranking}),
+            path=path,
+            meta={"ranking": ranking},
             metrics={"tensors": len(rows), "worst": worst},
         )
 

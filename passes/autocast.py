@@ -59,6 +59,7 @@ class AutoCast(Pass[OnnxModel, OnnxModel]):
         meta.update(onnx_utils.describe(out))
         meta["precision"] = cfg.low_precision_type
         return PassResult(
-            output=OnnxModel(path=ctx.workdir, digest="", meta=meta),
+            path=ctx.workdir,
+            meta=meta,
             metrics={"bytes_before": inp.onnx_file.stat().st_size, "bytes_after": out.stat().st_size},
         )

@@ -22,7 +22,8 @@ from typing import Literal
 
 from mscompile import __version__
 from mscompile.artifacts import OnnxModel, TrtEngine
-from mscompile.config import IOSpec, ProfileConfig, Section, TensorRTConfig
+from mscompile.backends.tensorrt import ProfileConfig, TensorRTConfig
+from mscompile.config import IOSpec, Section
 from mscompile.pipeline import Pass, PassContext, PassResult, Status
 
 HW_LEVELS = {
@@ -106,12 +107,12 @@ class BuildTensorRT(Pass[OnnxModel, TrtEngine]):
     device_dependent = True
 
     def run(self, inp: OnnxModel, cfg: TrtBuildConfig, ctx: PassContext) -> PassResult[TrtEngine]:
-        from mscompile.device import fingerprint, tensorrt_status
+        from mscompile.device import gpu_fingerprint, tensorrt_status
 
         ok, reason = tensorrt_status()
         if not ok:
-            return PassResult(output=None, status=Status.SKIPPED, reason=reason)
-        fp = fingerprint()
+            return PassResult(status=Status.SKIPPED, reason=reason)
+        fp = gpu_fingerprint()
         cache = None
         if cfg.settings.timing_cache and ctx.state_dir is not None:
             cache = timing_cache_path(ctx.state_dir, fp)
@@ -136,4 +137,4 @@ class BuildTensorRT(Pass[OnnxModel, TrtEngine]):
         }
         (ctx.workdir / "engine.json").write_text(json.dumps(meta, indent=2))
         metrics = {"build_seconds": round(time.perf_counter() - t0, 3), "engine_bytes": plan.stat().st_size, **fp}
-        return PassResult(output=TrtEngine(path=ctx.workdir, digest="", meta=meta), metrics=metrics)
+        return PassResult(path=ctx.workdir, meta=meta, metrics=metrics)

@@ -1,6 +1,8 @@
 """Check a variant against the PyTorch reference, and gate it.
 
-Runs the ONNX model in ONNX Runtime over the validation inputs and compares
+Runs the variant on its runtime (ONNX Runtime, or OpenVINO for an IR or for a
+graph served through ONNX Runtime's OpenVINO accelerator) over the validation
+inputs and compares
 each output with the reference outputs recorded by load_checkpoint: max
 absolute error, max error relative to the output's magnitude, cosine
 similarity per sample (mean and minimum), top-1 agreement and task accuracy
@@ -11,19 +13,20 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
-from mscompile.artifacts import OnnxModel, ParityReport, TorchModel
-from mscompile.config import IOSpec, Section, Tolerance, ValidationConfig
-from mscompile.data import batches, load_validation
+from mscompile.artifacts import Artifact, OnnxModel, OpenVinoModel, ParityReport, TorchModel
+from mscompile.config import IOSpec, Section, Tolerance
+from mscompile.data import batches
 from mscompile.pipeline import Pass, PassContext, PassResult, Status
 
 
 class CheckConfig(Section):
     io: IOSpec
-    validation: ValidationConfig
+    batch_size: int = 32
     tolerance: Tolerance
+    runtime: Literal["onnxruntime", "openvino"] = "onnxruntime"
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
 
 
@@ -91,13 +94,6 @@ def apply_gate(metrics: dict[str, Any], tol: Tolerance) -> list[str]:
     return fails
 
 
-_ORT_TYPES = {
-    "tensor(float16)": np.float16,
-    "tensor(float)": np.float32,
-    "tensor(double)": np.float64,
-}
-
-
 def evaluate(
     outs: dict[str, np.ndarray], ref: dict[str, np.ndarray], labels: np.ndarray | None, io: IOSpec, tol: Tolerance
 ) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
@@ -127,56 +123,65 @@ def load_reference(reference: TorchModel) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def run_onnx(
-    path: str, io: IOSpec, feeds: dict[str, np.ndarray], batch: int, providers: tuple[str, ...]
+def run_model(
+    runtime: str, path: str, io: IOSpec, feeds: dict[str, np.ndarray], batch: int, providers: tuple[str, ...] = ()
 ) -> tuple[dict[str, np.ndarray], float]:
-    import onnxruntime as ort
+    """The declared outputs of the model at `path` (ONNX or OpenVINO IR) over `feeds`, in
+    batches, on `runtime`; and the seconds it took."""
+    from mscompile.runtimes import RUNTIMES
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(path, so, providers=list(providers))
     names = [o.name for o in io.outputs]
-    # a variant may take another dtype than the declared one (fp16 without keep_io_types)
-    casts = {i.name: _ORT_TYPES[i.type] for i in sess.get_inputs() if i.type in _ORT_TYPES}
+    infer = RUNTIMES[runtime](path, names, providers=providers)
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     t0 = time.perf_counter()
     for feed in batches(feeds, batch) if io.has_batch_axis() else [feeds]:
-        feed = {k: v.astype(casts[k]) if k in casts and v.dtype != casts[k] else v for k, v in feed.items()}
-        res = sess.run(names, feed)
-        for n, r in zip(names, res, strict=True):
+        for n, r in zip(names, infer(feed), strict=True):
             parts[n].append(r)
     seconds = time.perf_counter() - t0
     return {n: np.concatenate(v, axis=0) if io.has_batch_axis() else v[0] for n, v in parts.items()}, seconds
 
 
+def model_file(inp: Artifact) -> str:
+    return str(inp.path / ("model.xml" if isinstance(inp, OpenVinoModel) else "model.onnx"))
+
+
 class CheckAccuracy(Pass[OnnxModel, ParityReport]):
     name = "check_accuracy"
-    version = 3
+    version = 4
     input_type = OnnxModel
     output_type = ParityReport
     Config = CheckConfig
-    libraries = ("onnxruntime", "numpy")
-    extra_inputs = ("reference", "validation")  # validation: read through cfg.validation
+    libraries = ("onnxruntime", "openvino", "numpy")
+    extra_inputs = ("reference", "validation")
 
-    def run(self, inp: OnnxModel, cfg: CheckConfig, ctx: PassContext) -> PassResult[ParityReport]:
+    def run(self, inp: Artifact, cfg: CheckConfig, ctx: PassContext) -> PassResult[ParityReport]:
         reference: TorchModel = ctx.extras["reference"]  # type: ignore[assignment]
-        feeds, labels = load_validation(cfg.io, cfg.validation)
+        feeds, labels = ctx.data("validation")
         ref = load_reference(reference)
-        batch = check_batch(cfg.io, cfg.validation.batch_size)
+        batch = check_batch(cfg.io, cfg.batch_size)
         n = int(next(iter(feeds.values())).shape[0])
-        ctx.note(f"ONNX Runtime on {n} validation samples")
+        runtime = "openvino" if isinstance(inp, OpenVinoModel) else cfg.runtime
+        ctx.note(f"{runtime} on {n} validation samples")
         try:
-            outs, seconds = run_onnx(str(inp.onnx_file), cfg.io, feeds, batch, cfg.providers)
+            outs, seconds = run_model(runtime, model_file(inp), cfg.io, feeds, batch, cfg.providers)
         except Exception as exc:
             if inp.meta.get("precision") in ("bf16", "fp8"):
                 # ONNX Runtime's CPU kernels lack these types: the engine's own check decides
                 return PassResult(
-                    output=None,
                     status=Status.SKIPPED,
-                    reason=f"ONNX Runtime (CPU) cannot run a {inp.meta['precision']} graph: {str(exc).splitlines()[0][:160]}",
+                    reason=f"{runtime} (CPU) cannot run a {inp.meta['precision']} graph: {str(exc).splitlines()[0][:160]}",
                 )
             raise
-        return make_report(ctx, inp.digest, inp.meta.get("precision"), outs, ref, labels, cfg, n, seconds)
+        return make_report(ctx, inp.digest, inp.meta.get("precision"), outs, ref, labels, cfg, n, seconds, runtime)
+
+
+class CheckAccuracyOpenVino(CheckAccuracy):
+    """The gate of an OpenVINO IR, on the OpenVINO runtime (CPU plugin defaults)."""
+
+    name = "check_accuracy_openvino"
+    version = 1
+    input_type = OpenVinoModel  # type: ignore[assignment]
+    libraries = ("openvino", "numpy")
 
 
 def make_report(
@@ -218,7 +223,8 @@ def make_report(
         "onnxruntime_seconds": seconds,
     }
     return PassResult(
-        output=ParityReport(path=path, digest="", meta=meta),
+        path=path,
+        meta=meta,
         metrics=agg,
         status=Status.OK if not failures else Status.FAIL,
         reason="; ".join(failures),

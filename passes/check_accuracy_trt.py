@@ -8,19 +8,19 @@ import time
 
 import numpy as np
 from mscompile.artifacts import ParityReport, TorchModel, TrtEngine
-from mscompile.data import batches, load_validation
+from mscompile.data import batches
 from mscompile.passes.check_accuracy import CheckConfig, check_batch, load_reference, make_report
 from mscompile.pipeline import Pass, PassContext, PassResult, Status
 
 
 class CheckAccuracyTrt(Pass[TrtEngine, ParityReport]):
     name = "check_accuracy_trt"
-    version = 1
+    version = 2
     input_type = TrtEngine
     output_type = ParityReport
     Config = CheckConfig
     libraries = ("tensorrt", "polygraphy", "numpy")
-    extra_inputs = ("reference", "validation")  # validation: read through cfg.validation
+    extra_inputs = ("reference", "validation")
     device_dependent = True
 
     def run(self, inp: TrtEngine, cfg: CheckConfig, ctx: PassContext) -> PassResult[ParityReport]:
@@ -28,15 +28,15 @@ class CheckAccuracyTrt(Pass[TrtEngine, ParityReport]):
 
         ok, reason = tensorrt_status()
         if not ok:
-            return PassResult(output=None, status=Status.SKIPPED, reason=reason)
+            return PassResult(status=Status.SKIPPED, reason=reason)
         from polygraphy.backend.common import BytesFromPath
         from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
         reference: TorchModel = ctx.extras["reference"]  # type: ignore[assignment]
-        feeds, labels = load_validation(cfg.io, cfg.validation)
+        feeds, labels = ctx.data("validation")
         ref = load_reference(reference)
         profile = inp.meta["profiles"][0]["shapes"]
-        batch = check_batch(cfg.io, cfg.validation.batch_size)
+        batch = check_batch(cfg.io, cfg.batch_size)
         if cfg.io.has_batch_axis():
             batch = min(batch, *(profile[i.name]["max"][0] for i in cfg.io.inputs))
         names = [o.name for o in cfg.io.outputs]

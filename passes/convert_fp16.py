@@ -44,4 +44,4 @@ class ConvertFp16(Pass[OnnxModel, OnnxModel]):
             "bytes_after": out.stat().st_size,
             "node_count": meta["node_count"],
         }
-        return PassResult(output=OnnxModel(path=ctx.workdir, digest="", meta=meta), metrics=metrics)
+        return PassResult(path=ctx.workdir, meta=meta, metrics=metrics)

@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 from mscompile import onnx_utils
 from mscompile.artifacts import OnnxModel, TorchModel
-from mscompile.config import ExportConfig, IOSpec, Section, SourceConfig, ValidationConfig
-from mscompile.data import load_validation
+from mscompile.config import ExportConfig, IOSpec, Section, SourceConfig
 from mscompile.instruments import capture_output
 from mscompile.loading import load_module
 from mscompile.pipeline import Pass, PassContext, PassResult
@@ -26,7 +25,6 @@ from mscompile.pipeline import Pass, PassContext, PassResult
 class ExportPassConfig(Section):
     export: ExportConfig
     io: IOSpec
-    validation: ValidationConfig
 
 
 def example_inputs(io: IOSpec, feeds: dict[str, np.ndarray]) -> tuple[Any, ...]:
@@ -136,18 +134,18 @@ def _check(path: Path, io: IOSpec) -> None:
 
 class ExportOnnx(Pass[TorchModel, OnnxModel]):
     name = "export_onnx"
-    version = 1
+    version = 2
     input_type = TorchModel
     output_type = OnnxModel
     Config = ExportPassConfig
     libraries = ("torch", "onnx", "onnxscript")
-    extra_inputs = ("validation",)  # keys the result by the data's digest; read through cfg.validation
+    extra_inputs = ("validation",)  # example inputs come from the validation set
 
     def run(self, inp: TorchModel, cfg: ExportPassConfig, ctx: PassContext) -> PassResult[OnnxModel]:
         info = json.loads((inp.path / "module.json").read_text())
         src = SourceConfig.model_validate(info["source"])
-        module = load_module(src, Path(info["checkpoint"]))
-        feeds, _ = load_validation(cfg.io, cfg.validation)
+        module = load_module(src, inp.path / info["checkpoint"])  # the copy inside the cached TorchModel
+        feeds, _ = ctx.data("validation")
         args = example_inputs(cfg.io, feeds)
         path = ctx.workdir / "model.onnx"
         order = ["dynamo", "torchscript"] if cfg.export.exporter == "auto" else [cfg.export.exporter]
@@ -187,4 +185,4 @@ class ExportOnnx(Pass[TorchModel, OnnxModel]):
         }
         if len(attempts) > 1:
             metrics["fallback_reason"] = attempts[0]["reason"]
-        return PassResult(output=OnnxModel(path=ctx.workdir, digest="", meta=meta), metrics=metrics)
+        return PassResult(path=ctx.workdir, meta=meta, metrics=metrics)

@@ -44,4 +44,4 @@ class FuseTransformer(Pass[OnnxModel, OnnxModel]):
         meta.update(onnx_utils.describe(out))
         meta["fusion"] = cfg.model_type
         metrics = {"nodes_before": inp.meta.get("node_count"), "nodes_after": meta["node_count"], "fused": stats}
-        return PassResult(output=OnnxModel(path=ctx.workdir, digest="", meta=meta), metrics=metrics)
+        return PassResult(path=ctx.workdir, meta=meta, metrics=metrics)

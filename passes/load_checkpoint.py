@@ -1,26 +1,30 @@
 """Load the PyTorch checkpoint and record the reference outputs.
 
-Output: a TorchModel folder with module.json (how to re-create the module, for
-the export pass) and reference.npz (the module's outputs on the validation
-inputs: the ground truth every variant is compared with)."""
+Output: a TorchModel folder with the checkpoint itself (copied in, and checked
+against the digest the cache key was computed from: a file replaced during the
+build is refused, never published under the old digest), module.json (how to
+re-create the module, for the export pass) and reference.npz (the module's
+outputs on the validation inputs: the ground truth every variant is compared
+with). Nothing in it points back at the user's files."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
-from mscompile.artifacts import TorchModel, TorchSource
-from mscompile.config import IOSpec, Section, SourceConfig, ValidationConfig
-from mscompile.data import batches, load_validation
-from mscompile.errors import ShapeError
-from mscompile.loading import as_output_list, load_module
+from mscompile.artifacts import TorchModel, TorchSource, sha256_file
+from mscompile.config import IOSpec, Section, SourceConfig
+from mscompile.data import batches
+from mscompile.errors import CheckpointError, ShapeError
+from mscompile.loading import as_output_list, code_digest, load_module
 from mscompile.pipeline import Pass, PassContext, PassResult
 
 
 class LoadConfig(Section):
     source: SourceConfig
     io: IOSpec
-    validation: ValidationConfig
+    batch_size: int = 32
 
 
 def reference_outputs(module, io: IOSpec, feeds: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
@@ -47,20 +51,34 @@ def reference_outputs(module, io: IOSpec, feeds: dict[str, np.ndarray], batch_si
 
 class LoadCheckpoint(Pass[TorchSource, TorchModel]):
     name = "load_checkpoint"
-    version = 1
+    version = 2
     input_type = TorchSource
     output_type = TorchModel
     Config = LoadConfig
     libraries = ("torch", "numpy", "safetensors")
-    extra_inputs = ("validation",)  # keys the result by the data's digest; read through cfg.validation
+    extra_inputs = ("validation",)
 
     def run(self, inp: TorchSource, cfg: LoadConfig, ctx: PassContext) -> PassResult[TorchModel]:
         import torch
 
-        module = load_module(cfg.source, inp.path)
-        feeds, labels = load_validation(cfg.io, cfg.validation)
+        # read the checkpoint once, into this pass's output, and check that copy
+        copy = ctx.workdir / f"checkpoint{inp.path.suffix}"
+        shutil.copyfile(inp.path, copy)
+        got = sha256_file(copy)
+        if got != inp.meta["checkpoint_sha256"]:
+            raise CheckpointError(
+                f"source.checkpoint: {inp.path} changed while the build was running (sha256 "
+                f"{inp.meta['checkpoint_sha256'][:12]}... at the start, {got[:12]}... now); nothing was built "
+                "from it. Run the build again once the file is complete (write it elsewhere and rename it into place)"
+            )
+        module = load_module(cfg.source, copy)
+        if cfg.source.factory and code_digest(cfg.source.factory) != inp.meta.get("code_sha256"):
+            raise CheckpointError(
+                f"source.factory: the code of {cfg.source.factory} changed while the build was running; run it again"
+            )
+        feeds, labels = ctx.data("validation")
         ctx.note(f"reference outputs on {next(iter(feeds.values())).shape[0]} validation samples")
-        ref = reference_outputs(module, cfg.io, feeds, cfg.validation.batch_size)
+        ref = reference_outputs(module, cfg.io, feeds, cfg.batch_size)
         np.savez(ctx.workdir / "reference.npz", **ref)
         metrics: dict = {
             "parameters": int(sum(p.numel() for p in module.parameters()))
@@ -75,11 +93,12 @@ class LoadCheckpoint(Pass[TorchSource, TorchModel]):
             json.dumps(
                 {
                     "source": cfg.source.model_dump(mode="json"),
-                    "checkpoint": str(inp.path),
+                    "checkpoint": copy.name,  # inside this folder
                     "checkpoint_sha256": inp.meta.get("checkpoint_sha256"),
+                    "source_digest": inp.digest,  # checkpoint + factory code: the export is keyed by it
                     "module_class": f"{type(module).__module__}.{type(module).__qualname__}",
                 },
                 indent=2,
             )
         )
-        return PassResult(output=TorchModel(path=ctx.workdir, digest="", meta=dict(metrics)), metrics=metrics)
+        return PassResult(path=ctx.workdir, meta=dict(metrics), metrics=metrics)

@@ -59,4 +59,4 @@ class OptimizeGraph(Pass[OnnxModel, OnnxModel]):
         meta = dict(inp.meta)
         meta.update(onnx_utils.describe(out))
         metrics = {"level": cfg.level, "nodes_before": before, "nodes_after": meta["node_count"]}
-        return PassResult(output=OnnxModel(path=ctx.workdir, digest="", meta=meta), metrics=metrics)
+        return PassResult(path=ctx.workdir, meta=meta, metrics=metrics)

@@ -14,19 +14,13 @@ import time
 from typing import Any, Literal
 
 import numpy as np
-from mscompile.artifacts import Artifact, OnnxModel
-from mscompile.config import IOSpec, Section, ValidationConfig
-from mscompile.data import load_validation
+from mscompile.artifacts import OnnxModel, OpenVinoModel, ProfileReport
+from mscompile.config import IOSpec, Section
 from mscompile.pipeline import Pass, PassContext, PassResult
-
-
-class ProfileReport(Artifact):
-    kind = "profile_report"
 
 
 class ProfilingConfig(Section):
     io: IOSpec
-    validation: ValidationConfig
     batch_sizes: tuple[int, ...]
     runtime: Literal["onnxruntime", "openvino"] = "onnxruntime"
     intra_op_threads: int = 0  # 0: the runtime's default
@@ -58,21 +52,9 @@ def feeds_for_batch(io: IOSpec, sample: dict[str, np.ndarray], batch: int) -> di
 
 
 def make_runner(runtime: str, path: str, threads: int) -> Any:
-    if runtime == "openvino":
-        import openvino as ov
+    from mscompile.runtimes import RUNTIMES
 
-        core = ov.Core()
-        cfg = {"INFERENCE_NUM_THREADS": threads} if threads else {}
-        compiled = core.compile_model(core.read_model(path), "CPU", cfg)
-        return lambda feeds: compiled(feeds)
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-    return lambda feeds: sess.run(None, feeds)
+    return RUNTIMES[runtime](path, None, threads)
 
 
 def measure(run: Any, feeds: dict[str, np.ndarray], cfg: ProfilingConfig) -> dict[str, Any]:
@@ -104,35 +86,42 @@ def measure(run: Any, feeds: dict[str, np.ndarray], cfg: ProfilingConfig) -> dic
 
 class Profile(Pass[OnnxModel, ProfileReport]):
     name = "profile"
-    version = 1
+    version = 2
     input_type = OnnxModel
     output_type = ProfileReport
     Config = ProfilingConfig
     libraries = ("onnxruntime", "openvino", "numpy")
-    extra_inputs = ("validation",)  # read through cfg.validation
+    extra_inputs = ("validation",)
     device_dependent = True
 
     def run(self, inp: OnnxModel, cfg: ProfilingConfig, ctx: PassContext) -> PassResult[ProfileReport]:
-        feeds_all, _ = load_validation(cfg.io, cfg.validation)
+        feeds_all, _ = ctx.data("validation")
         sample = {k: v[: max(cfg.batch_sizes)] for k, v in feeds_all.items()}
         casts = {s["name"]: s["dtype"] for s in inp.meta["io"]["inputs"]}
-        run = make_runner(cfg.runtime, str(inp.onnx_file), cfg.intra_op_threads)
+        from mscompile.passes.check_accuracy import model_file
+
+        runtime = "openvino" if isinstance(inp, OpenVinoModel) else cfg.runtime
+        run = make_runner(runtime, model_file(inp), cfg.intra_op_threads)
         rows = []
         for b in cfg.batch_sizes:
-            ctx.note(f"{cfg.runtime}, batch {b}")
+            ctx.note(f"{runtime}, batch {b}")
             feeds = {k: v.astype(casts.get(k, str(v.dtype))) for k, v in feeds_for_batch(cfg.io, sample, b).items()}
             m = measure(run, feeds, cfg)
             m.update(batch=b, throughput=b / (m["p50_ms"] / 1000))
             rows.append(m)
         path = ctx.workdir / "profile.json"
-        path.write_text(
-            json.dumps({"runtime": cfg.runtime, "threads": cfg.intra_op_threads, "batches": rows}, indent=2)
-        )
+        path.write_text(json.dumps({"runtime": runtime, "threads": cfg.intra_op_threads, "batches": rows}, indent=2))
         metrics = {f"b{r['batch']}_p50_ms": r["p50_ms"] for r in rows}
         metrics.update({f"b{r['batch']}_throughput": r["throughput"] for r in rows})
-        return PassResult(
-            output=ProfileReport(path=path, digest="", meta={"runtime": cfg.runtime, "batches": rows}), metrics=metrics
-        )
+        return PassResult(path=path, meta={"runtime": runtime, "batches": rows}, metrics=metrics)
+
+
+class ProfileOpenVino(Profile):
+    """Latency and throughput of an OpenVINO IR on the OpenVINO runtime."""
+
+    name = "profile_openvino"
+    input_type = OpenVinoModel  # type: ignore[assignment]
+    libraries = ("openvino", "numpy")
 
 
 def preferred_batch(rows: list[dict[str, Any]], gain: float = 1.10) -> int:

@@ -18,8 +18,8 @@ from typing import Literal
 import numpy as np
 from mscompile import onnx_utils
 from mscompile.artifacts import OnnxModel
-from mscompile.config import CalibrationConfig, IOSpec, Section
-from mscompile.data import batches, load_calibration
+from mscompile.config import IOSpec, Section
+from mscompile.data import batches
 from mscompile.instruments import capture_output
 from mscompile.pipeline import Pass, PassContext, PassResult
 
@@ -33,7 +33,7 @@ class Int8Config(Section):
     exclude_nodes: tuple[str, ...] = ()
     exclude_op_types: tuple[str, ...] = ()
     io: IOSpec
-    calibration: CalibrationConfig
+    batch_size: int = 16  # calibration batches
 
 
 def quantizable_nodes(model, mode: str) -> list[str]:
@@ -90,12 +90,12 @@ def pre_process(src: str, dst: str) -> str:
 
 class QuantizeInt8(Pass[OnnxModel, OnnxModel]):
     name = "quantize_int8"
-    version = 4
+    version = 5
     input_type = OnnxModel
     output_type = OnnxModel
     Config = Int8Config
     libraries = ("onnx", "onnxruntime", "numpy")
-    extra_inputs = ("calibration",)  # keys the result by the data's digest; read through cfg.calibration
+    extra_inputs = ("calibration",)
 
     def run(self, inp: OnnxModel, cfg: Int8Config, ctx: PassContext) -> PassResult[OnnxModel]:
         import onnx
@@ -109,7 +109,7 @@ class QuantizeInt8(Pass[OnnxModel, OnnxModel]):
 
         out = ctx.workdir / "model.onnx"
         settings: dict = {"mode": cfg.mode, "per_channel": cfg.per_channel, "weight_type": "int8"}
-        pre = ctx.workdir.parent / "pre.onnx"  # outside the output folder: not part of the artifact
+        pre = ctx.scratch / "pre.onnx"  # not part of the artifact
         if cfg.mode == "static":
             with capture_output(ctx.log_path):
                 settings["shape_inference"] = pre_process(str(inp.onnx_file), str(pre))
@@ -123,7 +123,7 @@ class QuantizeInt8(Pass[OnnxModel, OnnxModel]):
         }
         with capture_output(ctx.log_path):
             if cfg.mode == "static":
-                feeds = load_calibration(cfg.io, cfg.calibration)
+                feeds, _ = ctx.data("calibration")
                 n = next(iter(feeds.values())).shape[0]
                 ctx.note(
                     f"static QDQ, {cfg.calibration_method} calibration on {n} samples, {len(excluded)} nodes kept in float"
@@ -133,13 +133,13 @@ class QuantizeInt8(Pass[OnnxModel, OnnxModel]):
                     "percentile": CalibrationMethod.Percentile,
                     "entropy": CalibrationMethod.Entropy,
                 }[cfg.calibration_method]
-                reader = _Reader(feeds, cfg.calibration.batch_size)
+                reader = _Reader(feeds, cfg.batch_size)
                 cache = None
                 extra: dict = {}
                 if cfg.calibration_method != "minmax":
                     # quantize_static does not pass a bin count on to its calibrator: run the
                     # histogram calibration here with the configured bins and hand over its ranges
-                    cache = ctx.workdir.parent / "calibration.json"
+                    cache = ctx.scratch / "calibration.json"
                     extra = {"num_bins": cfg.num_bins}
                     if cfg.calibration_method == "percentile":
                         extra["percentile"] = cfg.percentile
@@ -203,4 +203,4 @@ class QuantizeInt8(Pass[OnnxModel, OnnxModel]):
             "bytes_before": inp.onnx_file.stat().st_size,
             "bytes_after": out.stat().st_size,
         }
-        return PassResult(output=OnnxModel(path=ctx.workdir, digest="", meta=meta), metrics=metrics)
+        return PassResult(path=ctx.workdir, meta=meta, metrics=metrics)

@@ -14,8 +14,7 @@ import numpy as np
 from mscompile import onnx_utils
 from mscompile.artifacts import OnnxModel
 from mscompile.child import run_child
-from mscompile.config import CalibrationConfig, IOSpec, Section
-from mscompile.data import load_calibration
+from mscompile.config import IOSpec, Section
 from mscompile.pipeline import Pass, PassContext, PassResult
 
 
@@ -26,7 +25,6 @@ class ModelOptConfig(Section):
     exclude_nodes: tuple[str, ...] = ()
     exclude_op_types: tuple[str, ...] = ()
     io: IOSpec
-    calibration: CalibrationConfig
 
 
 def quantize_in_child(
@@ -60,22 +58,22 @@ def quantize_in_child(
 
 class QuantizeModelOpt(Pass[OnnxModel, OnnxModel]):
     name = "quantize_modelopt"
-    version = 1
+    version = 2
     input_type = OnnxModel
     output_type = OnnxModel
     Config = ModelOptConfig
     libraries = ("nvidia-modelopt", "onnx", "onnxruntime", "numpy")
-    extra_inputs = ("calibration",)  # keys the result by the data's digest; read through cfg.calibration
+    extra_inputs = ("calibration",)
 
     def run(self, inp: OnnxModel, cfg: ModelOptConfig, ctx: PassContext) -> PassResult[OnnxModel]:
         import onnx
 
-        feeds = load_calibration(cfg.io, cfg.calibration)
+        feeds, _ = ctx.data("calibration")
         n = int(next(iter(feeds.values())).shape[0])
         if n < 1:  # never let ModelOpt fall back to random data
             raise ValueError("calibration set is empty")
         out = ctx.workdir / "model.onnx"
-        data = ctx.workdir.parent / "calibration.npz"
+        data = ctx.scratch / "calibration.npz"
         np.savez(data, **feeds)
         ctx.note(f"ModelOpt {cfg.precision} PTQ, {cfg.calibration_method} calibration on {n} samples (CPU)")
         run_child(
@@ -116,4 +114,4 @@ class QuantizeModelOpt(Pass[OnnxModel, OnnxModel]):
             "bytes_before": inp.onnx_file.stat().st_size,
             "bytes_after": out.stat().st_size,
         }
-        return PassResult(output=OnnxModel(path=ctx.workdir, digest="", meta=meta), metrics=metrics)
+        return PassResult(path=ctx.workdir, meta=meta, metrics=metrics)

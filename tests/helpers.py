@@ -71,7 +71,7 @@ def copy_example(tmp_path: Path, name: str) -> Path:
     return dst
 
 
-def make_driver(root: Path, force: bool = False):
+def make_driver(root: Path, force: bool = False, plan=None):
     from mscompile.cache import Cache
     from mscompile.instruments import Instruments
     from mscompile.pipeline import Driver
@@ -81,6 +81,7 @@ def make_driver(root: Path, force: bool = False):
         Instruments(root / "events.jsonl", quiet=True),
         force=force,
         log_dir=root / "logs",
+        datasets=plan.datasets if plan is not None else None,
     )
 
 
@@ -171,3 +172,29 @@ def check_cache(cache: Path) -> tuple[int, list[str]]:
         else:
             bad.append(entry.name)
     return good, bad
+
+
+def hidden_modules_env(root: Path, modules: list[str]) -> dict:
+    """Environment for a child process in which `modules` cannot be imported, as on a
+    machine without them (a sitecustomize on PYTHONPATH installs an import blocker)."""
+    d = root / "hide-modules"
+    d.mkdir(exist_ok=True)
+    (d / "sitecustomize.py").write_text(
+        textwrap.dedent(
+            f"""
+            import importlib.abc
+            import sys
+
+            HIDDEN = {sorted(modules)!r}
+
+            class _Hide(importlib.abc.MetaPathFinder):
+                def find_spec(self, name, path=None, target=None):
+                    if name.split(".")[0] in HIDDEN:
+                        raise ModuleNotFoundError(f"No module named {{name!r}} (hidden by the test)", name=name)
+                    return None
+
+            sys.meta_path.insert(0, _Hide())
+            """
+        )
+    )
+    return {"PYTHONPATH": os.pathsep.join([str(d), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}

@@ -30,7 +30,9 @@ def test_unknown_key_names_path_and_suggests():
     d = base()
     d["targets"][1]["tolerence"] = {"cosine": 0.9}
     (msg,) = problems(d)
-    assert msg.startswith("model.yaml: targets[1].tolerence: unknown key; did you mean 'tolerance'?")
+    assert msg.startswith(
+        "model.yaml: targets[1].tolerence: unknown key for backend onnxruntime; did you mean 'tolerance'?"
+    )
     assert "allowed here:" in msg and "precision" in msg
 
 
@@ -126,3 +128,99 @@ def test_schema_is_json_schema_of_every_section():
     json.dumps(s)
     assert set(s["properties"]) >= {"name", "source", "inputs", "targets", "triton", "validation"}
     assert s["additionalProperties"] is False
+
+
+# every cross-field message of the core (semantic_problems), with a change of the
+# digits example that triggers it; backends' own messages: tests/backends/test_contract.py
+def _mini(d):
+    d["inputs"].append(
+        {
+            "name": "mask",
+            "dtype": "float32",
+            "shape": [-1, "seq"],
+            "range": {"min": [1, 1], "opt": [8, 4], "max": [64, 8]},
+        }
+    )
+    d["inputs"].append(
+        {
+            "name": "ids",
+            "dtype": "float32",
+            "shape": [-1, "seq"],
+            "range": {"min": [1, 2], "opt": [8, 4], "max": [64, 8]},
+        }
+    )
+
+
+CORE_PROBLEMS = [
+    (lambda d: d["targets"][1].update(name="fp32"), "targets[1].name: 'fp32' is used twice"),
+    (lambda d: d["inputs"].append(dict(d["inputs"][0])), "inputs[1].name: 'images' is declared twice"),
+    (
+        lambda d: d["inputs"][0]["range"].update(min=[1, 1, 8]),
+        "inputs[0].range.min: has 3 dimensions, shape [-1, 1, 8, 8] has 4",
+    ),
+    (
+        lambda d: d["inputs"][0]["range"].update(opt=[128, 1, 8, 8]),
+        "inputs[0].range: dimension 0 needs 1 <= min <= opt <= max",
+    ),
+    (lambda d: d["inputs"][0]["range"].update(max=[64, 1, 9, 8]), "inputs[0].range: dimension 2 is fixed at 8"),
+    (_mini, "inputs[2].range: dynamic dimension 'seq' has min..max 2..8 here but 1..8 in inputs 'mask'"),
+    (lambda d: d["outputs"].append({"name": "logits"}), "outputs[1].name: 'logits' is declared twice"),
+    (lambda d: d["outputs"].append({"name": "images"}), "outputs[1].name: 'images' is also an input name"),
+    (
+        lambda d: d["inputs"][0].update(
+            shape=[1, 1, 8, 8], range={"min": [1, 1, 8, 8], "opt": [1, 1, 8, 8], "max": [1, 1, 8, 8]}
+        ),
+        "triton.max_batch_size: 64 needs a dynamic batch dimension, but inputs[0].shape[0] is 1",
+    ),
+    (
+        lambda d: d["triton"].update(max_batch_size=128),
+        "triton.max_batch_size: 128 exceeds inputs[0].range.max[0] = 64",
+    ),
+    (
+        lambda d: d["triton"].update(max_batch_size=8),
+        "triton.dynamic_batching.preferred_batch_size[1]: 16 exceeds max_batch_size 8",
+    ),
+    (
+        lambda d: d["triton"].update(version_policy={"latest": 1, "all": True}),
+        "triton.version_policy: set exactly one of latest, all, specific",
+    ),
+    (
+        lambda d: d["triton"].update(version_policy={"all": True}, retention={"keep_last": 3}),
+        "triton.retention: version_policy all serves every version",
+    ),
+    (
+        lambda d: d["triton"].update(version_policy={"latest": 3}, retention={"keep_last": 2}),
+        "triton.retention.keep_last: 2 is below version_policy.latest (3)",
+    ),
+    (
+        lambda d: (d.update(profile={"enabled": False}), d["triton"].update(deploy="fastest")),
+        "triton.deploy: fastest needs profiling",
+    ),
+    (lambda d: d["triton"].update(deploy="int4"), "triton.deploy: 'int4' is not a target"),
+    (
+        lambda d: d["validation"].update(generator="a.b:c"),
+        "validation: set exactly one of data (a file or folder) or generator",
+    ),
+    (lambda d: d["validation"].update(data="x.txt"), "validation.tokenizer: x.txt is a text file"),
+    (lambda d: d["validation"].update(tokenizer="a.b:c"), "validation.tokenizer: only used with a .txt data file"),
+    (
+        lambda d: d["calibration"].update(data=d["validation"]["data"]),
+        "calibration.data: the calibration set must differ",
+    ),
+    (lambda d: d["validation"].update(labels="images"), "validation.labels: 'images' is also an input name"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), CORE_PROBLEMS)
+def test_every_core_problem_is_reported_with_its_key(change, message):
+    d = base()
+    change(d)
+    assert any(message in p for p in problems(d)), problems(d)
+
+
+def test_every_core_problem_message_has_a_case():
+    import inspect
+
+    from mscompile.config import semantic_problems
+
+    assert len(CORE_PROBLEMS) >= inspect.getsource(semantic_problems).count("out.append(")

@@ -18,8 +18,8 @@ from mscompile.tritonrepo.config import parse
 from mscompile.tritonrepo.writer import publish, versions
 
 
-def _build(cwd, cfg_path, home, *extra, timeout=300):
-    env = {**os.environ, "MSCOMPILE_HOME": str(home), "MSCOMPILE_NO_MLFLOW": "1"}
+def _build(cwd, cfg_path, home, *extra, timeout=300, env=None):
+    env = {**os.environ, "MSCOMPILE_HOME": str(home), "MSCOMPILE_NO_MLFLOW": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "mscompile.cli", "build", str(cfg_path), "-q", *extra],
         cwd=cwd,
@@ -30,30 +30,37 @@ def _build(cwd, cfg_path, home, *extra, timeout=300):
     )
 
 
-def test_builds_killed_at_random_points(tmp_path, figures):
+# named points a build passes (compiler/faults.py); '#n' is the n-th time
+KILL_POINTS = [
+    "step:start#1",
+    "step:start#3",
+    "step:ran#2",
+    "step:ran#4",
+    "cache:put#1",
+    "cache:put#3",
+    "publish:config",
+    "publish:staged",
+    "publish:renamed",
+]
+
+
+def test_builds_killed_at_named_points(tmp_path, figures):
+    """20 builds, each killed by SIGKILL at a fault point chosen by a seeded RNG
+    (MSCOMPILE_KILL_AT): no timing involved, so every kill lands where intended."""
     rng = random.Random(1234)
     cfg = make_tiny_project(tmp_path, seeds=(0, 1, 2))
     home = tmp_path / "home"
     kills = partial = poisoned = followups_ok = 0
     runs = 20
+    where = []
     for i in range(runs):
         cfg["source"]["checkpoint"] = f"tiny_{i % 3}.pt"
         path = write_config(cfg, tmp_path / "model.yaml")
-        args = ["--force"] if rng.random() < 0.5 else []
-        env = {**os.environ, "MSCOMPILE_HOME": str(home), "MSCOMPILE_NO_MLFLOW": "1"}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mscompile.cli", "build", str(path), "-q", *args],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        time.sleep(rng.uniform(0.3, 3.5))
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        at = rng.choice(KILL_POINTS)
+        r = _build(tmp_path, path, home, "--force", env={"MSCOMPILE_KILL_AT": at})
+        if r.returncode == -signal.SIGKILL:
             kills += 1
-        proc.wait()
+            where.append(at)
         partial += len(check_repository(tmp_path / "repo"))
         poisoned += len(check_cache(home / "cache")[1])
         r = _build(tmp_path, path, home)
@@ -62,11 +69,11 @@ def test_builds_killed_at_random_points(tmp_path, figures):
         assert check_repository(tmp_path / "repo") == []
     good, bad = check_cache(home / "cache")
     figures.append(
-        f"fault injection: {runs} builds, {kills} killed by SIGKILL mid-run, {partial} partial versions, "
-        f"{poisoned} poisoned cache entries, {followups_ok}/{runs} following builds succeeded, "
-        f"{good} verified cache entries"
+        f"fault injection: {runs} builds, {kills} killed by SIGKILL at named points ({len(set(where))} distinct), "
+        f"{partial} partial versions, {poisoned} poisoned cache entries, {followups_ok}/{runs} following builds "
+        f"succeeded, {good} verified cache entries"
     )
-    assert kills >= 10 and partial == 0 and poisoned == 0 and not bad
+    assert kills == runs and partial == 0 and poisoned == 0 and not bad
     assert versions(tmp_path / "repo/tiny") == sorted(versions(tmp_path / "repo/tiny"))
 
 

@@ -4,11 +4,14 @@ model_config_pb2), built from the real ONNX graph's inputs and outputs plus the
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf import text_format
 
-from ..config import IOSpec, ModelConfig, TargetConfig
+from ..sections import IOSpec
+
+if TYPE_CHECKING:
+    from ..config import ModelConfig
 from ..errors import ConfigError
 
 TRITON_DTYPES = {
@@ -63,24 +66,34 @@ def _opt_dims(io: IOSpec, name: str) -> tuple[int, list[int]]:
     return 1, shape
 
 
-def build_model_config(
+def fp16_io(io_sig: dict[str, Any]) -> dict[str, Any]:
+    """The signature of an fp16 graph converted without keep_io_types."""
+    return {
+        k: [dict(v, dtype="float16" if v["dtype"] == "float32" else v["dtype"]) for v in vs] for k, vs in io_sig.items()
+    }
+
+
+def base_model_config(
     cfg: ModelConfig,
     model_name: str,
     io_sig: dict[str, Any],
-    target: TargetConfig | None = None,
-    profiles: list[str] | None = None,
-    preferred_batch_size: list[int] | None = None,
+    *,
+    backend: str,
+    filename: str,
+    platform: str = "",
+    on_gpu: bool = False,
+    profile: dict[str, Any] | None = None,
 ) -> Any:
-    """A ModelConfig message for an ONNX Runtime model, or a TensorRT plan when
-    `target` is a tensorrt target (`profiles`: the engine's profile names)."""
+    """The part of a ModelConfig every backend shares: inputs and outputs from the
+    real graph's signature, batching, instances, version policy and warm-up, from
+    the `triton` section. `profile` (the variant's latency profile) gives the
+    preferred batch size when model.yaml does not. A backend adds its own fields."""
+    from mscompile.passes.profile import preferred_batch
+
     pb = _pb()
     t = cfg.triton
     mbs = cfg.max_batch_size()
     batched = mbs > 0
-    trt = target is not None and target.backend == "tensorrt"
-    platform, backend, filename = (
-        ("tensorrt_plan", "tensorrt", "model.plan") if trt else ("onnxruntime_onnx", "onnxruntime", "model.onnx")
-    )
     mc = pb.ModelConfig(
         name=model_name, platform=platform, backend=backend, max_batch_size=mbs, default_model_filename=filename
     )
@@ -91,36 +104,16 @@ def build_model_config(
     if t.dynamic_batching is not None and batched:
         db = mc.dynamic_batching
         # given in model.yaml, else derived from the profile (where throughput stops growing)
-        db.preferred_batch_size.extend(t.dynamic_batching.preferred_batch_size or preferred_batch_size or [])
+        derived = [preferred_batch(profile["batches"])] if profile and len(profile["batches"]) > 1 else []
+        db.preferred_batch_size.extend(t.dynamic_batching.preferred_batch_size or derived)
         db.max_queue_delay_microseconds = t.dynamic_batching.max_queue_delay_microseconds
         db.SetInParent()
-    on_gpu = trt or (target is not None and target.gpu is not None)
     for g in t.instance_group:
-        # an engine (or an ONNX Runtime GPU target) runs on GPUs whatever the CPU default says
+        # a GPU runtime runs on GPUs whatever the CPU default says
         kind = "KIND_GPU" if on_gpu and g.kind == "KIND_CPU" else g.kind
         ig = mc.instance_group.add(kind=pb.ModelInstanceGroup.Kind.Value(kind), count=g.count)
         if g.gpus:
             ig.gpus.extend(g.gpus)
-        if trt and profiles and len(profiles) > 1:
-            # every instance may pick among all profiles; the server chooses by input shape
-            ig.profile.extend(str(i) for i in range(len(profiles)))
-    if target is not None and target.cpu is not None:
-        c = target.cpu
-        if c.accelerator == "openvino":
-            mc.optimization.execution_accelerators.cpu_execution_accelerator.add(name="openvino")
-        if c.intra_op_threads:
-            mc.parameters["intra_op_thread_count"].string_value = str(c.intra_op_threads)
-        if c.inter_op_threads:
-            mc.parameters["inter_op_thread_count"].string_value = str(c.inter_op_threads)
-    if target is not None and target.gpu is not None:
-        acc = mc.optimization.execution_accelerators.gpu_execution_accelerator.add(name=target.gpu.accelerator)
-        if target.gpu.accelerator == "tensorrt":
-            g = target.gpu
-            acc.parameters["precision_mode"] = g.precision_mode
-            acc.parameters["max_workspace_size_bytes"] = str(g.max_workspace_size_bytes)
-            acc.parameters["trt_engine_cache_enable"] = "true" if g.trt_engine_cache_enable else "false"
-            if g.trt_engine_cache_path:
-                acc.parameters["trt_engine_cache_path"] = g.trt_engine_cache_path
     if t.version_policy is not None:
         vp = t.version_policy
         if vp.latest is not None:

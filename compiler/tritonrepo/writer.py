@@ -25,6 +25,7 @@ from typing import Any
 
 from ..artifacts import sha256_file
 from ..errors import RepositoryError
+from ..faults import point
 
 MANIFEST = "build_manifest.json"
 LOCK = ".mscompile.lock"
@@ -148,6 +149,7 @@ def publish(
         # config first: a server never sees a new version with a stale config
         if not config_path.is_file() or config_path.read_text() != config_text:
             write_atomic(config_path, config_text)
+        point("publish:config")
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
         try:
             for rel, src in files.items():
@@ -158,9 +160,11 @@ def publish(
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
             os.chmod(staging, 0o755)
+            point("publish:staged")
             final = model_dir / str(version)
             os.rename(staging, final)
             _fsync_dir(model_dir)
+            point("publish:renamed")
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

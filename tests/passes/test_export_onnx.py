@@ -7,7 +7,7 @@ from helpers import make_driver, tiny_steps
 
 def _export(tmp, cfg, force=False):
     _, plan = tiny_steps(cfg)
-    d = make_driver(tmp / "state", force=force)
+    d = make_driver(tmp / "state", force=force, plan=plan)
     d.run_step(plan.common.steps[0], plan.source)
     return d.run_step(plan.common.steps[1], d.outputs["load_checkpoint"])
 

@@ -10,7 +10,7 @@ from mscompile.errors import CheckpointError, ConfigError, ShapeError
 
 def _load(tmp, cfg):
     _, plan = tiny_steps(cfg)
-    d = make_driver(tmp / "state")
+    d = make_driver(tmp / "state", plan=plan)
     return d.run_step(plan.common.steps[0], plan.source)
 
 

@@ -15,7 +15,7 @@ def _run(sess_path, x):
 
 def _digits_export(tmp_path, digits_config):
     _, plan = tiny_steps(digits_config)
-    d = make_driver(tmp_path / "state")
+    d = make_driver(tmp_path / "state", plan=plan)
     d.run(type(plan.common)(plan.common.steps[:2]), plan.source)
     return d, d.outputs["export_onnx"]
 

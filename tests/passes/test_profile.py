@@ -9,7 +9,8 @@ import yaml
 from helpers import REPO, run_cli, write_config
 from mscompile.config import parse_config
 from mscompile.passes.profile import preferred_batch
-from mscompile.tritonrepo.config import build_model_config, parse, to_text
+from mscompile.publish import model_config
+from mscompile.tritonrepo.config import parse, to_text
 
 
 def test_preferred_batch_is_where_throughput_stops_growing():
@@ -78,7 +79,7 @@ def test_openvino_accelerator_and_threads_in_config(digits):
         "inputs": [{"name": "images", "dtype": "float32", "dims": ["batch", 1, 8, 8]}],
         "outputs": [{"name": "logits", "dtype": "float32", "dims": ["batch", 10]}],
     }
-    mc = parse(to_text(build_model_config(cfg, "digits", io, target=cfg.targets[0])))
+    mc = parse(to_text(model_config(cfg, "digits", io, target=cfg.targets[0])))
     assert [a.name for a in mc.optimization.execution_accelerators.cpu_execution_accelerator] == ["openvino"]
     assert mc.parameters["intra_op_thread_count"].string_value == "2"
     assert mc.instance_group[0].kind == mc.instance_group[0].KIND_CPU

@@ -11,21 +11,18 @@ import pytest
 import yaml
 from helpers import REPO, make_driver, tiny_steps
 from mscompile.build import BuildOptions, build
-from mscompile.config import CalibrationConfig, parse_config
-from mscompile.data import describe_dataset
+from mscompile.config import parse_config
 from mscompile.passes.quantize_int8 import Int8Config, QuantizeInt8
 from mscompile.passes.quantize_modelopt import ModelOptConfig, QuantizeModelOpt
 from mscompile.pipeline import Step
-
-CALIB = CalibrationConfig(data=str(REPO / "calibration_data/digits_calib.npz"), samples=128)
 
 
 @pytest.fixture
 def digits_graph(tmp_path, digits_config):
     cfg, plan = tiny_steps(digits_config)
-    d = make_driver(tmp_path / "state")
+    d = make_driver(tmp_path / "state", plan=plan)
     d.run(plan.common, plan.source)
-    return cfg, d, d.outputs["optimize_graph"], describe_dataset(CALIB, "calibration")
+    return cfg, d, d.outputs["optimize_graph"], plan.calibration
 
 
 def _acc(path, val):
@@ -37,7 +34,7 @@ def test_static_int8_keeps_digits_accuracy_and_excludes_nodes(digits_graph):
     cfg, d, graph, calib = digits_graph
     val = np.load(REPO / "calibration_data/digits_val.npz")
     q = d.run_step(
-        Step("q", QuantizeInt8, Int8Config(mode="static", io=cfg.io, calibration=CALIB), extras={"calibration": calib}),
+        Step("q", QuantizeInt8, Int8Config(mode="static", io=cfg.io), extras={"calibration": calib}),
         graph,
     )
     m = onnx.load(str(q.output.onnx_file))
@@ -52,7 +49,7 @@ def test_static_int8_keeps_digits_accuracy_and_excludes_nodes(digits_graph):
         Step(
             "q2",
             QuantizeInt8,
-            Int8Config(mode="static", io=cfg.io, calibration=CALIB, exclude_nodes=(first_conv,)),
+            Int8Config(mode="static", io=cfg.io, exclude_nodes=(first_conv,)),
             extras={"calibration": calib},
         ),
         graph,
@@ -71,7 +68,7 @@ def test_calibration_methods_differ_and_dynamic_needs_no_data(digits_graph):
     cfg, d, graph, calib = digits_graph
 
     def input_scale(method):
-        c = Int8Config(mode="static", calibration_method=method, num_bins=512, io=cfg.io, calibration=CALIB)
+        c = Int8Config(mode="static", calibration_method=method, num_bins=512, io=cfg.io)
         m = onnx.load(
             str(d.run_step(Step(f"q-{method}", QuantizeInt8, c, extras={"calibration": calib}), graph).output.onnx_file)
         )
@@ -81,9 +78,7 @@ def test_calibration_methods_differ_and_dynamic_needs_no_data(digits_graph):
     mm, ent = input_scale("minmax"), input_scale("entropy")
     assert mm.shape == ent.shape and not np.allclose(mm, ent)
     dyn = d.run_step(
-        Step(
-            "dyn", QuantizeInt8, Int8Config(mode="dynamic", io=cfg.io, calibration=CALIB), extras={"calibration": calib}
-        ),
+        Step("dyn", QuantizeInt8, Int8Config(mode="dynamic", io=cfg.io), extras={"calibration": calib}),
         graph,
     )
     assert dyn.metrics["quantizer"] == "onnxruntime.quantize_dynamic" and dyn.metrics["integer_ops"] > 0
@@ -95,7 +90,7 @@ def test_modelopt_qdq_is_calibrated_on_the_given_data(digits_graph):
         Step(
             "mo",
             QuantizeModelOpt,
-            ModelOptConfig(precision="int8", io=cfg.io, calibration=CALIB),
+            ModelOptConfig(precision="int8", io=cfg.io),
             extras={"calibration": calib},
         ),
         graph,

@@ -4,7 +4,8 @@ from google.protobuf import text_format
 from helpers import REPO
 from mscompile.config import parse_config
 from mscompile.errors import ConfigError
-from mscompile.tritonrepo.config import build_model_config, parse, to_text
+from mscompile.publish import model_config
+from mscompile.tritonrepo.config import parse, to_text
 from tritonclient.grpc import model_config_pb2
 
 DIGITS_IO = {
@@ -20,7 +21,7 @@ def _cfg(**triton):
 
 
 def test_digits_config_round_trips_through_tritons_schema():
-    text = to_text(build_model_config(_cfg(), "digits", DIGITS_IO))
+    text = to_text(model_config(_cfg(), "digits", DIGITS_IO))
     mc = text_format.Parse(text, model_config_pb2.ModelConfig())
     assert mc.name == "digits" and mc.platform == "onnxruntime_onnx" and mc.max_batch_size == 64
     assert list(mc.input[0].dims) == [1, 8, 8]  # batch dim left out with max_batch_size > 0
@@ -43,14 +44,14 @@ def test_dynamic_non_batch_dims_are_minus_one():
         ],
         "outputs": [{"name": "embeddings", "dtype": "float32", "dims": ["batch", 384]}],
     }
-    mc = parse(to_text(build_model_config(parse_config(d), "minilm", io)))
+    mc = parse(to_text(model_config(parse_config(d), "minilm", io)))
     assert [list(i.dims) for i in mc.input] == [[-1]] * 3
     assert mc.input[0].data_type == model_config_pb2.TYPE_INT64
     assert list(mc.model_warmup[0].inputs["input_ids"].dims) == [128]
 
 
 def test_max_batch_size_zero_keeps_all_dims_and_no_batching():
-    mc = parse(to_text(build_model_config(_cfg(max_batch_size=0, dynamic_batching=None), "digits", DIGITS_IO)))
+    mc = parse(to_text(model_config(_cfg(max_batch_size=0, dynamic_batching=None), "digits", DIGITS_IO)))
     assert mc.max_batch_size == 0
     assert list(mc.input[0].dims) == [-1, 1, 8, 8]
     assert not mc.HasField("dynamic_batching")
@@ -62,7 +63,7 @@ def test_output_without_batch_dim_is_refused():
         "outputs": [{"name": "logits", "dtype": "float32", "dims": [10]}],
     }
     with pytest.raises(ConfigError, match="output 'logits' has no dynamic first dimension"):
-        build_model_config(_cfg(), "digits", io)
+        model_config(_cfg(), "digits", io)
 
 
 def test_schema_rejects_typos_so_no_placeholder_survives():

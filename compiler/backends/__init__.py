@@ -1,0 +1,67 @@
+"""The registry of backends (runtimes). Each module of this package that
+defines `BACKEND` is one; so is every object a distribution exposes in the
+`mscompile.backends` entry-point group. Modules are imported on first use and
+import no runtime library themselves: the runtimes are imported inside passes."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.metadata
+import pkgutil
+
+from .base import (
+    Backend,
+    Gate,
+    Recipe,
+    RecipeInputs,
+    RecipeRunner,
+    Requirement,
+    Search,
+    ServedModel,
+    TargetOutcome,
+    parity_step,
+    profile_step,
+)
+
+__all__ = [
+    "Backend",
+    "Gate",
+    "Recipe",
+    "RecipeInputs",
+    "RecipeRunner",
+    "Requirement",
+    "Search",
+    "ServedModel",
+    "TargetOutcome",
+    "all_backends",
+    "get",
+    "parity_step",
+    "profile_step",
+]
+
+ENTRY_POINT_GROUP = "mscompile.backends"
+
+
+@functools.lru_cache(maxsize=1)
+def all_backends() -> dict[str, Backend]:
+    """name -> backend, built-in modules first (in name order), then plug-ins."""
+    found: dict[str, Backend] = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name == "base" or info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        backend = getattr(module, "BACKEND", None)
+        if isinstance(backend, Backend):
+            found[backend.name] = backend
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        backend = ep.load()
+        if isinstance(backend, type):
+            backend = backend()
+        if isinstance(backend, Backend) and backend.name not in found:
+            found[backend.name] = backend
+    return found
+
+
+def get(name: str) -> Backend:
+    return all_backends()[name]

@@ -1,0 +1,274 @@
+"""The backend interface: everything about one runtime lives in one module.
+
+A backend declares its own target section (selected by `backend:` in
+model.yaml), its cross-field checks, whether this machine can build it, what
+its device-bound results depend on, the recipe of named steps that turns the
+shared optimized ONNX graph into a gated deployable, and what Triton gets. The
+core (config, build, plan, publish, CLI) asks the backend; it never tests a
+backend's name.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from ..artifacts import Artifact, Dataset, ParityReport
+from ..pipeline import Pipeline, Status, Step
+from ..sections import TargetBase
+
+if TYPE_CHECKING:
+    from ..config import ModelConfig
+    from ..pipeline import Driver, StepRecord
+
+
+# -- what a target's build produced ------------------------------------------------
+
+
+@dataclass
+class TargetOutcome:
+    status: Status
+    model: Artifact | None = None  # what would be deployed (a graph, an engine, an IR)
+    report: ParityReport | None = None
+    reason: str = ""
+    tries: list[dict[str, Any]] = field(default_factory=list)
+    quantization: dict[str, Any] | None = None
+    steps: list[str] = field(default_factory=list)
+    note: str = ""  # how the variant was arrived at, for the summary
+    gated_on: list[str] = field(default_factory=list)  # runtimes the gates ran on, in order
+
+
+# -- recipes -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A parity check against the PyTorch reference. `on` says what it checks:
+    'prepared' (the graph before the deployable step: catches a bad quantization
+    before an engine build) or 'deployable' (what is served)."""
+
+    step: Step
+    runtime: str  # the runtime the check runs on, in words ("onnxruntime", "openvino", "tensorrt")
+    on: str = "deployable"
+    label: str = ""  # prefixed to a failure of a 'prepared' gate
+    optional: bool = False  # a SKIPPED check (the runtime cannot run this graph) does not stop the target
+
+
+class RecipeRunner:
+    """Runs steps of one target through the driver and remembers their ids in order."""
+
+    def __init__(self, driver: Driver) -> None:
+        self.driver = driver
+        self.steps: list[str] = []
+
+    def run(self, step: Step, inp: Artifact) -> StepRecord:
+        rec = self.driver.run_step(step, inp)
+        self.steps.append(step.id)
+        return rec
+
+
+class Search(Protocol):
+    """A target whose deployable is found by trying (INT8 recovery): `planned` are
+    the first try's steps (what `plan` shows); `run` does the tries."""
+
+    def planned(self) -> list[Step]: ...
+
+    def run(self, runner: RecipeRunner, graph: Artifact) -> TargetOutcome: ...
+
+
+@dataclass
+class Recipe:
+    """Named steps from the shared graph to a gated deployable:
+    prepare (graph rewrites) -> gates on 'prepared' -> deployable -> gates on
+    'deployable'; or prepare -> search. `profile` times the deployable where it
+    is served. `plan` and `build` both walk `planned()`."""
+
+    prepare: list[Step]
+    deployable: Step | None = None
+    gates: list[Gate] = field(default_factory=list)
+    search: Search | None = None
+    profile: Step | None = None
+    served_by: str = ""  # the runtime that serves the variant, in words
+
+    def planned(self) -> list[Step]:
+        steps = list(self.prepare)
+        if self.search is not None:
+            steps += self.search.planned()
+        else:
+            steps += [g.step for g in self.gates if g.on == "prepared"]
+            steps += [self.deployable] if self.deployable is not None else []
+            steps += [g.step for g in self.gates if g.on == "deployable"]
+        if self.profile is not None:
+            steps.append(self.profile)
+        return steps
+
+    def step(self, step_id: str) -> Step:
+        for s in self.planned():
+            if s.id == step_id:
+                return s
+        raise KeyError(f"no step {step_id!r} in this recipe ({[s.id for s in self.planned()]})")
+
+    def typecheck(self, input_type: type[Artifact]) -> None:
+        """Each planned step takes what the walk hands it (a gate or a profile takes
+        the model before it and hands it on), checked before anything runs."""
+        current = input_type
+        for step in self.planned():
+            Pipeline([step], input_type=current)
+            if not is_report(step):
+                current = step.pass_cls.output_type
+
+
+def is_report(step: Step) -> bool:
+    """Reports (parity, profile) describe the model before them; they are not the
+    next step's input."""
+    from ..artifacts import ProfileReport
+
+    return issubclass(step.pass_cls.output_type, (ParityReport, ProfileReport))
+
+
+@dataclass(frozen=True)
+class RecipeInputs:
+    """The shared side inputs a recipe wires into its steps."""
+
+    validation: Dataset
+    calibration: Dataset | None
+    reference: str = "load_checkpoint"  # the step whose output holds the PyTorch reference
+
+
+# -- serving -----------------------------------------------------------------------
+
+
+@dataclass
+class ServedModel:
+    """One Triton model: its name, its config (a ModelConfig message of Triton's
+    own schema) and the files of its version folder (empty in a plan)."""
+
+    name: str
+    config: Any
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+# -- the interface -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Requirement:
+    module: str  # top-level import name
+    install: str  # what to pip install (or where it comes from)
+
+
+def missing(requirements: list[Requirement]) -> list[Requirement]:
+    out = []
+    for r in requirements:
+        try:
+            found = importlib.util.find_spec(r.module)
+        except (ImportError, ValueError):
+            found = None
+        if found is None:
+            out.append(r)
+    return out
+
+
+class Backend:
+    """Subclass per runtime; register by defining `BACKEND = MyBackend()` in a
+    module of mscompile.backends (or through the `mscompile.backends` entry point)."""
+
+    name: ClassVar[str]
+    Target: ClassVar[type[TargetBase]]
+    description: ClassVar[str] = ""
+
+    def problems(self, cfg: ModelConfig, target: Any, key: str) -> list[str]:
+        """Cross-field checks of one target; each line starts with `key` (e.g. 'model.yaml: targets[1]')."""
+        return []
+
+    def requirements(self, target: Any) -> list[Requirement]:
+        """Python modules the target's whole chain needs."""
+        return []
+
+    def available(self, target: Any) -> tuple[bool, str]:
+        """Whether this machine can build the target, and if not, why: checked
+        before any pass of the target runs."""
+        gone = missing(self.requirements(target))
+        if gone:
+            names = ", ".join(r.module for r in gone)
+            how = "; ".join(f"{r.module}: {r.install}" for r in gone)
+            return False, f"{self.name} target {target.name!r} needs {names}, not installed here ({how})"
+        return True, ""
+
+    def fingerprint(self, target: Any) -> dict[str, Any]:
+        """What this backend's device-bound results (engines, latency profiles) depend on."""
+        from ..device import cpu_fingerprint
+
+        return cpu_fingerprint()
+
+    def recipe(self, cfg: ModelConfig, target: Any, inputs: RecipeInputs) -> Recipe:  # pragma: no cover
+        raise NotImplementedError
+
+    def serving(
+        self,
+        cfg: ModelConfig,
+        target: Any,
+        name: str,
+        io_sig: dict[str, Any],
+        artifact: Artifact | None,
+        profile: dict[str, Any] | None = None,
+    ) -> list[ServedModel]:  # pragma: no cover
+        """What Triton gets for a deployed variant; `artifact` is None in a plan."""
+        raise NotImplementedError
+
+    def plan_details(self, cfg: ModelConfig, target: Any) -> dict[str, Any]:
+        """Extra facts `plan` shows for a target (JSON), with 'lines' for people."""
+        return {}
+
+
+# -- helpers backends share --------------------------------------------------------------
+
+
+def parity_step(
+    cfg: ModelConfig,
+    t: TargetBase,
+    step_id: str,
+    inputs: RecipeInputs,
+    pass_cls: Any = None,
+    device: dict[str, Any] | None = None,
+    **settings: Any,
+) -> Step:
+    """A check of the step's input against the PyTorch reference under t.tolerance."""
+    from mscompile.passes.check_accuracy import CheckAccuracy, CheckConfig
+
+    pass_cls = pass_cls or CheckAccuracy
+    return Step(
+        step_id,
+        pass_cls,
+        CheckConfig(io=cfg.io, batch_size=cfg.validation.batch_size, tolerance=t.tolerance, **settings),
+        extras={"reference": inputs.reference, "validation": inputs.validation},
+        device=device,
+    )
+
+
+def profile_step(
+    cfg: ModelConfig,
+    t: TargetBase,
+    inputs: RecipeInputs,
+    device: dict[str, Any],
+    runtime: str,
+    threads: int = 0,
+    pass_cls: Any = None,
+) -> Step | None:
+    """Latency and throughput of the deployable where it is served (None: profiling is off)."""
+    if not cfg.profile.enabled:
+        return None
+    from mscompile.passes.profile import Profile, ProfilingConfig
+
+    pc = ProfilingConfig(
+        io=cfg.io,
+        batch_sizes=tuple(cfg.profile_batches()),
+        runtime=runtime,
+        intra_op_threads=threads,
+        window=cfg.profile.window,
+        max_windows=cfg.profile.max_windows,
+        agreement=cfg.profile.agreement,
+    )
+    return Step(f"{t.name}/profile", pass_cls or Profile, pc, extras={"validation": inputs.validation}, device=device)

@@ -1,0 +1,346 @@
+"""ONNX Runtime: the shared graph served by Triton's onnxruntime backend.
+
+fp32 is the optimized graph itself; fp16 converts it with ONNX Runtime's own
+converter; int8 is a small search (quantize, gate, and when the gate fails, rank
+tensors by quantization noise, keep the worst in float and try again; `mode:
+auto` also tries dynamic quantization and keeps the faster that passes). Each
+variant is gated with ONNX Runtime, and with the OpenVINO runtime too when it
+is served through ONNX Runtime's OpenVINO accelerator.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field
+
+from ..artifacts import Artifact, OnnxModel, ParityReport
+from ..pipeline import Status, Step
+from ..sections import RecoveryConfig, Section, TargetBase
+from .base import (
+    Backend,
+    Gate,
+    Recipe,
+    RecipeInputs,
+    RecipeRunner,
+    Requirement,
+    ServedModel,
+    TargetOutcome,
+    parity_step,
+    profile_step,
+)
+
+if TYPE_CHECKING:
+    from ..config import ModelConfig
+    from ..pipeline import StepRecord
+
+
+class OrtGpuConfig(Section):
+    """ONNX Runtime on GPU without an engine build: written into config.pbtxt."""
+
+    accelerator: Literal["cuda", "tensorrt"] = "cuda"
+    precision_mode: Literal["FP32", "FP16", "INT8"] = "FP16"
+    max_workspace_size_bytes: int = Field(default=1 << 30, ge=1 << 20)
+    trt_engine_cache_enable: bool = True
+    trt_engine_cache_path: str | None = None
+
+
+class CpuServingConfig(Section):
+    """ONNX Runtime on CPU in Triton: execution accelerator and threads (config.pbtxt)."""
+
+    accelerator: Literal["none", "openvino"] = "none"
+    intra_op_threads: int = Field(default=0, ge=0, description="0: ONNX Runtime's default")
+    inter_op_threads: int = Field(default=0, ge=0)
+
+
+INT8_KEYS = ("mode", "calibration_method", "percentile", "num_bins", "per_channel", "recovery")
+QUANT_KEYS = ("exclude_nodes", "exclude_op_types")
+
+
+class OnnxRuntimeTarget(TargetBase):
+    backend: Literal["onnxruntime"] = "onnxruntime"
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    keep_io_types: bool = Field(default=True, description="fp16: keep graph inputs/outputs fp32")
+    graph_fusion: Literal["none", "bert"] = Field(
+        default="none",
+        description="ONNX Runtime's transformer fusion (Attention, SkipLayerNorm, BiasGelu contrib ops) "
+        "before precision conversion",
+    )
+    mode: Literal["static", "dynamic", "auto"] = Field(
+        default="static",
+        description="int8: static QDQ (calibrated), dynamic (weights only; for transformer MatMuls), "
+        "or auto (static with recovery, then dynamic; keeps the faster that passes)",
+    )
+    calibration_method: Literal["minmax", "percentile", "entropy"] = "minmax"
+    percentile: float = Field(default=99.999, gt=90, le=100, description="with calibration_method: percentile")
+    num_bins: int = Field(default=2048, ge=128, le=65536, description="histogram bins for percentile/entropy")
+    per_channel: bool = True
+    exclude_nodes: list[str] = Field(default_factory=list, description="int8: node names kept in float")
+    exclude_op_types: list[str] = Field(default_factory=list, description="int8: op types kept in float")
+    recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
+    cpu: CpuServingConfig | None = Field(default=None, description="CPU serving options")
+    gpu: OrtGpuConfig | None = Field(
+        default=None, description="serve on GPU through ONNX Runtime's CUDA or TensorRT provider"
+    )
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+    Target = OnnxRuntimeTarget
+    description = "ONNX Runtime (Triton onnxruntime backend); fp32, fp16, int8 (static/dynamic QDQ with recovery)"
+
+    def problems(self, cfg: ModelConfig, t: OnnxRuntimeTarget, key: str) -> list[str]:
+        out = []
+        if t.precision == "int8" and cfg.calibration is None:
+            out.append(f"{key}.precision: int8 needs a calibration: section (data the quantizer measures ranges on)")
+        if t.precision != "int8":
+            for k in INT8_KEYS + QUANT_KEYS:
+                if k in t.model_fields_set:
+                    out.append(f"{key}.{k}: only applies to precision: int8 (this target is {t.precision})")
+        if "keep_io_types" in t.model_fields_set and t.precision != "fp16":
+            out.append(f"{key}.keep_io_types: only applies to precision: fp16")
+        if t.cpu is not None and t.gpu is not None:
+            out.append(f"{key}: set cpu or gpu serving options, not both")
+        return out
+
+    def requirements(self, t: OnnxRuntimeTarget) -> list[Requirement]:
+        reqs = [Requirement("onnxruntime", "pip install onnxruntime")]
+        if t.cpu is not None and t.cpu.accelerator == "openvino":
+            # the variant is gated on the runtime behind the accelerator
+            reqs.append(Requirement("openvino", "pip install 'mscompile[openvino]'"))
+        return reqs
+
+    def recipe(self, cfg: ModelConfig, t: OnnxRuntimeTarget, inputs: RecipeInputs) -> Recipe:
+        from mscompile.passes.convert_fp16 import ConvertFp16, Fp16Config
+        from mscompile.passes.fuse_transformer import FuseTransformer, FusionConfig
+
+        prepare: list[Step] = []
+        if t.graph_fusion != "none":
+            prepare.append(Step(f"{t.name}/fuse_transformer", FuseTransformer, FusionConfig(model_type=t.graph_fusion)))
+        if t.precision == "fp16":
+            prepare.append(Step(f"{t.name}/convert_fp16", ConvertFp16, Fp16Config(keep_io_types=t.keep_io_types)))
+        accel = t.cpu.accelerator if t.cpu is not None else "none"
+        threads = t.cpu.intra_op_threads if t.cpu else 0
+        runtime = "openvino" if accel == "openvino" else "onnxruntime"
+        gates = [Gate(parity_step(cfg, t, f"{t.name}/check_accuracy", inputs), "onnxruntime")]
+        if accel == "openvino":
+            gates.append(
+                Gate(
+                    parity_step(cfg, t, f"{t.name}/check_accuracy_openvino", inputs, runtime="openvino"),
+                    "openvino",
+                )
+            )
+        # GPU targets are profiled where they run
+        profile = (
+            None
+            if t.gpu is not None
+            else profile_step(cfg, t, inputs, self.fingerprint(t), runtime=runtime, threads=threads)
+        )
+        served = (
+            f"ONNX Runtime ({t.gpu.accelerator} on GPU)"
+            if t.gpu is not None
+            else ("ONNX Runtime with the OpenVINO accelerator" if accel == "openvino" else "ONNX Runtime (CPU)")
+        )
+        search = Int8Search(cfg, t, inputs) if t.precision == "int8" else None
+        return Recipe(
+            prepare=prepare,
+            gates=[] if search else gates,
+            search=search,
+            profile=profile,
+            served_by=served,
+        )
+
+    def serving(
+        self,
+        cfg: ModelConfig,
+        t: OnnxRuntimeTarget,
+        name: str,
+        io_sig: dict[str, Any],
+        artifact: Artifact | None,
+        profile: dict[str, Any] | None = None,
+    ) -> list[ServedModel]:
+        from ..tritonrepo.config import base_model_config, fp16_io
+
+        if artifact is None and t.precision == "fp16" and not t.keep_io_types:
+            io_sig = fp16_io(io_sig)
+        mc = base_model_config(
+            cfg,
+            name,
+            io_sig,
+            platform="onnxruntime_onnx",
+            backend="onnxruntime",
+            filename="model.onnx",
+            on_gpu=t.gpu is not None,
+            profile=profile,
+        )
+        if t.cpu is not None:
+            c = t.cpu
+            if c.accelerator == "openvino":
+                mc.optimization.execution_accelerators.cpu_execution_accelerator.add(name="openvino")
+            if c.intra_op_threads:
+                mc.parameters["intra_op_thread_count"].string_value = str(c.intra_op_threads)
+            if c.inter_op_threads:
+                mc.parameters["inter_op_thread_count"].string_value = str(c.inter_op_threads)
+        if t.gpu is not None:
+            g = t.gpu
+            acc = mc.optimization.execution_accelerators.gpu_execution_accelerator.add(name=g.accelerator)
+            if g.accelerator == "tensorrt":
+                acc.parameters["precision_mode"] = g.precision_mode
+                acc.parameters["max_workspace_size_bytes"] = str(g.max_workspace_size_bytes)
+                acc.parameters["trt_engine_cache_enable"] = "true" if g.trt_engine_cache_enable else "false"
+                if g.trt_engine_cache_path:
+                    acc.parameters["trt_engine_cache_path"] = g.trt_engine_cache_path
+        files = {}
+        if artifact is not None:
+            files = {
+                f.name: f for f in sorted(artifact.path.iterdir()) if f.is_file() and f.name.startswith("model.onnx")
+            }
+        return [ServedModel(name, mc, files)]
+
+
+BACKEND = OnnxRuntimeBackend()
+
+
+# -- INT8: quantize, check, recover --------------------------------------------------------
+
+
+class Int8Search:
+    """ONNX Runtime INT8 as tries: each a cached quantize + gate; recovery ranks
+    the layers by the noise they add (SQNR) and keeps the worst in float."""
+
+    def __init__(self, cfg: ModelConfig, t: OnnxRuntimeTarget, inputs: RecipeInputs) -> None:
+        self.cfg, self.t, self.inputs = cfg, t, inputs
+
+    def modes(self) -> list[str]:
+        return ["static", "dynamic"] if self.t.mode == "auto" else [self.t.mode]
+
+    def quantize_step(self, mode: str, excluded: list[str], prefix: str) -> Step:
+        from mscompile.passes.quantize_int8 import Int8Config, QuantizeInt8
+
+        t = self.t
+        qcfg = Int8Config(
+            mode=mode,  # type: ignore[arg-type]
+            calibration_method=t.calibration_method,
+            percentile=t.percentile,
+            num_bins=t.num_bins,
+            per_channel=t.per_channel,
+            exclude_nodes=tuple(excluded),
+            exclude_op_types=tuple(t.exclude_op_types),
+            io=self.cfg.io,
+            batch_size=self.cfg.calibration.batch_size,  # type: ignore[union-attr]
+        )
+        return Step(f"{prefix}/quantize_int8", QuantizeInt8, qcfg, extras={"calibration": self.inputs.calibration})
+
+    def check_step(self, prefix: str) -> Step:
+        return parity_step(self.cfg, self.t, f"{prefix}/check_accuracy", self.inputs)
+
+    def planned(self) -> list[Step]:
+        prefix = f"{self.t.name}/{self.modes()[0]}#1"
+        return [self.quantize_step(self.modes()[0], list(self.t.exclude_nodes), prefix), self.check_step(prefix)]
+
+    def analyze_step(self, prefix: str, base: Artifact) -> Step:
+        from mscompile.passes.analyze_quantization import AnalyzeConfig, AnalyzeQuantization
+
+        return Step(
+            f"{prefix}/analyze_quantization",
+            AnalyzeQuantization,
+            AnalyzeConfig(io=self.cfg.io, batch_size=self.cfg.calibration.batch_size),  # type: ignore[union-attr]
+            extras={"float_model": base, "calibration": self.inputs.calibration},
+        )
+
+    def run(self, runner: RecipeRunner, base: Artifact) -> TargetOutcome:
+        t = self.t
+        tries: list[dict[str, Any]] = []
+        passing: list[tuple[float, TargetOutcome]] = []
+        last: TargetOutcome | None = None
+        for mode in self.modes():
+            excluded = list(t.exclude_nodes)
+            attempts = t.recovery.max_tries if (t.recovery.enabled and mode == "static") else 1
+            for k in range(1, attempts + 1):
+                prefix = f"{t.name}/{mode}#{k}"
+                q = runner.run(self.quantize_step(mode, excluded, prefix), base)
+                c = runner.run(self.check_step(prefix), q.output)  # type: ignore[arg-type]
+                outcome = _outcome(c, q.output)
+                report = outcome.report
+                tries.append(
+                    {
+                        "try": len(tries) + 1,
+                        "mode": mode,
+                        "excluded_nodes": list(excluded),
+                        "excluded_fraction": round(len(excluded) / max(1, q.metrics.get("quantizable_nodes", 1)), 4),
+                        "metrics": report.meta.get("metrics", {}) if report else {},
+                        "failures": report.meta.get("failures", []) if report else [],
+                        "passed": outcome.status is Status.OK,
+                        "onnxruntime_seconds": _seconds(report),
+                    }
+                )
+                last = outcome
+                if outcome.status is Status.OK:
+                    passing.append((_seconds(report), outcome))
+                    break
+                if k == attempts:
+                    break
+                # rank the layers by quantization noise and keep more of the worst in float
+                a = runner.run(self.analyze_step(prefix, base), q.output)  # type: ignore[arg-type]
+                n_quant = int(q.metrics.get("quantizable_nodes", 0))
+                budget = math.floor(t.recovery.max_excluded_fraction * n_quant)
+                target_n = min(budget, len(t.exclude_nodes) + math.ceil(budget * k / (attempts - 1)))
+                add: list[str] = []
+                for entry in a.output.meta.get("ranking", []) if a.output else []:
+                    if len(excluded) + len(add) >= target_n:
+                        break
+                    # the layer, and the layers feeding it (their quantized outputs are its inputs)
+                    for name in [entry["node"], *entry["feeders"]]:
+                        if name not in excluded and name not in add:
+                            add.append(name)
+                if not add:
+                    tries[-1]["stopped"] = f"recovery budget spent ({len(excluded)} of {n_quant} nodes in float)"
+                    break
+                excluded += add
+        if passing:
+            passing.sort(key=lambda p: p[0])
+            best = passing[0][1]
+            best.tries = tries
+            q = best.quantization or {}
+            kept = next(tr for tr in reversed(tries) if tr["passed"] and tr["mode"] == q.get("mode"))
+            best.note = (
+                f"{q.get('mode')} INT8 after {len(tries)} tr{'y' if len(tries) == 1 else 'ies'}, "
+                f"{len(kept['excluded_nodes'])} node(s) kept in float"
+            )
+            if len(passing) > 1:
+                best.note += (
+                    " (the faster of "
+                    + ", ".join(
+                        f"{o.quantization.get('mode')} {sec * 1000:.0f} ms" for sec, o in passing if o.quantization
+                    )
+                    + " on the validation set)"
+                )
+            return best
+        assert last is not None
+        last.tries = tries
+        n = len(tries)
+        last.reason = f"{last.reason} (after {n} quantization tr{'y' if n == 1 else 'ies'})"
+        return last
+
+
+def _outcome(rec: StepRecord, model: Artifact | None) -> TargetOutcome:
+    if rec.status is Status.SKIPPED:
+        return TargetOutcome(Status.SKIPPED, reason=rec.reason)
+    report = rec.output if isinstance(rec.output, ParityReport) else None
+    ok = report is not None and report.passed
+    return TargetOutcome(
+        Status.OK if ok else Status.FAIL,
+        model,
+        report,
+        "" if ok else rec.reason,
+        quantization=(model.meta.get("quantization") if model is not None else None),
+        gated_on=["onnxruntime"],
+    )
+
+
+def _seconds(report: ParityReport | None) -> float:
+    return float(report.meta.get("onnxruntime_seconds", math.inf)) if report else math.inf
+
+
+__all__ = ["BACKEND", "CpuServingConfig", "OnnxModel", "OnnxRuntimeTarget", "OrtGpuConfig"]

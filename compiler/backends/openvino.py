@@ -1,0 +1,257 @@
+"""OpenVINO: the shared graph converted to OpenVINO IR (model.xml + model.bin),
+served by Triton's openvino backend.
+
+fp32 and fp16 (weights compressed to fp16) are the converted IR; int8 is NNCF
+post-training quantization on the calibration set, and when its gate fails,
+NNCF's accuracy-aware quantization (which keeps the layers that cost the most
+accuracy in float) with the drop it may cost derived from the target's
+tolerance. Every variant is gated, and profiled, on the OpenVINO runtime
+itself, with the CPU plugin's defaults (on CPUs with bf16 units OpenVINO may
+compute an fp32 IR in bf16: the gate measures what Triton's OpenVINO backend
+serves).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field
+
+from ..artifacts import Artifact
+from ..pipeline import Status, Step
+from ..sections import Section, TargetBase
+from .base import (
+    Backend,
+    Gate,
+    Recipe,
+    RecipeInputs,
+    RecipeRunner,
+    Requirement,
+    ServedModel,
+    TargetOutcome,
+    parity_step,
+    profile_step,
+)
+
+if TYPE_CHECKING:
+    from ..config import ModelConfig
+
+
+class OpenVinoServing(Section):
+    """Parameters of Triton's OpenVINO backend (config.pbtxt `parameters`)."""
+
+    performance_hint: Literal["LATENCY", "THROUGHPUT"] = Field(
+        default="LATENCY", description="LATENCY for few concurrent clients, THROUGHPUT for many"
+    )
+    num_streams: int | Literal["AUTO", "NUMA"] | None = Field(
+        default=None, description="executor streams; default: chosen by the performance hint"
+    )
+    inference_num_threads: int = Field(default=0, ge=0, description="0: OpenVINO's default (all cores)")
+
+
+class OpenVinoRecovery(Section):
+    """int8: when plain NNCF quantization misses the gate, run NNCF's accuracy-aware
+    quantization, which returns layers to float until the metric drop fits."""
+
+    enabled: bool = True
+    max_drop: float | None = Field(
+        default=None,
+        gt=0,
+        description="metric drop NNCF may accept (accuracy as a fraction, or cosine); "
+        "default: from tolerance.accuracy_drop, else tolerance.cosine",
+    )
+
+
+INT8_KEYS = ("preset", "model_type", "fast_bias_correction", "exclude_nodes", "exclude_op_types", "recovery")
+
+
+class OpenVinoTarget(TargetBase):
+    backend: Literal["openvino"]
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    preset: Literal["performance", "mixed"] = Field(
+        default="performance", description="int8: NNCF preset (mixed: asymmetric activations)"
+    )
+    model_type: Literal["default", "transformer"] = Field(
+        default="default", description="int8: transformer keeps NNCF's transformer-specific rules"
+    )
+    fast_bias_correction: bool = True
+    exclude_nodes: list[str] = Field(default_factory=list, description="int8: node names kept in float")
+    exclude_op_types: list[str] = Field(default_factory=list, description="int8: op types kept in float")
+    recovery: OpenVinoRecovery = Field(default_factory=OpenVinoRecovery)
+    openvino: OpenVinoServing = Field(default_factory=OpenVinoServing)
+
+
+class OpenVinoBackend(Backend):
+    name = "openvino"
+    Target = OpenVinoTarget
+    description = "OpenVINO IR (Triton openvino backend, CPU); fp32, fp16, int8 (NNCF)"
+
+    def problems(self, cfg: ModelConfig, t: OpenVinoTarget, key: str) -> list[str]:
+        out = []
+        if t.precision == "int8" and cfg.calibration is None:
+            out.append(f"{key}.precision: int8 needs a calibration: section (data NNCF measures ranges on)")
+        if t.precision != "int8":
+            for k in INT8_KEYS:
+                if k in t.model_fields_set:
+                    out.append(f"{key}.{k}: only applies to precision: int8 (this target is {t.precision})")
+        gpu_groups = [i for i, g in enumerate(cfg.triton.instance_group) if g.kind == "KIND_GPU"]
+        if gpu_groups:
+            out.append(
+                f"{key.split(': ')[0]}: triton.instance_group[{gpu_groups[0]}].kind: KIND_GPU cannot serve "
+                f"openvino target {t.name!r}; Triton's OpenVINO backend runs on CPU (use KIND_CPU)"
+            )
+        return out
+
+    def requirements(self, t: OpenVinoTarget) -> list[Requirement]:
+        reqs = [Requirement("openvino", "pip install 'mscompile[openvino]'")]
+        if t.precision == "int8":
+            reqs.append(Requirement("nncf", "pip install 'mscompile[openvino]'"))
+        return reqs
+
+    def recipe(self, cfg: ModelConfig, t: OpenVinoTarget, inputs: RecipeInputs) -> Recipe:
+        from mscompile.passes.check_accuracy import CheckAccuracyOpenVino
+        from mscompile.passes.convert_openvino import ConvertOpenVino, ConvertOvConfig
+        from mscompile.passes.profile import ProfileOpenVino
+
+        convert = Step(
+            f"{t.name}/convert_openvino",
+            ConvertOpenVino,
+            ConvertOvConfig(compress_to_fp16=t.precision == "fp16"),
+        )
+        threads = t.openvino.inference_num_threads
+        profile = profile_step(
+            cfg, t, inputs, self.fingerprint(t), runtime="openvino", threads=threads, pass_cls=ProfileOpenVino
+        )
+        if t.precision == "int8":
+            return Recipe(prepare=[convert], search=NncfSearch(cfg, t, inputs), profile=profile, served_by="OpenVINO")
+        gate = Gate(
+            parity_step(cfg, t, f"{t.name}/check_accuracy_openvino", inputs, pass_cls=CheckAccuracyOpenVino),
+            "openvino",
+        )
+        return Recipe(prepare=[convert], gates=[gate], profile=profile, served_by="OpenVINO")
+
+    def serving(
+        self,
+        cfg: ModelConfig,
+        t: OpenVinoTarget,
+        name: str,
+        io_sig: dict[str, Any],
+        artifact: Artifact | None,
+        profile: dict[str, Any] | None = None,
+    ) -> list[ServedModel]:
+        from ..tritonrepo.config import base_model_config
+
+        mc = base_model_config(
+            cfg, name, io_sig, backend="openvino", filename="model.xml", on_gpu=False, profile=profile
+        )
+        o = t.openvino
+        mc.parameters["PERFORMANCE_HINT"].string_value = o.performance_hint
+        if o.num_streams is not None:
+            mc.parameters["NUM_STREAMS"].string_value = str(o.num_streams)
+        if o.inference_num_threads:
+            mc.parameters["INFERENCE_NUM_THREADS"].string_value = str(o.inference_num_threads)
+        files = {}
+        if artifact is not None:
+            files = {n: artifact.path / n for n in ("model.xml", "model.bin")}
+        return [ServedModel(name, mc, files)]
+
+
+BACKEND = OpenVinoBackend()
+
+
+class NncfSearch:
+    """Try 1: NNCF post-training quantization. Try 2 (recovery): NNCF's
+    accuracy-aware quantization. Each try is a cached quantize + gate."""
+
+    def __init__(self, cfg: ModelConfig, t: OpenVinoTarget, inputs: RecipeInputs) -> None:
+        self.cfg, self.t, self.inputs = cfg, t, inputs
+
+    def quantize_step(self, k: int, accuracy_control: bool) -> Step:
+        from mscompile.passes.quantize_nncf import NncfConfig, QuantizeNncf
+
+        t, cfg = self.t, self.cfg
+        metric, max_drop = self.metric()
+        qc = NncfConfig(
+            io=cfg.io,
+            batch_size=cfg.calibration.batch_size,  # type: ignore[union-attr]
+            validation_batch_size=cfg.validation.batch_size,
+            preset=t.preset,
+            model_type=t.model_type,
+            fast_bias_correction=t.fast_bias_correction,
+            exclude_nodes=tuple(t.exclude_nodes),
+            exclude_op_types=tuple(t.exclude_op_types),
+            accuracy_control=accuracy_control,
+            metric=metric,
+            max_drop=max_drop,
+        )
+        extras = {
+            "calibration": self.inputs.calibration,
+            "reference": self.inputs.reference,
+            "validation": self.inputs.validation,
+        }
+        return Step(f"{t.name}/int8#{k}/quantize_nncf", QuantizeNncf, qc, extras=extras)
+
+    def metric(self) -> tuple[str, float]:
+        """The metric NNCF's accuracy control watches, and the drop it may accept."""
+        tol, r = self.t.tolerance, self.t.recovery
+        if self.cfg.validation.labels and tol.accuracy_drop is not None:
+            return "accuracy", r.max_drop or max(tol.accuracy_drop / 100.0, 1e-4)
+        cos = tol.cosine if tol.cosine is not None else tol.cosine_min
+        return "cosine", r.max_drop or (max(1.0 - cos, 1e-5) if cos is not None else 0.01)
+
+    def check_step(self, k: int) -> Step:
+        from mscompile.passes.check_accuracy import CheckAccuracyOpenVino
+
+        return parity_step(
+            self.cfg,
+            self.t,
+            f"{self.t.name}/int8#{k}/check_accuracy_openvino",
+            self.inputs,
+            pass_cls=CheckAccuracyOpenVino,
+        )
+
+    def planned(self) -> list[Step]:
+        return [self.quantize_step(1, False), self.check_step(1)]
+
+    def run(self, runner: RecipeRunner, graph: Artifact) -> TargetOutcome:
+        from mscompile.artifacts import ParityReport
+
+        tries: list[dict[str, Any]] = []
+        modes = [False, True] if self.t.recovery.enabled else [False]
+        out: TargetOutcome | None = None
+        for k, accuracy_control in enumerate(modes, start=1):
+            q = runner.run(self.quantize_step(k, accuracy_control), graph)
+            c = runner.run(self.check_step(k), q.output)  # type: ignore[arg-type]
+            report = c.output if isinstance(c.output, ParityReport) else None
+            ok = report is not None and report.passed
+            quant = q.output.meta.get("quantization") if q.output is not None else None
+            tries.append(
+                {
+                    "try": k,
+                    "mode": "nncf accuracy control" if accuracy_control else "nncf",
+                    "excluded_nodes": (quant or {}).get("float_nodes", []),
+                    "metrics": report.meta.get("metrics", {}) if report else {},
+                    "failures": report.meta.get("failures", []) if report else [],
+                    "passed": ok,
+                }
+            )
+            out = TargetOutcome(
+                Status.OK if ok else Status.FAIL,
+                q.output,
+                report,
+                "" if ok else c.reason,
+                quantization=quant,
+                gated_on=["openvino"],
+            )
+            if ok:
+                break
+        assert out is not None
+        out.tries = tries
+        kept = len(tries[-1]["excluded_nodes"])
+        if out.status is Status.OK:
+            out.note = (
+                f"NNCF INT8 after {len(tries)} tr{'y' if len(tries) == 1 else 'ies'}, {kept} layer(s) kept in float"
+            )
+        else:
+            out.reason = f"{out.reason} (after {len(tries)} NNCF tr{'y' if len(tries) == 1 else 'ies'})"
+        return out

@@ -1,0 +1,272 @@
+"""TensorRT: a strongly typed engine built from the shared graph, served by
+Triton's tensorrt backend.
+
+The graph carries the precision (ModelOpt AutoCast for fp16/bf16, ModelOpt
+Q/DQ for int8/fp8), is gated on ONNX Runtime first (a bad quantization is
+caught without a GPU), then the engine is built with Polygraphy in a child
+process and gated on TensorRT itself. Needs TensorRT, Polygraphy, ModelOpt and
+an NVIDIA GPU: where any is missing the target is SKIPPED, naming it, before
+any of its passes runs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field
+
+from ..artifacts import Artifact
+from ..pipeline import Step
+from ..sections import RangeConfig, Section, TargetBase, is_dynamic
+from .base import Backend, Gate, Recipe, RecipeInputs, Requirement, ServedModel, parity_step
+
+if TYPE_CHECKING:
+    from ..config import ModelConfig
+
+
+class ProfileConfig(Section):
+    """One TensorRT optimization profile: min/opt/max per input."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_]+$")
+    shapes: dict[str, RangeConfig]
+
+
+class TensorRTConfig(Section):
+    """Engine build settings."""
+
+    profiles: list[ProfileConfig] | None = Field(
+        default=None, description="optimization profiles; default: one profile from inputs[].range"
+    )
+    workspace_mb: int = Field(default=4096, ge=16)
+    builder_optimization_level: int = Field(default=3, ge=0, le=5)
+    hardware_compatibility_level: Literal["none", "ampere_plus", "same_compute_capability"] = "none"
+    version_compatible: bool = False
+    refittable: bool = False
+    timing_cache: bool = Field(default=True, description="reuse a timing cache kept per GPU kind in the state folder")
+
+
+QUANT_KEYS = ("calibration_method", "exclude_nodes", "exclude_op_types", "high_precision_dtype")
+
+
+class TensorRTTarget(TargetBase):
+    backend: Literal["tensorrt"]
+    precision: Literal["fp32", "tf32", "fp16", "bf16", "int8", "fp8"] = "fp32"
+    keep_io_types: bool = Field(default=True, description="fp16/bf16: keep graph inputs/outputs fp32")
+    calibration_method: Literal["minmax", "entropy"] = Field(
+        default="minmax", description="int8/fp8: ModelOpt's max or entropy calibration"
+    )
+    exclude_nodes: list[str] = Field(default_factory=list, description="int8/fp8: node names kept in float")
+    exclude_op_types: list[str] = Field(default_factory=list, description="int8/fp8: op types kept in float")
+    high_precision_dtype: Literal["fp32", "fp16"] = Field(
+        default="fp32", description="int8/fp8: dtype of the layers ModelOpt leaves unquantized"
+    )
+    tensorrt: TensorRTConfig = Field(default_factory=TensorRTConfig)
+
+
+def trt_profiles(cfg: ModelConfig, t: TensorRTTarget) -> list[ProfileConfig]:
+    """The target's optimization profiles: given, or one built from inputs[].range."""
+    if t.tensorrt.profiles:
+        return list(t.tensorrt.profiles)
+    shapes = {}
+    for inp in cfg.inputs:
+        if inp.range is not None:
+            shapes[inp.name] = inp.range
+        else:
+            fixed = [int(d) for d in inp.shape]  # validated: no dynamic dims without a range
+            shapes[inp.name] = RangeConfig(min=fixed, opt=fixed, max=fixed)
+    return [ProfileConfig(name="default", shapes=shapes)]
+
+
+class TensorRTBackend(Backend):
+    name = "tensorrt"
+    Target = TensorRTTarget
+    description = "TensorRT engines (Triton tensorrt backend); fp32, tf32, fp16, bf16, int8, fp8 (strongly typed)"
+
+    def problems(self, cfg: ModelConfig, t: TensorRTTarget, key: str) -> list[str]:
+        out = []
+        quantized = t.precision in ("int8", "fp8")
+        if quantized and cfg.calibration is None:
+            out.append(
+                f"{key}.precision: {t.precision} needs a calibration: section (data the quantizer measures ranges on)"
+            )
+        if not quantized:
+            for k in QUANT_KEYS:
+                if k in t.model_fields_set:
+                    out.append(f"{key}.{k}: only applies to precision int8 or fp8 (this target is {t.precision})")
+        out.extend(_profile_problems(cfg, t, key))
+        profs = t.tensorrt.profiles
+        if cfg.has_batch_axis() and profs and all(cfg.inputs[0].name in p.shapes for p in profs):
+            prof_max = max(p.shapes[cfg.inputs[0].name].max[0] for p in profs)
+            if cfg.max_batch_size() > prof_max:
+                where = key.split(": ")[0]
+                index = key.rsplit("[", 1)[-1].rstrip("]")
+                out.append(
+                    f"{where}: triton.max_batch_size: {cfg.max_batch_size()} exceeds the largest batch of "
+                    f"targets[{index}].tensorrt.profiles ({prof_max}); Triton would send batches the engine rejects"
+                )
+        return out
+
+    def requirements(self, t: TensorRTTarget) -> list[Requirement]:
+        reqs = [
+            Requirement("tensorrt", "comes with NVIDIA's TensorRT (the Dockerfile's base image)"),
+            Requirement("polygraphy", "pip install 'mscompile[tensorrt]'"),
+        ]
+        if t.precision not in ("fp32", "tf32"):
+            reqs.append(Requirement("modelopt", "pip install 'mscompile[tensorrt]' (nvidia-modelopt)"))
+        return reqs
+
+    def available(self, t: TensorRTTarget) -> tuple[bool, str]:
+        ok, why = super().available(t)
+        if not ok:
+            return ok, why
+        from ..device import nvidia_gpus
+
+        if not nvidia_gpus():
+            return False, f"tensorrt target {t.name!r} needs an NVIDIA GPU; nvidia-smi found none"
+        return True, ""
+
+    def fingerprint(self, t: TensorRTTarget) -> dict[str, Any]:
+        from ..device import gpu_fingerprint
+
+        return gpu_fingerprint()
+
+    def recipe(self, cfg: ModelConfig, t: TensorRTTarget, inputs: RecipeInputs) -> Recipe:
+        from mscompile.passes.build_tensorrt import BuildTensorRT, TrtBuildConfig
+        from mscompile.passes.check_accuracy_trt import CheckAccuracyTrt
+
+        prepare: list[Step] = []
+        if t.precision in ("fp16", "bf16"):
+            from mscompile.passes.autocast import AutoCast, AutoCastConfig
+
+            # strongly typed network: the graph carries the precision
+            prepare.append(
+                Step(
+                    f"{t.name}/autocast",
+                    AutoCast,
+                    AutoCastConfig(low_precision_type=t.precision, keep_io_types=t.keep_io_types),
+                )
+            )
+        if t.precision in ("int8", "fp8"):
+            from mscompile.passes.quantize_modelopt import ModelOptConfig, QuantizeModelOpt
+
+            prepare.append(
+                Step(
+                    f"{t.name}/quantize_modelopt",
+                    QuantizeModelOpt,
+                    ModelOptConfig(
+                        precision=t.precision,
+                        calibration_method="entropy" if t.calibration_method == "entropy" else "max",
+                        high_precision_dtype=t.high_precision_dtype,
+                        exclude_nodes=tuple(t.exclude_nodes),
+                        exclude_op_types=tuple(t.exclude_op_types),
+                        io=cfg.io,
+                    ),
+                    extras={"calibration": inputs.calibration},
+                )
+            )
+        device = self.fingerprint(t)
+        build = Step(
+            f"{t.name}/build_tensorrt",
+            BuildTensorRT,
+            TrtBuildConfig(precision=t.precision, profiles=trt_profiles(cfg, t), settings=t.tensorrt, io=cfg.io),
+            device=device,
+        )
+        gates = [
+            Gate(
+                parity_step(cfg, t, f"{t.name}/check_accuracy_onnx", inputs),
+                "onnxruntime",
+                on="prepared",
+                label="the ONNX graph for TensorRT misses the gate on ONNX Runtime",
+                optional=True,  # ONNX Runtime's CPU kernels lack bf16/fp8: the engine's own gate decides
+            ),
+            Gate(
+                parity_step(cfg, t, f"{t.name}/check_accuracy_trt", inputs, pass_cls=CheckAccuracyTrt, device=device),
+                "tensorrt",
+            ),
+        ]
+        # engines are profiled where they run (Triton's perf_analyzer on the GPU): no CPU profile here
+        return Recipe(prepare=prepare, deployable=build, gates=gates, served_by="TensorRT")
+
+    def serving(
+        self,
+        cfg: ModelConfig,
+        t: TensorRTTarget,
+        name: str,
+        io_sig: dict[str, Any],
+        artifact: Artifact | None,
+        profile: dict[str, Any] | None = None,
+    ) -> list[ServedModel]:
+        from ..tritonrepo.config import base_model_config
+
+        mc = base_model_config(
+            cfg,
+            name,
+            io_sig,
+            platform="tensorrt_plan",
+            backend="tensorrt",
+            filename="model.plan",
+            on_gpu=True,
+            profile=profile,
+        )
+        profiles = trt_profiles(cfg, t)
+        if len(profiles) > 1:
+            for ig in mc.instance_group:
+                # every instance may pick among all profiles; the server chooses by input shape
+                ig.profile.extend(str(i) for i in range(len(profiles)))
+        files = {"model.plan": artifact.path / "model.plan"} if artifact is not None else {}
+        return [ServedModel(name, mc, files)]
+
+    def plan_details(self, cfg: ModelConfig, t: TensorRTTarget) -> dict[str, Any]:
+        profiles = trt_profiles(cfg, t)
+        lines = []
+        for p in profiles:
+            shapes = ", ".join(
+                f"{k} min={tuple(v.min)} opt={tuple(v.opt)} max={tuple(v.max)}" for k, v in p.shapes.items()
+            )
+            lines.append(f"TensorRT profile {p.name!r}: {shapes}")
+        return {"profiles": [p.model_dump() for p in profiles], "lines": lines}
+
+
+def _profile_problems(cfg: ModelConfig, t: TensorRTTarget, key: str) -> list[str]:
+    """TensorRT needs bounded dynamic dimensions: every profile is min/opt/max."""
+    out = []
+    where = key.split(": ")[0]
+    if t.tensorrt.profiles is None:
+        for i, inp in enumerate(cfg.inputs):
+            if inp.range is None and any(is_dynamic(d) for d in inp.shape):
+                out.append(
+                    f"{where}: inputs[{i}].shape: dynamic dimension in {inp.shape} needs min/opt/max "
+                    f"under inputs[{i}].range for TensorRT target {t.name!r} (or give {t.name}.tensorrt.profiles)"
+                )
+        return out
+    names = [i.name for i in cfg.inputs]
+    for j, prof in enumerate(t.tensorrt.profiles):
+        pk = f"{key}.tensorrt.profiles[{j}]"
+        absent = [n for n in names if n not in prof.shapes]
+        extra = [n for n in prof.shapes if n not in names]
+        if absent or extra:
+            out.append(f"{pk}.shapes: needs exactly the inputs {names} (missing {absent}, unknown {extra})")
+            continue
+        for inp in cfg.inputs:
+            r = prof.shapes[inp.name]
+            if any(len(getattr(r, p)) != len(inp.shape) for p in ("min", "opt", "max")):
+                out.append(
+                    f"{pk}.shapes.{inp.name}: min/opt/max need {len(inp.shape)} dimensions each, like shape {inp.shape}"
+                )
+                continue
+            for ax, d in enumerate(inp.shape):
+                lo, opt, hi = r.min[ax], r.opt[ax], r.max[ax]
+                if not (1 <= lo <= opt <= hi):
+                    out.append(
+                        f"{pk}.shapes.{inp.name}: dimension {ax} needs 1 <= min <= opt <= max, got min={lo} opt={opt} max={hi}"
+                    )
+                elif not is_dynamic(d) and not (lo == hi == d):
+                    out.append(
+                        f"{pk}.shapes.{inp.name}: dimension {ax} is fixed at {d} in shape, got min={lo} max={hi}"
+                    )
+    if len({p.name for p in t.tensorrt.profiles}) != len(t.tensorrt.profiles):
+        out.append(f"{key}.tensorrt.profiles: profile names must be unique")
+    return out
+
+
+BACKEND = TensorRTBackend()

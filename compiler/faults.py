@@ -1,0 +1,30 @@
+"""Named fault points, for tests that must kill a build at a known place
+instead of sleeping a random time and hoping.
+
+MSCOMPILE_KILL_AT=<point>[#n] sends SIGKILL to this process the n-th time (default:
+the first) it reaches <point>; <point> may be a shell-style pattern. Points:
+step:start, step:ran (the pass returned; nothing stored yet), cache:put (entry
+written, not yet renamed into place), publish:config (config written, version
+not yet staged), publish:staged (version folder complete, not yet renamed),
+publish:renamed (version in place, retention not yet run). Without the
+variable a point costs one dictionary lookup."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import signal
+
+_seen: dict[str, int] = {}
+
+
+def point(name: str) -> None:
+    spec = os.environ.get("MSCOMPILE_KILL_AT")
+    if not spec:
+        return
+    pattern, _, nth = spec.partition("#")
+    if not fnmatch.fnmatchcase(name, pattern):
+        return
+    _seen[pattern] = _seen.get(pattern, 0) + 1
+    if _seen[pattern] == int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)

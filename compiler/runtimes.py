@@ -1,0 +1,54 @@
+"""Inference sessions on the CPU runtimes that gates and profiles run on, one
+function per runtime, looked up by name (RUNTIMES[name]). A session takes a feed
+dict and returns the named outputs, casting inputs to the dtypes the model
+takes (an fp16 graph without keep_io_types takes float16)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+Session = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+
+_ORT_TYPES = {"tensor(float16)": np.float16, "tensor(float)": np.float32, "tensor(double)": np.float64}
+
+
+def _cast(feed: dict[str, np.ndarray], casts: dict[str, Any]) -> dict[str, np.ndarray]:
+    return {k: v.astype(casts[k]) if k in casts and v.dtype != casts[k] else v for k, v in feed.items()}
+
+
+def onnxruntime_session(
+    path: str, outputs: list[str] | None, threads: int = 0, providers: tuple[str, ...] = ()
+) -> Session:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(path, so, providers=list(providers or ("CPUExecutionProvider",)))
+    casts = {i.name: _ORT_TYPES[i.type] for i in sess.get_inputs() if i.type in _ORT_TYPES}
+    return lambda feed: sess.run(outputs, _cast(feed, casts))
+
+
+def openvino_session(
+    path: str, outputs: list[str] | None, threads: int = 0, providers: tuple[str, ...] = ()
+) -> Session:
+    """OpenVINO's CPU plugin with its defaults (what Triton's OpenVINO backend and
+    ONNX Runtime's OpenVINO accelerator use); reads an IR or an ONNX file."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": threads} if threads else {})
+    ports = [compiled.output(n) for n in outputs] if outputs else list(compiled.outputs)
+    casts = {p.get_any_name(): p.get_element_type().to_dtype() for p in compiled.inputs}
+
+    def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        res = compiled(_cast(feed, casts))
+        return [np.asarray(res[p]) for p in ports]
+
+    return run
+
+
+RUNTIMES: dict[str, Callable[..., Session]] = {"onnxruntime": onnxruntime_session, "openvino": openvino_session}

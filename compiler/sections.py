@@ -1,0 +1,286 @@
+"""The sections of model.yaml that every backend shares, as frozen pydantic
+models (unknown keys rejected). Each backend's own target section lives in its
+module under mscompile.backends; mscompile.config assembles the whole file."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# Triton model names become folder names: keep them to a portable, path-safe set.
+NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
+_NAME_RE = re.compile(NAME_PATTERN)
+FACTORY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_.]*$"
+
+DType = Literal["float32", "float16", "bfloat16", "int64", "int32", "int8", "uint8", "bool"]
+
+MAX_VALIDATION_SAMPLES = 100_000
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_name(value: str, what: str) -> str:
+    if not _NAME_RE.fullmatch(value) or value in {".", ".."}:
+        raise ValueError(
+            f"{what} {value!r} must be 1-128 characters of letters, digits, '_', '.', '-' "
+            "and must not start with '.' or '-' (it becomes a folder name in the Triton repository)"
+        )
+    return value
+
+
+class SourceConfig(Section):
+    """Where the PyTorch model comes from."""
+
+    checkpoint: str = Field(
+        description="state_dict (.pt/.pth), .safetensors, TorchScript (.pt) or torch.export (.pt2) file; "
+        "'pkg:<package>/<path>' names a file shipped inside an installed Python package"
+    )
+    factory: Annotated[str, Field(pattern=FACTORY_PATTERN)] | None = Field(
+        default=None,
+        description="module:callable returning the nn.Module (needed for state dicts and safetensors)",
+    )
+    factory_args: dict[str, Any] = Field(default_factory=dict)
+    state_dict_key: str | None = Field(
+        default=None, description="key of the state dict inside a checkpoint dict, e.g. 'model'"
+    )
+    trust_pickle: bool = Field(
+        default=False,
+        description="allow full pickles (arbitrary code runs on load); only for checkpoints you trust",
+    )
+
+
+class RangeConfig(Section):
+    """min/opt/max shapes of one input: the optimization profile of TensorRT, the
+    warm-up shape of Triton and the bounds of dynamic dimensions."""
+
+    min: list[int]
+    opt: list[int]
+    max: list[int]
+
+
+class InputSpec(Section):
+    name: str = Field(min_length=1)
+    dtype: DType = "float32"
+    shape: list[int | str] = Field(
+        min_length=1,
+        description="-1 or a name marks a dynamic dimension; inputs sharing a name share the dimension",
+    )
+    range: RangeConfig | None = None
+
+    @field_validator("shape")
+    @classmethod
+    def _dims(cls, v: list[int | str]) -> list[int | str]:
+        for d in v:
+            if isinstance(d, int) and d != -1 and d < 1:
+                raise ValueError(f"dimension {d} must be a positive size, -1 (dynamic) or a name")
+            if isinstance(d, str) and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", d):
+                raise ValueError(f"dimension name {d!r} must be an identifier")
+        return v
+
+
+class OutputSpec(Section):
+    name: str = Field(min_length=1)
+
+
+class IOSpec(Section):
+    """The model's inputs and outputs, as declared (the part several passes need)."""
+
+    inputs: list[InputSpec]
+    outputs: list[OutputSpec]
+
+    def has_batch_axis(self) -> bool:
+        return all(is_dynamic(i.shape[0]) for i in self.inputs)
+
+    def dim_name(self, inp: InputSpec, axis: int) -> str | None:
+        """Symbolic name of a dynamic dimension (None for a fixed one)."""
+        d = inp.shape[axis]
+        if isinstance(d, str):
+            return d
+        if d == -1:
+            return "batch" if axis == 0 and self.has_batch_axis() else f"{inp.name}_dim{axis}"
+        return None
+
+
+class ExportConfig(Section):
+    opset: int = Field(default=18, ge=13, le=23)
+    exporter: Literal["auto", "dynamo", "torchscript"] = Field(
+        default="auto",
+        description="auto tries torch.export (dynamo) first and falls back to the TorchScript exporter, recording why",
+    )
+
+
+class OptimizeConfig(Section):
+    level: Literal["none", "basic", "slim"] = Field(
+        default="basic",
+        description="none: shape inference only; basic: ONNX Runtime's basic offline rewrites "
+        "(constant folding, redundant nodes; standard ONNX ops only, safe for every target); "
+        "slim: onnxslim, then basic",
+    )
+
+
+class DataSource(Section):
+    """Where model inputs come from: exactly one of `data` (a file or folder) or
+    `generator` (module:callable yielding feed dicts)."""
+
+    data: str | None = Field(
+        default=None,
+        description=".npz (one array per input, samples on axis 0), a folder of .npz/.npy files, "
+        "or a .txt file of lines turned into inputs by `tokenizer`",
+    )
+    generator: Annotated[str, Field(pattern=FACTORY_PATTERN)] | None = Field(
+        default=None, description="module:callable returning an iterable of {input name: array} batches"
+    )
+    generator_args: dict[str, Any] = Field(default_factory=dict)
+    tokenizer: Annotated[str, Field(pattern=FACTORY_PATTERN)] | None = Field(
+        default=None, description="module:callable taking a list of strings, returning {input name: array}"
+    )
+    tokenizer_args: dict[str, Any] = Field(default_factory=dict)
+    samples: int | None = Field(default=None, ge=1, le=MAX_VALIDATION_SAMPLES)
+
+
+class ValidationConfig(DataSource):
+    labels: str | None = Field(default=None, description="name of the array in `data` holding integer class labels")
+    batch_size: int = Field(default=32, ge=1, le=4096)
+
+
+class CalibrationConfig(DataSource):
+    """Calibration set for INT8/FP8: kept apart from the validation set."""
+
+    seed: int = Field(default=0, description="seed of the random subset when `samples` is below the set's size")
+    batch_size: int = Field(default=16, ge=1, le=4096)
+
+
+class Tolerance(Section):
+    """Accuracy gate of a variant against the PyTorch reference. Every key set
+    here must hold for the variant to pass; unset keys are not checked."""
+
+    max_abs: float | None = Field(default=None, ge=0, description="max |variant - reference|")
+    max_rel: float | None = Field(
+        default=None, ge=0, description="max |variant - reference| / max |reference|, per output"
+    )
+    cosine: float | None = Field(default=None, ge=-1, le=1, description="mean cosine similarity over samples")
+    cosine_min: float | None = Field(default=None, ge=-1, le=1, description="minimum cosine similarity over samples")
+    top1_agreement: float | None = Field(
+        default=None, ge=0, le=1, description="fraction of samples with the same argmax"
+    )
+    accuracy_drop: float | None = Field(
+        default=None, ge=0, description="task accuracy lost vs PyTorch, in percentage points"
+    )
+
+
+class RecoveryConfig(Section):
+    """What to do when an INT8 variant misses its gate: rank tensors by quantization
+    noise (SQNR), keep the worst nodes in float, re-quantize, re-check."""
+
+    enabled: bool = True
+    max_tries: int = Field(default=4, ge=1, le=20, description="quantization attempts in all, the first included")
+    max_excluded_fraction: float = Field(
+        default=0.3, gt=0, le=1, description="most quantizable nodes that may be left in float"
+    )
+
+
+class ProfileSettings(Section):
+    """How variants are profiled (latency and throughput per batch size)."""
+
+    enabled: bool = True
+    batch_sizes: list[Annotated[int, Field(ge=1)]] | None = Field(
+        default=None, description="default: 1 and the batch range's opt"
+    )
+    window: int = Field(default=10, ge=3, le=10_000, description="calls per timing window")
+    max_windows: int = Field(default=8, ge=2, le=100)
+    agreement: float = Field(default=0.05, gt=0, le=1, description="p50 of two windows must agree within this")
+
+
+class DynamicBatching(Section):
+    preferred_batch_size: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
+    max_queue_delay_microseconds: int = Field(default=0, ge=0)
+
+
+class InstanceGroup(Section):
+    kind: Literal["KIND_CPU", "KIND_GPU", "KIND_AUTO"] = "KIND_CPU"
+    count: int = Field(default=1, ge=1)
+    gpus: list[int] | None = None
+
+
+class VersionPolicy(Section):
+    latest: int | None = Field(default=None, ge=1)
+    all: bool | None = None
+    specific: list[Annotated[int, Field(ge=1)]] | None = None
+
+
+class RetentionConfig(Section):
+    """Prune old version folders after a successful publish; versions the
+    version_policy serves are never pruned."""
+
+    keep_last: int = Field(ge=1)
+
+
+class TritonConfig(Section):
+    repository: str = "model_repository"
+    max_batch_size: int | None = Field(
+        default=None,
+        ge=0,
+        description="defaults to the batch dimension's range max (0 when inputs have no batch axis)",
+    )
+    dynamic_batching: DynamicBatching | None = None
+    instance_group: list[InstanceGroup] = Field(default_factory=lambda: [InstanceGroup()])
+    version_policy: VersionPolicy | None = None
+    warmup: bool = False
+    retention: RetentionConfig | None = None
+    lock_timeout_s: float = Field(
+        default=600, gt=0, description="how long to wait for another build's lock on the model"
+    )
+    deploy: str | None = Field(
+        default=None,
+        description="fastest | smallest (among variants that passed) | a target name, published as <name>; "
+        "or all: each variant as <name>_<target>; default: the first target that passes its gate",
+    )
+
+
+class MlflowConfig(Section):
+    """Build tracking (not part of any pass's cache key). Key `register` in model.yaml."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    tracking_uri: str | None = Field(
+        default=None, description="default: $MLFLOW_TRACKING_URI, else .mscompile/mlflow.db"
+    )
+    experiment: str | None = Field(default=None, description="default: mscompile/<name>")
+    log_models: bool = Field(default=False, description="also log every variant's model files as artifacts")
+    register_model: bool = Field(
+        default=False, alias="register", description="register the published Triton model in the Model Registry"
+    )
+    registered_model_name: str | None = None
+
+
+class TargetBase(Section):
+    """What every target has, whatever its backend. A backend's Target subclasses
+    this with `backend: Literal["<name>"]`, its precisions and its own options."""
+
+    name: str
+    backend: str
+    precision: str = "fp32"
+    tolerance: Tolerance = Field(default_factory=Tolerance)
+    on_fail: Literal["error", "skip"] = Field(
+        default="error",
+        description="error: a missed gate fails the build (exit 3); skip: leave the variant out",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _check_name(v, "target name")
+
+
+def is_dynamic(d: int | str) -> bool:
+    return isinstance(d, str) or d == -1
+
+
+def resolve_path(p: str) -> Path:
+    """Relative paths in model.yaml are relative to the working directory."""
+    return Path(p).expanduser().resolve()

@@ -1,0 +1,46 @@
+"""The state folder, derived in one place: cache, logs, reports, the MLflow
+store and spool, timing caches. `build`, `plan`, `runs` and `report` all find
+it through State.resolve, so they agree on where things are.
+
+Default: $MSCOMPILE_HOME, else ./.mscompile. With --cache-dir DIR the cache is
+DIR and the rest of the state lives beside it (DIR's parent)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class State:
+    root: Path
+    cache: Path
+
+    @staticmethod
+    def resolve(cache_dir: Path | None = None) -> State:
+        if cache_dir is not None:
+            cache = Path(cache_dir).expanduser().resolve()
+            return State(root=cache.parent, cache=cache)
+        root = Path(os.environ.get("MSCOMPILE_HOME", ".mscompile")).expanduser().resolve()
+        return State(root=root, cache=root / "cache")
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def build_logs(self, model: str, stamp: str) -> Path:
+        return self.logs / f"{stamp}-{model}-{os.getpid()}"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def checked(self) -> Path:
+        """Markers of calibration sets already checked against a model's inputs."""
+        return self.root / "checked"
+
+    @property
+    def timing_caches(self) -> Path:
+        return self.root / "tensorrt"

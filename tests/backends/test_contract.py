@@ -1,0 +1,271 @@
+"""The contract every registered backend keeps, parametrized over the registry:
+its recipes type-check for every precision it offers, `plan` lists exactly the
+steps `build` runs, what it serves parses as Triton's ModelConfig, its problems
+are reported, and a target this machine cannot build is SKIPPED with a reason
+naming what is missing (exit 0; exit 1 with --require-all-targets)."""
+
+import json
+import typing
+
+import pytest
+import yaml
+from helpers import REPO, hidden_modules_env, run_cli, write_config
+from mscompile.artifacts import OnnxModel
+from mscompile.backends import RecipeInputs, all_backends, get
+from mscompile.config import parse_config
+from mscompile.data import describe_dataset
+from mscompile.tritonrepo.config import parse, to_text
+
+BACKENDS = sorted(all_backends())
+DIGITS_IO = {
+    "inputs": [{"name": "images", "dtype": "float32", "dims": ["batch", 1, 8, 8]}],
+    "outputs": [{"name": "logits", "dtype": "float32", "dims": ["batch", 10]}],
+}
+
+
+def digits(**triton) -> dict:
+    d = yaml.safe_load((REPO / "examples/digits/model.yaml").read_text())
+    d["triton"].update(triton)
+    return d
+
+
+def precisions(name: str) -> list[str]:
+    return list(typing.get_args(get(name).Target.model_fields["precision"].annotation))
+
+
+def target(name: str, precision: str) -> dict:
+    return {"name": f"{name}_{precision}", "backend": name, "precision": precision, "tolerance": {"cosine": 0.99}}
+
+
+CASES = [(b, p) for b in BACKENDS for p in precisions(b)]
+
+
+def test_the_three_runtimes_are_registered():
+    assert {"onnxruntime", "tensorrt", "openvino"} <= set(BACKENDS)
+    for name, b in all_backends().items():
+        assert b.name == name and b.Target.model_fields["backend"].annotation == typing.Literal[name]
+
+
+@pytest.mark.parametrize(("backend", "precision"), CASES)
+def test_recipe_type_checks_and_names_its_steps(backend, precision):
+    d = digits()
+    d["targets"] = [target(backend, precision)]
+    cfg = parse_config(d)
+    inputs = RecipeInputs(
+        validation=describe_dataset(cfg.validation, "validation"),
+        calibration=describe_dataset(cfg.calibration, "calibration"),
+    )
+    recipe = get(backend).recipe(cfg, cfg.targets[0], inputs)
+    recipe.typecheck(OnnxModel)
+    ids = [s.id for s in recipe.planned()]
+    assert len(ids) == len(set(ids)) and all(i.startswith(f"{backend}_{precision}/") for i in ids)
+    assert recipe.step(ids[-1]).id == ids[-1]  # found by name, never by position
+    assert recipe.served_by
+
+
+@pytest.mark.parametrize(("backend", "precision"), CASES)
+def test_serving_parses_as_tritons_model_config(backend, precision):
+    d = digits()
+    d["targets"] = [target(backend, precision)]
+    cfg = parse_config(d)
+    served = get(backend).serving(cfg, cfg.targets[0], "digits", DIGITS_IO, None)
+    assert served
+    for m in served:
+        mc = parse(to_text(m.config))
+        assert mc.name == m.name and (mc.backend or mc.platform)
+        assert [i.name for i in mc.input] == ["images"] and [o.name for o in mc.output] == ["logits"]
+        assert mc.max_batch_size == 64 and list(mc.input[0].dims) == [1, 8, 8]
+
+
+# every message a backend's problems() (and the core's cross-field checks) can give,
+# with a change of the digits example that triggers it
+PROBLEMS = {
+    "onnxruntime": [
+        (lambda d: d.pop("calibration"), "targets[2].precision: int8 needs a calibration: section"),
+        (lambda d: d["targets"][0].update(mode="static"), "targets[0].mode: only applies to precision: int8"),
+        (
+            lambda d: d["targets"][2].update(keep_io_types=False),
+            "targets[2].keep_io_types: only applies to precision: fp16",
+        ),
+        (
+            lambda d: d["targets"][0].update(cpu={"accelerator": "openvino"}, gpu={"accelerator": "cuda"}),
+            "targets[0]: set cpu or gpu serving options, not both",
+        ),
+    ],
+    "tensorrt": [
+        (
+            lambda d: (
+                d["targets"].append({"name": "t", "backend": "tensorrt", "precision": "fp8"}),
+                d.pop("calibration"),
+            ),
+            "targets[3].precision: fp8 needs a calibration: section",
+        ),
+        (
+            lambda d: d["targets"].append({"name": "t", "backend": "tensorrt", "high_precision_dtype": "fp32"}),
+            "targets[3].high_precision_dtype: only applies to precision int8 or fp8",
+        ),
+        (
+            lambda d: (
+                d["inputs"][0].pop("range"),
+                d["triton"].update(max_batch_size=0, dynamic_batching=None, warmup=False),
+                d["targets"].append({"name": "t", "backend": "tensorrt"}),
+            ),
+            "inputs[0].shape: dynamic dimension in [-1, 1, 8, 8] needs min/opt/max under inputs[0].range for TensorRT target 't'",
+        ),
+        (
+            lambda d: d["targets"].append(
+                {"name": "t", "backend": "tensorrt", "tensorrt": {"profiles": [{"name": "p", "shapes": {}}]}}
+            ),
+            "targets[3].tensorrt.profiles[0].shapes: needs exactly the inputs ['images']",
+        ),
+        (
+            lambda d: d["targets"].append(_trt_profile(min=[1, 1, 8], opt=[1, 1, 8], max=[1, 1, 8])),
+            "targets[3].tensorrt.profiles[0].shapes.images: min/opt/max need 4 dimensions each",
+        ),
+        (
+            lambda d: d["targets"].append(_trt_profile(min=[4, 1, 8, 8], opt=[2, 1, 8, 8], max=[64, 1, 8, 8])),
+            "targets[3].tensorrt.profiles[0].shapes.images: dimension 0 needs 1 <= min <= opt <= max",
+        ),
+        (
+            lambda d: d["targets"].append(_trt_profile(min=[1, 1, 8, 8], opt=[1, 1, 8, 8], max=[64, 1, 9, 8])),
+            "targets[3].tensorrt.profiles[0].shapes.images: dimension 2 is fixed at 8 in shape",
+        ),
+        (
+            lambda d: d["targets"].append(
+                _trt_profile(min=[1, 1, 8, 8], opt=[1, 1, 8, 8], max=[8, 1, 8, 8], twice=True)
+            ),
+            "targets[3].tensorrt.profiles: profile names must be unique",
+        ),
+        (
+            lambda d: d["targets"].append(_trt_profile(min=[1, 1, 8, 8], opt=[1, 1, 8, 8], max=[8, 1, 8, 8])),
+            "triton.max_batch_size: 64 exceeds the largest batch of targets[3].tensorrt.profiles (8)",
+        ),
+    ],
+    "openvino": [
+        (
+            lambda d: (
+                d["targets"].append({"name": "o", "backend": "openvino", "precision": "int8"}),
+                d.pop("calibration"),
+                d["targets"].pop(2),
+            ),
+            "targets[2].precision: int8 needs a calibration: section (data NNCF measures ranges on)",
+        ),
+        (
+            lambda d: d["targets"].append({"name": "o", "backend": "openvino", "preset": "mixed"}),
+            "targets[3].preset: only applies to precision: int8",
+        ),
+        (
+            lambda d: (
+                d["targets"].append({"name": "o", "backend": "openvino"}),
+                d["triton"].update(instance_group=[{"kind": "KIND_GPU"}]),
+            ),
+            "triton.instance_group[0].kind: KIND_GPU cannot serve openvino target 'o'",
+        ),
+    ],
+}
+
+
+def _trt_profile(min, opt, max, twice=False):
+    prof = {"name": "p", "shapes": {"images": {"min": min, "opt": opt, "max": max}}}
+    return {"name": "t", "backend": "tensorrt", "tensorrt": {"profiles": [prof, prof] if twice else [prof]}}
+
+
+@pytest.mark.parametrize(
+    ("backend", "change", "message"), [(b, c, m) for b, cases in PROBLEMS.items() for c, m in cases]
+)
+def test_every_problem_is_reported_with_its_key(backend, change, message):
+    from mscompile.errors import ConfigError
+
+    d = digits()
+    change(d)
+    with pytest.raises(ConfigError) as e:
+        parse_config(d)
+    assert any(message in p for p in e.value.problems), e.value.problems
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_problem_message_has_a_case(backend):
+    """A new check in a backend's problems() needs a case above: count them."""
+    import inspect
+
+    src = inspect.getsource(type(get(backend)))
+    helpers = [inspect.getsource(f) for f in vars(inspect.getmodule(get(backend))).values() if inspect.isfunction(f)]
+    messages = sum(s.count("out.append(") for s in [src, *helpers])
+    assert len(PROBLEMS.get(backend, [])) >= messages, f"{backend}: {messages} messages, {len(PROBLEMS[backend])} cases"
+
+
+def test_an_option_of_another_backend_is_refused_by_the_schema():
+    from mscompile.errors import ConfigError
+
+    d = digits()
+    d["targets"].append({"name": "t", "backend": "tensorrt", "mode": "static"})  # an explicit default, too
+    with pytest.raises(
+        ConfigError,
+        match=r"targets\[3\]\.mode: unknown key for backend tensorrt \(it is an option of backend onnxruntime\)",
+    ):
+        parse_config(d)
+    d["targets"][3] = {"name": "t", "backend": "tensorrtt"}
+    with pytest.raises(ConfigError, match=r"targets\[3\]\.backend: 'tensorrtt' is not a backend here; use one of"):
+        parse_config(d)
+
+
+def test_schema_shows_one_shape_per_backend():
+    from mscompile.config import json_schema
+
+    s = json.dumps(json_schema())
+    for b in all_backends().values():
+        assert b.Target.__name__ in s
+
+
+# -- plan and build agree; unavailable targets are skipped before any pass -----------------
+
+
+def available_here() -> set[str]:
+    d = digits()
+    d["targets"] = [target(b, p) for b, p in CASES]
+    return {t.name for t in parse_config(d).targets if get(t.backend).available(t)[0]}
+
+
+def test_plan_lists_exactly_the_steps_build_runs(tmp_path):
+    d = digits(repository=str(tmp_path / "repo"), deploy="all")
+    d["targets"] = [target(b, p) | {"tolerance": {"cosine": 0.98}} for b, p in CASES]
+    path = write_config(d, tmp_path / "model.yaml")
+    home = {"MSCOMPILE_HOME": str(tmp_path / "home")}
+    planned = json.loads(run_cli("plan", str(path), "--json", env=home).stdout)
+    r = run_cli("build", str(path), "--json", env=home)
+    assert r.returncode == 0, r.stderr
+    built = json.loads(r.stdout)
+    ran = [p["step"] for p in json.load(open(next((tmp_path / "repo").glob("*/1/build_manifest.json"))))["passes"]]
+    for v in built["variants"]:
+        rows = [row for row in planned["steps"] if row["target"] == v["name"]]
+        assert [row["step"] for row in rows] == planned["targets"][v["name"]]["steps"]
+        if v["status"] == "SKIPPED":
+            assert all(row["action"] == "skip" for row in rows) and rows[0]["reason"] == v["reason"]
+            assert not [s for s in ran if s.startswith(v["name"] + "/")]
+        else:
+            assert v["status"] == "OK", v
+            assert [s for s in ran if s.startswith(v["name"] + "/")] == [row["step"] for row in rows]
+    assert {v["name"] for v in built["variants"] if v["status"] == "OK"} == available_here()
+    again = json.loads(run_cli("plan", str(path), "--json", env=home).stdout)
+    assert all(row["action"] in ("cached", "skip") for row in again["steps"])
+
+
+HIDE = {"onnxruntime": "openvino", "openvino": "openvino", "tensorrt": "tensorrt"}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unavailable_target_is_skipped_naming_what_is_missing(tmp_path, backend):
+    d = digits(repository=str(tmp_path / "repo"))
+    t = {"name": "x", "backend": backend, "tolerance": {"cosine": 0.99}}
+    if backend == "onnxruntime":
+        t["cpu"] = {"accelerator": "openvino"}  # gated on OpenVINO too: needs it
+    d["targets"] = [d["targets"][0], t]
+    path = write_config(d, tmp_path / "model.yaml")
+    env = hidden_modules_env(tmp_path, [HIDE[backend]]) | {"MSCOMPILE_HOME": str(tmp_path / "home")}
+    r = run_cli("build", str(path), "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    v = {v["name"]: v for v in json.loads(r.stdout)["variants"]}
+    assert v["fp32"]["status"] == "OK"
+    assert v["x"]["status"] == "SKIPPED" and f"needs {HIDE[backend]}" in v["x"]["reason"], v["x"]
+    r = run_cli("build", str(path), "--require-all-targets", env=env)
+    assert r.returncode == 1 and "x: " in r.stderr and HIDE[backend] in r.stderr
