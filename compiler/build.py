@@ -471,6 +471,7 @@ def plan_build(cfg: ModelConfig, opts: BuildOptions) -> dict[str, Any]:
             "reason": why,
             "served_by": plan.recipes[t.name].served_by,
             "steps": [s.id for s in plan.recipes[t.name].planned()],
+            "if_needed": plan.recipes[t.name].later(),
             "profiles": details.get("profiles", []),
             "lines": details.get("lines", []),
             "config_pbtxt": to_text(served[0].config),

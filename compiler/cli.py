@@ -304,6 +304,10 @@ def plan(ctx: click.Context, config: Path, force: bool, cache_dir: Path | None, 
             )
             if not t["available"]:
                 click.echo(f"SKIPPED here: {t['reason']}")
+            if t["if_needed"]:
+                click.echo(
+                    f"if a try misses its gate, up to {len(t['if_needed'])} more step(s): {', '.join(t['if_needed'])}"
+                )
             for line in t["lines"]:
                 click.echo(line)
             for model, text in t["models"].items():

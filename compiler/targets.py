@@ -12,7 +12,6 @@ from typing import Any
 
 from .artifacts import Artifact, ParityReport
 from .backends import Recipe, RecipeRunner, TargetOutcome
-from .backends.base import is_report
 from .pipeline import Driver, Status, Step, StepRecord
 
 
@@ -79,12 +78,14 @@ def _gate_outcome(
 
 
 def plan_recipe(driver: Driver, recipe: Recipe, base: Artifact | None) -> list[tuple[Step, str, str | None]]:
-    """(step, 'cached' | 'run', key) for every step the build would run first, in order."""
-    rows = []
-    current = base
-    for step in recipe.planned():
-        how, key, out = driver.plan_step(step, current)
+    """(step, 'cached' | 'run', key) for every step the build runs first, in its order
+    (a search's later tries depend on results: Recipe.later() names them)."""
+    rows: list[tuple[Step, str, str | None]] = []
+
+    def visit(step: Step, inp: Artifact | None) -> Artifact | None:
+        how, key, out = driver.plan_step(step, inp)
         rows.append((step, how, key))
-        if not is_report(step):
-            current = out
+        return out
+
+    recipe.walk(visit, base)
     return rows

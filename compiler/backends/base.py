@@ -70,10 +70,14 @@ class RecipeRunner:
 
 
 class Search(Protocol):
-    """A target whose deployable is found by trying (INT8 recovery): `planned` are
-    the first try's steps (what `plan` shows); `run` does the tries."""
+    """A target whose deployable is found by trying (INT8 recovery). `first_tries`:
+    the chains that always run, each from the prepared graph (what `plan` lists);
+    `later`: the ids of steps that run only when a try misses its gate; `run`
+    does the tries."""
 
-    def planned(self) -> list[Step]: ...
+    def first_tries(self) -> list[list[Step]]: ...
+
+    def later(self) -> list[str]: ...
 
     def run(self, runner: RecipeRunner, graph: Artifact) -> TargetOutcome: ...
 
@@ -92,17 +96,41 @@ class Recipe:
     profile: Step | None = None
     served_by: str = ""  # the runtime that serves the variant, in words
 
-    def planned(self) -> list[Step]:
-        steps = list(self.prepare)
+    def walk(self, visit: Any, base: Any) -> None:
+        """Visit the planned steps in the order a build runs them; `visit(step, inp)`
+        returns what the step hands on (reports hand on nothing: the model before
+        them goes on). `plan`, `planned()` and `typecheck` are walks."""
+        cur = base
+        for s in self.prepare:
+            cur = visit(s, cur)
+        prepared = cur
         if self.search is not None:
-            steps += self.search.planned()
+            deployable = prepared
+            for chain in self.search.first_tries():
+                c = prepared
+                for s in chain:
+                    out = visit(s, c)
+                    if not is_report(s):
+                        c = deployable = out
         else:
-            steps += [g.step for g in self.gates if g.on == "prepared"]
-            steps += [self.deployable] if self.deployable is not None else []
-            steps += [g.step for g in self.gates if g.on == "deployable"]
+            for g in self.gates:
+                if g.on == "prepared":
+                    visit(g.step, prepared)
+            deployable = visit(self.deployable, prepared) if self.deployable is not None else prepared
+            for g in self.gates:
+                if g.on == "deployable":
+                    visit(g.step, deployable)
         if self.profile is not None:
-            steps.append(self.profile)
+            visit(self.profile, deployable)
+
+    def planned(self) -> list[Step]:
+        steps: list[Step] = []
+        self.walk(lambda s, inp: steps.append(s), None)
         return steps
+
+    def later(self) -> list[str]:
+        """Ids of steps that run only if a try misses its gate (a search's recovery)."""
+        return self.search.later() if self.search is not None else []
 
     def step(self, step_id: str) -> Step:
         for s in self.planned():
@@ -111,13 +139,13 @@ class Recipe:
         raise KeyError(f"no step {step_id!r} in this recipe ({[s.id for s in self.planned()]})")
 
     def typecheck(self, input_type: type[Artifact]) -> None:
-        """Each planned step takes what the walk hands it (a gate or a profile takes
-        the model before it and hands it on), checked before anything runs."""
-        current = input_type
-        for step in self.planned():
-            Pipeline([step], input_type=current)
-            if not is_report(step):
-                current = step.pass_cls.output_type
+        """Each planned step takes what the walk hands it, checked before anything runs."""
+
+        def visit(step: Step, given: type[Artifact]) -> type[Artifact]:
+            Pipeline([step], input_type=given)
+            return step.pass_cls.output_type
+
+        self.walk(visit, input_type)
 
 
 def is_report(step: Step) -> bool:

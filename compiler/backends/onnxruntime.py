@@ -235,9 +235,28 @@ class Int8Search:
     def check_step(self, prefix: str) -> Step:
         return parity_step(self.cfg, self.t, f"{prefix}/check_accuracy", self.inputs)
 
-    def planned(self) -> list[Step]:
-        prefix = f"{self.t.name}/{self.modes()[0]}#1"
-        return [self.quantize_step(self.modes()[0], list(self.t.exclude_nodes), prefix), self.check_step(prefix)]
+    def attempts(self, mode: str) -> int:
+        return self.t.recovery.max_tries if (self.t.recovery.enabled and mode == "static") else 1
+
+    def first_tries(self) -> list[list[Step]]:
+        """Every mode's first try runs (auto keeps the faster that passes)."""
+        out = []
+        for mode in self.modes():
+            prefix = f"{self.t.name}/{mode}#1"
+            out.append([self.quantize_step(mode, list(self.t.exclude_nodes), prefix), self.check_step(prefix)])
+        return out
+
+    def later(self) -> list[str]:
+        ids = []
+        for mode in self.modes():
+            n = self.attempts(mode)
+            for k in range(1, n + 1):
+                prefix = f"{self.t.name}/{mode}#{k}"
+                if k > 1:
+                    ids += [f"{prefix}/quantize_int8", f"{prefix}/check_accuracy"]
+                if k < n:
+                    ids.append(f"{prefix}/analyze_quantization")
+        return ids
 
     def analyze_step(self, prefix: str, base: Artifact) -> Step:
         from mscompile.passes.analyze_quantization import AnalyzeConfig, AnalyzeQuantization
@@ -256,7 +275,7 @@ class Int8Search:
         last: TargetOutcome | None = None
         for mode in self.modes():
             excluded = list(t.exclude_nodes)
-            attempts = t.recovery.max_tries if (t.recovery.enabled and mode == "static") else 1
+            attempts = self.attempts(mode)
             for k in range(1, attempts + 1):
                 prefix = f"{t.name}/{mode}#{k}"
                 q = runner.run(self.quantize_step(mode, excluded, prefix), base)

@@ -210,8 +210,13 @@ class NncfSearch:
             pass_cls=CheckAccuracyOpenVino,
         )
 
-    def planned(self) -> list[Step]:
-        return [self.quantize_step(1, False), self.check_step(1)]
+    def first_tries(self) -> list[list[Step]]:
+        return [[self.quantize_step(1, False), self.check_step(1)]]
+
+    def later(self) -> list[str]:
+        if not self.t.recovery.enabled:
+            return []
+        return [self.quantize_step(2, True).id, self.check_step(2).id]
 
     def run(self, runner: RecipeRunner, graph: Artifact) -> TargetOutcome:
         from mscompile.artifacts import ParityReport

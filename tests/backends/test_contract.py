@@ -269,3 +269,36 @@ def test_unavailable_target_is_skipped_naming_what_is_missing(tmp_path, backend)
     assert v["x"]["status"] == "SKIPPED" and f"needs {HIDE[backend]}" in v["x"]["reason"], v["x"]
     r = run_cli("build", str(path), "--require-all-targets", env=env)
     assert r.returncode == 1 and "x: " in r.stderr and HIDE[backend] in r.stderr
+
+
+EXAMPLES = [
+    "examples/digits/model.yaml",
+    "examples/digits/model_openvino.yaml",
+    "examples/digits/model_tensorrt.yaml",
+    pytest.param("examples/minilm/model.yaml", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_plan_and_build_agree_on_every_step_of_each_example(tmp_path, example):
+    d = yaml.safe_load((REPO / example).read_text())
+    d["triton"]["repository"] = str(tmp_path / "repo")
+    path = write_config(d, tmp_path / "model.yaml")
+    home = {"MSCOMPILE_HOME": str(tmp_path / "home")}
+    planned = json.loads(run_cli("plan", str(path), "--json", env=home).stdout)
+    r = run_cli("build", str(path), "--json", env=home)
+    assert r.returncode == 0, r.stderr
+    built = json.loads(r.stdout)
+    manifest = json.loads(sorted((tmp_path / "repo").glob("*/1/build_manifest.json"))[0].read_text())
+    ran = [p["step"] for p in manifest["passes"]]
+    shared = [row["step"] for row in planned["steps"] if row["target"] is None]
+    assert ran[: len(shared)] == shared
+    for v in built["variants"]:
+        t = planned["targets"][v["name"]]
+        mine = [s for s in ran if s.startswith(v["name"] + "/")]
+        if v["status"] == "SKIPPED":
+            assert mine == [] and not t["available"]
+            continue
+        assert v["status"] == "OK", v
+        assert [s for s in mine if s in t["steps"]] == t["steps"]  # every planned step ran, in order
+        assert set(mine) - set(t["steps"]) <= set(t["if_needed"])  # the rest were announced as recovery
