@@ -240,6 +240,9 @@ def build(cfg: ModelConfig, config_path: Path, opts: BuildOptions) -> BuildResul
     stamp = time.strftime("%Y%m%d-%H%M%S")
     log_dir = state.build_logs(cfg.name, stamp)
     instruments = Instruments(log_dir / "events.jsonl", quiet=opts.quiet)
+    from .publish import preflight
+
+    preflight(cfg)  # where it will publish, before any work
     plan = assemble(cfg, state)
     # whether this machine can build each target, before any pass runs
     availability = {t.name: get(t.backend).available(t) for t in cfg.targets}
@@ -339,6 +342,9 @@ def build(cfg: ModelConfig, config_path: Path, opts: BuildOptions) -> BuildResul
     ]
     manifest = build_manifest(cfg, config_path, plan, result)
     result.published = write_repository(cfg, deployments, manifest)
+    for p in result.published:
+        for w in p.warnings:
+            instruments.warn(w)
     result.seconds = time.perf_counter() - t0
     result.manifest = manifest
     from .report import write_report

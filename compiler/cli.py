@@ -6,6 +6,7 @@ unless --debug)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -143,13 +144,57 @@ def main(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
+def _where(tb: Any) -> str:
+    """file:line of the innermost frame: where user code called sys.exit()."""
+    last = None
+    while tb is not None:
+        last, tb = tb, tb.tb_next
+    return f" at {last.tb_frame.f_code.co_filename}:{last.tb_lineno}" if last is not None else ""
+
+
 def _run(ctx: click.Context, fn: Any) -> Any:
     try:
         return fn()
     except click.exceptions.Exit:
         raise
+    except SystemExit as exc:
+        # mscompile exits only in _fail, outside fn(): this exit came from the model's
+        # code (a factory, tokenizer, generator or forward calling sys.exit)
+        from .errors import UserCodeExit
+
+        _fail(
+            UserCodeExit(
+                f"the model's code called sys.exit({exc.code!r}){_where(exc.__traceback__)}; "
+                "mscompile stopped there and published nothing (a model module must not exit the process)"
+            ),
+            ctx.obj["debug"],
+        )
+    except KeyboardInterrupt:
+        click.echo("error: interrupted; nothing was published (finished passes stay cached)", err=True)
+        sys.exit(130)
     except Exception as exc:  # the CLI is where errors become exit codes
         _fail(exc, ctx.obj["debug"])
+    except BaseException as exc:  # e.g. GeneratorExit raised by user code: never exit 0
+        _fail(RuntimeError(f"{type(exc).__name__} raised by the model's code{_where(exc.__traceback__)}"), True)
+
+
+@contextlib.contextmanager
+def _json_stdout(enabled: bool):
+    """Under --json, stdout holds only the JSON: while the work runs, file
+    descriptor 1 points at stderr, so prints of model code and native libraries
+    land there; yields an echo that writes to the real stdout."""
+    if not enabled:
+        yield click.echo
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield lambda text: os.write(saved, (text + "\n").encode())
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 @main.command()
@@ -228,19 +273,20 @@ def build(
         sync = mlflow_sync or bool(os.environ.get("CI"))
         started = time.time()
         result = None
-        try:
-            result = run_build(cfg, config, opts)
-        except BaseException as exc:
-            res = getattr(exc, "result", None)
-            if settings is not None and isinstance(exc, MscompileError):
-                _track(settings, cfg, config, res, exc, started, state, sync)
-            if isinstance(exc, (AccuracyGateError, TargetSkippedError)) and res is not None:
-                if as_json:
-                    click.echo(json.dumps(dict(res.to_json(), error=str(exc)), indent=2))
-                else:
-                    print_summary(res)
-            raise
-        tracked = _track(settings, cfg, config, result, None, started, state, sync) if settings else None
+        with _json_stdout(as_json) as emit:
+            try:
+                result = run_build(cfg, config, opts)
+            except BaseException as exc:
+                res = getattr(exc, "result", None)
+                if settings is not None and isinstance(exc, MscompileError):
+                    _track(settings, cfg, config, res, exc, started, state, sync)
+                if isinstance(exc, (AccuracyGateError, TargetSkippedError)) and res is not None:
+                    if as_json:
+                        emit(json.dumps(dict(res.to_json(), error=str(exc)), indent=2))
+                    else:
+                        print_summary(res)
+                raise
+            tracked = _track(settings, cfg, config, result, None, started, state, sync) if settings else None
         if as_json:
             out = result.to_json()
             if tracked is not None:
@@ -283,7 +329,8 @@ def plan(ctx: click.Context, config: Path, force: bool, cache_dir: Path | None, 
 
     def go() -> None:
         cfg = load_config(config)
-        result = plan_build(cfg, BuildOptions(cache_dir=cache_dir.resolve() if cache_dir else None, force=force))
+        with _json_stdout(as_json):
+            result = plan_build(cfg, BuildOptions(cache_dir=cache_dir.resolve() if cache_dir else None, force=force))
         if as_json:
             click.echo(json.dumps(result, indent=2))
             return

@@ -212,6 +212,23 @@ def semantic_problems(cfg: ModelConfig, where: str) -> list[str]:
             f"{where}: triton.retention.keep_last: {cfg.triton.retention.keep_last} is below version_policy.latest "
             f"({vp.latest}); keep at least the versions Triton serves"
         )
+    batch_lo = max((i.range.min[0] for i in cfg.inputs if i.range is not None and cfg.has_batch_axis()), default=1)
+    batch_hi = min((i.range.max[0] for i in cfg.inputs if i.range is not None and cfg.has_batch_axis()), default=None)
+    for j, b in enumerate(cfg.profile.batch_sizes or []):
+        if not cfg.has_batch_axis() and b != 1:
+            out.append(f"{where}: profile.batch_sizes[{j}]: {b}; the inputs have no batch axis, so only 1 applies")
+        elif b < batch_lo or (batch_hi is not None and b > batch_hi):
+            out.append(
+                f"{where}: profile.batch_sizes[{j}]: {b} is outside the batch range {batch_lo}..{batch_hi} "
+                "of inputs[].range; the model is only built for that range"
+            )
+    if cfg.triton.deploy == "all":
+        for i, t in enumerate(cfg.targets):
+            if len(f"{cfg.name}_{t.name}".encode()) > 255:
+                out.append(
+                    f"{where}: targets[{i}].name: the Triton model {cfg.name}_{t.name!r} (deploy: all) would be a "
+                    "folder name over 255 bytes; shorten the model or target name"
+                )
     dep = cfg.triton.deploy
     if dep in ("fastest", "smallest") and dep == "fastest" and not cfg.profile.enabled:
         out.append(f"{where}: triton.deploy: fastest needs profiling; remove profile.enabled: false")
@@ -360,6 +377,61 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
 _NoDuplicatesLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 MAX_CONFIG_BYTES = 1 << 20
+MAX_YAML_NODES = 100_000  # after alias expansion; a real model.yaml has a few hundred
+MAX_YAML_DEPTH = 64
+
+
+def _check_expansion(node: Any, where: str) -> None:
+    """Bound the document as the constructor would expand it (aliases repeat their
+    anchor's whole subtree), without expanding it: an alias bomb of 1 KB can stand
+    for 10^9 nodes. Iterative, so a deeply nested file cannot overflow the stack."""
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    stack: list[tuple[Any, bool]] = [(node, False)]
+    active: set[int] = set()
+    while stack:
+        n, done = stack.pop()
+        key = id(n)
+        if done:
+            active.discard(key)
+            kids = _children(n)
+            size[key] = 1 + sum(size[id(k)] for k in kids)
+            depth[key] = 1 + max((depth[id(k)] for k in kids), default=0)
+            if size[key] > MAX_YAML_NODES:
+                raise ConfigError(
+                    f"{where}: the YAML expands to more than {MAX_YAML_NODES} values (aliases repeat their anchors); "
+                    "a model config is far smaller: remove the repeated aliases"
+                )
+            if depth[key] > MAX_YAML_DEPTH:
+                raise ConfigError(f"{where}: the YAML nests deeper than {MAX_YAML_DEPTH} levels; flatten it")
+            continue
+        if key in size:
+            continue
+        if key in active:
+            raise ConfigError(f"{where}: the YAML has an alias inside its own anchor (a recursive structure)")
+        active.add(key)
+        stack.append((n, True))
+        stack.extend((k, False) for k in _children(n) if id(k) not in size)
+
+
+def _children(node: Any) -> list[Any]:
+    if isinstance(node, yaml.MappingNode):
+        return [x for pair in node.value for x in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _load_yaml(text: str, where: str) -> Any:
+    loader = _NoDuplicatesLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node, where)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def load_config(path: str | Path) -> ModelConfig:
@@ -369,7 +441,9 @@ def load_config(path: str | Path) -> ModelConfig:
     if p.stat().st_size > MAX_CONFIG_BYTES:
         raise ConfigError(f"{p}: {p.stat().st_size} bytes is too large for a model config (max 1 MiB)")
     try:
-        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_NoDuplicatesLoader)  # noqa: S506 - safe loader subclass
+        data = _load_yaml(p.read_text(encoding="utf-8"), str(p))
+    except RecursionError:
+        raise ConfigError(f"{p}: the YAML nests too deep to read; flatten it") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark else str(p)

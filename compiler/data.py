@@ -71,6 +71,7 @@ def describe_dataset(src: DataSource, key: str) -> Dataset:
             raise ConfigError(
                 f"{key}.data: {path} not found; check the path (relative paths start at the working directory)"
             )
+        _regular_files(path, key)
         if size_of(path) > MAX_DATA_BYTES:
             raise InputDataError(f"{key}.data: {path} is larger than the 2 GiB limit for data")
         if path.is_file() and path.suffix not in (".npz", ".txt"):
@@ -88,6 +89,23 @@ def describe_dataset(src: DataSource, key: str) -> Dataset:
         if spec:
             h.update(code_digest(spec, f"{key}.{name}").encode())
     return Dataset(path=path, digest=h.hexdigest(), meta=meta)
+
+
+def _regular_files(path: Path, key: str) -> None:
+    """Data is regular files: a FIFO would block the read forever, a link to a
+    device (/dev/zero) would never end."""
+    import stat
+
+    items = [path] if not path.is_dir() else [Path(r) / n for r, _, names in os.walk(path) for n in names]
+    for f in items:
+        try:
+            mode = os.stat(f).st_mode
+        except OSError as exc:
+            raise InputDataError(f"{key}.data: cannot read {f} ({exc.strerror})") from None
+        if not stat.S_ISREG(mode):
+            raise InputDataError(
+                f"{key}.data: {f} is not a regular file (a pipe, device or socket); data must be files on disk"
+            )
 
 
 def _snapshot(path: Path, key: str, expect: str | None) -> dict[str, bytes]:
@@ -119,9 +137,19 @@ def read_source(src: DataSource, key: str, expect: str | None = None) -> dict[st
     """All arrays of a data source (inputs, and labels where present). `expect`: the
     digest of the data file(s) recorded when the build started (Dataset meta 'content')."""
     if src.generator is not None:
+        from .sections import MAX_VALIDATION_SAMPLES
+
         gen = get_factory(src.generator, f"{key}.generator")
+        # a generator need not end: take batches until `samples` (or the sample limit) is reached
+        want = src.samples or MAX_VALIDATION_SAMPLES + 1
+        parts, n = [], 0
         try:
-            parts = list(gen(**src.generator_args))
+            for part in gen(**src.generator_args):
+                parts.append(part)
+                first = next(iter(part.values()), None) if isinstance(part, dict) else None
+                n += int(np.shape(first)[0]) if first is not None and np.ndim(first) > 0 else 1
+                if n >= want:
+                    break
         except Exception as exc:  # user code: report it as a data error
             raise InputDataError(f"{key}.generator: {src.generator} failed: {type(exc).__name__}: {exc}") from None
         return _concat(parts, f"{key}.generator {src.generator}")
@@ -161,6 +189,15 @@ def read_source(src: DataSource, key: str, expect: str | None = None) -> dict[st
 
 def _load_npy(data: bytes, p: Path, key: str) -> np.ndarray:
     try:
+        f = _io.BytesIO(data)
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(f)  # the header only: nothing allocated yet
+        if int(np.prod(shape, dtype=np.float64)) * dtype.itemsize > len(data):
+            raise ValueError(f"its header declares {shape} {dtype}, more than the file's {len(data)} bytes hold")
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputDataError(f"{key}.data: cannot read {p} ({exc})") from None
+    try:
         return np.load(_io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise InputDataError(f"{key}.data: cannot read {p} ({exc})") from None
@@ -179,7 +216,22 @@ def _concat(parts: list, where: str) -> dict[str, np.ndarray]:
         raise InputDataError(f"{where}: batches do not stack along the sample axis: {exc}") from None
 
 
+def _check_inflated(data: bytes | Path, path: Path, key: str) -> None:
+    """The sizes an .npz declares, checked before anything is inflated (10 MB of
+    zeros compress to a 9.5 GiB array)."""
+    try:
+        with zipfile.ZipFile(_io.BytesIO(data) if isinstance(data, bytes) else data) as z:
+            total = sum(i.file_size for i in z.infolist())
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return  # np.load reports a bad file with its own message
+    if total > MAX_DATA_BYTES:
+        raise InputDataError(
+            f"{key}: {path} inflates to {total / 2**30:.1f} GiB, above the 2 GiB limit for data; use fewer samples"
+        )
+
+
 def load_arrays(data: bytes | Path, path: Path, key: str) -> dict[str, np.ndarray]:
+    _check_inflated(data, path, key)
     try:
         with np.load(_io.BytesIO(data) if isinstance(data, bytes) else data, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
@@ -218,6 +270,11 @@ def check_arrays(cfg: IOSpec, arrays: dict[str, np.ndarray], path: Path | str, k
                         f"{path}: array {inp.name!r} dimension {ax} is {a.shape[ax]}, outside "
                         f"inputs[{inp.name}].range {lo}..{hi}"
                     )
+        if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+            bad = np.argwhere(~np.isfinite(a.reshape(a.shape[0], -1) if a.ndim else a.reshape(1, -1)))[0][0]
+            raise InputDataError(
+                f"{path}: array {inp.name!r} holds NaN or inf (sample {bad}); data must be finite numbers"
+            )
         counts.add(a.shape[0] if cfg.has_batch_axis() else 1)
     if labels:
         lab = arrays[labels]

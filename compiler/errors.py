@@ -65,5 +65,15 @@ class RepositoryError(MscompileError):
     """The Triton repository cannot be written (lock held, bad state)."""
 
 
+class UnsafePathError(ConfigError):
+    """A file mscompile would write is a symbolic link (or not a regular file): refused."""
+
+
+class UserCodeExit(MscompileError):
+    """The user's model code (factory, tokenizer, generator, forward) ended the process."""
+
+    exit_code = EXIT_USAGE
+
+
 class TargetSkippedError(MscompileError):
     """--require-all-targets: a target could not be built here (e.g. TensorRT absent)."""

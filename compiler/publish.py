@@ -7,6 +7,7 @@ built, and so checked against Triton's schema, before anything is written."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,7 @@ from .artifacts import Artifact
 from .backends import ServedModel, get
 from .config import ModelConfig, resolve_path
 from .tritonrepo.config import to_text
-from .tritonrepo.writer import Published, publish
+from .tritonrepo.writer import Published, publish, versions
 
 
 @dataclass
@@ -37,16 +38,42 @@ def served_models(cfg: ModelConfig, d: Deployment) -> list[ServedModel]:
     return get(t.backend).serving(cfg, t, d.model_name, d.model.meta["io"], d.model, d.profile)
 
 
+def preflight(cfg: ModelConfig) -> None:
+    """Where the build will publish, checked before any work (exit 2)."""
+    from .errors import ConfigError
+
+    repo = resolve_path(cfg.triton.repository)
+    key = "triton.repository"
+    if repo.exists() and not repo.is_dir():
+        raise ConfigError(f"{key}: {repo} is a file, not a folder; name a folder for the Triton repository")
+    probe = repo
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}: {repo} cannot be written ({probe} is read-only); choose a writable folder")
+    names = [n for n, _ in deployment_names(cfg, [t.name for t in cfg.targets])]
+    specific = set(cfg.triton.version_policy.specific or []) if cfg.triton.version_policy else set()
+    for n in names:
+        d = repo / n
+        if d.is_symlink() or (d.exists() and not d.is_dir()):
+            raise ConfigError(
+                f"name: {d} exists and is not a model folder (a file or a link); remove it or rename the model"
+            )
+        existing = versions(d)
+        possible = [*existing, (existing[-1] + 1) if existing else 1]
+        if specific and not specific & set(possible):
+            raise ConfigError(
+                f"triton.version_policy.specific: {sorted(specific)} names no version of {n} (it has "
+                f"{', '.join(map(str, existing)) or 'none'}; this build would add {possible[-1]}); Triton would "
+                "serve nothing. Name an existing version, or use latest"
+            )
+
+
 def write_repository(cfg: ModelConfig, deployments: list[Deployment], manifest: dict[str, Any]) -> list[Published]:
     repo = resolve_path(cfg.triton.repository)
     models = [(d, m) for d in deployments for m in served_models(cfg, d)]
     texts = [to_text(m.config) for _, m in models]
     t = cfg.triton
-    vp = t.version_policy
-    protect_latest = (
-        vp.latest if vp is not None and vp.latest else (1 if vp is None else 0)
-    )  # Triton's default: latest 1
-    protect_specific = frozenset(vp.specific or []) if vp is not None else frozenset()
     return [
         publish(
             repo,
@@ -56,8 +83,6 @@ def write_repository(cfg: ModelConfig, deployments: list[Deployment], manifest: 
             dict(manifest, deployed_variant=d.target),
             lock_timeout=t.lock_timeout_s,
             keep_last=t.retention.keep_last if t.retention else None,
-            protect_latest=protect_latest,
-            protect_specific=protect_specific,
         )
         for (d, m), text in zip(models, texts, strict=True)
     ]

@@ -78,7 +78,7 @@ class InputSpec(Section):
         for d in v:
             if isinstance(d, int) and d != -1 and d < 1:
                 raise ValueError(f"dimension {d} must be a positive size, -1 (dynamic) or a name")
-            if isinstance(d, str) and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", d):
+            if isinstance(d, str) and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", d):
                 raise ValueError(f"dimension name {d!r} must be an identifier")
         return v
 
@@ -203,8 +203,8 @@ class DynamicBatching(Section):
 
 class InstanceGroup(Section):
     kind: Literal["KIND_CPU", "KIND_GPU", "KIND_AUTO"] = "KIND_CPU"
-    count: int = Field(default=1, ge=1)
-    gpus: list[int] | None = None
+    count: int = Field(default=1, ge=1, le=1024)
+    gpus: list[Annotated[int, Field(ge=0, le=1024)]] | None = None
 
 
 class VersionPolicy(Section):
@@ -221,7 +221,7 @@ class RetentionConfig(Section):
 
 
 class TritonConfig(Section):
-    repository: str = "model_repository"
+    repository: str = Field(default="model_repository", min_length=1)
     max_batch_size: int | None = Field(
         default=None,
         ge=0,

@@ -21,6 +21,10 @@ class State:
     def resolve(cache_dir: Path | None = None) -> State:
         if cache_dir is not None:
             cache = Path(cache_dir).expanduser().resolve()
+            if cache.exists() and not cache.is_dir():
+                from .errors import ConfigError
+
+                raise ConfigError(f"--cache-dir: {cache} is a file; give a folder (it is created if missing)")
             return State(root=cache.parent, cache=cache)
         root = Path(os.environ.get("MSCOMPILE_HOME", ".mscompile")).expanduser().resolve()
         return State(root=root, cache=root / "cache")

@@ -11,6 +11,8 @@ from .config import load_config
 from .data import describe_dataset, load_validation
 from .loading import describe_source, load_module
 
+MAX_PROBE_BYTES = 1 << 30
+
 
 def validate_all(config_path: Path) -> list[str]:
     from mscompile.passes.load_checkpoint import reference_outputs
@@ -40,6 +42,15 @@ def validate_all(config_path: Path) -> list[str]:
     )
     for bound in ("min", "max"):
         if all(i.range is not None for i in cfg.inputs):
+            need = sum(
+                int(np.prod(getattr(i.range, bound), dtype=np.float64)) * np.dtype(i.dtype).itemsize for i in cfg.inputs
+            )
+            if need > MAX_PROBE_BYTES:
+                lines.append(
+                    f"forward pass at range {bound}: not run (its inputs take {need / 2**30:.1f} GiB; "
+                    f"the probe stops at {MAX_PROBE_BYTES / 2**30:.0f} GiB)"
+                )
+                continue
             synthetic = {i.name: np.zeros(getattr(i.range, bound), dtype=i.dtype) for i in cfg.inputs}
             reference_outputs(module, cfg.io, synthetic, 1 << 30)
             lines.append(f"forward pass at range {bound}: ok")

@@ -79,6 +79,14 @@ class LoadCheckpoint(Pass[TorchSource, TorchModel]):
         feeds, labels = ctx.data("validation")
         ctx.note(f"reference outputs on {next(iter(feeds.values())).shape[0]} validation samples")
         ref = reference_outputs(module, cfg.io, feeds, cfg.batch_size)
+        for name, a in ref.items():
+            if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+                flat = a.reshape(a.shape[0], -1) if a.ndim else a.reshape(1, -1)
+                sample = int(np.argwhere(~np.isfinite(flat))[0][0])
+                raise ShapeError(
+                    f"outputs: the PyTorch model returns NaN or inf in {name!r} for validation sample {sample}; "
+                    "it is the reference every variant is compared with: fix the model or its inputs"
+                )
         np.savez(ctx.workdir / "reference.npz", **ref)
         metrics: dict = {
             "parameters": int(sum(p.numel() for p in module.parameters()))

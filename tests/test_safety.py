@@ -121,21 +121,32 @@ def test_parallel_builds_get_distinct_whole_versions(tmp_path, figures):
 
 
 def test_retention_keeps_what_the_policy_serves(tmp_path):
-    repo = tmp_path / "repo"
+    from mscompile.errors import ConfigError
+    from mscompile.tritonrepo.config import parse
 
-    def pub(payload, **kw):
+    repo = tmp_path / "repo"
+    latest2 = 'name: "m"\nversion_policy { latest { num_versions: 2 } }\n'
+
+    def pub(payload, config=latest2, **kw):
         src = tmp_path / f"src-{payload}"
         src.mkdir(exist_ok=True)
         (src / "model.onnx").write_bytes(payload.encode())
-        return publish(repo, "m", {"model.onnx": src / "model.onnx"}, 'name: "m"\n', {}, **kw)
+        return publish(repo, "m", {"model.onnx": src / "model.onnx"}, config, {}, **kw)
 
     for i in range(5):
-        pub(f"v{i}", keep_last=2, protect_latest=2, protect_specific=frozenset({1}))
-    assert versions(repo / "m") == [1, 4, 5]  # newest two, plus the pinned version 1
-    p = pub("v5", keep_last=1, protect_latest=2)
-    assert p.version == 6 and p.pruned == [1, 4]  # latest 2 are served: 5 and 6 stay
-    assert versions(repo / "m") == [5, 6]
+        pub(f"v{i}", keep_last=2)
+    # served now (latest 2: 4, 5) and what the previous config served (3, 4): a polling
+    # server may not have switched yet
+    assert versions(repo / "m") == [3, 4, 5]
+    on_disk = parse((repo / "m/config.pbtxt").read_text()).version_policy
+    assert list(on_disk.specific.versions) == [4, 5]  # the rule, pinned to what it serves
+    p = pub("v5", keep_last=1)
+    assert p.version == 6 and p.pruned == [3]
+    assert versions(repo / "m") == [4, 5, 6]
     assert pub("v5", keep_last=1).reused  # identical files: nothing published, nothing pruned
+    with pytest.raises(ConfigError, match=r"specific: \[1\] names no version of m"):
+        pub("v6", config='name: "m"\nversion_policy { specific { versions: 1 } }\n')
+    assert versions(repo / "m") == [4, 5, 6]  # refused before anything was written
     assert not list((repo / "m").glob(".trash-*"))
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..artifacts import sha256_file
-from ..errors import RepositoryError
+from ..errors import ConfigError, RepositoryError, UnsafePathError
 from ..faults import point
 
 MANIFEST = "build_manifest.json"
@@ -39,6 +39,42 @@ class Published:
     path: Path
     reused: bool  # True: identical to the latest version; nothing new was written
     pruned: list[int] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _remove(path: Path) -> None:
+    """Delete a folder, or a link (never what it points to)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def served_versions(config_text: str | None, existing: list[int]) -> set[int]:
+    """The versions a config's version_policy serves among `existing` (Triton's
+    default policy: the latest 1)."""
+    if not existing:
+        return set()
+    policy = None
+    if config_text:
+        from .config import parse
+
+        try:
+            policy = parse(config_text).version_policy
+        except Exception:  # noqa: BLE001 - a hand-broken config: assume Triton's default
+            policy = None
+    if policy is not None and policy.HasField("all"):
+        return set(existing)
+    if policy is not None and policy.HasField("specific"):
+        return set(policy.specific.versions) & set(existing)
+    n = policy.latest.num_versions if policy is not None and policy.HasField("latest") else 1
+    return set(existing[-max(n, 1) :])
 
 
 def prune(model_dir: Path, keep_last: int, protected: set[int]) -> list[int]:
@@ -52,7 +88,7 @@ def prune(model_dir: Path, keep_last: int, protected: set[int]) -> list[int]:
             continue
         trash = model_dir / f".trash-{v}-{os.getpid()}"
         os.rename(model_dir / str(v), trash)
-        shutil.rmtree(trash, ignore_errors=True)
+        _remove(trash)
         removed.append(v)
     return removed
 
@@ -75,7 +111,15 @@ def model_dir_for(repo: Path, name: str) -> Path:
 def model_lock(model_dir: Path, timeout: float = 600.0):
     model_dir.mkdir(parents=True, exist_ok=True)
     path = model_dir / LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        # never through a link: a planted symlink would make every build overwrite its target
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        if path.is_symlink():
+            raise UnsafePathError(
+                f"{path} is a symbolic link; mscompile does not write through links in the repository: remove it"
+            ) from None
+        raise RepositoryError(f"{path}: cannot open the lock file ({exc.strerror})") from None
     deadline = time.monotonic() + timeout
     try:
         while True:
@@ -102,8 +146,12 @@ def model_lock(model_dir: Path, timeout: float = 600.0):
 
 
 def write_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text` in one rename; the file gets the mode any new file
+    gets under the umask (mkstemp's 0600 would hide it from a server running as
+    another user)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -122,19 +170,32 @@ def publish(
     manifest: dict[str, Any],
     lock_timeout: float = 600.0,
     keep_last: int | None = None,
-    protect_latest: int = 0,
-    protect_specific: frozenset[int] = frozenset(),
 ) -> Published:
     """Publish `files` (name in the version folder -> source file) as the next version
-    of model `name`, unless they equal the latest version's files."""
+    of model `name`, unless they equal the latest version's files.
+
+    The config and the versions it serves switch together: the written config
+    lists the served versions explicitly (`version_policy { specific }`, computed
+    from the policy in `config_text`: latest N, all or specific), the new version
+    folder is renamed into place while the config on disk does not serve it, and
+    then one atomic replace of config.pbtxt serves it. A polling server never sees
+    the new config beside the previous version, or a new version under the old
+    config; after a crash in between, the old pair stands."""
     model_dir = model_dir_for(repo, name)
     digests = {rel: sha256_file(src) for rel, src in files.items()}
     with model_lock(model_dir, lock_timeout):
         # staging folders exist only under the lock: any found now are from a killed build
         for stale in [*model_dir.glob(".staging-*"), *model_dir.glob(".trash-*")]:
-            shutil.rmtree(stale, ignore_errors=True)
+            _remove(stale)
         existing = versions(model_dir)
         config_path = model_dir / "config.pbtxt"
+        if config_path.is_symlink():
+            raise UnsafePathError(
+                f"{config_path} is a symbolic link; mscompile does not write through links in the repository: remove it"
+            )
+        before = config_path.read_text() if config_path.is_file() else None
+        served_before = served_versions(before, existing)
+        warnings = _hand_edited(model_dir, config_path, before)
         if existing:
             latest = model_dir / str(existing[-1])
             try:
@@ -142,37 +203,99 @@ def publish(
             except (OSError, ValueError):
                 prior = None
             if prior == digests:
-                if not config_path.is_file() or config_path.read_text() != config_text:
-                    write_atomic(config_path, config_text)
-                return Published(name, existing[-1], latest, reused=True)  # nothing new: nothing to prune
+                text = _pinned(config_text, existing, name)
+                if before != text:
+                    _write_config(model_dir, text)
+                # nothing new: nothing to prune
+                return Published(name, existing[-1], latest, reused=True, warnings=warnings)
         version = (existing[-1] + 1) if existing else 1
-        # config first: a server never sees a new version with a stale config
-        if not config_path.is_file() or config_path.read_text() != config_text:
-            write_atomic(config_path, config_text)
-        point("publish:config")
+        text = _pinned(config_text, [*existing, version], name)
+        if before is not None and served_before and _policy_kind(before) != "specific":
+            # a config that serves by rule (latest N) would serve the new folder the
+            # moment it appears: pin what it serves now first (same versions, same model)
+            _write_config(model_dir, _pinned(before, existing, name, only=served_before))
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
         try:
             for rel, src in files.items():
                 shutil.copyfile(src, staging / rel)
-            full = dict(manifest, model=name, version=version, files=digests)
+            full = dict(manifest, model=name, version=version, files=digests, config_sha256=_sha(text))
             (staging / MANIFEST).write_text(json.dumps(full, indent=2, default=str))
             for f in staging.iterdir():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
-            os.chmod(staging, 0o755)
+            os.chmod(staging, 0o777 & ~_umask())
             point("publish:staged")
             final = model_dir / str(version)
-            os.rename(staging, final)
+            os.rename(staging, final)  # not served yet: the config on disk does not list it
             _fsync_dir(model_dir)
             point("publish:renamed")
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+        _write_config(model_dir, text)  # the switch: one atomic replace
+        point("publish:config")
         pruned: list[int] = []
         if keep_last:
-            served = set(versions(model_dir)[-protect_latest:]) if protect_latest else set()
-            pruned = prune(model_dir, keep_last, served | set(protect_specific))
-        return Published(name, version, final, reused=False, pruned=pruned)
+            served_now = served_versions(text, versions(model_dir))
+            # never a served version, nor one the config before this publish served (a
+            # polling server may still serve it): that one goes on a later publish
+            pruned = prune(model_dir, keep_last, served_now | served_before)
+        return Published(name, version, final, reused=False, pruned=pruned, warnings=warnings)
+
+
+CONFIG_SHA = ".mscompile-config.sha256"  # what the last publish wrote (to see a hand edit)
+
+
+def _write_config(model_dir: Path, text: str) -> None:
+    write_atomic(model_dir / "config.pbtxt", text)
+    write_atomic(model_dir / CONFIG_SHA, _sha(text) + "\n")
+
+
+def _policy_kind(text: str) -> str | None:
+    from .config import parse
+
+    try:
+        return parse(text).version_policy.WhichOneof("policy_choice")
+    except Exception:  # noqa: BLE001 - an unreadable config: no rule to keep
+        return None
+
+
+def _pinned(config_text: str, available: list[int], name: str, only: set[int] | None = None) -> str:
+    """`config_text` with its version policy replaced by the explicit list of the
+    versions it serves among `available`."""
+    from .config import parse, to_text
+
+    mc = parse(config_text)
+    served = sorted(only if only is not None else served_versions(config_text, available))
+    if not served:
+        raise ConfigError(
+            f"triton.version_policy.specific: {sorted(mc.version_policy.specific.versions)} names no version of "
+            f"{name} (it has {', '.join(map(str, available)) or 'none'}); Triton would serve nothing. "
+            "Name an existing version, or use latest"
+        )
+    mc.ClearField("version_policy")
+    mc.version_policy.specific.versions.extend(served)
+    return to_text(mc)
+
+
+def _sha(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _hand_edited(model_dir: Path, config_path: Path, before: str | None) -> list[str]:
+    """A config.pbtxt that is not the one the last publish wrote was edited by hand:
+    keep a copy and say so (it is about to be replaced)."""
+    try:
+        wrote = (model_dir / CONFIG_SHA).read_text().strip()
+    except OSError:
+        return []
+    if before is None or wrote == _sha(before):
+        return []
+    keep = model_dir / f".config.pbtxt.edited-{time.strftime('%Y%m%d-%H%M%S')}"
+    shutil.copyfile(config_path, keep)
+    return [f"{config_path} was edited by hand since the last build; it is replaced, the edit is kept in {keep}"]
 
 
 def _fsync_dir(d: Path) -> None:

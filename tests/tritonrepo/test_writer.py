@@ -26,8 +26,9 @@ def test_versions_count_up_and_identical_files_reuse(tmp_path):
     assert (repo / "m/2/model.onnx").read_bytes() == b"b"
     man = json.loads((repo / "m/2/build_manifest.json").read_text())
     assert man["version"] == 2 and man["x"] == 3 and len(man["files"]["model.onnx"]) == 64
-    # only version folders, the config and the lock: no staging left behind
+    # only version folders, the config, the lock and the written config's digest: no staging left behind
     assert sorted(p.name for p in (repo / "m").iterdir()) == [
+        ".mscompile-config.sha256",
         ".mscompile.lock",
         "1",
         "2",
@@ -76,3 +77,56 @@ def test_lock_timeout_names_the_holder(tmp_path):
     finally:
         release.set()
         t.join()
+
+
+PUBLISHER = """
+import sys
+from pathlib import Path
+
+from mscompile.tritonrepo.writer import publish
+
+repo, src = Path(sys.argv[1]), Path(sys.argv[2])
+for i in range(20):
+    f = src / f"m{i}.onnx"
+    f.write_bytes(str(i).encode())
+    # every publish changes the config too (as a change of inputs would)
+    publish(repo, "m", {"model.onnx": f}, f'name: "m"\\nmax_batch_size: {i + 1}\\n', {"i": i}, keep_last=3)
+"""
+
+
+def test_a_polling_watcher_never_sees_a_config_beside_the_wrong_version(tmp_path, figures):
+    """While another process publishes 20 versions, each with a changed config, a
+    watcher reads (config.pbtxt, the newest version it serves) as fast as it can:
+    the version must exist and must have been published with exactly that config."""
+    import hashlib
+    import subprocess
+    import sys
+
+    from mscompile.tritonrepo.config import parse
+
+    repo, src = tmp_path / "repo", tmp_path / "src"
+    src.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", PUBLISHER, str(repo), str(src)])
+    model = repo / "m"
+    seen = bad = 0
+    while proc.poll() is None:
+        try:
+            text = (model / "config.pbtxt").read_text()
+        except FileNotFoundError:
+            continue
+        newest = max(parse(text).version_policy.specific.versions)
+        try:
+            wrote = json.loads((model / str(newest) / "build_manifest.json").read_text())["config_sha256"]
+        except (FileNotFoundError, ValueError):
+            wrote = None
+        try:
+            unchanged = (model / "config.pbtxt").read_text() == text
+        except FileNotFoundError:
+            unchanged = False
+        if unchanged:  # a stale read (the config moved on meanwhile) is not a finding
+            seen += 1
+            bad += wrote != hashlib.sha256(text.encode()).hexdigest()
+    assert proc.returncode == 0
+    figures.append(f"polling watcher: {seen} observations during 20 publishes with changing configs, {bad} inconsistent")
+    assert seen > 100 and bad == 0
+    assert versions(model) == [18, 19, 20]
