@@ -17,6 +17,7 @@ left behind (a killed or failed child) are logged by the next build or
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -32,6 +33,7 @@ from typing import Any
 
 from . import __version__
 from .errors import ConfigError
+from .faults import point
 
 CI_VARIABLES = (
     "CI",
@@ -69,6 +71,8 @@ def resolve(cfg: Any, state_dir: Path, cli_uri: str | None, cli_experiment: str 
     if not uri:
         state_dir.mkdir(parents=True, exist_ok=True)
         uri = f"sqlite:///{state_dir.resolve() / 'mlflow.db'}"
+    if uri.startswith("sqlite:"):
+        # a local store: artifacts under the state folder, never ./mlruns in the working directory
         artifact_location = (state_dir / "mlartifacts").resolve().as_uri()
     experiment = cli_experiment or (m.experiment if m and m.experiment else None) or f"mscompile/{cfg.name}"
     return TrackingSettings(
@@ -245,44 +249,64 @@ def submit(record: dict[str, Any], state_dir: Path, sync: bool) -> dict[str, Any
 
 
 def flush(state_dir: Path, warn: Any = None) -> int:
-    """Log records left by earlier builds (a killed or failed child); returns how many."""
+    """Log records left by earlier builds (a killed or failed logger); returns how
+    many were logged now. A record another process is logging (its lock held) is
+    left to it; a lock whose holder died is free again (the kernel drops it)."""
     d = spool_dir(state_dir)
     n = 0
     for path in sorted(d.glob("*.json")) if d.is_dir() else []:
-        if time.time() - path.stat().st_mtime < 60 and not (path.with_suffix(".error")).exists():
-            continue  # probably still being logged by its own child process
         try:
-            log_spooled(path)
-            n += 1
+            n += log_spooled(path) is not None
         except Exception as exc:  # keep the record; say why
             if warn:
                 warn(f"MLflow record {path.name} not logged yet: {type(exc).__name__}: {exc}")
     return n
 
 
+@contextlib.contextmanager
+def _flock(path: Path, blocking: bool):
+    """An exclusive lock held by an open file (released when the holder exits or
+    dies: no stale lock). Yields False when non-blocking and taken."""
+    import fcntl
+
+    fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def _store_lock(record: dict[str, Any], spool: Path) -> Path:
+    """One writer per tracking store at a time: two builds opening a fresh SQLite
+    store together race in its schema migration."""
+    import hashlib
+
+    return spool / f"store-{hashlib.sha256(record['settings']['uri'].encode()).hexdigest()[:16]}.lock"
+
+
 def log_spooled(path: Path) -> str | None:
-    """Log one spooled record into MLflow, then delete it. Returns the run id."""
-    lock = path.with_suffix(".lock")
-    try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return None  # another process is logging it
-    try:
-        if not path.exists():
+    """Log one spooled record into MLflow, then delete it. Returns the run id (None
+    when another process holds the record, or it is gone)."""
+    with _flock(path.with_suffix(".lock"), blocking=False) as mine:
+        if not mine or not path.exists():
             return None
         record = json.loads(path.read_text())
+        point("mlflow:log")
         try:
-            run_id = log_record(record)
+            with _flock(_store_lock(record, path.parent), blocking=True):
+                run_id = log_record(record)
         except Exception as exc:
             path.with_suffix(".error").write_text(f"{type(exc).__name__}: {exc}\n")
             raise
         path.unlink()
-        for suffix in (".error", ".log"):
+        for suffix in (".error", ".log", ".lock"):
             path.with_suffix(suffix).unlink(missing_ok=True)
         return run_id
-    finally:
-        os.close(fd)
-        lock.unlink(missing_ok=True)
 
 
 def log_record(rec: dict[str, Any]) -> str:
@@ -438,4 +462,6 @@ def list_runs(settings: TrackingSettings, model: str, limit: int) -> list[dict[s
 
 
 if __name__ == "__main__":  # the detached logger: python -m mscompile.tracking <spooled record>
-    log_spooled(Path(sys.argv[1]))
+    record = Path(sys.argv[1])
+    log_spooled(record)
+    flush(record.parent.parent)  # and what earlier builds left in the spool

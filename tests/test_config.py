@@ -208,6 +208,24 @@ CORE_PROBLEMS = [
         "calibration.data: the calibration set must differ",
     ),
     (lambda d: d["validation"].update(labels="images"), "validation.labels: 'images' is also an input name"),
+    (
+        lambda d: d.update(profile={"batch_sizes": [1, 128]}),
+        "profile.batch_sizes[1]: 128 is outside the batch range 1..64",
+    ),
+    (
+        lambda d: (
+            d["inputs"][0].update(
+                shape=[1, 1, 8, 8], range={"min": [1, 1, 8, 8], "opt": [1, 1, 8, 8], "max": [1, 1, 8, 8]}
+            ),
+            d["triton"].update(max_batch_size=0, dynamic_batching=None),
+            d.update(profile={"batch_sizes": [4]}),
+        ),
+        "profile.batch_sizes[0]: 4; the inputs have no batch axis",
+    ),
+    (
+        lambda d: (d.update(name="m" * 128), d["targets"][0].update(name="t" * 128), d["triton"].update(deploy="all")),
+        "would be a folder name over 255 bytes",
+    ),
 ]
 
 

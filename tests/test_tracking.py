@@ -197,3 +197,86 @@ def test_no_mlflow_writes_no_store(tmp_path, digits_config):
     r = run_cli("build", str(cfg), "--no-mlflow", env={"MSCOMPILE_HOME": str(home)})
     assert r.returncode == 0 and "mlflow:" not in r.stdout
     assert not (home / "mlflow.db").exists() and not (home / "mlflow-spool").exists()
+
+
+def _tiny_builds(tmp_path, names):
+    from helpers import make_tiny_project
+
+    out = []
+    for n in names:
+        cfg = make_tiny_project(tmp_path / n)
+        cfg["name"] = n
+        out.append(write_config(cfg, tmp_path / n / "model.yaml"))
+    return out
+
+
+def _build_runs(uri, experiment):
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    return [] if exp is None else _runs(client, experiment)
+
+
+def test_two_builds_on_a_fresh_sqlite_store_are_both_recorded(tmp_path):
+    home = tmp_path / "home"
+    paths = _tiny_builds(tmp_path, ["one", "two"])
+    env = {**os.environ, "MSCOMPILE_HOME": str(home), "CI": "true"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "mscompile.cli", "build", str(p), "-q"],
+            cwd=p.parent,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for p in paths
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0 and "could not record" not in err, err
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    assert len(_build_runs(uri, "mscompile/one")) == 1 and len(_build_runs(uri, "mscompile/two")) == 1
+    assert not list((home / "mlflow-spool").glob("*.json"))
+
+
+def test_a_logger_killed_holding_its_lock_leaves_a_record_that_is_logged_later(tmp_path):
+    home = tmp_path / "home"
+    (path,) = _tiny_builds(tmp_path, ["tiny"])
+    env = {"MSCOMPILE_HOME": str(home), "MSCOMPILE_KILL_AT": "mlflow:log"}
+    r = run_cli("build", str(path), "--mlflow-sync", cwd=path.parent, env=env)
+    assert r.returncode == -9
+    assert len(list((home / "mlflow-spool").glob("*.json"))) == 1
+    r = run_cli("runs", str(path), "--json", cwd=path.parent, env={"MSCOMPILE_HOME": str(home)})
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads(r.stdout)) == 1 and not list((home / "mlflow-spool").glob("*.json"))
+
+
+def test_a_later_background_logger_sends_what_an_earlier_build_left(tmp_path):
+    home = tmp_path / "home"
+    (path,) = _tiny_builds(tmp_path, ["tiny"])
+    killed = run_cli(
+        "build",
+        str(path),
+        "--mlflow-sync",
+        cwd=path.parent,
+        env={"MSCOMPILE_HOME": str(home), "MSCOMPILE_KILL_AT": "mlflow:log"},
+    )
+    assert killed.returncode == -9
+    r = run_cli("build", str(path), "--json", cwd=path.parent, env={"MSCOMPILE_HOME": str(home), "CI": ""})
+    assert r.returncode == 0 and json.loads(r.stdout)["mlflow"]["pending"]
+    deadline = time.time() + 120  # the detached logger's work: bounded wait for it to finish
+    while list((home / "mlflow-spool").glob("*.json")) and time.time() < deadline:
+        time.sleep(0.5)
+    assert len(_build_runs(f"sqlite:///{home / 'mlflow.db'}", "mscompile/tiny")) == 2
+
+
+def test_an_explicit_sqlite_uri_keeps_artifacts_in_the_state_folder(tmp_path):
+    home = tmp_path / "home"
+    (path,) = _tiny_builds(tmp_path, ["tiny"])
+    uri = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    r = run_cli(
+        "build", str(path), "--tracking-uri", uri, "--mlflow-sync", cwd=path.parent, env={"MSCOMPILE_HOME": str(home)}
+    )
+    assert r.returncode == 0, r.stderr
+    assert not (path.parent / "mlruns").exists() and (home / "mlartifacts").is_dir()
+    assert len(_build_runs(uri, "mscompile/tiny")) == 1

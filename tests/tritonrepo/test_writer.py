@@ -127,6 +127,8 @@ def test_a_polling_watcher_never_sees_a_config_beside_the_wrong_version(tmp_path
             seen += 1
             bad += wrote != hashlib.sha256(text.encode()).hexdigest()
     assert proc.returncode == 0
-    figures.append(f"polling watcher: {seen} observations during 20 publishes with changing configs, {bad} inconsistent")
+    figures.append(
+        f"polling watcher: {seen} observations during 20 publishes with changing configs, {bad} inconsistent"
+    )
     assert seen > 100 and bad == 0
     assert versions(model) == [18, 19, 20]
