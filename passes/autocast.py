@@ -56,7 +56,7 @@ class AutoCast(Pass[OnnxModel, OnnxModel]):
         )
         onnx.checker.check_model(str(out))
         meta = dict(inp.meta)
-        meta.update(onnx_utils.describe(out))
+        meta.update(onnx_utils.finish(out))
         meta["precision"] = cfg.low_precision_type
         return PassResult(
             path=ctx.workdir,

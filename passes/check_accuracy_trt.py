@@ -15,7 +15,7 @@ from mscompile.pipeline import Pass, PassContext, PassResult, Status
 
 class CheckAccuracyTrt(Pass[TrtEngine, ParityReport]):
     name = "check_accuracy_trt"
-    version = 2
+    version = 3
     input_type = TrtEngine
     output_type = ParityReport
     Config = CheckConfig

@@ -37,7 +37,7 @@ class ConvertFp16(Pass[OnnxModel, OnnxModel]):
         onnx_utils.save(model.model, out)
         onnx.checker.check_model(str(out))
         meta = dict(inp.meta)
-        meta.update(onnx_utils.describe(out))
+        meta.update(onnx_utils.finish(out))
         meta["precision"] = "fp16"
         metrics = {
             "bytes_before": inp.onnx_file.stat().st_size,

@@ -175,7 +175,7 @@ class ExportOnnx(Pass[TorchModel, OnnxModel]):
                 continue
             attempts.append({"exporter": exporter, "ok": True, "seconds": round(time.perf_counter() - t0, 3)})
             break
-        meta = onnx_utils.describe(path)
+        meta = onnx_utils.finish(path)
         meta.update(precision="fp32", exporter=attempts[-1]["exporter"])
         metrics = {
             "exporter": attempts[-1]["exporter"],

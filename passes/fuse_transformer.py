@@ -41,7 +41,7 @@ class FuseTransformer(Pass[OnnxModel, OnnxModel]):
         out = ctx.workdir / "model.onnx"
         onnx_utils.save(opt.model, out)
         meta = dict(inp.meta)
-        meta.update(onnx_utils.describe(out))
+        meta.update(onnx_utils.finish(out))
         meta["fusion"] = cfg.model_type
         metrics = {"nodes_before": inp.meta.get("node_count"), "nodes_after": meta["node_count"], "fused": stats}
         return PassResult(path=ctx.workdir, meta=meta, metrics=metrics)

@@ -57,6 +57,6 @@ class OptimizeGraph(Pass[OnnxModel, OnnxModel]):
         onnx.shape_inference.infer_shapes_path(str(out), str(out))
         onnx.checker.check_model(str(out))
         meta = dict(inp.meta)
-        meta.update(onnx_utils.describe(out))
+        meta.update(onnx_utils.finish(out))
         metrics = {"level": cfg.level, "nodes_before": before, "nodes_after": meta["node_count"]}
         return PassResult(path=ctx.workdir, meta=meta, metrics=metrics)

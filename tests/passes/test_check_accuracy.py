@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 from mscompile.config import Tolerance
@@ -22,26 +24,50 @@ def test_identical_outputs_are_perfect_and_zero_rows_agree():
     assert m["max_abs"] == 0 and m["cosine_min"] == 1.0
 
 
-def test_gate_lists_each_failure():
-    m = {
-        "max_abs": 0.2,
-        "max_rel": 0.01,
-        "cosine": 0.99,
-        "cosine_min": 0.9,
-        "top1_agreement": 0.97,
-        "nonfinite": 0,
+def test_gate_lists_each_failure_with_its_output():
+    per_output = {
+        "logits": {"max_abs": 0.2, "max_rel": 0.01, "cosine": 0.99, "cosine_min": 0.9, "top1_agreement": 0.97},
+        "score": {"max_abs": 0.05, "max_rel": 0.01},  # one value per sample: no cosine
     }
-    assert apply_gate(m, Tolerance(max_abs=0.5, cosine=0.98)) == []
-    fails = apply_gate(m, Tolerance(max_abs=0.1, cosine_min=0.95, top1_agreement=0.99, accuracy_drop=1.0))
-    assert fails == [
-        "max_abs 0.2 > 0.1",
-        "accuracy_drop cannot be measured for this model (set labels in validation, or drop the key)",
-        "cosine_min 0.9 < 0.95",
-        "top1_agreement 0.97 < 0.99",
+    assert apply_gate(per_output, Tolerance(max_abs=0.5, cosine=0.98)) == []
+    fails = apply_gate(
+        per_output,
+        Tolerance(max_abs=0.1, cosine_min=0.95, top1_agreement=0.99, accuracy_drop=1.0),
+        task={"accuracy_drop": 0.4},
+    )
+    assert fails == ["logits: max_abs 0.2 > 0.1", "logits: cosine_min 0.9 < 0.95", "logits: top1_agreement 0.97 < 0.99"]
+    assert apply_gate(per_output, Tolerance(max_abs=0.04)) == [
+        "logits: max_abs 0.2 > 0.04",
+        "score: max_abs 0.05 > 0.04",
     ]
+
+
+@pytest.mark.parametrize(
+    ("tol", "why"),
+    [
+        (
+            Tolerance(accuracy_drop=1.0),
+            "tolerance.accuracy_drop: checks nothing for this model (it needs integer labels",
+        ),
+        (Tolerance(cosine=0.99), "tolerance.cosine: checks nothing for this model (every output has one value"),
+    ],
+)
+def test_a_gate_that_checks_nothing_is_a_config_error(tol, why):
+    from mscompile.errors import ConfigError
+
+    one_wide = {"score": compare(np.ones((4, 1), np.float32), np.ones((4, 1), np.float32))}
+    assert "cosine" not in one_wide["score"]
+    with pytest.raises(ConfigError, match=re.escape(why)):
+        apply_gate(one_wide, tol)
+
+
+def test_top1_is_not_measured_on_embeddings():
+    emb = np.random.default_rng(0).standard_normal((8, 16)).astype(np.float32)
+    assert "top1_agreement" not in compare(emb, emb, classes=False)
+    assert "top1_agreement" in compare(emb, emb, classes=True)
 
 
 def test_nan_always_fails():
     out = np.array([[np.nan, 1.0]], np.float32)
     m = compare(out, np.array([[0.0, 1.0]], np.float32))
-    assert apply_gate(m, Tolerance()) == ["1 non-finite output values (NaN/inf)"]
+    assert apply_gate({"y": m}, Tolerance()) == ["y: 1 non-finite output values (NaN/inf)"]

@@ -57,7 +57,9 @@ def test_basic_folds_constants_and_drops_identities(tmp_path):
     )
     src = tmp_path / "src"
     src.mkdir()
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), src / "model.onnx")
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    onnx_utils.fit_ir_version(model)  # an IR version the installed onnxruntime loads
+    onnx.save(model, src / "model.onnx")
     art = OnnxModel.of(src, onnx_utils.describe(src / "model.onnx"))
     rec = make_driver(tmp_path).run_step(Step("opt", OptimizeGraph, OptimizeConfig(level="basic")), art)
     assert (rec.metrics["nodes_before"], rec.metrics["nodes_after"]) == (3, 1)
@@ -80,3 +82,20 @@ def test_fp16_halves_weights_keeps_io_fp32(tmp_path, digits_config):
     m2 = onnx.load(str(rec2.output.onnx_file))
     assert m2.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
     assert rec2.output.meta["io"]["inputs"][0]["dtype"] == "float16"
+
+
+def test_written_graphs_get_an_ir_version_onnxruntime_loads(tmp_path):
+    """onnx 1.23 writes IR 14, which onnxruntime 1.30 refuses: every graph mscompile
+    writes is lowered to what the installed onnxruntime loads."""
+    from mscompile import onnx_utils
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    g = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "g", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])]
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=onnx.IR_VERSION)
+    onnx_utils.save(model, tmp_path / "m.onnx")
+    meta = onnx_utils.finish(tmp_path / "m.onnx")
+    assert meta["ir_version"] == min(onnx.IR_VERSION, onnx_utils.max_ir_version())
+    ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
