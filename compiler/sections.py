@@ -178,6 +178,10 @@ class RecoveryConfig(Section):
     noise (SQNR), keep the worst nodes in float, re-quantize, re-check."""
 
     enabled: bool = True
+    equalize: bool = Field(
+        default=True,
+        description="first try cross-layer equalization (float-exact rescaling of Linear/Conv pairs joined by ReLU)",
+    )
     max_tries: int = Field(default=4, ge=1, le=20, description="quantization attempts in all, the first included")
     max_excluded_fraction: float = Field(
         default=0.3, gt=0, le=1, description="most quantizable nodes that may be left in float"

@@ -36,7 +36,7 @@ class AnalyzeConfig(Section):
 
 class AnalyzeQuantization(Pass[OnnxModel, QuantAnalysis]):
     name = "analyze_quantization"
-    version = 3
+    version = 4
     input_type = OnnxModel  # the QDQ model
     output_type = QuantAnalysis
     Config = AnalyzeConfig
@@ -94,13 +94,38 @@ class AnalyzeQuantization(Pass[OnnxModel, QuantAnalysis]):
                 }
             )
         rows.sort(key=lambda r: -r["drop"])
+        # tensor level: the activations around the nodes where the two models part
+        # (worst drop first: the node's output, then its quantized inputs), then the
+        # rest by the noise their own quantization adds (qdq SQNR). A masked score
+        # tensor (-1e9 entries) keeps a high SQNR of its own while Softmax after it
+        # loses everything: the node ranking finds it, the own-noise ranking not.
+        readers: dict[str, list[str]] = {}
+        for node in graph.node:
+            for i in node.input:
+                readers.setdefault(i, []).append(node.name)
+        own = {
+            t: round(min(_num(e["qdq_err"]), CAP_DB), 3)
+            for t, e in errors.items()
+            if e.get("qdq_err") is not None and t in producers
+        }
+        nodes = {n.name: n for n in graph.node}
+        order: list[str] = []
+        for r in rows:
+            if r["drop"] <= 0:
+                break
+            n = nodes[r["node"]]
+            for t in [*n.output, *n.input]:
+                if t in own and t not in order:
+                    order.append(t)
+        order += [t for t in sorted(own, key=own.get) if t not in order]
+        tensors = [{"tensor": t, "qdq_sqnr": own[t], "consumers": readers.get(t, [])} for t in order]
         path = ctx.workdir / "analysis.json"
-        path.write_text(json.dumps({"ranking": rows}, indent=2))
+        path.write_text(json.dumps({"ranking": rows, "tensors": tensors}, indent=2))
         ranking = [{"node": r["node"], "feeders": r["feeders"]} for r in rows if r["drop"] > 0]
         worst = [{k: r[k] for k in ("node", "op_type", "input_sqnr", "output_sqnr", "drop")} for r in rows[:5]]
         return PassResult(
             path=path,
-            meta={"ranking": ranking},
+            meta={"ranking": ranking, "tensors": tensors},
             metrics={"tensors": len(rows), "worst": worst},
         )
 

@@ -32,6 +32,7 @@ class Int8Config(Section):
     per_channel: bool = True
     exclude_nodes: tuple[str, ...] = ()
     exclude_op_types: tuple[str, ...] = ()
+    float_tensors: tuple[str, ...] = ()  # static: activations left without Q/DQ (their consumers read float)
     io: IOSpec
     batch_size: int = 16  # calibration batches
 
@@ -82,6 +83,50 @@ def histogram_ranges(model: Path, method, options: dict, reader: _Reader, out: P
     out.with_suffix(".aug.onnx").unlink(missing_ok=True)
 
 
+def keep_float(model, tensors: set[str]) -> list[str]:
+    """Remove the Q/DQ pair on each activation in `tensors` from a QDQ graph, so its
+    consumers read the float tensor; returns the tensors actually changed."""
+    g = model.graph
+    outputs = {o.name for o in g.output}
+    done, drop, rename = [], [], {}
+    # a graph output keeps its name: the quantizer renamed the float tensor feeding its Q
+    # (DequantizeLinear -> output); take the Q's input as the float tensor
+    by_output = {n.output[0]: n for n in g.node}
+    for t in sorted(tensors & outputs):
+        dq = by_output.get(t)
+        q = by_output.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is not None and q.op_type == "QuantizeLinear":
+            dq.op_type, dq.domain = "Identity", ""
+            dq.input[0] = q.input[0]
+            del dq.input[1:]
+            del dq.attribute[:]
+            if not any(q.output[0] in n.input for n in g.node if n is not dq):
+                drop.append(q)
+            done.append(t)
+    for q in [n for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] in tensors]:
+        dqs = [n for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] == q.output[0]]
+        if any(q.output[0] in n.input for n in g.node if n.op_type != "DequantizeLinear") or not dqs:
+            continue  # the integer value itself is used: leave this pair
+        for dq in dqs:
+            if dq.output[0] in outputs:  # keep the graph output's name: an Identity of the float tensor
+                dq.op_type, dq.domain = "Identity", ""
+                del dq.input[1:]
+                dq.input[0] = q.input[0]
+                del dq.attribute[:]
+            else:
+                rename[dq.output[0]] = q.input[0]
+                drop.append(dq)
+        drop.append(q)
+        done.append(q.input[0])
+    for n in g.node:
+        for i, name in enumerate(n.input):
+            if name in rename:
+                n.input[i] = rename[name]
+    for n in drop:
+        g.node.remove(n)
+    return sorted(set(done))
+
+
 def pre_process(src: str, dst: str) -> str:
     """quant_pre_process (shape inference + basic optimization); falls back to ONNX
     shape inference only when the symbolic pass cannot handle the graph."""
@@ -97,7 +142,7 @@ def pre_process(src: str, dst: str) -> str:
 
 class QuantizeInt8(Pass[OnnxModel, OnnxModel]):
     name = "quantize_int8"
-    version = 6
+    version = 7
     input_type = OnnxModel
     output_type = OnnxModel
     Config = Int8Config
@@ -166,6 +211,9 @@ class QuantizeInt8(Pass[OnnxModel, OnnxModel]):
                     calibrate_method=method,
                     nodes_to_exclude=sorted(excluded),
                     calibration_cache_path=str(cache) if cache else None,
+                    # with activations kept in float, a Relu must stay a node: folded into its
+                    # Q (zero point 0 clamps), it would vanish with the Q/DQ pair removed
+                    extra_options={"QDQKeepRemovableActivations": bool(cfg.float_tensors)},
                 )
                 pre.unlink(missing_ok=True)
                 settings.update(
@@ -189,6 +237,17 @@ class QuantizeInt8(Pass[OnnxModel, OnnxModel]):
                 )
                 settings.update(quantizer="onnxruntime.quantize_dynamic", format="QOperator")
         q = onnx.load(str(out))
+        floated: list[str] = []
+        float_nodes: set[str] = set()
+        if cfg.float_tensors and cfg.mode == "static":
+            wanted = set(cfg.float_tensors)
+            for n in src_model.graph.node:  # a float activation after Relu/Clip: its input too
+                if n.op_type in ("Relu", "Clip") and n.output[0] in wanted:
+                    wanted.add(n.input[0])
+            floated = keep_float(q, wanted)
+            onnx_utils.save(q, out)
+            consumers = {t: {n.name for n in src_model.graph.node if t in n.input} for t in floated}
+            float_nodes = set().union(*consumers.values()) & set(candidates) if consumers else set()
         ops = Counter(n.op_type for n in q.graph.node)
         quantized = [c for c in candidates if c not in excluded]
         meta = dict(inp.meta)
@@ -198,6 +257,9 @@ class QuantizeInt8(Pass[OnnxModel, OnnxModel]):
             **settings,
             "quantizable_nodes": len(candidates),
             "excluded_nodes": sorted(excluded),
+            "float_tensors": floated,
+            # quantizable nodes left in float, by exclusion or by reading a float tensor
+            "nodes_in_float": len(set(excluded) | float_nodes),
             "quantized_nodes": len(quantized),
             "quantized_node_names": quantized,
             "unknown_excluded_nodes": unknown,

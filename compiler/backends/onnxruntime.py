@@ -206,8 +206,12 @@ BACKEND = OnnxRuntimeBackend()
 
 
 class Int8Search:
-    """ONNX Runtime INT8 as tries: each a cached quantize + gate; recovery ranks
-    the layers by the noise they add (SQNR) and keeps the worst in float."""
+    """ONNX Runtime INT8 as tries, each a cached quantize + gate. When a static try
+    misses its gate, recovery first equalizes the float graph (cross-layer
+    equalization: float-exact, checked), then keeps the activations whose own
+    quantization noise is worst (lowest SQNR) in float, a few more each try, until
+    the gate passes or the budget (quantizable nodes left in float) is spent.
+    Every try changes the graph: one that would not is not run."""
 
     def __init__(self, cfg: ModelConfig, t: OnnxRuntimeTarget, inputs: RecipeInputs) -> None:
         self.cfg, self.t, self.inputs = cfg, t, inputs
@@ -215,7 +219,10 @@ class Int8Search:
     def modes(self) -> list[str]:
         return ["static", "dynamic"] if self.t.mode == "auto" else [self.t.mode]
 
-    def quantize_step(self, mode: str, excluded: list[str], prefix: str) -> Step:
+    def attempts(self, mode: str) -> int:
+        return self.t.recovery.max_tries if (self.t.recovery.enabled and mode == "static") else 1
+
+    def quantize_step(self, mode: str, excluded: list[str], prefix: str, float_tensors: list[str] = ()) -> Step:
         from mscompile.passes.quantize_int8 import Int8Config, QuantizeInt8
 
         t = self.t
@@ -227,6 +234,7 @@ class Int8Search:
             per_channel=t.per_channel,
             exclude_nodes=tuple(excluded),
             exclude_op_types=tuple(t.exclude_op_types),
+            float_tensors=tuple(float_tensors),
             io=self.cfg.io,
             batch_size=self.cfg.calibration.batch_size,  # type: ignore[union-attr]
         )
@@ -235,8 +243,15 @@ class Int8Search:
     def check_step(self, prefix: str) -> Step:
         return parity_step(self.cfg, self.t, f"{prefix}/check_accuracy", self.inputs)
 
-    def attempts(self, mode: str) -> int:
-        return self.t.recovery.max_tries if (self.t.recovery.enabled and mode == "static") else 1
+    def equalize_step(self, prefix: str) -> Step:
+        from mscompile.passes.equalize_graph import EqualizeConfig, EqualizeGraph
+
+        return Step(
+            f"{prefix}/equalize_graph",
+            EqualizeGraph,
+            EqualizeConfig(io=self.cfg.io),
+            extras={"calibration": self.inputs.calibration},
+        )
 
     def first_tries(self) -> list[list[Step]]:
         """Every mode's first try runs (auto keeps the faster that passes)."""
@@ -254,6 +269,8 @@ class Int8Search:
                 prefix = f"{self.t.name}/{mode}#{k}"
                 if k > 1:
                     ids += [f"{prefix}/quantize_int8", f"{prefix}/check_accuracy"]
+                if k == 1 and n > 1 and self.t.recovery.equalize:
+                    ids.append(f"{prefix}/equalize_graph")
                 if k < n:
                     ids.append(f"{prefix}/analyze_quantization")
         return ids
@@ -274,11 +291,19 @@ class Int8Search:
         passing: list[tuple[float, TargetOutcome]] = []
         last: TargetOutcome | None = None
         for mode in self.modes():
-            excluded = list(t.exclude_nodes)
+            graph, equalized = base, False
+            excluded, floated = list(t.exclude_nodes), []
             attempts = self.attempts(mode)
-            for k in range(1, attempts + 1):
+            seen: set[str] = set()
+            k = 0
+            while k < attempts:
+                k += 1
                 prefix = f"{t.name}/{mode}#{k}"
-                q = runner.run(self.quantize_step(mode, excluded, prefix), base)
+                q = runner.run(self.quantize_step(mode, excluded, prefix, floated), graph)
+                if q.output.digest in seen and tries:  # type: ignore[union-attr]
+                    tries[-1]["stopped"] = "recovery found nothing more that changes the graph"
+                    break  # a try that changes nothing is not a try
+                seen.add(q.output.digest)  # type: ignore[union-attr]
                 c = runner.run(self.check_step(prefix), q.output)  # type: ignore[arg-type]
                 outcome = _outcome(c, q.output)
                 report = outcome.report
@@ -286,8 +311,16 @@ class Int8Search:
                     {
                         "try": len(tries) + 1,
                         "mode": mode,
+                        "equalized": equalized,
                         "excluded_nodes": list(excluded),
-                        "excluded_fraction": round(len(excluded) / max(1, q.metrics.get("quantizable_nodes", 1)), 4),
+                        "float_tensors": list(q.metrics.get("float_tensors", [])),
+                        "nodes_in_float": q.metrics.get("nodes_in_float", len(excluded)),
+                        "excluded_fraction": round(
+                            q.metrics.get("nodes_in_float", len(excluded))
+                            / max(1, q.metrics.get("quantizable_nodes", 1)),
+                            4,
+                        ),
+                        "model_digest": q.output.digest if q.output else None,
                         "metrics": report.meta.get("metrics", {}) if report else {},
                         "failures": report.meta.get("failures", []) if report else [],
                         "passed": outcome.status is Status.OK,
@@ -299,24 +332,31 @@ class Int8Search:
                     passing.append((_seconds(report), outcome))
                     break
                 if k == attempts:
+                    if attempts > 1:
+                        tries[-1]["stopped"] = f"recovery budget spent: {attempts} tries (recovery.max_tries)"
                     break
-                # rank the layers by quantization noise and keep more of the worst in float
-                a = runner.run(self.analyze_step(prefix, base), q.output)  # type: ignore[arg-type]
+                if not equalized and t.recovery.equalize:
+                    # float-exact rescaling first: it keeps everything quantized
+                    e = runner.run(self.equalize_step(prefix), graph)
+                    equalized = True
+                    if e.output is not None and e.metrics.get("pairs", 0) > 0:
+                        graph = e.output
+                        continue
+                # keep the noisiest activations in float (their consumers read float)
+                a = runner.run(self.analyze_step(prefix, graph), q.output)  # type: ignore[arg-type]
                 n_quant = int(q.metrics.get("quantizable_nodes", 0))
                 budget = math.floor(t.recovery.max_excluded_fraction * n_quant)
-                target_n = min(budget, len(t.exclude_nodes) + math.ceil(budget * k / (attempts - 1)))
-                add: list[str] = []
-                for entry in a.output.meta.get("ranking", []) if a.output else []:
-                    if len(excluded) + len(add) >= target_n:
-                        break
-                    # the layer, and the layers feeding it (their quantized outputs are its inputs)
-                    for name in [entry["node"], *entry["feeders"]]:
-                        if name not in excluded and name not in add:
-                            add.append(name)
-                if not add:
-                    tries[-1]["stopped"] = f"recovery budget spent ({len(excluded)} of {n_quant} nodes in float)"
+                target_n = min(budget, math.ceil(budget * k / (attempts - 1)))
+                ranked = [
+                    r for r in (a.output.meta.get("tensors", []) if a.output else []) if r["tensor"] not in floated
+                ]
+                chosen, stop = self._more_tensors(
+                    runner, mode, excluded, floated, ranked, target_n, prefix, graph, seen
+                )
+                if stop:
+                    tries[-1]["stopped"] = stop
                     break
-                excluded += add
+                floated = chosen
         if passing:
             passing.sort(key=lambda p: p[0])
             best = passing[0][1]
@@ -324,8 +364,9 @@ class Int8Search:
             q = best.quantization or {}
             kept = next(tr for tr in reversed(tries) if tr["passed"] and tr["mode"] == q.get("mode"))
             best.note = (
-                f"{q.get('mode')} INT8 after {len(tries)} tr{'y' if len(tries) == 1 else 'ies'}, "
-                f"{len(kept['excluded_nodes'])} node(s) kept in float"
+                f"{q.get('mode')} INT8 after {len(tries)} tr{'y' if len(tries) == 1 else 'ies'}"
+                + (", equalized" if kept["equalized"] else "")
+                + f", {len(kept['float_tensors'])} tensor(s) and {len(kept['excluded_nodes'])} node(s) kept in float"
             )
             if len(passing) > 1:
                 best.note += (
@@ -339,8 +380,40 @@ class Int8Search:
         assert last is not None
         last.tries = tries
         n = len(tries)
-        last.reason = f"{last.reason} (after {n} quantization tr{'y' if n == 1 else 'ies'})"
+        tried = sorted({x for tr in tries for x in tr["float_tensors"]})
+        last.reason = f"{last.reason} (after {n} quantization tr{'y' if n == 1 else 'ies'}"
+        if any(tr["equalized"] for tr in tries):
+            last.reason += "; cross-layer equalization tried"
+        if tried:
+            last.reason += f"; kept in float: {', '.join(tried[:8])}{' ...' if len(tried) > 8 else ''}"
+        stop = next((tr["stopped"] for tr in reversed(tries) if tr.get("stopped")), None)
+        last.reason += f"; {stop})" if stop else ")"
         return last
+
+    def _more_tensors(
+        self,
+        runner: RecipeRunner,
+        mode: str,
+        excluded: list[str],
+        floated: list[str],
+        ranked: list[dict[str, Any]],
+        target_n: int,
+        prefix: str,
+        graph: Artifact,
+        seen: set[str],
+    ) -> tuple[list[str], str | None]:
+        """The float tensors of the next try: the worst-ranked ones, adding until the
+        try's share of the budget is reached and the graph differs from every
+        earlier try's. (new list, None) or (old list, why recovery stops)."""
+        chosen = list(floated)
+        for r in ranked:
+            chosen.append(r["tensor"])
+            nodes = len(set(excluded) | {n for x in ranked if x["tensor"] in chosen for n in x["consumers"]})
+            if nodes >= target_n:
+                break
+        if chosen == floated:
+            return floated, f"no more activations to keep in float ({len(floated)} tried, budget {target_n} node(s))"
+        return chosen, None
 
 
 def _outcome(rec: StepRecord, model: Artifact | None) -> TargetOutcome:

@@ -1,0 +1,163 @@
+"""Cross-layer equalization and tensor-level recovery on nets built to defeat
+per-tensor INT8: a digits MLP whose hidden units are rescaled after training so
+that three of them carry ~1000x the activations of the rest (ReLU is positively
+homogeneous, so the float function is unchanged)."""
+
+import json
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from helpers import requires
+
+MLP_SRC = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    class MLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2, self.fc3 = nn.Linear(64, 48), nn.Linear(48, 32), nn.Linear(32, 10)
+
+        def forward(self, x):
+            return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+    """
+)
+
+
+def outlier_mlp(root, scale=1000.0, kind="rescaled"):
+    """Train the MLP on sklearn's digits (first 1000), then make it hostile to
+    per-tensor INT8 without changing its function. rescaled: 3 units of fc1 times
+    `scale`, fc2's matching columns divided by it. dead: one unit of fc1 always
+    outputs `scale` and fc2 ignores it (a zero column): only the activation range
+    blows up, which equalization cannot fix."""
+    import torch
+    from sklearn.datasets import load_digits
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "mlp.py").write_text(MLP_SRC)
+    ns: dict = {}
+    exec(compile(MLP_SRC, "mlp", "exec"), ns)  # noqa: S102 - the test's own model
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32)
+    torch.manual_seed(0)
+    net = ns["MLP"]()
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    xt, yt = torch.from_numpy(x[:1000]), torch.from_numpy(y[:1000])
+    for _ in range(300):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(xt), yt).backward()
+        opt.step()
+    with torch.no_grad():
+        if kind == "rescaled":
+            for u in (3, 11, 29):
+                net.fc1.weight[u] *= scale
+                net.fc1.bias[u] *= scale
+                net.fc2.weight[:, u] /= scale
+        else:
+            net.fc1.weight[5] = 0.0
+            net.fc1.bias[5] = scale
+            net.fc2.weight[:, 5] = 0.0
+    torch.save(net.state_dict(), root / "mlp.pt")
+    np.savez(root / "val.npz", x=x[1000:1400], labels=y[1000:1400])
+    np.savez(root / "calib.npz", x=x[1400:])
+    with torch.no_grad():
+        acc = float((net(torch.from_numpy(x[1000:1400])).argmax(1).numpy() == y[1000:1400]).mean() * 100)
+    return {
+        "name": "mlp",
+        "source": {"checkpoint": "mlp.pt", "factory": "mlp:MLP"},
+        "inputs": [{"name": "x", "shape": [-1, 64], "range": {"min": [1, 64], "opt": [8, 64], "max": [64, 64]}}],
+        "outputs": [{"name": "logits"}],
+        "export": {"exporter": "torchscript"},
+        "validation": {"data": "val.npz", "labels": "labels"},
+        "calibration": {"data": "calib.npz"},
+        "targets": [
+            {
+                "name": "int8",
+                "precision": "int8",
+                "mode": "static",
+                "per_channel": False,
+                "tolerance": {"accuracy_drop": acc * 0.01},  # keep 99% of the float accuracy
+            }
+        ],
+        "triton": {"repository": "repo"},
+        "profile": {"enabled": False},
+    }, acc
+
+
+@pytest.fixture
+def mlp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("mlp", None)
+    yield outlier_mlp(tmp_path)
+    sys.modules.pop("mlp", None)
+
+
+@requires("sklearn")
+def test_equalization_is_float_exact_and_balances_the_rescaled_units(tmp_path, mlp):
+    import onnx
+    from mscompile.build import BuildOptions, build
+    from mscompile.config import parse_config
+    from mscompile.passes.equalize_graph import _channel_range, equalize
+    from onnx import numpy_helper
+
+    cfg, _ = mlp
+    cfg["targets"][0].update(precision="fp32", tolerance={"max_abs": 1e-4})
+    cfg["targets"][0].pop("mode"), cfg["targets"][0].pop("per_channel")
+    res = build(parse_config(cfg), tmp_path / "m.yaml", BuildOptions(cache_dir=tmp_path / "cache", quiet=True))
+    model = onnx.load(str(res.variants[0].model.onnx_file))
+    w = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    pairs, biggest = equalize(model, sweeps=4)
+    assert pairs == 2 and biggest > 100  # fc1-fc2 and fc2-fc3; the 1000x units pulled back
+    w2 = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    changed = [n for n in w if not np.array_equal(w[n], w2[n])]
+    first = next(n for n in changed if w[n].shape in ((48, 64), (64, 48)))
+    axis = 0 if w[first].shape == (48, 64) else 1
+    r_before, r_after = _channel_range(w[first], axis), _channel_range(w2[first], axis)
+    assert r_before.max() / np.median(r_before) > 100 and r_after.max() / np.median(r_after) < 20
+
+
+@requires("sklearn")
+def test_outlier_net_passes_static_int8_after_equalization_with_no_tensor_in_float(tmp_path, mlp):
+    from mscompile.build import BuildOptions, build
+    from mscompile.config import parse_config
+
+    cfg, acc = mlp
+    result = build(parse_config(cfg), tmp_path / "m.yaml", BuildOptions(cache_dir=tmp_path / "cache", quiet=True))
+    (v,) = result.variants
+    assert v.status == "OK", v.reason
+    first, last = v.tries[0], v.tries[-1]
+    assert not first["passed"] and first["metrics"]["accuracy"] < 50  # per-tensor INT8 wrecks it
+    assert last["passed"] and last["equalized"] and last["float_tensors"] == [] and last["excluded_nodes"] == []
+    assert last["metrics"]["accuracy"] >= 0.99 * acc
+    steps = [r.id for r in result.records]
+    assert "int8/static#1/equalize_graph" in steps
+
+
+@requires("sklearn")
+def test_tensor_level_recovery_keeps_the_damaged_tensor_in_float(tmp_path, monkeypatch):
+    """A unit that always outputs 1000 (and is ignored): equalization has nothing to
+    balance, so recovery keeps the damaged activation itself in float (its
+    consumers read float), and every try changes the graph."""
+    from mscompile.build import BuildOptions, build
+    from mscompile.config import parse_config
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("mlp", None)
+    cfg, acc = outlier_mlp(tmp_path, kind="dead")
+    cfg["targets"][0]["per_channel"] = True
+    cfg["targets"][0]["recovery"] = {"max_tries": 4, "max_excluded_fraction": 0.5}
+    result = build(parse_config(cfg), tmp_path / "m.yaml", BuildOptions(cache_dir=tmp_path / "cache", quiet=True))
+    (v,) = result.variants
+    assert v.status == "OK", v.reason
+    assert v.tries[0]["float_tensors"] == [] and v.tries[0]["metrics"]["accuracy"] < acc - 5
+    assert "/Relu_output_0" in v.tries[-1]["float_tensors"]  # fc1's output after ReLU: the damaged one
+    digests = [t["model_digest"] for t in v.tries]
+    assert len(set(digests)) == len(digests)  # a try that changes nothing is not a try
+    assert v.tries[-1]["metrics"]["accuracy"] >= 0.99 * acc
+    assert json.dumps(v.tries)  # recorded as JSON
+    sys.modules.pop("mlp", None)
