@@ -5,9 +5,16 @@ from __future__ import annotations
 import sys
 
 import numpy as np
+import onnxruntime.transformers.onnx_model  # noqa: F401
 import pytest
 import yaml
 from helpers import REPO, TINY_MODEL_SRC
+
+# onnxruntime.transformers appends its own folder to sys.path on first import (its
+# modules import each other as top-level modules). Imported inside a test that uses
+# monkeypatch.syspath_prepend, that entry would vanish when sys.path is restored,
+# and later fp16 conversions in this process fail (No module named
+# 'shape_infer_helper'): import it once, before any test.
 
 
 @pytest.fixture(autouse=True)
