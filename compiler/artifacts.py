@@ -26,13 +26,23 @@ def sha256_path(path: Path) -> str:
     path = Path(path)
     if path.is_file():
         return sha256_file(path)
-    h = hashlib.sha256()
+    return folder_digest((rel, sha256_file(f)) for rel, f in walk_files(path))
+
+
+def walk_files(path: Path):
+    """(relative name, path) of every file under a folder, in a stable order."""
     for root, dirs, files in os.walk(path):
         dirs.sort()
         for name in sorted(files):
             f = Path(root) / name
-            rel = f.relative_to(path).as_posix()
-            h.update(rel.encode() + b"\0" + sha256_file(f).encode() + b"\n")
+            yield f.relative_to(path).as_posix(), f
+
+
+def folder_digest(entries) -> str:
+    """One digest over (relative name, file digest) pairs, in the order given."""
+    h = hashlib.sha256()
+    for rel, digest in entries:
+        h.update(rel.encode() + b"\0" + digest.encode() + b"\n")
     return h.hexdigest()
 
 

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .artifacts import Dataset, sha256_path, size_of
+from .artifacts import Dataset, folder_digest, sha256_path, size_of, walk_files
 from .errors import ConfigError, InputDataError
 from .loading import code_digest, factory_file, get_factory
 from .sections import CalibrationConfig, DataSource, IOSpec, ValidationConfig, resolve_path
@@ -115,16 +115,8 @@ def _snapshot(path: Path, key: str, expect: str | None) -> dict[str, bytes]:
         files = {"": path.read_bytes()}
         digest = hashlib.sha256(files[""]).hexdigest()
     else:
-        files = {}
-        h = hashlib.sha256()
-        for root, dirs, names in os.walk(path):
-            dirs.sort()
-            for name in sorted(names):
-                f = Path(root) / name
-                rel = f.relative_to(path).as_posix()
-                files[rel] = f.read_bytes()
-                h.update(rel.encode() + b"\0" + hashlib.sha256(files[rel]).hexdigest().encode() + b"\n")
-        digest = h.hexdigest()
+        files = {rel: f.read_bytes() for rel, f in walk_files(path)}
+        digest = folder_digest((rel, hashlib.sha256(b).hexdigest()) for rel, b in files.items())
     if expect is not None and digest != expect:
         raise InputDataError(
             f"{key}.data: {path} changed while the build was running (its digest was {expect[:12]}... at the "

@@ -33,18 +33,9 @@ def _run(runner: RecipeRunner, recipe: Recipe, base: Artifact) -> TargetOutcome:
         return recipe.search.run(runner, graph)
     quant = graph.meta.get("quantization")
     gated_on: list[str] = []
-    report: ParityReport | None = None
-    for gate in (g for g in recipe.gates if g.on == "prepared"):
-        rec = runner.run(gate.step, graph)
-        if rec.status is Status.SKIPPED and gate.optional:
-            continue
-        gated_on.append(gate.runtime)
-        failed = _gate_outcome(rec, graph, quant, gated_on)
-        if failed is not None:
-            if failed.status is Status.FAIL and gate.label:
-                failed.reason = f"{gate.label}: {failed.reason}"
-            return failed
-        report = rec.output  # type: ignore[assignment]
+    report, failed = _gates(runner, recipe, "prepared", graph, quant, gated_on, None)
+    if failed is not None:
+        return failed
     model = graph
     if recipe.deployable is not None:
         rec = runner.run(recipe.deployable, graph)
@@ -53,16 +44,35 @@ def _run(runner: RecipeRunner, recipe: Recipe, base: Artifact) -> TargetOutcome:
                 Status.SKIPPED, graph, report, f"{recipe.deployable.id} did not run: {rec.reason}", quantization=quant
             )
         model = rec.output
-    for gate in (g for g in recipe.gates if g.on == "deployable"):
+    report, failed = _gates(runner, recipe, "deployable", model, quant, gated_on, report)
+    if failed is not None:
+        return failed
+    return TargetOutcome(Status.OK, model, report, quantization=quant, gated_on=gated_on)
+
+
+def _gates(
+    runner: RecipeRunner,
+    recipe: Recipe,
+    on: str,
+    model: Artifact,
+    quant: dict[str, Any] | None,
+    gated_on: list[str],
+    report: ParityReport | None,
+) -> tuple[ParityReport | None, TargetOutcome | None]:
+    """Run the recipe's gates on `model` ('prepared' or 'deployable'); (the last
+    report, the target's outcome when a gate did not pass)."""
+    for gate in (g for g in recipe.gates if g.on == on):
         rec = runner.run(gate.step, model)
         if rec.status is Status.SKIPPED and gate.optional:
             continue
         gated_on.append(gate.runtime)
         failed = _gate_outcome(rec, model, quant, gated_on)
         if failed is not None:
-            return failed
+            if failed.status is Status.FAIL and gate.label:
+                failed.reason = f"{gate.label}: {failed.reason}"
+            return report, failed
         report = rec.output  # type: ignore[assignment]
-    return TargetOutcome(Status.OK, model, report, quantization=quant, gated_on=gated_on)
+    return report, None
 
 
 def _gate_outcome(
