@@ -175,7 +175,10 @@ def _run(ctx: click.Context, fn: Any) -> Any:
     except Exception as exc:  # the CLI is where errors become exit codes
         _fail(exc, ctx.obj["debug"])
     except BaseException as exc:  # e.g. GeneratorExit raised by user code: never exit 0
-        _fail(RuntimeError(f"{type(exc).__name__} raised by the model's code{_where(exc.__traceback__)}"), True)
+        _fail(
+            RuntimeError(f"{type(exc).__name__} raised by the model's code{_where(exc.__traceback__)}"),
+            ctx.obj["debug"],
+        )
 
 
 @contextlib.contextmanager

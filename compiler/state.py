@@ -44,7 +44,3 @@ class State:
     def checked(self) -> Path:
         """Markers of calibration sets already checked against a model's inputs."""
         return self.root / "checked"
-
-    @property
-    def timing_caches(self) -> Path:
-        return self.root / "tensorrt"

@@ -36,7 +36,7 @@ class AnalyzeConfig(Section):
 
 class AnalyzeQuantization(Pass[OnnxModel, QuantAnalysis]):
     name = "analyze_quantization"
-    version = 4
+    version = 5
     input_type = OnnxModel  # the QDQ model
     output_type = QuantAnalysis
     Config = AnalyzeConfig
@@ -90,7 +90,6 @@ class AnalyzeQuantization(Pass[OnnxModel, QuantAnalysis]):
                     "output_sqnr": round(sqnr[out], 3),
                     "drop": round(in_db - sqnr[out], 3),
                     "qdq_sqnr": round(min(_num(errors[out].get("qdq_err", CAP_DB)), CAP_DB), 3),
-                    "feeders": [producers[i] for i in node.input if i in producers],
                 }
             )
         rows.sort(key=lambda r: -r["drop"])
@@ -121,11 +120,10 @@ class AnalyzeQuantization(Pass[OnnxModel, QuantAnalysis]):
         tensors = [{"tensor": t, "qdq_sqnr": own[t], "consumers": readers.get(t, [])} for t in order]
         path = ctx.workdir / "analysis.json"
         path.write_text(json.dumps({"ranking": rows, "tensors": tensors}, indent=2))
-        ranking = [{"node": r["node"], "feeders": r["feeders"]} for r in rows if r["drop"] > 0]
         worst = [{k: r[k] for k in ("node", "op_type", "input_sqnr", "output_sqnr", "drop")} for r in rows[:5]]
         return PassResult(
             path=path,
-            meta={"ranking": ranking, "tensors": tensors},
+            meta={"tensors": tensors},
             metrics={"tensors": len(rows), "worst": worst},
         )
 

@@ -350,9 +350,7 @@ class Int8Search:
                 ranked = [
                     r for r in (a.output.meta.get("tensors", []) if a.output else []) if r["tensor"] not in floated
                 ]
-                chosen, stop = self._more_tensors(
-                    runner, mode, excluded, floated, ranked, target_n, prefix, graph, seen
-                )
+                chosen, stop = _more_tensors(excluded, floated, ranked, target_n)
                 if stop:
                     tries[-1]["stopped"] = stop
                     break
@@ -390,30 +388,22 @@ class Int8Search:
         last.reason += f"; {stop})" if stop else ")"
         return last
 
-    def _more_tensors(
-        self,
-        runner: RecipeRunner,
-        mode: str,
-        excluded: list[str],
-        floated: list[str],
-        ranked: list[dict[str, Any]],
-        target_n: int,
-        prefix: str,
-        graph: Artifact,
-        seen: set[str],
-    ) -> tuple[list[str], str | None]:
-        """The float tensors of the next try: the worst-ranked ones, adding until the
-        try's share of the budget is reached and the graph differs from every
-        earlier try's. (new list, None) or (old list, why recovery stops)."""
-        chosen = list(floated)
-        for r in ranked:
-            chosen.append(r["tensor"])
-            nodes = len(set(excluded) | {n for x in ranked if x["tensor"] in chosen for n in x["consumers"]})
-            if nodes >= target_n:
-                break
-        if chosen == floated:
-            return floated, f"no more activations to keep in float ({len(floated)} tried, budget {target_n} node(s))"
-        return chosen, None
+
+def _more_tensors(
+    excluded: list[str], floated: list[str], ranked: list[dict[str, Any]], target_n: int
+) -> tuple[list[str], str | None]:
+    """The float activations of the next try: the worst-ranked ones, added until the
+    try's share of the budget (quantizable nodes in float) is reached.
+    (new list, None), or (old list, why recovery stops)."""
+    chosen = list(floated)
+    for r in ranked:
+        chosen.append(r["tensor"])
+        nodes = len(set(excluded) | {n for x in ranked if x["tensor"] in chosen for n in x["consumers"]})
+        if nodes >= target_n:
+            break
+    if chosen == floated:
+        return floated, f"no more activations to keep in float ({len(floated)} tried, budget {target_n} node(s))"
+    return chosen, None
 
 
 def _outcome(rec: StepRecord, model: Artifact | None) -> TargetOutcome:
