@@ -340,6 +340,8 @@ def _describe(err: dict[str, Any], where: str) -> str:
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
+    if backend is not None and len(loc) == 3:  # a key of the target: its allowed values depend on the backend
+        msg += f" for backend {backend}"
     return f"{where}: {path}: {msg}{shown}"
 
 
