@@ -180,7 +180,11 @@ class RecoveryConfig(Section):
     enabled: bool = True
     equalize: bool = Field(
         default=True,
-        description="first try cross-layer equalization (float-exact rescaling of Linear/Conv pairs joined by ReLU)",
+        description="first try cross-layer equalization and SmoothQuant-style smoothing "
+        "(float-exact rescaling: Linear/Conv pairs joined by ReLU, MatMul inputs with outlier channels)",
+    )
+    bias_correction: bool = Field(
+        default=True, description="then try bias correction (cancel the mean output shift weight quantization causes)"
     )
     max_tries: int = Field(default=4, ge=1, le=20, description="quantization attempts in all, the first included")
     max_excluded_fraction: float = Field(

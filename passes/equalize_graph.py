@@ -9,10 +9,21 @@ weight ranges (and the activations between the layers) are balanced, which is
 what per-tensor INT8 needs. s_i = sqrt(r1_i / r2_i) with r the per-channel
 weight ranges; a few sweeps settle chains of more than two layers.
 
+Then SmoothQuant-style scale migration (Xiao et al. 2023, "SmoothQuant:
+Accurate and Efficient Post-Training Quantization for Large Language Models")
+for MatMuls with constant weights: a few input channels of a transformer's
+activations (after LayerNorm above all) are far larger than the rest, which
+per-tensor activation quantization cannot hold. Channel j of the activation is
+divided by s_j = max|X_j|^alpha / max|W_j|^(1 - alpha) (measured on calibration
+samples) and row j of each weight multiplied by it. When the activation comes
+from a LayerNormalization, the division is folded into its scale and bias (and
+other readers of the normalized tensor get it back through a Mul); otherwise a
+Mul before the MatMuls does it.
+
 The pass checks its own work: the rewritten float graph must give the original
 outputs (relative to their magnitude, within `parity`) on calibration samples,
-or the pass fails instead of handing on a changed model. A graph with no such
-pair comes back unchanged (`pairs: 0`)."""
+or the pass fails instead of handing on a changed model. A graph with nothing
+to rewrite comes back unchanged (`pairs: 0, smoothed: 0`)."""
 
 from __future__ import annotations
 
@@ -32,6 +43,9 @@ class EqualizeConfig(Section):
     sweeps: int = 4
     samples: int = 32
     parity: float = 1e-5  # max |rewritten - original| / max |original|, per output
+    smooth: bool = True  # SmoothQuant-style migration for MatMul inputs
+    alpha: float = 0.5  # migration strength: 0 leaves activations alone, 1 moves everything to weights
+    min_ratio: float = 4.0  # smooth only activations whose largest channel is this many times their median
 
 
 def _attr(node: Any, name: str, default: Any) -> Any:
@@ -154,9 +168,210 @@ def equalize(model: Any, sweeps: int) -> tuple[int, float]:
     return len(pairs), biggest
 
 
+# the Muls smoothing inserts carry this in their names; the quantizer keeps them in float
+# (quantizing their input would bring back the outliers they remove)
+SMOOTH_MARK = "/mscompile_smooth"
+NORMS = {"LayerNormalization": (1, 2), "SkipLayerNormalization": (2, 3)}  # op: (scale, bias) inputs
+
+
+def _smooth_candidates(graph: Any, inits: dict[str, np.ndarray]) -> dict[str, list[_Layer]]:
+    """activation -> the MatMuls/Gemms reading it as input 0 with a 2-D float constant weight of their own."""
+    uses: dict[str, int] = {}
+    for n in graph.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    found: dict[str, list[_Layer]] = {}
+    for n in graph.node:
+        if n.op_type not in ("MatMul", "Gemm") or n.input[0] in inits:
+            continue
+        layer = _layer(n, inits, graph)
+        if layer is None or inits[layer.weight].ndim != 2 or inits[layer.weight].dtype != np.float32:
+            continue
+        if uses.get(layer.weight) == 1:
+            found.setdefault(n.input[0], []).append(layer)
+    return found
+
+
+def _channel_max(model: Any, tensors: list[str], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """max |x| per last-axis channel of each tensor, on the given samples."""
+    import tempfile
+    from pathlib import Path
+
+    import onnx
+    from mscompile.runtimes import onnxruntime_session
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    have = {o.name for o in probe.graph.output}
+    for t in tensors:
+        if t not in have:
+            probe.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "probe.onnx"
+        onnx_utils.save(probe, path)
+        values = onnxruntime_session(str(path), tensors)(feeds)
+    return {t: np.abs(v.reshape(-1, v.shape[-1])).max(axis=0) for t, v in zip(tensors, values, strict=True)}
+
+
+def smooth(model: Any, feeds: dict[str, np.ndarray], alpha: float, min_ratio: float) -> tuple[int, float]:
+    """SmoothQuant-style migration in place; (activations smoothed, largest scale)."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    cands = _smooth_candidates(graph, inits)
+    if not cands:
+        return 0, 1.0
+    amax = _channel_max(model, sorted(cands), feeds)
+    producers = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list[Any]] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    outputs = {o.name for o in graph.output}
+    changed: set[str] = set()
+    done, biggest = 0, 1.0
+    for x, mms in sorted(cands.items()):
+        a = amax[x].astype(np.float64)
+        wmax = np.max([_channel_range(inits[m.weight], m.in_axis) for m in mms], axis=0).astype(np.float64)
+        if a.shape != wmax.shape or not np.all(np.isfinite(a)):
+            continue
+        med = float(np.median(a))
+        if med <= 0 or a.max() < min_ratio * med:
+            continue  # no outlier channels: nothing to migrate
+        ok = (a > 0) & (wmax > 0)
+        s = np.ones_like(a)
+        s[ok] = a[ok] ** alpha / wmax[ok] ** (1 - alpha)
+        s = np.clip(s, 1e-5, 1e5)
+        if ok.any():
+            s[ok] /= np.exp(np.mean(np.log(s[ok])))  # keep the overall level: only the spread moves
+        # a channel every weight ignores (zero row) can be scaled down freely: to the others' level
+        idle = (a > 0) & (wmax == 0)
+        if idle.any():
+            level = float(np.median(a[ok] / s[ok])) if ok.any() else med
+            s[idle] = np.maximum(a[idle] / max(level, 1e-12), 1.0)
+        for m in mms:
+            inits[m.weight] = _scale(inits[m.weight], m.in_axis, s, divide=False).astype(np.float32)
+            changed.add(m.weight)
+        fold = _fold_targets(x, producers, consumers, inits, outputs, s.shape)
+        inv = (1.0 / s).astype(np.float32)
+        if fold is not None:
+            for name, axis in fold:
+                inits[name] = _scale(inits[name], axis, s, divide=True).astype(np.float32)
+                changed.add(name)
+            readers = {id(m.node) for m in mms}
+            others = [n for n in consumers.get(x, []) if id(n) not in readers]
+            if others or x in outputs:
+                restore = f"{x}{SMOOTH_MARK}_restore"
+                graph.initializer.append(numpy_helper.from_array(s.astype(np.float32), f"{restore}_factor"))
+                graph.node.append(helper.make_node("Mul", [x, f"{restore}_factor"], [restore], name=restore))
+                for n in others:
+                    for k, name in enumerate(n.input):
+                        if name == x:
+                            n.input[k] = restore
+        else:
+            smoothed = f"{x}{SMOOTH_MARK}"
+            graph.initializer.append(numpy_helper.from_array(inv, f"{smoothed}_factor"))
+            graph.node.append(helper.make_node("Mul", [x, f"{smoothed}_factor"], [smoothed], name=smoothed))
+            for m in mms:
+                m.node.input[0] = smoothed
+        done += 1
+        biggest = max(biggest, float(np.max(np.maximum(s, 1 / s))))
+    for i, init in enumerate(graph.initializer):
+        if init.name in changed:
+            graph.initializer[i].CopyFrom(numpy_helper.from_array(inits[init.name], init.name))
+    if done:
+        _toposort(graph)
+    return done, biggest
+
+
+def _fold_targets(
+    x: str,
+    producers: dict[str, Any],
+    consumers: dict[str, list[Any]],
+    inits: dict[str, np.ndarray],
+    outputs: set[str],
+    shape: tuple[int, ...],
+) -> list[tuple[str, int]] | None:
+    """Where dividing channel j of `x` by s_j can be folded into constants, float-exact:
+    [(initializer, channel axis)] or None. `x` from a LayerNormalization: its scale and
+    bias; `x` from a Relu (or straight) from a Gemm/Conv/MatMul(+Add bias) layer: that
+    layer's output channels (ReLU(z / s) = ReLU(z) / s for s > 0)."""
+
+    def own(name: str) -> bool:  # an initializer only this node reads, one value per channel
+        return name in inits and len(consumers.get(name, [])) == 1
+
+    if x in outputs:
+        return None
+    node = producers.get(x)
+    if node is None:
+        return None
+    io = NORMS.get(node.op_type)
+    if io is not None:
+        if node.output[0] != x or len(node.input) <= io[1]:
+            return None
+        names = [node.input[i] for i in io]
+        if all(own(n) and inits[n].shape == shape for n in names):
+            return [(n, 0) for n in names]
+        return None
+    if node.op_type == "Relu":
+        z = node.input[0]
+        if len(consumers.get(z, [])) != 1 or z in outputs:
+            return None
+        node = producers.get(z)
+        if node is None:
+            return None
+    bias_add = None
+    if node.op_type == "Add":  # MatMul + Add(bias)
+        add = node
+        mm = [producers.get(i) for i in add.input if i not in inits]
+        const = [i for i in add.input if i in inits]
+        if len(mm) != 1 or mm[0] is None or mm[0].op_type != "MatMul" or len(const) != 1:
+            return None
+        if len(consumers.get(mm[0].output[0], [])) != 1 or mm[0].output[0] in outputs:
+            return None
+        node, bias_add = mm[0], const[0]
+        if not own(bias_add) or inits[bias_add].shape != shape:
+            return None
+    if node.op_type == "Conv":  # its channels are not the last axis the MatMul reads
+        return None
+    layer = _layer(node, inits, None)
+    if layer is None or not own(layer.weight) or inits[layer.weight].shape[layer.out_axis] != shape[0]:
+        return None
+    out = [(layer.weight, layer.out_axis)]
+    bias = layer.bias or bias_add
+    if bias is not None:
+        if not own(bias) or inits[bias].shape != shape:
+            return None
+        out.append((bias, 0))
+    return out
+
+
+def _toposort(graph: Any) -> None:
+    """Reorder nodes so every input is produced before it is read (new Muls went to the end)."""
+    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, order = list(graph.node), []
+    while pending:
+        rest = []
+        for n in pending:
+            if all(i in ready for i in n.input):
+                order.append(n)
+                ready.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):
+            raise RuntimeError("equalize_graph: the rewritten graph has a cycle or an unknown input")
+        pending = rest
+    nodes = [type(n)() for n in order]
+    for new, old in zip(nodes, order, strict=True):
+        new.CopyFrom(old)
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
 class EqualizeGraph(Pass[OnnxModel, OnnxModel]):
     name = "equalize_graph"
-    version = 1
+    version = 2
     input_type = OnnxModel
     output_type = OnnxModel
     Config = EqualizeConfig
@@ -169,11 +384,12 @@ class EqualizeGraph(Pass[OnnxModel, OnnxModel]):
 
         model = onnx.load(str(inp.onnx_file))
         pairs, biggest = equalize(model, cfg.sweeps)
-        ctx.note(f"cross-layer equalization of {pairs} layer pair(s)")
-        out = ctx.workdir / "model.onnx"
-        onnx_utils.save(model, out)
         feeds, _ = ctx.data("calibration")
         feeds = {k: v[: cfg.samples] for k, v in feeds.items()}
+        smoothed, s_biggest = smooth(model, feeds, cfg.alpha, cfg.min_ratio) if cfg.smooth else (0, 1.0)
+        ctx.note(f"cross-layer equalization of {pairs} layer pair(s), {smoothed} MatMul input(s) smoothed")
+        out = ctx.workdir / "model.onnx"
+        onnx_utils.save(model, out)
         names = [o.name for o in cfg.io.outputs]
         before = onnxruntime_session(str(inp.onnx_file), names)(feeds)
         after = onnxruntime_session(str(out), names)(feeds)
@@ -183,12 +399,17 @@ class EqualizeGraph(Pass[OnnxModel, OnnxModel]):
             worst = max(worst, err)
             if err > cfg.parity:
                 raise RuntimeError(
-                    f"cross-layer equalization changed output {name!r} of the float graph by {err:.2e} "
+                    f"equalization/smoothing changed output {name!r} of the float graph by {err:.2e} "
                     f"(relative; allowed {cfg.parity:g}): refusing the rewritten graph"
                 )
         meta = dict(inp.meta)
         meta.update(onnx_utils.finish(out))
-        meta["equalization"] = {"pairs": pairs, "max_scale": biggest, "parity_rel_err": worst}
-        return PassResult(
-            path=ctx.workdir, meta=meta, metrics={"pairs": pairs, "max_scale": biggest, "parity_rel_err": worst}
-        )
+        found = {
+            "pairs": pairs,
+            "max_scale": biggest,
+            "smoothed": smoothed,
+            "smooth_max_scale": s_biggest,
+            "parity_rel_err": worst,
+        }
+        meta["equalization"] = found
+        return PassResult(path=ctx.workdir, meta=meta, metrics=found)

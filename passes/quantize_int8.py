@@ -21,6 +21,7 @@ from mscompile.artifacts import OnnxModel
 from mscompile.config import IOSpec, Section
 from mscompile.data import batches
 from mscompile.instruments import capture_output
+from mscompile.passes.equalize_graph import SMOOTH_MARK
 from mscompile.pipeline import Pass, PassContext, PassResult
 
 
@@ -33,6 +34,7 @@ class Int8Config(Section):
     exclude_nodes: tuple[str, ...] = ()
     exclude_op_types: tuple[str, ...] = ()
     float_tensors: tuple[str, ...] = ()  # static: activations left without Q/DQ (their consumers read float)
+    bias_correction: bool = False  # static: cancel the mean output shift weight quantization causes
     io: IOSpec
     batch_size: int = 16  # calibration batches
 
@@ -127,6 +129,124 @@ def keep_float(model, tensors: set[str]) -> list[str]:
     return sorted(set(done))
 
 
+def _biased_layers(model) -> list[tuple[str, str, str, str, str]]:
+    """(node, input, weight, bias, kind) for Gemm/Conv with a constant bias and MatMul + Add(bias)."""
+    from mscompile.passes.equalize_graph import _attr, _layer
+    from onnx import numpy_helper
+
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    consumers: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    outputs = {o.name for o in model.graph.output}
+    found = []
+    for n in model.graph.node:
+        layer = _layer(n, inits, model.graph)
+        if layer is None or n.input[0] in inits:
+            continue
+        bias = layer.bias
+        if n.op_type == "MatMul":
+            after = consumers.get(n.output[0], [])
+            if len(after) != 1 or after[0].op_type != "Add" or n.output[0] in outputs:
+                continue
+            other = [i for i in after[0].input if i != n.output[0]]
+            if len(other) != 1 or other[0] not in inits or len(consumers.get(other[0], [])) != 1:
+                continue
+            bias = other[0]
+        if bias is None or inits[bias].ndim != 1 or inits[bias].dtype != np.float32:
+            continue
+        if n.op_type == "Conv" and _attr(n, "group", 1) != 1:
+            continue
+        kind = "gemm_t" if n.op_type == "Gemm" and _attr(n, "transB", 0) else n.op_type.lower()
+        found.append((n.name, n.input[0], layer.weight, bias, kind))
+    return found
+
+
+def _dequantized_weights(q) -> dict[str, np.ndarray]:
+    """node name -> its weight as the QDQ graph computes it (DequantizeLinear of the int8 weight)."""
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
+    by_output = {o: n for n in q.graph.node for o in n.output}
+    out = {}
+    for n in q.graph.node:
+        if n.op_type not in ("Gemm", "Conv", "MatMul") or len(n.input) < 2:
+            continue
+        dq = by_output.get(n.input[1])
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
+            continue
+        w = inits[dq.input[0]].astype(np.float64)
+        scale = inits[dq.input[1]].astype(np.float64)
+        zp = inits[dq.input[2]].astype(np.float64) if len(dq.input) > 2 and dq.input[2] in inits else 0.0
+        axis = next((helper.get_attribute_value(a) for a in dq.attribute if a.name == "axis"), 1)
+        if np.ndim(scale) == 1 and scale.size > 1:
+            shape = [1] * w.ndim
+            shape[axis] = -1
+            scale = scale.reshape(shape)
+            zp = np.reshape(zp, shape) if np.ndim(zp) == 1 else zp
+        out[n.name] = (w - zp) * scale
+    return out
+
+
+def correct_biases(pre: Path, qdq: Path, feeds: dict[str, np.ndarray], batch: int, dst: Path) -> dict:
+    """Bias correction (Nagel et al. 2019): quantizing a layer's weights W to W_q shifts
+    its mean output by (W_q - W) E[x]; subtract that shift from the layer's float bias,
+    with E[x] the mean of the layer's input on the calibration samples. Writes the
+    corrected float graph to `dst` (to be quantized again: W_q does not change);
+    returns {"layers": n, "max_shift": largest |shift| relative to the bias range}."""
+    import onnx
+    from mscompile.runtimes import onnxruntime_session
+    from onnx import numpy_helper
+
+    model = onnx.load(str(pre))
+    layers = _biased_layers(model)
+    wq = _dequantized_weights(onnx.load(str(qdq)))
+    layers = [ly for ly in layers if ly[0] in wq]
+    if not layers:
+        return {"layers": 0, "max_shift": 0.0}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    have = {o.name for o in probe.graph.output}
+    tensors = sorted({ly[1] for ly in layers})
+    for t in tensors:
+        if t not in have:
+            probe.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+    probe_path = dst.with_suffix(".probe.onnx")
+    onnx_utils.save(probe, probe_path)
+    sess = onnxruntime_session(str(probe_path), tensors)
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    conv_inputs = {ly[1] for ly in layers if ly[4] == "conv"}
+    for chunk in batches(feeds, batch):
+        for t, v in zip(tensors, sess(chunk), strict=True):
+            v = v.astype(np.float64)
+            flat = np.moveaxis(v, 1, -1) if t in conv_inputs else v
+            flat = flat.reshape(-1, flat.shape[-1])
+            sums[t] = sums.get(t, 0) + flat.sum(axis=0)
+            counts[t] = counts.get(t, 0) + flat.shape[0]
+    probe_path.unlink(missing_ok=True)
+    inits = {i.name: i for i in model.graph.initializer}
+    worst = 0.0
+    for name, x, weight, bias, kind in layers:
+        w = numpy_helper.to_array(inits[weight]).astype(np.float64)
+        eps = wq[name] - w
+        mean = sums[x] / counts[x]
+        if kind == "gemm_t":
+            shift = eps @ mean
+        elif kind == "conv":
+            shift = eps.reshape(eps.shape[0], eps.shape[1], -1).sum(axis=2) @ mean
+        else:  # Gemm without transB, MatMul: W is [in, out]
+            shift = mean @ eps
+        b = numpy_helper.to_array(inits[bias]).astype(np.float64)
+        if shift.shape != b.shape:
+            continue
+        worst = max(worst, float(np.abs(shift).max() / (np.abs(b).max() or 1.0)))
+        inits[bias].CopyFrom(numpy_helper.from_array((b - shift).astype(np.float32), bias))
+    onnx_utils.save(model, dst)
+    return {"layers": len(layers), "max_shift": round(worst, 6)}
+
+
 def pre_process(src: str, dst: str) -> str:
     """quant_pre_process (shape inference + basic optimization); falls back to ONNX
     shape inference only when the symbolic pass cannot handle the graph."""
@@ -142,7 +262,7 @@ def pre_process(src: str, dst: str) -> str:
 
 class QuantizeInt8(Pass[OnnxModel, OnnxModel]):
     name = "quantize_int8"
-    version = 7
+    version = 9
     input_type = OnnxModel
     output_type = OnnxModel
     Config = Int8Config
@@ -167,7 +287,9 @@ class QuantizeInt8(Pass[OnnxModel, OnnxModel]):
                 settings["shape_inference"] = pre_process(str(inp.onnx_file), str(pre))
         # node names as the quantizer sees them
         src_model = onnx.load(str(pre if cfg.mode == "static" else inp.onnx_file), load_external_data=False)
-        candidates = quantizable_nodes(src_model, cfg.mode)
+        # smoothing's scaling Muls are not part of the model: always float, never counted
+        helpers = {n.name for n in src_model.graph.node if SMOOTH_MARK in n.name}
+        candidates = [c for c in quantizable_nodes(src_model, cfg.mode) if c not in helpers]
         names = {n.name for n in src_model.graph.node}
         unknown = sorted(set(cfg.exclude_nodes) - names)
         excluded = (set(cfg.exclude_nodes) & names) | {
@@ -199,22 +321,34 @@ class QuantizeInt8(Pass[OnnxModel, OnnxModel]):
                         extra["num_quantized_bins"] = 128
                     histogram_ranges(pre, method, extra, reader, cache)
                     reader = None
-                quantize_static(
-                    str(pre),
-                    str(out),
-                    reader,
-                    quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8,
-                    per_channel=cfg.per_channel,
-                    reduce_range=False,
-                    calibrate_method=method,
-                    nodes_to_exclude=sorted(excluded),
-                    calibration_cache_path=str(cache) if cache else None,
-                    # with activations kept in float, a Relu must stay a node: folded into its
-                    # Q (zero point 0 clamps), it would vanish with the Q/DQ pair removed
-                    extra_options={"QDQKeepRemovableActivations": bool(cfg.float_tensors)},
-                )
+
+                def static(graph: Path, reader: _Reader | None) -> None:
+                    quantize_static(
+                        str(graph),
+                        str(out),
+                        reader,
+                        quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8,
+                        per_channel=cfg.per_channel,
+                        reduce_range=False,
+                        calibrate_method=method,
+                        nodes_to_exclude=sorted(excluded | helpers),
+                        calibration_cache_path=str(cache) if cache else None,
+                        # with activations kept in float, a Relu must stay a node: folded into its
+                        # Q (zero point 0 clamps), it would vanish with the Q/DQ pair removed
+                        extra_options={"QDQKeepRemovableActivations": bool(cfg.float_tensors)},
+                    )
+
+                static(pre, reader)
+                if cfg.bias_correction:
+                    corrected = ctx.scratch / "pre_bias_corrected.onnx"
+                    bc = correct_biases(pre, out, feeds, cfg.batch_size, corrected)
+                    ctx.note(f"bias correction of {bc['layers']} layer(s)")
+                    if bc["layers"]:
+                        static(corrected, None if cache else _Reader(feeds, cfg.batch_size))
+                    settings["bias_correction"] = bc
+                    corrected.unlink(missing_ok=True)
                 pre.unlink(missing_ok=True)
                 settings.update(
                     quantizer="onnxruntime.quantize_static",
@@ -232,7 +366,7 @@ class QuantizeInt8(Pass[OnnxModel, OnnxModel]):
                     weight_type=QuantType.QInt8,
                     per_channel=cfg.per_channel,
                     reduce_range=False,
-                    nodes_to_exclude=sorted(excluded),
+                    nodes_to_exclude=sorted(excluded | helpers),
                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
                 )
                 settings.update(quantizer="onnxruntime.quantize_dynamic", format="QOperator")

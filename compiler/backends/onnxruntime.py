@@ -222,7 +222,9 @@ class Int8Search:
     def attempts(self, mode: str) -> int:
         return self.t.recovery.max_tries if (self.t.recovery.enabled and mode == "static") else 1
 
-    def quantize_step(self, mode: str, excluded: list[str], prefix: str, float_tensors: list[str] = ()) -> Step:
+    def quantize_step(
+        self, mode: str, excluded: list[str], prefix: str, float_tensors: list[str] = (), bias_correction: bool = False
+    ) -> Step:
         from mscompile.passes.quantize_int8 import Int8Config, QuantizeInt8
 
         t = self.t
@@ -235,6 +237,7 @@ class Int8Search:
             exclude_nodes=tuple(excluded),
             exclude_op_types=tuple(t.exclude_op_types),
             float_tensors=tuple(float_tensors),
+            bias_correction=bias_correction,
             io=self.cfg.io,
             batch_size=self.cfg.calibration.batch_size,  # type: ignore[union-attr]
         )
@@ -291,47 +294,54 @@ class Int8Search:
         passing: list[tuple[float, TargetOutcome]] = []
         last: TargetOutcome | None = None
         for mode in self.modes():
-            graph, equalized = base, False
+            graph, equalized, corrected = base, False, False
             excluded, floated = list(t.exclude_nodes), []
             attempts = self.attempts(mode)
             seen: set[str] = set()
-            k = 0
-            while k < attempts:
+            k, used, why = 0, 0, ""  # k numbers the steps; used counts the tries run
+            while used < attempts:
                 k += 1
                 prefix = f"{t.name}/{mode}#{k}"
-                q = runner.run(self.quantize_step(mode, excluded, prefix, floated), graph)
+                q = runner.run(self.quantize_step(mode, excluded, prefix, floated, corrected), graph)
+                skip = False
                 if q.output.digest in seen and tries:  # type: ignore[union-attr]
-                    tries[-1]["stopped"] = "recovery found nothing more that changes the graph"
-                    break  # a try that changes nothing is not a try
-                seen.add(q.output.digest)  # type: ignore[union-attr]
-                c = runner.run(self.check_step(prefix), q.output)  # type: ignore[arg-type]
-                outcome = _outcome(c, q.output)
-                report = outcome.report
-                tries.append(
-                    {
-                        "try": len(tries) + 1,
-                        "mode": mode,
-                        "equalized": equalized,
-                        "excluded_nodes": list(excluded),
-                        "float_tensors": list(q.metrics.get("float_tensors", [])),
-                        "nodes_in_float": q.metrics.get("nodes_in_float", len(excluded)),
-                        "excluded_fraction": round(
-                            q.metrics.get("nodes_in_float", len(excluded))
-                            / max(1, q.metrics.get("quantizable_nodes", 1)),
-                            4,
-                        ),
-                        "model_digest": q.output.digest if q.output else None,
-                        "metrics": report.meta.get("metrics", {}) if report else {},
-                        "failures": report.meta.get("failures", []) if report else [],
-                        "passed": outcome.status is Status.OK,
-                        "onnxruntime_seconds": _seconds(report),
-                    }
-                )
-                last = outcome
-                if outcome.status is Status.OK:
-                    passing.append((_seconds(report), outcome))
-                    break
-                if k == attempts:
+                    if why != "bias correction":
+                        tries[-1]["stopped"] = "recovery found nothing more that changes the graph"
+                        break  # a try that changes nothing is not a try
+                    skip = True  # no layer to correct: on to the next remedy, this try not counted
+                if not skip:
+                    used += 1
+                    seen.add(q.output.digest)  # type: ignore[union-attr]
+                    c = runner.run(self.check_step(prefix), q.output)  # type: ignore[arg-type]
+                    outcome = _outcome(c, q.output)
+                    report = outcome.report
+                    tries.append(
+                        {
+                            "try": len(tries) + 1,
+                            "mode": mode,
+                            "remedy": why or "none",
+                            "equalized": equalized,
+                            "bias_corrected": corrected,
+                            "excluded_nodes": list(excluded),
+                            "float_tensors": list(q.metrics.get("float_tensors", [])),
+                            "nodes_in_float": q.metrics.get("nodes_in_float", len(excluded)),
+                            "excluded_fraction": round(
+                                q.metrics.get("nodes_in_float", len(excluded))
+                                / max(1, q.metrics.get("quantizable_nodes", 1)),
+                                4,
+                            ),
+                            "model_digest": q.output.digest if q.output else None,
+                            "metrics": report.meta.get("metrics", {}) if report else {},
+                            "failures": report.meta.get("failures", []) if report else [],
+                            "passed": outcome.status is Status.OK,
+                            "onnxruntime_seconds": _seconds(report),
+                        }
+                    )
+                    last = outcome
+                    if outcome.status is Status.OK:
+                        passing.append((_seconds(report), outcome))
+                        break
+                if used == attempts:
                     if attempts > 1:
                         tries[-1]["stopped"] = f"recovery budget spent: {attempts} tries (recovery.max_tries)"
                     break
@@ -339,14 +349,17 @@ class Int8Search:
                     # float-exact rescaling first: it keeps everything quantized
                     e = runner.run(self.equalize_step(prefix), graph)
                     equalized = True
-                    if e.output is not None and e.metrics.get("pairs", 0) > 0:
-                        graph = e.output
+                    if e.output is not None and (e.metrics.get("pairs", 0) or e.metrics.get("smoothed", 0)):
+                        graph, why = e.output, "equalization"
                         continue
+                if not corrected and t.recovery.bias_correction:
+                    corrected, why = True, "bias correction"
+                    continue
                 # keep the noisiest activations in float (their consumers read float)
                 a = runner.run(self.analyze_step(prefix, graph), q.output)  # type: ignore[arg-type]
                 n_quant = int(q.metrics.get("quantizable_nodes", 0))
                 budget = math.floor(t.recovery.max_excluded_fraction * n_quant)
-                target_n = min(budget, math.ceil(budget * k / (attempts - 1)))
+                target_n = min(budget, math.ceil(budget * used / (attempts - 1)))
                 ranked = [
                     r for r in (a.output.meta.get("tensors", []) if a.output else []) if r["tensor"] not in floated
                 ]
@@ -354,7 +367,7 @@ class Int8Search:
                 if stop:
                     tries[-1]["stopped"] = stop
                     break
-                floated = chosen
+                floated, why = chosen, "tensors in float"
         if passing:
             passing.sort(key=lambda p: p[0])
             best = passing[0][1]
@@ -364,6 +377,7 @@ class Int8Search:
             best.note = (
                 f"{q.get('mode')} INT8 after {len(tries)} tr{'y' if len(tries) == 1 else 'ies'}"
                 + (", equalized" if kept["equalized"] else "")
+                + (", bias-corrected" if kept["bias_corrected"] else "")
                 + f", {len(kept['float_tensors'])} tensor(s) and {len(kept['excluded_nodes'])} node(s) kept in float"
             )
             if len(passing) > 1:
@@ -381,7 +395,9 @@ class Int8Search:
         tried = sorted({x for tr in tries for x in tr["float_tensors"]})
         last.reason = f"{last.reason} (after {n} quantization tr{'y' if n == 1 else 'ies'}"
         if any(tr["equalized"] for tr in tries):
-            last.reason += "; cross-layer equalization tried"
+            last.reason += "; equalization and smoothing tried"
+        if any(tr["bias_corrected"] for tr in tries):
+            last.reason += "; bias correction tried"
         if tried:
             last.reason += f"; kept in float: {', '.join(tried[:8])}{' ...' if len(tried) > 8 else ''}"
         stop = next((tr["stopped"] for tr in reversed(tries) if tr.get("stopped")), None)
