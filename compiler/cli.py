@@ -200,6 +200,85 @@ def _json_stdout(enabled: bool):
         os.close(saved)
 
 
+def _server_opts(f: Any) -> Any:
+    """Where the check runs: a running server (--url/--grpc-url) or one started here."""
+    for opt in reversed(
+        [
+            click.option("--url", default=None, help="HTTP address of a running Triton server (host:port)."),
+            click.option("--grpc-url", default=None, help="gRPC address of a running Triton server (host:port)."),
+            click.option(
+                "--tritonserver",
+                default=None,
+                help="Start this tritonserver binary on loopback for the check (default: tritonserver on PATH).",
+            ),
+            click.option(
+                "--tritonserver-arg",
+                "tritonserver_args",
+                multiple=True,
+                help="Extra argument for the started server (repeat), e.g. --tritonserver-arg=--backend-directory=DIR.",
+            ),
+            click.option("--protocol", type=click.Choice(["both", "grpc", "http"]), default="both", show_default=True),
+            click.option("--concurrency", type=click.IntRange(1, 256), default=8, show_default=True),
+            click.option("--load-timeout", type=click.FloatRange(1, 3600), default=120.0, show_default=True),
+            click.option("--model", "model_name", default=None, help="Triton model name (default: the config's name)."),
+        ]
+    ):
+        f = opt(f)
+    return f
+
+
+def _check_options(url, grpc_url, protocol, concurrency, load_timeout, model_name, version, say) -> Any:
+    from .handoff import CheckOptions
+
+    return CheckOptions(
+        http_url=url if protocol in ("both", "http") else None,
+        grpc_url=grpc_url if protocol in ("both", "grpc") else None,
+        model_name=model_name,
+        version=version,
+        concurrency=concurrency,
+        load_timeout=load_timeout,
+        progress=say,
+    )
+
+
+def run_serve_check(
+    cfg: Any,
+    state: Any,
+    *,
+    url,
+    grpc_url,
+    tritonserver,
+    tritonserver_args,
+    protocol,
+    concurrency,
+    load_timeout,
+    model_name,
+    version,
+    say,
+) -> dict[str, Any]:
+    """serve-check against --url/--grpc-url, or a tritonserver started on loopback for it."""
+    from .config import resolve_path
+    from .handoff import LocalServer, ServeLoadError, find_tritonserver, serve_check
+
+    if url or grpc_url:
+        opts = _check_options(url, grpc_url, protocol, concurrency, load_timeout, model_name, version, say)
+        return serve_check(cfg, state, opts)
+    binary = find_tritonserver(tritonserver)
+    log = state.logs / f"tritonserver-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    say(f"starting {binary} on loopback (explicit model control, no auto-complete); log {log}")
+    with LocalServer(binary, resolve_path(cfg.triton.repository), log, tritonserver_args) as server:
+        opts = _check_options(
+            server.http_url, server.grpc_url, protocol, concurrency, load_timeout, model_name, version, say
+        )
+        try:
+            out = serve_check(cfg, state, opts)
+        except ServeLoadError as exc:
+            exc.args = (f"{exc} (server log: {log})",)
+            raise
+        out["server"] = {"binary": str(binary), "log": str(log)}
+        return out
+
+
 @main.command()
 @CONFIG_ARG
 @click.option("--force", is_flag=True, help="Re-run every pass, ignoring cached results.")
@@ -230,6 +309,13 @@ def _json_stdout(enabled: bool):
 )
 @click.option("--mlflow-optional", is_flag=True, help="Warn and build anyway when the tracking store is unreachable.")
 @click.option("--mlflow-sync", is_flag=True, help="Log to MLflow before exiting (default when $CI is set).")
+@click.option(
+    "--serve-check",
+    "serve_check",
+    is_flag=True,
+    help="After publishing, run serve-check (a tritonserver on loopback, or --url/--grpc-url).",
+)
+@_server_opts
 @click.pass_context
 def build(
     ctx: click.Context,
@@ -244,6 +330,8 @@ def build(
     no_mlflow: bool,
     mlflow_optional: bool,
     mlflow_sync: bool,
+    serve_check: bool,
+    **server: Any,
 ) -> None:
     """Build every target of CONFIG and publish the deployed variant to the Triton repository.
     The build is recorded as an MLflow run unless --no-mlflow."""
@@ -290,16 +378,45 @@ def build(
                         print_summary(res)
                 raise
             tracked = _track(settings, cfg, config, result, None, started, state, sync) if settings else None
+            checked = None
+            if serve_check:
+                from .handoff import summary_lines
+
+                say = (lambda m: None) if as_json else (lambda m: click.echo(f"  {m}", err=True))
+                try:
+                    checked = run_serve_check(cfg, opts.state, version=None, say=say, **server)
+                except MscompileError as exc:
+                    if as_json:
+                        emit(
+                            json.dumps(
+                                dict(result.to_json(), serve_check=getattr(exc, "summary", None), error=str(exc)),
+                                indent=2,
+                                default=str,
+                            )
+                        )
+                    else:
+                        print_summary(result)
+                        for line in summary_lines(getattr(exc, "summary", None) or {"model": cfg.name, "version": "?"}):
+                            click.echo(line)
+                    raise
         if as_json:
             out = result.to_json()
             if tracked is not None:
                 out["mlflow"] = tracked
-            click.echo(json.dumps(out, indent=2))
+            if checked is not None:
+                out["serve_check"] = checked
+            click.echo(json.dumps(out, indent=2, default=str))
         else:
             print_summary(result)
             if tracked is not None:
                 how = f"run {tracked['run_id']}" if tracked["run_id"] else "recorded in the background"
                 click.echo(f"mlflow: {how}, experiment {tracked['experiment']!r} ({tracked['tracking_uri']})")
+            if checked is not None:
+                from .handoff import summary_lines
+
+                for line in summary_lines(checked):
+                    click.echo(line)
+                click.echo("serve-check: OK, the server answers within the gate")
 
     _run(ctx, go)
 
@@ -447,6 +564,104 @@ def report(
         manifest, path = latest_manifest(resolve_path(cfg.triton.repository), name, version)
         dest = out or State.resolve(cache_dir).reports / name / f"v{manifest['version']}.html"
         click.echo(f"report of {path.parent}: {write_report(manifest, dest)}")
+
+    _run(ctx, go)
+
+
+@main.command("serve-check")
+@CONFIG_ARG
+@_server_opts
+@click.option("--version", "version", type=int, default=None, help="Published version (default: the latest).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@CACHE_DIR_OPT
+@click.pass_context
+def serve_check_cmd(
+    ctx: click.Context, config: Path, version: int | None, as_json: bool, cache_dir: Path | None, **kw: Any
+) -> None:
+    """Prove that a Triton server serves CONFIG's published model as the gate measured:
+    load it (explicit mode), replay the validation set over gRPC and HTTP, compare with
+    the PyTorch reference under the deployed target's tolerance, report latency,
+    throughput and Triton's statistics, unload it. Exit 0: within the gate; 3: wrong
+    answers; 1: it does not load (the server's message); 2: bad arguments."""
+    from .config import load_config
+    from .handoff import dumps, summary_lines
+    from .state import State
+
+    def go() -> None:
+        cfg = load_config(config)
+        state = State.resolve(cache_dir)
+        say = (lambda m: None) if as_json else (lambda m: click.echo(f"  {m}", err=True))
+        with _json_stdout(as_json) as emit:
+            try:
+                out = run_serve_check(cfg, state, version=version, say=say, **kw)
+            except MscompileError as exc:
+                if as_json and getattr(exc, "summary", None):
+                    emit(dumps(dict(exc.summary, error=str(exc))))
+                elif getattr(exc, "summary", None):
+                    for line in summary_lines(exc.summary):
+                        click.echo(line)
+                raise
+        if as_json:
+            click.echo(dumps(out))
+        else:
+            for line in summary_lines(out):
+                click.echo(line)
+            click.echo("serve-check: OK, the server answers within the gate")
+
+    _run(ctx, go)
+
+
+@main.command()
+@CONFIG_ARG
+@_server_opts
+@click.option("--version", "version", type=int, default=None, help="Published version to deploy (default: the latest).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@CACHE_DIR_OPT
+@click.pass_context
+def deploy(
+    ctx: click.Context, config: Path, version: int | None, as_json: bool, cache_dir: Path | None, **kw: Any
+) -> None:
+    """Hand CONFIG's published version to a running explicit-mode Triton server that
+    reads the same repository (--url/--grpc-url): load it, serve-check it, and when
+    either fails put back the versions it served before (exit 1 or 3)."""
+    from .config import load_config
+    from .handoff import deploy as run_deploy
+    from .handoff import dumps, summary_lines
+    from .state import State
+
+    def go() -> None:
+        if not (kw.get("url") or kw.get("grpc_url")):
+            from .errors import ConfigError
+
+            raise ConfigError("deploy: give --url and/or --grpc-url of the running server that reads this repository")
+        cfg = load_config(config)
+        state = State.resolve(cache_dir)
+        say = (lambda m: None) if as_json else (lambda m: click.echo(f"  {m}", err=True))
+        opts = _check_options(
+            kw["url"],
+            kw["grpc_url"],
+            kw["protocol"],
+            kw["concurrency"],
+            kw["load_timeout"],
+            kw["model_name"],
+            version,
+            say,
+        )
+        with _json_stdout(as_json) as emit:
+            try:
+                out = run_deploy(cfg, state, opts)
+            except MscompileError as exc:
+                if as_json and getattr(exc, "summary", None):
+                    emit(dumps(dict(exc.summary, error=str(exc))))
+                raise
+        if as_json:
+            click.echo(dumps(out))
+        else:
+            for line in summary_lines(out["check"]):
+                click.echo(line)
+            click.echo(
+                f"deploy: {out['model']} version {out['version']} serves (before: {out['served_before'] or 'nothing'})"
+            )
 
     _run(ctx, go)
 

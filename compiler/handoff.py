@@ -1,0 +1,560 @@
+"""Hand-off to a Triton server: `serve-check` and `deploy`.
+
+serve-check takes a published version to a Triton server (one it starts on
+loopback, or a running one), loads it in explicit mode, replays the validation
+set over gRPC and HTTP at a chosen concurrency, compares what the server
+answers with the PyTorch reference under the deployed target's own tolerance,
+reports client latency percentiles, throughput and Triton's own statistics
+(queue and compute time per request, executions: dynamic batching made
+visible), and unloads what it loaded.
+
+deploy hands the latest published version to a running explicit-mode server
+that reads the same repository (a shared volume): the server loads it through
+the repository API, the same check runs, and when either fails the config on
+disk is put back to the versions the server served before, the server loads
+those again, and the command exits non-zero (1: did not load, 3: wrong answers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import EXIT_ACCURACY, ConfigError, MscompileError
+
+
+class ServeLoadError(MscompileError):
+    """The server did not load (or start, or answer): the message carries its own error line."""
+
+
+class ServedWrongError(MscompileError):
+    """The server answers, but not within the deployed target's gate."""
+
+    exit_code = EXIT_ACCURACY
+
+
+# -- a local server --------------------------------------------------------------------
+
+
+def find_tritonserver(given: str | None) -> Path:
+    """--tritonserver PATH, or `tritonserver` on PATH (exit 2 when neither)."""
+    if given:
+        p = Path(given).expanduser()
+        if not p.is_file() or not os.access(p, os.X_OK):
+            raise ConfigError(
+                f"--tritonserver: {p} is not an executable file; give the path of the tritonserver binary"
+            )
+        return p
+    found = shutil.which("tritonserver")
+    if not found:
+        raise ConfigError(
+            "no Triton server to check against: give --url of a running server, --tritonserver PATH, "
+            "or put tritonserver on PATH (NVIDIA's container has it at /opt/tritonserver/bin/tritonserver)"
+        )
+    return Path(found)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalServer:
+    """tritonserver on loopback: free ports, explicit model control by default, no
+    auto-complete (so the generated config is what gets checked), log to a file."""
+
+    def __init__(
+        self,
+        binary: Path,
+        repository: Path,
+        log_path: Path,
+        extra_args: list[str] | tuple[str, ...] = (),
+        mode: str = "explicit",
+        start_timeout: float = 120.0,
+    ) -> None:
+        self.binary, self.repository, self.log_path = binary, repository, log_path
+        self.extra_args, self.mode, self.start_timeout = list(extra_args), mode, start_timeout
+        self.proc: subprocess.Popen | None = None
+        self.http_port = self.grpc_port = 0
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def start(self) -> LocalServer:
+        import tritonclient.http as http
+
+        self.http_port, self.grpc_port = _free_port(), _free_port()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            str(self.binary),
+            f"--model-repository={self.repository}",
+            f"--model-control-mode={self.mode}",
+            "--disable-auto-complete-config",
+            "--http-address=127.0.0.1",
+            f"--http-port={self.http_port}",
+            "--grpc-address=127.0.0.1",
+            f"--grpc-port={self.grpc_port}",
+            "--allow-metrics=false",
+            *self.extra_args,
+        ]
+        env = dict(os.environ)
+        env.pop("LD_LIBRARY_PATH", None)  # the server's own libraries, not this Python's
+        log = open(self.log_path, "wb")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        log.close()
+        client = http.InferenceServerClient(self.http_url)
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise ServeLoadError(
+                    f"tritonserver exited with code {self.proc.returncode} while starting; its log "
+                    f"({self.log_path}) ends:\n{self.log_tail()}"
+                )
+            try:
+                if client.is_server_live():
+                    return self
+            except Exception:  # noqa: BLE001 - not listening yet
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ServeLoadError(
+                    f"tritonserver did not come up in {self.start_timeout:.0f} s; log:\n{self.log_tail()}"
+                )
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> LocalServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# -- the check -------------------------------------------------------------------------
+
+
+@dataclass
+class CheckOptions:
+    http_url: str | None = None
+    grpc_url: str | None = None
+    model_name: str | None = None
+    version: int | None = None
+    concurrency: int = 8
+    load_timeout: float = 120.0
+    unload: bool = True  # unload what this check loaded
+    load: bool = True  # ask the server to load (explicit mode); False: it must already serve it
+    progress: Callable[[str], None] = field(default=lambda _m: None)
+
+
+def _served_version(repo: Path, name: str, version: int | None) -> tuple[int, dict[str, Any]]:
+    from .report import latest_manifest
+
+    manifest, _ = latest_manifest(repo, name, version)
+    return int(manifest["version"]), manifest
+
+
+def _reference(cfg: Any, state: Any) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray | None]:
+    """Validation feeds, labels, and the PyTorch reference outputs (the build's cached step)."""
+    from mscompile.passes.check_accuracy import load_reference
+
+    from .build import assemble
+    from .cache import Cache
+    from .instruments import Instruments
+    from .pipeline import Driver
+
+    plan = assemble(cfg, state)
+    log_dir = state.build_logs(cfg.name, "serve-check-" + time.strftime("%Y%m%d-%H%M%S"))
+    driver = Driver(
+        Cache(state.cache), Instruments(log_dir / "events.jsonl", quiet=True), log_dir=log_dir, datasets=plan.datasets
+    )
+    rec = driver.run_step(plan.common.steps[0], plan.source)
+    feeds, labels = plan.datasets.get(plan.validation)
+    return feeds, load_reference(rec.output), labels  # type: ignore[arg-type]
+
+
+def _clients(opts: CheckOptions) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if opts.grpc_url:
+        import tritonclient.grpc as grpc
+
+        out["grpc"] = grpc
+    if opts.http_url:
+        import tritonclient.http as http
+
+        out["http"] = http
+    return out
+
+
+def _triton_error(exc: BaseException) -> str:
+    msg = getattr(exc, "message", None)
+    text = msg() if callable(msg) else str(exc)
+    return " ".join(str(text).split())
+
+
+def _stats(client: Any, name: str, version: int) -> dict[str, int]:
+    s = (
+        client.get_inference_statistics(name, str(version), as_json=True)
+        if _is_grpc(client)
+        else (client.get_inference_statistics(name, str(version)))
+    )
+    m = next((x for x in s.get("model_stats", []) if str(x.get("version")) == str(version)), None) or {}
+    inf = m.get("inference_stats", {})
+
+    def pick(k: str, f: str) -> int:
+        return int(inf.get(k, {}).get(f, 0))
+
+    return {
+        "inference_count": int(m.get("inference_count", 0)),
+        "execution_count": int(m.get("execution_count", 0)),
+        "success": pick("success", "count"),
+        "fail": pick("fail", "count"),
+        "queue_ns": pick("queue", "ns"),
+        "compute_input_ns": pick("compute_input", "ns"),
+        "compute_infer_ns": pick("compute_infer", "ns"),
+        "compute_output_ns": pick("compute_output", "ns"),
+    }
+
+
+def _is_grpc(client: Any) -> bool:
+    return type(client).__module__.startswith("tritonclient.grpc")
+
+
+def _served_config(client: Any, name: str, version: int) -> dict[str, Any]:
+    if _is_grpc(client):
+        return client.get_model_config(name, str(version), as_json=True)["config"]
+    return client.get_model_config(name, str(version))
+
+
+def _replay(
+    lib: Any,
+    url: str,
+    name: str,
+    version: int,
+    served: dict[str, Any],
+    feeds: dict[str, np.ndarray],
+    concurrency: int,
+) -> tuple[dict[str, np.ndarray], list[float], float]:
+    """One request per validation sample (the server's batcher may merge them), from
+    `concurrency` client threads; outputs in sample order, latencies, wall seconds."""
+    from tritonclient.utils import triton_to_np_dtype
+
+    batching = int(served.get("max_batch_size", 0)) > 0
+    n = int(next(iter(feeds.values())).shape[0]) if batching else 1
+    inputs = [(i["name"], i["data_type"].replace("TYPE_", "")) for i in served.get("input", [])]
+    outputs = [o["name"] for o in served.get("output", [])]
+    missing = [k for k, _ in inputs if k not in feeds]
+    if missing:
+        raise ConfigError(f"the served model's inputs {missing} are not in the validation set")
+    local = threading.local()
+    dtypes = {k: ("BYTES" if t == "STRING" else t) for k, t in inputs}
+
+    def one(i: int) -> tuple[int, list[np.ndarray], float]:
+        if not hasattr(local, "client"):
+            local.client = lib.InferenceServerClient(url)
+        reqs = []
+        for k, t in dtypes.items():
+            x = feeds[k][i : i + 1] if batching else feeds[k]
+            x = x.astype(triton_to_np_dtype(t)) if t != "BYTES" else x
+            r = lib.InferInput(k, list(x.shape), t)
+            r.set_data_from_numpy(x)
+            reqs.append(r)
+        outs = [lib.InferRequestedOutput(o) for o in outputs]
+        t0 = time.perf_counter()
+        res = local.client.infer(name, reqs, model_version=str(version), outputs=outs)
+        dt = time.perf_counter() - t0
+        return i, [res.as_numpy(o) for o in outputs], dt
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        results = sorted(pool.map(one, range(n)), key=lambda r: r[0])
+    wall = time.perf_counter() - t0
+    got = {o: np.concatenate([r[1][j] for r in results], axis=0) for j, o in enumerate(outputs)}
+    return got, [r[2] for r in results], wall
+
+
+def _percentiles(lat: list[float]) -> dict[str, float]:
+    a = np.asarray(lat) * 1000.0
+    return {f"p{q}": round(float(np.percentile(a, q)), 3) for q in (50, 90, 99)}
+
+
+def _per_request(before: dict[str, int], after: dict[str, int]) -> dict[str, Any]:
+    d = {k: after[k] - before[k] for k in after}
+    n = max(1, d["success"])
+    return {
+        "inference_count": d["inference_count"],
+        "execution_count": d["execution_count"],
+        "failed_requests": d["fail"],
+        "mean_batch": round(d["inference_count"] / d["execution_count"], 2) if d["execution_count"] else None,
+        "queue_ms_per_request": round(d["queue_ns"] / n / 1e6, 3),
+        "compute_ms_per_request": round(
+            (d["compute_input_ns"] + d["compute_infer_ns"] + d["compute_output_ns"]) / n / 1e6, 3
+        ),
+    }
+
+
+def serve_check(cfg: Any, state: Any, opts: CheckOptions) -> dict[str, Any]:
+    """Load, replay, compare, report, unload. Raises ServeLoadError (exit 1) when the
+    model does not load or a request fails, ServedWrongError (exit 3) when the answers
+    miss the gate; returns the summary otherwise (and inside the error as `.summary`)."""
+    from mscompile.passes.check_accuracy import evaluate
+
+    from .config import resolve_path
+
+    repo = resolve_path(cfg.triton.repository)
+    name = opts.model_name or cfg.name
+    version, manifest = _served_version(repo, name, opts.version)
+    target_name = manifest.get("deployed_variant")
+    target = next((t for t in cfg.targets if t.name == target_name), None)
+    if target is None:
+        raise ConfigError(
+            f"{name} version {version} was built from target {target_name!r}, which model.yaml no longer has; "
+            "check it with the model.yaml it was built from"
+        )
+    libs = _clients(opts)
+    if not libs:
+        raise ConfigError("serve-check needs a server address: --url (HTTP) and/or --grpc-url")
+    first = next(iter(libs))
+    control = libs[first].InferenceServerClient(opts.grpc_url if first == "grpc" else opts.http_url)
+    try:
+        if not control.is_server_live():
+            raise ServeLoadError(f"the Triton server at {opts.http_url or opts.grpc_url} is not live")
+    except ServeLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - connection refused and the like
+        raise ServeLoadError(
+            f"cannot reach a Triton server at {opts.http_url or opts.grpc_url}: {_triton_error(exc)}"
+        ) from None
+    summary: dict[str, Any] = {"model": name, "version": version, "variant": target_name, "repository": str(repo)}
+    was_ready = _ready(control, name, version)
+    loaded_here = False
+    if not was_ready:
+        if not opts.load:
+            raise ServeLoadError(f"the server does not serve {name} version {version}")
+        opts.progress(f"loading {name} version {version}")
+        t0 = time.perf_counter()
+        try:
+            control.load_model(name)
+        except Exception as exc:  # noqa: BLE001 - the server's own message is the report
+            raise ServeLoadError(f"Triton did not load {name}: {_triton_error(exc)}") from None
+        loaded_here = True
+        deadline = time.monotonic() + opts.load_timeout
+        while not _ready(control, name, version):
+            if time.monotonic() > deadline:
+                raise ServeLoadError(
+                    f"{name} version {version} was not READY within {opts.load_timeout:.0f} s "
+                    f"(state: {_state(control, name, version)})"
+                )
+            time.sleep(0.2)
+        summary["load_seconds"] = round(time.perf_counter() - t0, 3)
+    try:
+        served = _served_config(control, name, version)
+        feeds, ref, labels = _reference(cfg, state)
+        results: dict[str, Any] = {}
+        failures: list[str] = []
+        for proto, lib in libs.items():
+            url = opts.grpc_url if proto == "grpc" else opts.http_url
+            before = _stats(control, name, version)
+            opts.progress(f"{proto}: {len(next(iter(feeds.values())))} requests, concurrency {opts.concurrency}")
+            try:
+                outs, lat, wall = _replay(lib, url, name, version, served, feeds, opts.concurrency)  # type: ignore[arg-type]
+            except MscompileError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                raise ServeLoadError(
+                    f"{name} version {version} loaded but a {proto} request failed: {_triton_error(exc)}"
+                ) from None
+            after = _stats(control, name, version)
+            outs = {k: v.astype(np.float32) if v.dtype != np.float32 else v for k, v in outs.items() if k in ref}
+            metrics, per_output, fails = evaluate(outs, ref, labels, cfg.io, target.tolerance)
+            failures += [f"{proto}: {f}" for f in fails]
+            results[proto] = {
+                "requests": len(lat),
+                "concurrency": opts.concurrency,
+                "latency_ms": _percentiles(lat),
+                "throughput_rps": round(len(lat) / wall, 2) if wall > 0 else None,
+                "metrics": metrics,
+                "per_output": per_output,
+                "passed": not fails,
+                "failures": fails,
+                "triton": _per_request(before, after),
+            }
+        gate = next((v for v in manifest.get("variants", []) if v.get("name") == target_name), {})
+        summary.update(
+            protocols=results,
+            tolerance=target.tolerance.model_dump(exclude_none=True),
+            gate_metrics=gate.get("metrics", {}),
+            passed=not failures,
+            failures=failures,
+        )
+    finally:
+        if loaded_here and opts.unload:
+            try:
+                control.unload_model(name)
+                summary["unloaded"] = True
+            except Exception:  # noqa: BLE001 - best effort: the check's verdict stands
+                summary["unloaded"] = False
+    if failures:
+        err = ServedWrongError(
+            f"{name} version {version} serves answers outside the gate of target {target_name!r}: "
+            + "; ".join(failures)
+        )
+        err.summary = summary  # type: ignore[attr-defined]
+        raise err
+    return summary
+
+
+def _ready(client: Any, name: str, version: int) -> bool:
+    try:
+        return bool(client.is_model_ready(name, str(version)))
+    except Exception:  # noqa: BLE001 - unknown model: not ready
+        return False
+
+
+def _index(client: Any) -> list[dict[str, Any]]:
+    if _is_grpc(client):
+        return client.get_model_repository_index(as_json=True).get("models", [])
+    return client.get_model_repository_index()
+
+
+def _state(client: Any, name: str, version: int) -> str:
+    for m in _index(client):
+        if m.get("name") == name and str(m.get("version")) == str(version):
+            return f"{m.get('state')}: {m.get('reason', '')}".strip(": ")
+    return "unknown"
+
+
+def served_now(client: Any, name: str) -> list[int]:
+    """The versions of `name` the server has READY."""
+    return sorted(
+        int(m["version"])
+        for m in _index(client)
+        if m.get("name") == name and m.get("state") == "READY" and str(m.get("version", "")).isdigit()
+    )
+
+
+# -- deploy ----------------------------------------------------------------------------
+
+
+def deploy(cfg: Any, state: Any, opts: CheckOptions) -> dict[str, Any]:
+    """Serve the latest published version on a running explicit-mode server that reads
+    this repository; check it; on failure put back what the server served before."""
+    from .config import resolve_path
+    from .tritonrepo.writer import _pinned, _write_config, model_dir_for, model_lock, versions
+
+    repo = resolve_path(cfg.triton.repository)
+    name = opts.model_name or cfg.name
+    version, _ = _served_version(repo, name, opts.version)
+    libs = _clients(opts)
+    if not libs:
+        raise ConfigError("deploy needs the server's address: --url (HTTP) and/or --grpc-url")
+    first = next(iter(libs))
+    control = libs[first].InferenceServerClient(opts.grpc_url if first == "grpc" else opts.http_url)
+    try:
+        before = served_now(control, name)
+    except Exception as exc:  # noqa: BLE001
+        raise ServeLoadError(
+            f"cannot reach a Triton server at {opts.http_url or opts.grpc_url}: {_triton_error(exc)}"
+        ) from None
+    model_dir = model_dir_for(repo, name)
+    config_path = model_dir / "config.pbtxt"
+    previous_text = config_path.read_text()
+    summary: dict[str, Any] = {"model": name, "version": version, "served_before": before}
+    with model_lock(model_dir, cfg.triton.lock_timeout_s):
+        text = _pinned(previous_text, versions(model_dir), name, only={version})
+        if text != previous_text:
+            _write_config(model_dir, text)
+    opts.progress(f"asking the server to load {name} version {version} (serving {before or 'nothing'} now)")
+    failure: MscompileError | None = None
+    try:
+        control.load_model(name)
+        check = serve_check(cfg, state, CheckOptions(**{**opts.__dict__, "version": version, "unload": False}))
+        summary["check"] = check
+    except MscompileError as exc:
+        failure = exc
+        summary["check"] = getattr(exc, "summary", None)
+    except Exception as exc:  # noqa: BLE001 - the server's load error
+        failure = ServeLoadError(f"Triton did not load {name} version {version}: {_triton_error(exc)}")
+    if failure is None:
+        summary.update(deployed=True, served_now=served_now(control, name))
+        return summary
+    # roll back: the config serves what the server served before, and the server reloads it
+    opts.progress(f"rolling back to {before or 'nothing'}: {failure}")
+    with model_lock(model_dir, cfg.triton.lock_timeout_s):
+        if before:
+            _write_config(model_dir, _pinned(previous_text, versions(model_dir), name, only=set(before)))
+        else:
+            _write_config(model_dir, previous_text)
+    try:
+        if before:
+            control.load_model(name)
+        else:
+            control.unload_model(name)
+    except Exception as exc:  # noqa: BLE001
+        failure = type(failure)(f"{failure}; and the rollback failed too: {_triton_error(exc)}")
+    summary.update(deployed=False, rolled_back_to=before, served_now=served_now(control, name), error=str(failure))
+    failure.summary = summary  # type: ignore[attr-defined]
+    raise failure
+
+
+def summary_lines(s: dict[str, Any]) -> list[str]:
+    """The human summary of a serve-check."""
+    lines = [f"{s['model']} version {s['version']} (variant {s.get('variant')}):"]
+    for proto, r in s.get("protocols", {}).items():
+        m = r["metrics"]
+        shown = ", ".join(f"{k}={v:.6g}" for k, v in m.items() if isinstance(v, float | int))
+        t = r["triton"]
+        lines.append(
+            f"  {proto:5} {'OK  ' if r['passed'] else 'FAIL'} {r['requests']} requests at concurrency "
+            f"{r['concurrency']}: p50 {r['latency_ms']['p50']} ms, p99 {r['latency_ms']['p99']} ms, "
+            f"{r['throughput_rps']} req/s"
+        )
+        lines.append(f"        vs PyTorch: {shown}")
+        lines.append(
+            f"        Triton: {t['inference_count']} inferences in {t['execution_count']} executions "
+            f"(mean batch {t['mean_batch']}), queue {t['queue_ms_per_request']} ms/request, "
+            f"compute {t['compute_ms_per_request']} ms/request"
+        )
+    if s.get("gate_metrics"):
+        g = s["gate_metrics"]
+        lines.append(
+            "  the build's gate measured: "
+            + ", ".join(f"{k}={v:.6g}" for k, v in g.items() if isinstance(v, float | int))
+        )
+    return lines
+
+
+def dumps(s: dict[str, Any]) -> str:
+    return json.dumps(s, indent=2, default=str)
