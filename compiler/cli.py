@@ -270,6 +270,7 @@ def run_serve_check(
         opts = _check_options(
             server.http_url, server.grpc_url, protocol, concurrency, load_timeout, model_name, version, say
         )
+        opts.server_log = lambda: server.log_tail(200)
         try:
             out = serve_check(cfg, state, opts)
         except ServeLoadError as exc:

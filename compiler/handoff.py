@@ -176,6 +176,7 @@ class CheckOptions:
     load_timeout: float = 120.0
     unload: bool = True  # unload what this check loaded
     load: bool = True  # ask the server to load (explicit mode); False: it must already serve it
+    server_log: Callable[[], str] | None = None  # the log of a server started for the check
     progress: Callable[[str], None] = field(default=lambda _m: None)
 
 
@@ -368,7 +369,7 @@ def serve_check(cfg: Any, state: Any, opts: CheckOptions) -> dict[str, Any]:
         try:
             control.load_model(name)
         except Exception as exc:  # noqa: BLE001 - the server's own message is the report
-            raise ServeLoadError(f"Triton did not load {name}: {_triton_error(exc)}") from None
+            raise ServeLoadError(f"Triton did not load {name}: {why_not_loaded(control, name, exc, opts)}") from None
         loaded_here = True
         deadline = time.monotonic() + opts.load_timeout
         while not _ready(control, name, version):
@@ -434,6 +435,26 @@ def serve_check(cfg: Any, state: Any, opts: CheckOptions) -> dict[str, Any]:
         err.summary = summary  # type: ignore[attr-defined]
         raise err
     return summary
+
+
+def why_not_loaded(client: Any, name: str, exc: BaseException, opts: CheckOptions) -> str:
+    """The load error as the server tells it: the API's message, the repository index's
+    reason, and the server's own error lines about the model when its log is at hand."""
+    parts = [_triton_error(exc)]
+    try:
+        for m in _index(client):
+            reason = " ".join(str(m.get("reason", "")).split())
+            if m.get("name") == name and reason and reason not in parts:
+                parts.append(reason)
+    except Exception:  # noqa: BLE001 - the API message stands alone
+        pass
+    if opts.server_log is not None:
+        for line in opts.server_log().splitlines():
+            if line.startswith("E") and f"'{name}'" in line or (line.startswith("E") and f" {name}" in line):
+                text = line.split("] ", 1)[-1].strip().strip('"')
+                if text not in parts:
+                    parts.append(text)
+    return "; ".join(parts[:4])
 
 
 def _ready(client: Any, name: str, version: int) -> bool:
@@ -506,7 +527,9 @@ def deploy(cfg: Any, state: Any, opts: CheckOptions) -> dict[str, Any]:
         failure = exc
         summary["check"] = getattr(exc, "summary", None)
     except Exception as exc:  # noqa: BLE001 - the server's load error
-        failure = ServeLoadError(f"Triton did not load {name} version {version}: {_triton_error(exc)}")
+        failure = ServeLoadError(
+            f"Triton did not load {name} version {version}: {why_not_loaded(control, name, exc, opts)}"
+        )
     if failure is None:
         summary.update(deployed=True, served_now=served_now(control, name))
         return summary
