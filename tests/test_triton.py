@@ -213,3 +213,14 @@ def test_polling_server_never_sees_a_broken_pair(tri, tmp_path, monkeypatch):
     for version, got in answers:
         np.testing.assert_allclose(got, expected[version], atol=1e-6)
     assert {a[0] for a in answers} >= {"1", "4"} and len(answers) > 10
+
+
+def test_build_serve_check_runs_after_publishing(tri, tmp_path, digits_config):
+    cfg = digits_config
+    cfg["targets"] = [cfg["targets"][0]]
+    path = write_config(cfg, tmp_path / "model.yaml")
+    r = run_cli("build", str(path), "--json", "--serve-check", *_server_args(tri), "--protocol", "http")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["serve_check"]["passed"] and list(out["serve_check"]["protocols"]) == ["http"]
+    assert out["serve_check"]["version"] == 1
