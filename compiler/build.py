@@ -112,6 +112,7 @@ class BuildResult:
     manifest: dict[str, Any] = field(default_factory=dict)
     report_path: Path | None = None
     selection: str | None = None
+    pipeline: dict[str, Any] | None = None  # the end-to-end gate of the ensemble
 
     def to_json(self) -> dict[str, Any]:
         ran, cached = passes_ran(self.records)
@@ -135,6 +136,7 @@ class BuildResult:
             "seconds": round(self.seconds, 3),
             "report": str(self.report_path) if self.report_path else None,
             "selection": self.selection,
+            "pipeline": self.pipeline,
         }
 
 
@@ -341,7 +343,26 @@ def build(cfg: ModelConfig, config_path: Path, opts: BuildOptions) -> BuildResul
         Deployment(model_name=name, target=t, model=by_name[t].model, profile=by_name[t].profile)  # type: ignore[arg-type]
         for name, t in deployment_names(cfg, chosen)
     ]
+    if cfg.pipeline is not None:
+        from .ensemble import chain_gate
+
+        rep = chain_gate(cfg, deployments[0].model, instruments.say)
+        result.pipeline = rep
+        instruments.say(
+            f"pipeline {rep['ensemble']}: {'OK' if rep['passed'] else 'FAIL'} on {rep['samples']} raw samples "
+            + " ".join(f"{k}={v:.6g}" for k, v in rep["metrics"].items() if isinstance(v, float))
+        )
+        if not rep["passed"]:
+            result.seconds = time.perf_counter() - t0
+            err4 = AccuracyGateError(
+                f"pipeline: the chain {rep['ensemble']} (preprocess -> {deployments[0].target} -> postprocess) "
+                f"misses its gate against the PyTorch chain: {'; '.join(rep['failures'])}; nothing was published"
+            )
+            err4.result = result  # type: ignore[attr-defined]
+            raise err4
     manifest = build_manifest(cfg, config_path, plan, result)
+    if result.pipeline is not None:
+        manifest["pipeline"] = result.pipeline
     result.published = write_repository(cfg, deployments, manifest)
     for p in result.published:
         for w in p.warnings:

@@ -11,6 +11,7 @@ against the current working directory (the directory `mscompile` is run from).
 from __future__ import annotations
 
 import difflib
+import re
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Union
@@ -33,6 +34,7 @@ from .sections import (  # noqa: F401  (re-exported: passes and tests import the
     MlflowConfig,
     OptimizeConfig,
     OutputSpec,
+    PipelineConfig,
     ProfileSettings,
     RangeConfig,
     RecoveryConfig,
@@ -82,6 +84,9 @@ class ModelConfig(Section):
     triton: TritonConfig = Field(default_factory=TritonConfig)
     profile: ProfileSettings = Field(default_factory=ProfileSettings)
     mlflow: MlflowConfig | None = None
+    pipeline: PipelineConfig | None = Field(
+        default=None, description="serve as a Triton ensemble with Python pre/postprocessing, gated end to end"
+    )
 
     @field_validator("name")
     @classmethod
@@ -123,6 +128,42 @@ class ModelConfig(Section):
         if self.triton.deploy == "all":
             return [t.name for t in self.targets]
         return [self.triton.deploy]
+
+
+def _pipeline_problems(cfg: ModelConfig, where: str) -> list[str]:
+    pc = cfg.pipeline
+    assert pc is not None
+    out = []
+    key = f"{where}: pipeline"
+    if pc.preprocess is None and pc.postprocess is None:
+        out.append(
+            f"{key}: give a preprocess or a postprocess step (or both); an ensemble of the model alone adds nothing"
+        )
+    if cfg.triton.deploy == "all":
+        out.append(f"{key}: needs one deployed model; triton.deploy: all publishes one model per variant")
+    if not cfg.io.has_batch_axis() or cfg.max_batch_size() == 0:
+        out.append(
+            f"{key}: the ensemble batches requests; the model needs a dynamic batch dimension (inputs[].shape[0]: -1)"
+        )
+    if pc.postprocess is not None and pc.postprocess.inputs is not None:
+        known = {o.name for o in cfg.outputs} | {i.name for i in cfg.inputs}
+        for j, n in enumerate(pc.postprocess.inputs):
+            if n not in known:
+                out.append(
+                    f"{key}.postprocess.inputs[{j}]: {n!r} is neither a model output nor a model input "
+                    f"(known: {sorted(known)})"
+                )
+    if pc.validation.endswith(".txt"):
+        pre = pc.preprocess
+        if pre is None or len(pre.inputs) != 1 or pre.inputs[0].dtype != "string":
+            out.append(
+                f"{key}.validation: a .txt file feeds one string input; preprocess.inputs must be one string tensor"
+            )
+    elif not pc.validation.endswith(".npz"):
+        out.append(f"{key}.validation: {pc.validation!r} must be a .txt or .npz file")
+    if pc.name is not None and not re.fullmatch(NAME_PATTERN, pc.name):
+        out.append(f"{key}.name: {pc.name!r} is not a valid model name")
+    return out
 
 
 def semantic_problems(cfg: ModelConfig, where: str) -> list[str]:
@@ -255,6 +296,8 @@ def semantic_problems(cfg: ModelConfig, where: str) -> list[str]:
         out.extend(get(t.backend).problems(cfg, t, f"{where}: targets[{i}]"))
     if cfg.validation.labels is not None and cfg.validation.labels in seen_inputs:
         out.append(f"{where}: validation.labels: {cfg.validation.labels!r} is also an input name")
+    if cfg.pipeline is not None:
+        out += _pipeline_problems(cfg, where)
     return out
 
 

@@ -330,8 +330,6 @@ def serve_check(cfg: Any, state: Any, opts: CheckOptions) -> dict[str, Any]:
     """Load, replay, compare, report, unload. Raises ServeLoadError (exit 1) when the
     model does not load or a request fails, ServedWrongError (exit 3) when the answers
     miss the gate; returns the summary otherwise (and inside the error as `.summary`)."""
-    from mscompile.passes.check_accuracy import evaluate
-
     from .config import resolve_path
 
     repo = resolve_path(cfg.triton.repository)
@@ -359,71 +357,28 @@ def serve_check(cfg: Any, state: Any, opts: CheckOptions) -> dict[str, Any]:
             f"cannot reach a Triton server at {opts.http_url or opts.grpc_url}: {_triton_error(exc)}"
         ) from None
     summary: dict[str, Any] = {"model": name, "version": version, "variant": target_name, "repository": str(repo)}
-    was_ready = _ready(control, name, version)
-    loaded_here = False
-    if not was_ready:
-        if not opts.load:
-            raise ServeLoadError(f"the server does not serve {name} version {version}")
-        opts.progress(f"loading {name} version {version}")
-        t0 = time.perf_counter()
-        try:
-            control.load_model(name)
-        except Exception as exc:  # noqa: BLE001 - the server's own message is the report
-            raise ServeLoadError(f"Triton did not load {name}: {why_not_loaded(control, name, exc, opts)}") from None
-        loaded_here = True
-        deadline = time.monotonic() + opts.load_timeout
-        while not _ready(control, name, version):
-            if time.monotonic() > deadline:
-                raise ServeLoadError(
-                    f"{name} version {version} was not READY within {opts.load_timeout:.0f} s "
-                    f"(state: {_state(control, name, version)})"
-                )
-            time.sleep(0.2)
-        summary["load_seconds"] = round(time.perf_counter() - t0, 3)
+    loaded: list[str] = []
+    failures: list[str] = []
     try:
-        served = _served_config(control, name, version)
+        summary["load_seconds"] = _load(control, name, version, opts, loaded)
         feeds, ref, labels = _reference(cfg, state)
-        results: dict[str, Any] = {}
-        failures: list[str] = []
-        for proto, lib in libs.items():
-            url = opts.grpc_url if proto == "grpc" else opts.http_url
-            before = _stats(control, name, version)
-            opts.progress(f"{proto}: {len(next(iter(feeds.values())))} requests, concurrency {opts.concurrency}")
-            try:
-                outs, lat, wall = _replay(lib, url, name, version, served, feeds, opts.concurrency)  # type: ignore[arg-type]
-            except MscompileError:
-                raise
-            except Exception as exc:  # noqa: BLE001
-                raise ServeLoadError(
-                    f"{name} version {version} loaded but a {proto} request failed: {_triton_error(exc)}"
-                ) from None
-            after = _stats(control, name, version)
-            outs = {k: v.astype(np.float32) if v.dtype != np.float32 else v for k, v in outs.items() if k in ref}
-            metrics, per_output, fails = evaluate(outs, ref, labels, cfg.io, target.tolerance)
-            failures += [f"{proto}: {f}" for f in fails]
-            results[proto] = {
-                "requests": len(lat),
-                "concurrency": opts.concurrency,
-                "latency_ms": _percentiles(lat),
-                "throughput_rps": round(len(lat) / wall, 2) if wall > 0 else None,
-                "metrics": metrics,
-                "per_output": per_output,
-                "passed": not fails,
-                "failures": fails,
-                "triton": _per_request(before, after),
-            }
+        results, fails = _check(libs, control, name, version, feeds, ref, labels, cfg.io, target.tolerance, opts)
+        failures += fails
         gate = next((v for v in manifest.get("variants", []) if v.get("name") == target_name), {})
         summary.update(
             protocols=results,
             tolerance=target.tolerance.model_dump(exclude_none=True),
             gate_metrics=gate.get("metrics", {}),
-            passed=not failures,
-            failures=failures,
         )
+        if cfg.pipeline is not None and opts.model_name in (None, cfg.name):
+            summary["pipeline"] = _check_pipeline(cfg, repo, libs, control, opts, loaded)
+            failures += [f"{summary['pipeline']['model']}: {f}" for f in summary["pipeline"]["failures"]]
+        summary.update(passed=not failures, failures=failures)
     finally:
-        if loaded_here and opts.unload:
+        if loaded and opts.unload:
             try:
-                control.unload_model(name)
+                for m in reversed(loaded):
+                    control.unload_model(m)
                 summary["unloaded"] = True
             except Exception:  # noqa: BLE001 - best effort: the check's verdict stands
                 summary["unloaded"] = False
@@ -435,6 +390,103 @@ def serve_check(cfg: Any, state: Any, opts: CheckOptions) -> dict[str, Any]:
         err.summary = summary  # type: ignore[attr-defined]
         raise err
     return summary
+
+
+def _load(control: Any, name: str, version: int, opts: CheckOptions, loaded: list[str]) -> float | None:
+    """Load `name` unless `version` is READY already; seconds it took (None: was loaded)."""
+    if _ready(control, name, version):
+        return None
+    if not opts.load:
+        raise ServeLoadError(f"the server does not serve {name} version {version}")
+    opts.progress(f"loading {name} version {version}")
+    t0 = time.perf_counter()
+    try:
+        control.load_model(name)
+    except Exception as exc:  # noqa: BLE001 - the server's own message is the report
+        raise ServeLoadError(f"Triton did not load {name}: {why_not_loaded(control, name, exc, opts)}") from None
+    loaded.append(name)
+    deadline = time.monotonic() + opts.load_timeout
+    while not _ready(control, name, version):
+        if time.monotonic() > deadline:
+            raise ServeLoadError(
+                f"{name} version {version} was not READY within {opts.load_timeout:.0f} s "
+                f"(state: {_state(control, name, version)})"
+            )
+        time.sleep(0.2)
+    return round(time.perf_counter() - t0, 3)
+
+
+def _check(
+    libs: dict[str, Any],
+    control: Any,
+    name: str,
+    version: int,
+    feeds: dict[str, np.ndarray],
+    ref: dict[str, np.ndarray],
+    labels: np.ndarray | None,
+    io: Any,
+    tolerance: Any,
+    opts: CheckOptions,
+) -> tuple[dict[str, Any], list[str]]:
+    """Replay `feeds` over every protocol and gate the answers; (per protocol, failures)."""
+    from mscompile.passes.check_accuracy import evaluate
+
+    served = _served_config(control, name, version)
+    results: dict[str, Any] = {}
+    failures: list[str] = []
+    for proto, lib in libs.items():
+        url = opts.grpc_url if proto == "grpc" else opts.http_url
+        before = _stats(control, name, version)
+        opts.progress(f"{name} {proto}: {len(next(iter(feeds.values())))} requests, concurrency {opts.concurrency}")
+        try:
+            outs, lat, wall = _replay(lib, url, name, version, served, feeds, opts.concurrency)  # type: ignore[arg-type]
+        except MscompileError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise ServeLoadError(
+                f"{name} version {version} loaded but a {proto} request failed: {_triton_error(exc)}"
+            ) from None
+        after = _stats(control, name, version)
+        outs = {k: v.astype(np.float32) if v.dtype != np.float32 else v for k, v in outs.items() if k in ref}
+        metrics, per_output, fails = evaluate(outs, ref, labels, io, tolerance)
+        failures += [f"{proto}: {f}" for f in fails]
+        results[proto] = {
+            "requests": len(lat),
+            "concurrency": opts.concurrency,
+            "latency_ms": _percentiles(lat),
+            "throughput_rps": round(len(lat) / wall, 2) if wall > 0 else None,
+            "metrics": metrics,
+            "per_output": per_output,
+            "passed": not fails,
+            "failures": fails,
+            "triton": _per_request(before, after),
+        }
+    return results, failures
+
+
+def _check_pipeline(
+    cfg: Any, repo: Path, libs: dict[str, Any], control: Any, opts: CheckOptions, loaded: list[str]
+) -> dict[str, Any]:
+    """The ensemble: raw inputs in (e.g. strings), the chain's outputs out, against the
+    PyTorch chain under pipeline.tolerance."""
+    from .ensemble import chain_reference, ensemble_name
+    from .sections import IOSpec, OutputSpec
+
+    name = ensemble_name(cfg)
+    version, _ = _served_version(repo, name, None)
+    load_s = _load(control, name, version, opts, loaded)  # Triton loads the members with it
+    raw, ref = chain_reference(cfg)
+    io = IOSpec(inputs=cfg.inputs, outputs=[OutputSpec(name=k) for k in ref])
+    results, failures = _check(libs, control, name, version, raw, ref, None, io, cfg.pipeline.tolerance, opts)
+    return {
+        "model": name,
+        "version": version,
+        "load_seconds": load_s,
+        "protocols": results,
+        "tolerance": cfg.pipeline.tolerance.model_dump(exclude_none=True),
+        "passed": not failures,
+        "failures": failures,
+    }
 
 
 def why_not_loaded(client: Any, name: str, exc: BaseException, opts: CheckOptions) -> str:
@@ -491,70 +543,96 @@ def served_now(client: Any, name: str) -> list[int]:
 
 def deploy(cfg: Any, state: Any, opts: CheckOptions) -> dict[str, Any]:
     """Serve the latest published version on a running explicit-mode server that reads
-    this repository; check it; on failure put back what the server served before."""
+    this repository; check it; on failure put back what the server served before.
+    With a pipeline, the model, the step models and the ensemble go as one unit."""
     from .config import resolve_path
     from .tritonrepo.writer import _pinned, _write_config, model_dir_for, model_lock, versions
 
     repo = resolve_path(cfg.triton.repository)
     name = opts.model_name or cfg.name
     version, _ = _served_version(repo, name, opts.version)
+    unit = [(name, version)]
+    if cfg.pipeline is not None and name == cfg.name:
+        from .ensemble import ensemble_name, step_names
+
+        # the ensemble's latest version pins its members: deploy exactly those
+        ens = ensemble_name(cfg)
+        ens_version, _ = _served_version(repo, ens, None)
+        members = json.loads((repo / ens / str(ens_version) / "members.json").read_text())
+        if members.get(name) != version:
+            raise ConfigError(
+                f"deploy: the latest {ens} (version {ens_version}) serves {name} version {members.get(name)}, "
+                f"not {version}; deploy the pipeline's version of {name} (--version {members.get(name)})"
+            )
+        unit = [(m, int(members[m])) for m in step_names(cfg).values()] + unit + [(ens, ens_version)]
     libs = _clients(opts)
     if not libs:
         raise ConfigError("deploy needs the server's address: --url (HTTP) and/or --grpc-url")
     first = next(iter(libs))
     control = libs[first].InferenceServerClient(opts.grpc_url if first == "grpc" else opts.http_url)
     try:
-        before = served_now(control, name)
+        before = {m: served_now(control, m) for m, _ in unit}
     except Exception as exc:  # noqa: BLE001
         raise ServeLoadError(
             f"cannot reach a Triton server at {opts.http_url or opts.grpc_url}: {_triton_error(exc)}"
         ) from None
-    model_dir = model_dir_for(repo, name)
-    config_path = model_dir / "config.pbtxt"
-    previous_text = config_path.read_text()
-    summary: dict[str, Any] = {"model": name, "version": version, "served_before": before}
-    with model_lock(model_dir, cfg.triton.lock_timeout_s):
-        text = _pinned(previous_text, versions(model_dir), name, only={version})
-        if text != previous_text:
-            _write_config(model_dir, text)
-    opts.progress(f"asking the server to load {name} version {version} (serving {before or 'nothing'} now)")
+    previous: dict[str, str] = {}
+    for m, v in unit:
+        model_dir = model_dir_for(repo, m)
+        with model_lock(model_dir, cfg.triton.lock_timeout_s):
+            previous[m] = (model_dir / "config.pbtxt").read_text()
+            text = _pinned(previous[m], versions(model_dir), m, only={v})
+            if text != previous[m]:
+                _write_config(model_dir, text)
+    summary: dict[str, Any] = {
+        "model": name,
+        "version": version,
+        "served_before": before[name],
+        "unit": {m: v for m, v in unit},
+    }
+    opts.progress(f"asking the server to load {name} version {version} (serving {before[name] or 'nothing'} now)")
     failure: MscompileError | None = None
+    current = name
     try:
-        control.load_model(name)
+        for m, _v in unit:
+            current = m
+            control.load_model(m)
         check = serve_check(cfg, state, CheckOptions(**{**opts.__dict__, "version": version, "unload": False}))
         summary["check"] = check
     except MscompileError as exc:
         failure = exc
         summary["check"] = getattr(exc, "summary", None)
     except Exception as exc:  # noqa: BLE001 - the server's load error
-        failure = ServeLoadError(
-            f"Triton did not load {name} version {version}: {why_not_loaded(control, name, exc, opts)}"
-        )
+        failure = ServeLoadError(f"Triton did not load {current}: {why_not_loaded(control, current, exc, opts)}")
     if failure is None:
         summary.update(deployed=True, served_now=served_now(control, name))
         return summary
-    # roll back: the config serves what the server served before, and the server reloads it
-    opts.progress(f"rolling back to {before or 'nothing'}: {failure}")
-    with model_lock(model_dir, cfg.triton.lock_timeout_s):
-        if before:
-            _write_config(model_dir, _pinned(previous_text, versions(model_dir), name, only=set(before)))
-        else:
-            _write_config(model_dir, previous_text)
-    try:
-        if before:
-            control.load_model(name)
-        else:
-            control.unload_model(name)
-    except Exception as exc:  # noqa: BLE001
-        failure = type(failure)(f"{failure}; and the rollback failed too: {_triton_error(exc)}")
-    summary.update(deployed=False, rolled_back_to=before, served_now=served_now(control, name), error=str(failure))
+    # roll back, the ensemble first: each config serves what the server served before, reloaded
+    opts.progress(f"rolling back to {before[name] or 'nothing'}: {failure}")
+    for m, _v in reversed(unit):
+        model_dir = model_dir_for(repo, m)
+        with model_lock(model_dir, cfg.triton.lock_timeout_s):
+            if before[m]:
+                _write_config(model_dir, _pinned(previous[m], versions(model_dir), m, only=set(before[m])))
+            else:
+                _write_config(model_dir, previous[m])
+        try:
+            if before[m]:
+                control.load_model(m)
+            else:
+                control.unload_model(m)
+        except Exception as exc:  # noqa: BLE001
+            failure = type(failure)(f"{failure}; and the rollback of {m} failed too: {_triton_error(exc)}")
+    summary.update(
+        deployed=False, rolled_back_to=before[name], served_now=served_now(control, name), error=str(failure)
+    )
     failure.summary = summary  # type: ignore[attr-defined]
     raise failure
 
 
 def summary_lines(s: dict[str, Any]) -> list[str]:
     """The human summary of a serve-check."""
-    lines = [f"{s['model']} version {s['version']} (variant {s.get('variant')}):"]
+    lines = [f"{s['model']} version {s['version']}" + (f" (variant {s['variant']}):" if s.get("variant") else ":")]
     for proto, r in s.get("protocols", {}).items():
         m = r["metrics"]
         shown = ", ".join(f"{k}={v:.6g}" for k, v in m.items() if isinstance(v, float | int))
@@ -570,6 +648,8 @@ def summary_lines(s: dict[str, Any]) -> list[str]:
             f"(mean batch {t['mean_batch']}), queue {t['queue_ms_per_request']} ms/request, "
             f"compute {t['compute_ms_per_request']} ms/request"
         )
+    if s.get("pipeline"):
+        lines += summary_lines(s["pipeline"])
     if s.get("gate_metrics"):
         g = s["gate_metrics"]
         lines.append(

@@ -72,9 +72,15 @@ def preflight(cfg: ModelConfig) -> None:
 def write_repository(cfg: ModelConfig, deployments: list[Deployment], manifest: dict[str, Any]) -> list[Published]:
     repo = resolve_path(cfg.triton.repository)
     models = [(d, m) for d in deployments for m in served_models(cfg, d)]
+    if cfg.pipeline is not None and cfg.triton.version_policy is None:
+        # the ensemble being served pins a version of the model: keep the previous one
+        # loaded until the new ensemble config is in place (a polling server never sees
+        # an ensemble whose member is gone)
+        for _, m in models:
+            m.config.version_policy.latest.num_versions = 2
     texts = [to_text(m.config) for _, m in models]
     t = cfg.triton
-    return [
+    published = [
         publish(
             repo,
             m.name,
@@ -86,6 +92,54 @@ def write_repository(cfg: ModelConfig, deployments: list[Deployment], manifest: 
         )
         for (d, m), text in zip(models, texts, strict=True)
     ]
+    if cfg.pipeline is not None:
+        published += publish_pipeline(cfg, published[0], deployments[0], manifest)
+    return published
+
+
+def publish_pipeline(cfg: ModelConfig, main: Published, d: Deployment, manifest: dict[str, Any]) -> list[Published]:
+    """The step models, then the ensemble pinned to the member versions just published:
+    the members first, so the ensemble's switch is the last (atomic) step."""
+    import tempfile
+    from pathlib import Path
+
+    from .ensemble import members_file, pin_steps
+    from .ensemble import served_models as ensemble_models
+
+    repo = resolve_path(cfg.triton.repository)
+    t = cfg.triton
+    keep = t.retention.keep_last if t.retention else None
+    out: list[Published] = []
+    with tempfile.TemporaryDirectory(prefix="mscompile-ensemble-") as tmp:
+        steps, (ename, ens, _) = ensemble_models(cfg, main.model, main.version, d.model.meta["io"], Path(tmp))
+        versions: dict[str, int] = {}
+        for name, mc, files in steps:
+            mc.version_policy.latest.num_versions = 2  # the previous stays until the ensemble switches
+            p = publish(
+                repo,
+                name,
+                files,
+                to_text(mc),
+                dict(manifest, deployed_variant=d.target, role="pipeline step"),
+                lock_timeout=t.lock_timeout_s,
+                keep_last=keep,
+            )
+            versions[name] = p.version
+            out.append(p)
+        pin_steps(ens, versions)
+        members = members_file(Path(tmp), ens)
+        out.append(
+            publish(
+                repo,
+                ename,
+                {"members.json": members},
+                to_text(ens),
+                dict(manifest, deployed_variant=d.target, role="ensemble"),
+                lock_timeout=t.lock_timeout_s,
+                keep_last=keep,
+            )
+        )
+    return out
 
 
 def model_config(

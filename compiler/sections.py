@@ -250,6 +250,57 @@ class TritonConfig(Section):
     )
 
 
+class PipelineTensor(Section):
+    """A tensor a pipeline step reads or writes, per request, without the batch dimension."""
+
+    name: str = Field(min_length=1)
+    dtype: Literal["string", "float32", "float16", "int64", "int32", "int8", "uint8", "bool"] = "float32"
+    shape: list[int] = Field(default_factory=lambda: [1], description="dims after the batch one; -1: any size")
+
+
+class PipelineStep(Section):
+    """Python code run by Triton's python backend beside the model: `function` takes a
+    dict of batched numpy arrays (strings as str objects) and returns one. Its module
+    is copied into the step's version folder with `files`; a module-level
+    setup(folder) is called once with that folder (where `files` lie)."""
+
+    function: Annotated[str, Field(pattern=FACTORY_PATTERN)]
+    files: list[str] = Field(
+        default_factory=list, description="files copied beside the module (pkg:<package>/<path> too)"
+    )
+
+
+class PreprocessStep(PipelineStep):
+    inputs: list[PipelineTensor] = Field(min_length=1, description="what the client sends")
+
+
+class PostprocessStep(PipelineStep):
+    inputs: list[str] | None = Field(
+        default=None, description="model outputs and preprocess outputs it reads (default: every model output)"
+    )
+    outputs: list[PipelineTensor] = Field(min_length=1, description="what the client gets")
+
+
+class PipelineConfig(Section):
+    """A Triton ensemble: preprocess -> the deployed model -> postprocess, gated end to end."""
+
+    name: str | None = Field(default=None, description="the ensemble's model name (default <name>_pipeline)")
+    preprocess: PreprocessStep | None = None
+    postprocess: PostprocessStep | None = None
+    validation: str = Field(
+        min_length=1,
+        description="raw inputs for the end-to-end gate: a .txt (one string per line, for a single string "
+        "input) or an .npz with one array per preprocess input",
+    )
+    samples: int | None = Field(default=None, ge=1, le=100_000)
+    tolerance: Tolerance = Field(default_factory=lambda: Tolerance(cosine=0.99))
+    python_path: list[str] = Field(
+        default_factory=list,
+        description="folders the step models put on sys.path on the server (where the python backend's "
+        "environment lacks a package the steps import)",
+    )
+
+
 class MlflowConfig(Section):
     """Build tracking (not part of any pass's cache key). Key `register` in model.yaml."""
 

