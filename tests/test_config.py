@@ -242,3 +242,62 @@ def test_every_core_problem_message_has_a_case():
     from mscompile.config import semantic_problems
 
     assert len(CORE_PROBLEMS) >= inspect.getsource(semantic_problems).count("out.append(")
+
+
+def _with_pipeline(d, **changes):
+    d["pipeline"] = {
+        "preprocess": {
+            "function": "examples.minilm.pipeline:preprocess",
+            "inputs": [{"name": "text", "dtype": "string", "shape": [1]}],
+        },
+        "validation": "calibration_data/minilm_val.txt",
+    }
+    d["pipeline"].update(changes)
+    return d
+
+
+PIPELINE_PROBLEMS = [
+    (lambda d: _with_pipeline(d, preprocess=None), "pipeline: give a preprocess or a postprocess step"),
+    (
+        lambda d: (_with_pipeline(d), d["triton"].update(deploy="all")),
+        "pipeline: needs one deployed model; triton.deploy: all",
+    ),
+    (
+        lambda d: (_with_pipeline(d), d["triton"].update(max_batch_size=0)),
+        "pipeline: the ensemble batches requests",
+    ),
+    (
+        lambda d: _with_pipeline(
+            d,
+            postprocess={
+                "function": "examples.minilm.pipeline:postprocess",
+                "inputs": ["nope"],
+                "outputs": [{"name": "y"}],
+            },
+        ),
+        "pipeline.postprocess.inputs[0]: 'nope' is neither a model output nor a model input",
+    ),
+    (
+        lambda d: _with_pipeline(
+            d, preprocess={"function": "examples.minilm.pipeline:preprocess", "inputs": [{"name": "a"}]}
+        ),
+        "pipeline.validation: a .txt file feeds one string input",
+    ),
+    (lambda d: _with_pipeline(d, validation="raw.csv"), "pipeline.validation: 'raw.csv' must be a .txt or .npz file"),
+    (lambda d: _with_pipeline(d, name="bad name!"), "pipeline.name: 'bad name!' is not a valid model name"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), PIPELINE_PROBLEMS)
+def test_every_pipeline_problem_is_reported_with_its_key(change, message):
+    d = base()
+    change(d)
+    assert any(message in p for p in problems(d)), problems(d)
+
+
+def test_every_pipeline_problem_message_has_a_case():
+    import inspect
+
+    from mscompile.config import _pipeline_problems
+
+    assert len(PIPELINE_PROBLEMS) >= inspect.getsource(_pipeline_problems).count("out.append(")
