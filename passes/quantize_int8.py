@@ -262,7 +262,7 @@ def pre_process(src: str, dst: str) -> str:
 
 class QuantizeInt8(Pass[OnnxModel, OnnxModel]):
     name = "quantize_int8"
-    version = 9
+    version = 10
     input_type = OnnxModel
     output_type = OnnxModel
     Config = Int8Config
@@ -360,8 +360,15 @@ class QuantizeInt8(Pass[OnnxModel, OnnxModel]):
                 )
             else:
                 ctx.note(f"dynamic INT8, {len(excluded)} nodes kept in float")
+                # without the graph's value_info: ONNX Runtime 1.30's quantizer re-runs shape
+                # inference after rewriting weights, and a stale entry for a weight made it fail
+                # ("Inferred shape and existing shape differ in dimension 0: (512) vs (64)")
+                bare = onnx.load(str(inp.onnx_file))
+                del bare.graph.value_info[:]
+                dyn_src = ctx.scratch / "dynamic_src.onnx"
+                onnx_utils.save(bare, dyn_src)
                 quantize_dynamic(
-                    str(inp.onnx_file),
+                    str(dyn_src),
                     str(out),
                     weight_type=QuantType.QInt8,
                     per_channel=cfg.per_channel,
