@@ -92,6 +92,21 @@ class TorchSource(Artifact):
 
 
 @dataclass(frozen=True)
+class HfSource(Artifact):
+    """A Hugging Face checkpoint folder (config, safetensors, tokenizer): its digest covers every file."""
+
+    kind: ClassVar[str] = "hf_source"
+
+
+@dataclass(frozen=True)
+class HfModel(Artifact):
+    """A causal LM as a folder: model/ (a Hugging Face checkpoint vLLM and transformers load)
+    and, for the reference, reference.json (token ids, log-likelihoods, greedy tokens)."""
+
+    kind: ClassVar[str] = "hf_model"
+
+
+@dataclass(frozen=True)
 class Dataset(Artifact):
     """An .npz of named arrays (validation or calibration data)."""
 

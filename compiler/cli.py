@@ -43,12 +43,17 @@ def _fmt_parity(metrics: dict[str, Any]) -> str:
         parts.append(f"cos_mean={metrics['cosine']:.4f}")
     if "accuracy" in metrics:
         parts.append(f"acc={metrics['accuracy']:.2f}% (ref {metrics['reference_accuracy']:.2f}%)")
+    if "perplexity" in metrics:  # an LLM variant
+        parts.append(f"ppl={metrics['perplexity']:.3f} ({metrics['perplexity_increase']:+.2f}%)")
+        parts.append(f"greedy={metrics['token_agreement']:.2f} first_div={metrics['first_divergence']:.1f}")
     return " ".join(parts) or "-"
 
 
 def _fmt_latency(v: Any) -> str:
     if not v.profile:
         return "-"
+    if v.profile.get("runtime") == "vllm":
+        return " ".join(f"b{r['batch']}:{r['tokens_per_s']:.0f}tok/s" for r in v.profile["batches"])
     return " ".join(
         f"b{r['batch']}:{r['p50_ms']:.2f}ms" for r in sorted(v.profile["batches"], key=lambda r: r["batch"])
     )
@@ -365,9 +370,14 @@ def build(
         sync = mlflow_sync or bool(os.environ.get("CI"))
         started = time.time()
         result = None
+        builder = run_build
+        if getattr(cfg, "task", None) == "text-generation":
+            from .llm.build import build_llm
+
+            builder = build_llm  # the LLM pipeline
         with _json_stdout(as_json) as emit:
             try:
-                result = run_build(cfg, config, opts)
+                result = builder(cfg, config, opts)
             except BaseException as exc:
                 res = getattr(exc, "result", None)
                 if settings is not None and isinstance(exc, MscompileError):

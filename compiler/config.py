@@ -64,7 +64,7 @@ def _backend_of(value: Any) -> str | None:
 def _target_union() -> Any:
     from .backends import all_backends
 
-    members = tuple(Annotated[b.Target, Tag(name)] for name, b in all_backends().items())
+    members = tuple(Annotated[b.Target, Tag(name)] for name, b in all_backends().items() if b.task != "text-generation")
     return Annotated[Union[members], Discriminator(_backend_of)]  # noqa: UP007 - built at run time
 
 
@@ -388,10 +388,52 @@ def _describe(err: dict[str, Any], where: str) -> str:
     return f"{where}: {path}: {msg}{shown}"
 
 
+def _llm_backends() -> list[str]:
+    from .backends import all_backends
+
+    return [n for n, b in all_backends().items() if b.task == "text-generation"]
+
+
+def _parse_llm(data: dict[str, Any], where: str) -> Any:
+    from .backends import get
+    from .llm.config import LlmModelConfig
+
+    for i, t in enumerate(data.get("targets") or []):
+        if isinstance(t, dict) and t.get("backend", "vllm") not in _llm_backends():
+            raise ConfigError(
+                f"{where}: targets[{i}].backend: {t.get('backend')!r} does not serve task: text-generation; "
+                f"use one of {', '.join(_llm_backends())}"
+            )
+    try:
+        cfg = LlmModelConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = list(dict.fromkeys(_describe(e, where) for e in exc.errors()))
+        raise ConfigError(problems[0], problems=problems) from None
+    problems = []
+    names = [t.name for t in cfg.targets]
+    for i, t in enumerate(cfg.targets):
+        if names.index(t.name) != i:
+            problems.append(f"{where}: targets[{i}].name: {t.name!r} is used twice; target names must be unique")
+        problems += get(t.backend).problems(cfg, t, f"{where}: targets[{i}]")
+    if problems:
+        raise ConfigError(problems[0], problems=problems)
+    return cfg
+
+
 def parse_config(data: Any, where: str = "model.yaml") -> ModelConfig:
     """Validate a parsed YAML document; raise ConfigError listing every problem."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: the top level must be a mapping of keys (name, source, ...)")
+    if data.get("task") == "text-generation":
+        return _parse_llm(data, where)
+    llm = [
+        f"{where}: targets[{i}].backend: {t.get('backend')!r} builds language models; add task: text-generation "
+        "(an LLM model.yaml: source.checkpoint a Hugging Face folder, validation text and prompts)"
+        for i, t in enumerate(data.get("targets") or [])
+        if isinstance(t, dict) and t.get("backend") in _llm_backends()
+    ]
+    if llm:
+        raise ConfigError(llm[0], problems=llm)
     try:
         cfg = ModelConfig.model_validate(data)
     except ValidationError as exc:

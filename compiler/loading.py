@@ -25,8 +25,9 @@ from .errors import CheckpointError, ConfigError
 MAX_CHECKPOINT_BYTES = 8 << 30  # 8 GiB; larger models belong to the LLM path
 
 
-def resolve_checkpoint(spec: str, key: str = "source.checkpoint") -> Path:
-    """A path relative to the working directory, or pkg:<package>/<path inside it>."""
+def resolve_checkpoint(spec: str, key: str = "source.checkpoint", folder: bool = False) -> Path:
+    """A path relative to the working directory, or pkg:<package>/<path inside it>
+    (a file, or with `folder` a directory such as a Hugging Face checkpoint)."""
     if spec.startswith("pkg:"):
         rest = spec[4:]
         pkg, _, inner = rest.partition("/")
@@ -44,6 +45,12 @@ def resolve_checkpoint(spec: str, key: str = "source.checkpoint") -> Path:
             raise ConfigError(f"{key}: {spec!r} points outside package {pkg!r}")
     else:
         path = Path(spec).expanduser().resolve()
+    if folder:
+        if not path.is_dir():
+            raise ConfigError(
+                f"{key}: checkpoint folder {path} not found; check the path (relative paths start at the working directory)"
+            )
+        return path
     if not path.is_file():
         raise ConfigError(
             f"{key}: checkpoint file {path} not found; check the path (relative paths start at the working directory)"

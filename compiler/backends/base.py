@@ -176,6 +176,8 @@ class ServedModel:
     name: str
     config: Any
     files: dict[str, Path] = field(default_factory=dict)
+    # files whose text depends on the version number: name -> f(version, the model's folder on the server)
+    templates: dict[str, Any] = field(default_factory=dict)
 
 
 # -- the interface -------------------------------------------------------------------
@@ -203,6 +205,7 @@ class Backend:
     """Subclass per runtime; register by defining `BACKEND = MyBackend()` in a
     module of mscompile.backends (or through the `mscompile.backends` entry point)."""
 
+    task: ClassVar[str] = "tensor"  # tensor models (ONNX pipeline) or "text-generation" (LLM pipeline)
     name: ClassVar[str]
     Target: ClassVar[type[TargetBase]]
     description: ClassVar[str] = ""

@@ -170,6 +170,7 @@ def publish(
     manifest: dict[str, Any],
     lock_timeout: float = 600.0,
     keep_last: int | None = None,
+    templates: dict[str, Any] | None = None,
 ) -> Published:
     """Publish `files` (name in the version folder -> source file) as the next version
     of model `name`, unless they equal the latest version's files.
@@ -218,6 +219,8 @@ def publish(
         try:
             for rel, src in files.items():
                 shutil.copyfile(src, staging / rel)
+            for rel, render in (templates or {}).items():  # files that name their own version
+                (staging / rel).write_text(render(version))
             full = dict(manifest, model=name, version=version, files=digests, config_sha256=_sha(text))
             (staging / MANIFEST).write_text(json.dumps(full, indent=2, default=str))
             for f in staging.iterdir():

