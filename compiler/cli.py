@@ -602,9 +602,26 @@ def serve_check_cmd(
         cfg = load_config(config)
         state = State.resolve(cache_dir)
         say = (lambda m: None) if as_json else (lambda m: click.echo(f"  {m}", err=True))
+        if getattr(cfg, "task", None) == "text-generation":
+            if kw.get("url") or kw.get("grpc_url"):
+                from .errors import ConfigError
+
+                raise ConfigError(
+                    "serve-check --url: checking an LLM on a running Triton vllm backend is not built yet; "
+                    "without --url, serve-check serves the published checkpoint with vLLM's OpenAI server on loopback"
+                )
+            from .llm.serve import serve_check_llm
+
+            def check() -> Any:
+                return serve_check_llm(cfg, state, version, kw["concurrency"], say)
+        else:
+
+            def check() -> Any:
+                return run_serve_check(cfg, state, version=version, say=say, **kw)
+
         with _json_stdout(as_json) as emit:
             try:
-                out = run_serve_check(cfg, state, version=version, say=say, **kw)
+                out = check()
             except MscompileError as exc:
                 if as_json and getattr(exc, "summary", None):
                     emit(dumps(dict(exc.summary, error=str(exc))))

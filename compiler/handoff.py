@@ -636,18 +636,22 @@ def summary_lines(s: dict[str, Any]) -> list[str]:
     for proto, r in s.get("protocols", {}).items():
         m = r["metrics"]
         shown = ", ".join(f"{k}={v:.6g}" for k, v in m.items() if isinstance(v, float | int))
-        t = r["triton"]
+        lat = r.get("latency_ms", {})
+        speed = (
+            f"{r['throughput_rps']} req/s" if "throughput_rps" in r else f"{r.get('throughput_tokens_per_s')} tokens/s"
+        )
         lines.append(
             f"  {proto:5} {'OK  ' if r['passed'] else 'FAIL'} {r['requests']} requests at concurrency "
-            f"{r['concurrency']}: p50 {r['latency_ms']['p50']} ms, p99 {r['latency_ms']['p99']} ms, "
-            f"{r['throughput_rps']} req/s"
+            f"{r['concurrency']}: " + ", ".join(f"{k} {v} ms" for k, v in lat.items()) + f", {speed}"
         )
-        lines.append(f"        vs PyTorch: {shown}")
-        lines.append(
-            f"        Triton: {t['inference_count']} inferences in {t['execution_count']} executions "
-            f"(mean batch {t['mean_batch']}), queue {t['queue_ms_per_request']} ms/request, "
-            f"compute {t['compute_ms_per_request']} ms/request"
-        )
+        lines.append(f"        vs the reference: {shown}")
+        t = r.get("triton")
+        if t:
+            lines.append(
+                f"        Triton: {t['inference_count']} inferences in {t['execution_count']} executions "
+                f"(mean batch {t['mean_batch']}), queue {t['queue_ms_per_request']} ms/request, "
+                f"compute {t['compute_ms_per_request']} ms/request"
+            )
     if s.get("pipeline"):
         lines += summary_lines(s["pipeline"])
     if s.get("gate_metrics"):

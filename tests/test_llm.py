@@ -117,6 +117,14 @@ def test_tinyllm_builds_gates_and_publishes_for_triton_vllm(tmp_path, vllm_env):
     # a rebuild runs nothing
     r = run_cli("build", str(path), "--json", env=vllm_env)
     assert r.returncode == 0 and json.loads(r.stdout)["passes_run"] == 0
+    # serve-check: the published checkpoint behind vLLM's OpenAI server answers as the gate measured
+    r = run_cli("serve-check", str(path), "--json", "--concurrency", "4", env=vllm_env)
+    assert r.returncode == 0, r.stderr
+    check = json.loads(r.stdout)
+    served = check["protocols"]["http"]["metrics"]
+    gated = by[check["variant"]]["metrics"]
+    assert served["token_agreement"] == gated["token_agreement"]
+    assert served["first_divergence"] == pytest.approx(gated["first_divergence"])
 
 
 def test_a_gate_that_cannot_hold_fails_with_exit_3_naming_the_metric(tmp_path, vllm_env):

