@@ -440,7 +440,16 @@ def validate(ctx: click.Context, config: Path) -> None:
     from .validate import validate_all
 
     def go() -> None:
-        for line in validate_all(config):
+        from .config import load_config
+
+        cfg = load_config(config)
+        if getattr(cfg, "task", None) == "text-generation":
+            from .llm.build import validate_llm
+
+            lines = validate_llm(cfg, config)
+        else:
+            lines = validate_all(config)
+        for line in lines:
             click.echo(line)
 
     _run(ctx, go)
@@ -460,8 +469,13 @@ def plan(ctx: click.Context, config: Path, force: bool, cache_dir: Path | None, 
 
     def go() -> None:
         cfg = load_config(config)
+        planner = plan_build
+        if getattr(cfg, "task", None) == "text-generation":
+            from .llm.build import plan_llm
+
+            planner = plan_llm
         with _json_stdout(as_json):
-            result = plan_build(cfg, BuildOptions(cache_dir=cache_dir.resolve() if cache_dir else None, force=force))
+            result = planner(cfg, BuildOptions(cache_dir=cache_dir.resolve() if cache_dir else None, force=force))
         if as_json:
             click.echo(json.dumps(result, indent=2))
             return

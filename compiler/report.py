@@ -103,11 +103,26 @@ def render(manifest: dict[str, Any]) -> str:
     for v in variants:
         m = v.get("metrics") or {}
         acc = ", ".join(
-            f"{k} {m[k]:.6g}" for k in ("max_abs", "cosine", "cosine_min", "accuracy", "accuracy_drop") if k in m
+            f"{k} {m[k]:.6g}"
+            for k in (
+                "max_abs",
+                "cosine",
+                "cosine_min",
+                "accuracy",
+                "accuracy_drop",
+                "perplexity",
+                "perplexity_increase",
+                "token_agreement",
+                "first_divergence",
+            )
+            if k in m
         )
         prof = v.get("profile") or {}
         lat = ", ".join(
-            f"b{r['batch']}: {r['p50_ms']:.3g} ms" for r in sorted(prof.get("batches", []), key=lambda r: r["batch"])
+            f"b{r['batch']}: {r['p50_ms']:.3g} ms"
+            if "p50_ms" in r
+            else f"b{r['batch']}: {r['tokens_per_s']:.0f} tokens/s"
+            for r in sorted(prof.get("batches", []), key=lambda r: r["batch"])
         )
         size = f"{v['size_bytes'] / 1024:.1f} KB" if v.get("size_bytes") else "-"
         deployed = " (deployed)" if v["name"] == manifest.get("deployed_variant") else ""
@@ -119,10 +134,14 @@ def render(manifest: dict[str, Any]) -> str:
             f"<td>{_e(v.get('reason') or v.get('note') or '')}</td></tr>"
         )
     lat_series = {
-        v["name"]: [(r["batch"], r["p50_ms"]) for r in (v.get("profile") or {}).get("batches", [])] for v in variants
+        v["name"]: [(r["batch"], r["p50_ms"]) for r in (v.get("profile") or {}).get("batches", []) if "p50_ms" in r]
+        for v in variants
     }
     thr_series = {
-        v["name"]: [(r["batch"], r["throughput"]) for r in (v.get("profile") or {}).get("batches", [])]
+        v["name"]: [
+            (r["batch"], r.get("throughput", r.get("tokens_per_s", 0.0)))
+            for r in (v.get("profile") or {}).get("batches", [])
+        ]
         for v in variants
     }
     lat_series = {k: s for k, s in lat_series.items() if s}
@@ -167,7 +186,7 @@ with mscompile {_e(manifest.get("mscompile", ""))}.</p>
 <table><tr><th>variant</th><th>backend</th><th>precision</th><th>status</th><th>served by</th><th>gated on</th><th>size</th><th>parity vs PyTorch</th><th>p50 latency</th><th>notes</th></tr>
 {"".join(rows)}</table>
 <h2>Latency and throughput vs batch size</h2>
-<div class="plots">{_line_chart(lat_series, "batch size", "p50 latency (ms)")}{_line_chart(thr_series, "batch size", "throughput (samples/s)")}</div>
+<div class="plots">{_line_chart(lat_series, "batch size", "p50 latency (ms)")}{_line_chart(thr_series, "batch size", "throughput (samples/s; LLMs: tokens/s)")}</div>
 <h2>Parity error distributions (first output, validation set)</h2>
 <div class="dists">{"".join(dists) or "<p>No parity data.</p>"}</div>
 <h2>INT8 tries and layers kept in float</h2>

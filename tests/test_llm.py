@@ -139,3 +139,20 @@ def test_a_gate_that_cannot_hold_fails_with_exit_3_naming_the_metric(tmp_path, v
     assert r.returncode == 3, r.stderr
     assert "bf16: first_divergence" in r.stderr and "< 1000" in r.stderr
     assert not (tmp_path / "repo" / "tinyllm").exists()
+
+
+def test_validate_and_plan_show_what_a_build_would_do(tmp_path):
+    path = _config(tmp_path)
+    env = {"MSCOMPILE_VLLM_PYTHON": str(tmp_path / "no-python")}
+    r = run_cli("validate", str(path), env=env)
+    assert r.returncode == 0, r.stderr
+    assert "model: llama (LlamaForCausalLM), vocab 2048" in r.stdout and "SKIPPED here" in r.stdout
+    r = run_cli("plan", str(path), "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)
+    steps = [row["step"] for row in plan["steps"]]
+    assert steps[0] == "load_llm" and "w8a8/quantize_w8a8" in steps and "fp32/check_llm_vllm" in steps
+    fp32 = plan["targets"]["fp32"]
+    assert not fp32["available"] and "MSCOMPILE_VLLM_PYTHON" in fp32["reason"]
+    assert 'backend: "vllm"' in fp32["models"]["tinyllm"] and "decoupled: true" in fp32["models"]["tinyllm"]
+    assert "${" not in json.dumps(plan) and '"dtype": "float32"' in fp32["lines"][0]

@@ -228,5 +228,78 @@ def build_llm(cfg: LlmModelConfig, config_path: Path, opts: BuildOptions) -> Bui
     result.published = published
     result.manifest = manifest
     result.seconds = time.perf_counter() - t0
+    from ..report import write_report
+
+    first = published[0]
+    page = dict(manifest, model=first.model, version=first.version, deployed_variant=chosen.target)
+    result.report_path = write_report(page, state.reports / cfg.name / f"{stamp}-v{first.version}.html")
     instruments.event("build_end", **result.to_json())
     return result
+
+
+def plan_llm(cfg: LlmModelConfig, opts: BuildOptions) -> dict[str, Any]:
+    """The steps a build would run (cached or not) and what each target would publish."""
+    from ..targets import plan_recipe
+    from ..tritonrepo.config import to_text
+
+    state = opts.state
+    driver = Driver(Cache(state.cache), Instruments(None, quiet=True), force=opts.force, log_dir=state.logs / "plan")
+    source = describe_checkpoint(cfg)
+    step = load_step(cfg)
+    how, key, base = driver.plan_step(step, source)
+    rows = [{"step": step.id, "pass": step.pass_cls.name, "action": how, "key": key, "target": None}]
+    targets = {}
+    server_repo = cfg.triton.server_repository or str(resolve_path(cfg.triton.repository))
+    for t in cfg.targets:
+        backend = get(t.backend)
+        ok, why = backend.available(t)
+        recipe = backend.recipe(cfg, t, RecipeInputs(None, None, reference=step.id))  # type: ignore[arg-type]
+        for s, how2, key2 in plan_recipe(driver, recipe, base):
+            rows.append(
+                {"step": s.id, "pass": s.pass_cls.name, "action": how2 if ok else "skip", "key": key2, "target": t.name}
+            )
+        served = backend.serving(cfg, t, cfg.name, {}, None)
+        files = {}
+        for m in served:
+            for k, f in m.templates.items():
+                files[f"{m.name}/<version>/{k}"] = f("<version>", f"{server_repo.rstrip('/')}/{m.name}")
+        targets[t.name] = {
+            "backend": t.backend,
+            "precision": getattr(t, "quantization", "none")
+            if getattr(t, "quantization", "none") != "none"
+            else t.dtype,
+            "available": ok,
+            "reason": why,
+            "served_by": recipe.served_by,
+            "steps": [s.id for s in recipe.planned()],
+            "if_needed": [],
+            "lines": [f"{name}:\n  " + text.rstrip().replace("\n", "\n  ") for name, text in files.items()],
+            "models": {m.name: to_text(m.config) for m in served},
+            "io_from": "the backend's fixed text tensors",
+        }
+    return {"steps": rows, "targets": targets}
+
+
+def validate_llm(cfg: LlmModelConfig, config_path: Path) -> list[str]:
+    """The checkpoint folder, the text files and the tokenizer, without building."""
+    from mscompile.passes.llm import read_lines
+
+    lines = [f"{config_path}: configuration is valid ({len(cfg.targets)} target(s), task text-generation)"]
+    source = describe_checkpoint(cfg)
+    lines.append(f"checkpoint: {source.path} ({source.meta['files']} files, digest {source.digest[:12]}...)")
+    for key, p in _data(cfg).items():
+        lines.append(f"{key}: {p}: {len(read_lines(str(p)))} lines")
+    try:
+        from transformers import AutoConfig, AutoTokenizer
+
+        conf = AutoConfig.from_pretrained(str(source.path))
+        tok = AutoTokenizer.from_pretrained(str(source.path))
+    except Exception as exc:  # noqa: BLE001 - the library's own message is the report
+        raise ConfigError(f"source.checkpoint: transformers cannot load {source.path}: {exc}") from None
+    lines.append(
+        f"model: {conf.model_type} ({', '.join(getattr(conf, 'architectures', None) or ['?'])}), vocab {len(tok)}"
+    )
+    for t in cfg.targets:
+        ok, why = get(t.backend).available(t)
+        lines.append(f"target {t.name} ({t.backend}): " + ("can be built here" if ok else f"SKIPPED here: {why}"))
+    return lines
