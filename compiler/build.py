@@ -264,54 +264,9 @@ def build(cfg: ModelConfig, config_path: Path, opts: BuildOptions) -> BuildResul
             out = run_recipe(driver, recipe, base_model)
         else:
             out = TargetOutcome(Status.SKIPPED, reason=why)
-        cached = bool(out.steps) and all(driver.records[s].cached for s in out.steps if s in driver.records)
-        variants.append(
-            Variant(
-                t.name,
-                t.backend,
-                t.precision,
-                out.status,
-                out.model,
-                out.report,
-                out.reason,
-                cached,
-                t.on_fail,
-                out.tries,
-                out.quantization,
-                out.note,
-                served_by=recipe.served_by,
-                gated_on=out.gated_on,
-            )
-        )
-
-    for v in variants:
-        if v.status is Status.SKIPPED:
-            instruments.warn(f"target {v.target} SKIPPED: {v.reason}")
-    failed_hard = [v for v in variants if v.status is Status.FAIL and v.on_fail == "error"]
-    for v in variants:
-        if v.status is Status.FAIL and v.on_fail == "skip":
-            instruments.warn(f"variant {v.target} missed its gate and is left out (on_fail: skip): {v.reason}")
+        variants.append(make_variant(driver, t, t.precision, out, recipe.served_by))
     result = BuildResult(cfg.name, variants, list(driver.records.values()))
-    if failed_hard:
-        result.seconds = time.perf_counter() - t0
-        lines = [f"{v.target}: {v.reason}" for v in failed_hard]
-        err = AccuracyGateError(
-            "accuracy gate failed, nothing was published:\n  "
-            + "\n  ".join(lines)
-            + "\n(loosen the target's tolerance, or set on_fail: skip to leave the variant out)"
-        )
-        err.result = result  # type: ignore[attr-defined]
-        raise err
-
-    skipped = [v for v in variants if v.status is Status.SKIPPED]
-    if skipped and opts.require_all_targets:
-        result.seconds = time.perf_counter() - t0
-        err3 = TargetSkippedError(
-            "--require-all-targets: nothing was published, these targets were skipped:\n  "
-            + "\n  ".join(f"{v.target}: {v.reason}" for v in skipped)
-        )
-        err3.result = result  # type: ignore[attr-defined]
-        raise err3
+    stop_on_failures(result, opts, instruments, t0)
 
     profile_variants(driver, plan, variants)
     result.records = list(driver.records.values())
@@ -376,6 +331,58 @@ def build(cfg: ModelConfig, config_path: Path, opts: BuildOptions) -> BuildResul
     result.report_path = write_report(page, state.reports / cfg.name / f"{stamp}-v{first.version}.html")
     instruments.event("build_end", **result.to_json())
     return result
+
+
+def make_variant(driver: Driver, t: Any, precision: str, out: TargetOutcome, served_by: str) -> Variant:
+    """A target's outcome as a Variant (cached: every step it ran came from the cache)."""
+    cached = bool(out.steps) and all(driver.records[s].cached for s in out.steps if s in driver.records)
+    return Variant(
+        t.name,
+        t.backend,
+        precision,
+        out.status,
+        out.model,
+        out.report,
+        out.reason,
+        cached,
+        t.on_fail,
+        out.tries,
+        out.quantization,
+        out.note,
+        served_by=served_by,
+        gated_on=out.gated_on,
+    )
+
+
+def stop_on_failures(result: BuildResult, opts: BuildOptions, instruments: Instruments, t0: float) -> None:
+    """Say what was skipped or left out; raise when a variant missed its gate (on_fail:
+    error) or, with --require-all-targets, when a target was skipped: nothing is published."""
+    variants = result.variants
+    for v in variants:
+        if v.status is Status.SKIPPED:
+            instruments.warn(f"target {v.target} SKIPPED: {v.reason}")
+    for v in variants:
+        if v.status is Status.FAIL and v.on_fail == "skip":
+            instruments.warn(f"variant {v.target} missed its gate and is left out (on_fail: skip): {v.reason}")
+    failed_hard = [v for v in variants if v.status is Status.FAIL and v.on_fail == "error"]
+    if failed_hard:
+        result.seconds = time.perf_counter() - t0
+        err = AccuracyGateError(
+            "accuracy gate failed, nothing was published:\n  "
+            + "\n  ".join(f"{v.target}: {v.reason}" for v in failed_hard)
+            + "\n(loosen the target's tolerance, or set on_fail: skip to leave the variant out)"
+        )
+        err.result = result  # type: ignore[attr-defined]
+        raise err
+    skipped = [v for v in variants if v.status is Status.SKIPPED]
+    if skipped and opts.require_all_targets:
+        result.seconds = time.perf_counter() - t0
+        err3 = TargetSkippedError(
+            "--require-all-targets: nothing was published, these targets were skipped:\n  "
+            + "\n  ".join(f"{v.target}: {v.reason}" for v in skipped)
+        )
+        err3.result = result  # type: ignore[attr-defined]
+        raise err3
 
 
 def profile_variants(driver: Driver, plan: Plan, variants: list[Variant]) -> None:

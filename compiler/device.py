@@ -150,6 +150,20 @@ def doctor() -> list[tuple[str, str, str]]:
     ok, reason = tensorrt_status()
     trt_v = gpu_fingerprint()["tensorrt"]
     rows.append(("TensorRT", "ok" if ok else "missing", f"{trt_v}" if ok else reason))
+    from .llm.runner import vllm_python
+
+    python, why = vllm_python()
+    rows.append(("vLLM (LLM targets)", "ok" if python else "missing", why))
+    import shutil
+
+    server = shutil.which("tritonserver")
+    rows.append(
+        (
+            "tritonserver (serve-check)",
+            "ok" if server else "missing",
+            server or "not on PATH: give serve-check --tritonserver PATH, or --url of a running server",
+        )
+    )
     from .backends import all_backends
 
     for name, b in all_backends().items():

@@ -66,7 +66,19 @@ def find_tritonserver(given: str | None) -> Path:
     return Path(found)
 
 
-def _free_port() -> int:
+def stop_process(proc: subprocess.Popen | None) -> None:
+    """Terminate a server process, killing it if it does not exit within 30 s."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -107,7 +119,7 @@ class LocalServer:
     def start(self) -> LocalServer:
         import tritonclient.http as http
 
-        self.http_port, self.grpc_port = _free_port(), _free_port()
+        self.http_port, self.grpc_port = free_port(), free_port()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         cmd = [
             str(self.binary),
@@ -147,14 +159,7 @@ class LocalServer:
             time.sleep(0.1)
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
 
     def __enter__(self) -> LocalServer:
         return self.start()

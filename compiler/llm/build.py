@@ -17,10 +17,10 @@ from typing import Any
 from .. import __version__
 from ..artifacts import HfSource, sha256_path, walk_files
 from ..backends import RecipeInputs, get
-from ..build import BuildOptions, BuildResult, Variant
+from ..build import BuildOptions, BuildResult, Variant, make_variant, stop_on_failures
 from ..cache import Cache
 from ..config import resolve_path
-from ..errors import AccuracyGateError, ConfigError, TargetSkippedError
+from ..errors import AccuracyGateError, ConfigError
 from ..instruments import Instruments
 from ..pipeline import Driver, Status, Step
 from ..targets import run_recipe
@@ -137,42 +137,10 @@ def build_llm(cfg: LlmModelConfig, config_path: Path, opts: BuildOptions) -> Bui
             from ..backends import TargetOutcome
 
             out = TargetOutcome(Status.SKIPPED, reason=why)
-        cached = bool(out.steps) and all(driver.records[s].cached for s in out.steps if s in driver.records)
-        variants.append(
-            Variant(
-                t.name,
-                t.backend,
-                t.quantization if getattr(t, "quantization", "none") != "none" else getattr(t, "dtype", ""),
-                out.status,
-                out.model,
-                out.report,
-                out.reason,
-                cached,
-                t.on_fail,
-                served_by=recipe.served_by,
-                gated_on=out.gated_on,
-            )
-        )
+        precision = t.quantization if getattr(t, "quantization", "none") != "none" else getattr(t, "dtype", "")
+        variants.append(make_variant(driver, t, precision, out, recipe.served_by))
     result = BuildResult(cfg.name, variants, list(driver.records.values()))
-    for v in variants:
-        if v.status is Status.SKIPPED:
-            instruments.warn(f"target {v.target} SKIPPED: {v.reason}")
-    hard = [v for v in variants if v.status is Status.FAIL and v.on_fail == "error"]
-    if hard:
-        result.seconds = time.perf_counter() - t0
-        err = AccuracyGateError(
-            "accuracy gate failed, nothing was published:\n  " + "\n  ".join(f"{v.target}: {v.reason}" for v in hard)
-        )
-        err.result = result  # type: ignore[attr-defined]
-        raise err
-    skipped = [v for v in variants if v.status is Status.SKIPPED]
-    if skipped and opts.require_all_targets:
-        err3 = TargetSkippedError(
-            "--require-all-targets: nothing was published, these targets were skipped:\n  "
-            + "\n  ".join(f"{v.target}: {v.reason}" for v in skipped)
-        )
-        err3.result = result  # type: ignore[attr-defined]
-        raise err3
+    stop_on_failures(result, opts, instruments, t0)
     ok = [v for v in variants if v.status is Status.OK]
     for v in ok:
         prof = recipes[v.target].profile

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 import urllib.error
@@ -19,13 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, MscompileError
-from ..handoff import ServedWrongError, ServeLoadError
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ..handoff import ServedWrongError, ServeLoadError, free_port, stop_process
 
 
 def _post(url: str, body: dict[str, Any], timeout: float = 300.0) -> dict[str, Any]:
@@ -48,7 +41,7 @@ class VllmServer:
         return f"http://127.0.0.1:{self.port}"
 
     def __enter__(self) -> VllmServer:
-        self.port = _free_port()
+        self.port = free_port()
         env = dict(os.environ)
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         env.pop("PYTHONPATH", None)
@@ -79,13 +72,7 @@ class VllmServer:
         raise ServeLoadError(f"the vLLM server was not healthy within {self.timeout:.0f} s (log: {self.log})")
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 def serve_check_llm(cfg: Any, state: Any, version: int | None, concurrency: int, progress: Any) -> dict[str, Any]:
