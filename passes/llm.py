@@ -334,3 +334,51 @@ class QuantizeW8A8(Pass[HfModel, HfModel]):
         ctx.note(f"W8A8 INT8 (round-to-nearest weights, dynamic per-token activations): {layers} Linear layers")
         meta = dict(inp.meta, quantization={"scheme": cfg.scheme, "layers": layers, "recipe": recipe})
         return PassResult(path=ctx.workdir, meta=meta, metrics={"layers": layers, "max_weight_rel_err": worst})
+
+
+class LlmCompressorConfig(Section):
+    scheme: str = "w8a8-sq-gptq"
+    calibration: str  # the calibration text file
+    calibration_sha256: str  # its contents are part of the cache key
+    samples: int = 64
+    max_tokens: int = 256
+    smoothing_strength: float = 0.8
+
+
+class QuantizeLlmCompressor(Pass[HfModel, HfModel]):
+    """SmoothQuant + GPTQ W8A8 INT8 with llmcompressor, calibrated on the calibration
+    text, in llmcompressor's own environment (a child process); the checkpoint is
+    saved in compressed-tensors format. The recipe and the library version go into
+    the artifact's meta (and the manifest)."""
+
+    name = "quantize_llmcompressor"
+    version = 1
+    input_type = HfModel
+    output_type = HfModel
+    Config = LlmCompressorConfig
+    libraries = ()
+
+    def run(self, inp: HfModel, cfg: LlmCompressorConfig, ctx: PassContext) -> PassResult[HfModel]:
+        from mscompile.llm.runner import run_llmcompressor
+
+        texts = read_lines(cfg.calibration)[: cfg.samples]
+        ctx.note(f"llmcompressor SmoothQuant + GPTQ W8A8 on {len(texts)} calibration passages")
+        out = ctx.workdir / "model"
+        res = run_llmcompressor(
+            {
+                "model": str(inp.path / "model"),
+                "output": str(out),
+                "calibration": texts,
+                "max_tokens": cfg.max_tokens,
+                "smoothing_strength": cfg.smoothing_strength,
+            },
+            ctx,
+        )
+        recipe = {
+            "tool": "llmcompressor",
+            "version": res.get("llmcompressor"),
+            "modifiers": res.get("recipe"),
+            "calibration_samples": res.get("samples"),
+        }
+        meta = dict(inp.meta, quantization={"scheme": cfg.scheme, "recipe": recipe})
+        return PassResult(path=ctx.workdir, meta=meta, metrics={"calibration_samples": res.get("samples", 0)})

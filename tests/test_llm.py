@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers import REPO, requires, run_cli, write_config
-from vllm_harness import vllm_python, why
+from vllm_harness import llmcompressor_python, vllm_python, why
 
 EXAMPLE = REPO / "examples/tinyllm/model.yaml"
 
@@ -156,3 +156,28 @@ def test_validate_and_plan_show_what_a_build_would_do(tmp_path):
     assert not fp32["available"] and "MSCOMPILE_VLLM_PYTHON" in fp32["reason"]
     assert 'backend: "vllm"' in fp32["models"]["tinyllm"] and "decoupled: true" in fp32["models"]["tinyllm"]
     assert "${" not in json.dumps(plan) and '"dtype": "float32"' in fp32["lines"][0]
+
+
+def test_llmcompressor_smoothquant_gptq_w8a8_calibrated_and_gated_in_vllm(tmp_path, vllm_env):
+    """llmcompressor (SmoothQuant + GPTQ W8A8) in its own environment, calibrated on the
+    calibration text; the checkpoint is gated in vLLM like every variant."""
+    llmc = llmcompressor_python()
+    if llmc is None:
+        pytest.skip(why())
+    cfg = yaml.safe_load(EXAMPLE.read_text())
+    path = _config(
+        tmp_path,
+        targets=[t for t in cfg["targets"] if t["name"] == "w8a8_gptq"],
+        calibration={"text": str(REPO / "examples/tinyllm/data/calibration.txt"), "samples": 32},
+        profile={"enabled": False},
+    )
+    r = run_cli("build", str(path), "--json", env=dict(vllm_env, MSCOMPILE_LLMCOMPRESSOR_PYTHON=llmc))
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    (v,) = out["variants"]
+    assert v["status"] == "OK" and v["metrics"]["perplexity_increase"] < 3.0
+    manifest = json.loads((Path(out["published"][0]["path"]) / "build_manifest.json").read_text())
+    steps = [p["step"] for p in manifest["passes"]]
+    assert "w8a8_gptq/quantize_llmcompressor" in steps
+    q = json.loads((Path(out["published"][0]["path"]) / "config.json").read_text())["quantization_config"]
+    assert q["quant_method"] == "compressed-tensors"

@@ -25,10 +25,11 @@ class VllmTarget(LlmTargetBase):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="vLLM's dtype (auto: the checkpoint's; CPUs run float32 and bfloat16)"
     )
-    quantization: Literal["none", "w8a8"] = Field(
+    quantization: Literal["none", "w8a8", "w8a8-sq-gptq"] = Field(
         default="none",
         description="w8a8: INT8 weights (per channel, round-to-nearest) and per-token dynamic INT8 activations, "
-        "written by mscompile in the compressed-tensors format vLLM loads",
+        "written by mscompile in the compressed-tensors format vLLM loads; w8a8-sq-gptq: the same scheme by "
+        "llmcompressor (SmoothQuant + GPTQ) calibrated on the calibration text, in its own environment",
     )
     max_model_len: int = Field(default=512, ge=16, le=1_048_576)
     tensor_parallel_size: int = Field(
@@ -45,6 +46,8 @@ class VllmBackend(Backend):
     description = "vLLM (Triton vllm backend); gated and profiled in vLLM itself"
 
     def problems(self, cfg: Any, t: VllmTarget, key: str) -> list[str]:
+        if t.quantization == "w8a8-sq-gptq" and cfg.calibration is None:
+            return [f"{key}.quantization: w8a8-sq-gptq is calibrated: add a calibration: {{text: FILE}} section"]
         return []
 
     def requirements(self, t: VllmTarget) -> list[Requirement]:
@@ -54,6 +57,12 @@ class VllmBackend(Backend):
         from ..llm.runner import vllm_python
 
         python, why = vllm_python()
+        if python is not None and t.quantization == "w8a8-sq-gptq":
+            from ..llm.runner import llmcompressor_python
+
+            llmc, why2 = llmcompressor_python()
+            if llmc is None:
+                return False, why2
         return (python is not None), why
 
     def fingerprint(self, t: VllmTarget) -> dict[str, Any]:
@@ -74,13 +83,39 @@ class VllmBackend(Backend):
             batches=tuple(cfg.profile.batches),
         )
 
+    def llmc_settings(self, cfg: Any) -> Any:
+        import hashlib
+
+        from mscompile.passes.llm import LlmCompressorConfig
+
+        from ..config import resolve_path
+        from ..errors import ConfigError
+
+        path = resolve_path(cfg.calibration.text)
+        if not path.is_file():
+            raise ConfigError(f"calibration.text: {path} not found; check the path")
+        return LlmCompressorConfig(
+            calibration=str(path),
+            calibration_sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+            samples=cfg.calibration.samples,
+            max_tokens=cfg.calibration.max_tokens,
+        )
+
     def recipe(self, cfg: Any, t: VllmTarget, inputs: RecipeInputs) -> Recipe:
-        from mscompile.passes.llm import CheckLlmVllm, ProfileLlmVllm, QuantizeW8A8, W8A8Config
+        from mscompile.passes.llm import (
+            CheckLlmVllm,
+            ProfileLlmVllm,
+            QuantizeLlmCompressor,
+            QuantizeW8A8,
+            W8A8Config,
+        )
 
         from ..pipeline import Step
 
         settings = self.engine_settings(cfg, t)
         prepare = [Step(f"{t.name}/quantize_w8a8", QuantizeW8A8, W8A8Config())] if t.quantization == "w8a8" else []
+        if t.quantization == "w8a8-sq-gptq":
+            prepare = [Step(f"{t.name}/quantize_llmcompressor", QuantizeLlmCompressor, self.llmc_settings(cfg))]
         check = Step(f"{t.name}/check_llm_vllm", CheckLlmVllm, settings, extras={"reference": inputs.reference})
         profile = (
             Step(

