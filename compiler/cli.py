@@ -395,7 +395,12 @@ def build(
 
                 say = (lambda m: None) if as_json else (lambda m: click.echo(f"  {m}", err=True))
                 try:
-                    checked = run_serve_check(cfg, opts.state, version=None, say=say, **server)
+                    if getattr(cfg, "task", None) == "text-generation":
+                        from .llm.serve import serve_check_llm
+
+                        checked = serve_check_llm(cfg, opts.state, None, server["concurrency"], say)
+                    else:
+                        checked = run_serve_check(cfg, opts.state, version=None, say=say, **server)
                 except MscompileError as exc:
                     if as_json:
                         emit(
@@ -677,6 +682,13 @@ def deploy(
 
             raise ConfigError("deploy: give --url and/or --grpc-url of the running server that reads this repository")
         cfg = load_config(config)
+        if getattr(cfg, "task", None) == "text-generation":
+            from .errors import ConfigError
+
+            raise ConfigError(
+                f"{config}: deploy hands ONNX/OpenVINO/TensorRT models to Triton; for a text-generation model, "
+                "publish with build and check it with serve-check (vLLM's OpenAI server on loopback)"
+            )
         state = State.resolve(cache_dir)
         say = (lambda m: None) if as_json else (lambda m: click.echo(f"  {m}", err=True))
         opts = _check_options(

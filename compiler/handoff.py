@@ -224,6 +224,24 @@ def _clients(opts: CheckOptions) -> dict[str, Any]:
     return out
 
 
+def _connect(opts: CheckOptions, command: str) -> tuple[dict[str, Any], Any]:
+    """The client libraries for the given addresses and a control client to a live server
+    (ServeLoadError when it cannot be reached, ConfigError without an address)."""
+    libs = _clients(opts)
+    if not libs:
+        raise ConfigError(f"{command} needs the server's address: --url (HTTP) and/or --grpc-url")
+    first = next(iter(libs))
+    where = opts.grpc_url if first == "grpc" else opts.http_url
+    control = libs[first].InferenceServerClient(where)
+    try:
+        live = control.is_server_live()
+    except Exception as exc:  # noqa: BLE001 - connection refused and the like
+        raise ServeLoadError(f"cannot reach a Triton server at {where}: {_triton_error(exc)}") from None
+    if not live:
+        raise ServeLoadError(f"the Triton server at {where} is not live")
+    return libs, control
+
+
 def _triton_error(exc: BaseException) -> str:
     msg = getattr(exc, "message", None)
     text = msg() if callable(msg) else str(exc)
@@ -347,20 +365,7 @@ def serve_check(cfg: Any, state: Any, opts: CheckOptions) -> dict[str, Any]:
             f"{name} version {version} was built from target {target_name!r}, which model.yaml no longer has; "
             "check it with the model.yaml it was built from"
         )
-    libs = _clients(opts)
-    if not libs:
-        raise ConfigError("serve-check needs a server address: --url (HTTP) and/or --grpc-url")
-    first = next(iter(libs))
-    control = libs[first].InferenceServerClient(opts.grpc_url if first == "grpc" else opts.http_url)
-    try:
-        if not control.is_server_live():
-            raise ServeLoadError(f"the Triton server at {opts.http_url or opts.grpc_url} is not live")
-    except ServeLoadError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - connection refused and the like
-        raise ServeLoadError(
-            f"cannot reach a Triton server at {opts.http_url or opts.grpc_url}: {_triton_error(exc)}"
-        ) from None
+    libs, control = _connect(opts, "serve-check")
     summary: dict[str, Any] = {"model": name, "version": version, "variant": target_name, "repository": str(repo)}
     loaded: list[str] = []
     failures: list[str] = []
@@ -574,17 +579,8 @@ def deploy(cfg: Any, state: Any, opts: CheckOptions) -> dict[str, Any]:
                 f"not {version}; deploy the pipeline's version of {name} (--version {members.get(name)})"
             )
         unit = [(m, int(members[m])) for m in step_names(cfg).values()] + unit + [(ens, ens_version)]
-    libs = _clients(opts)
-    if not libs:
-        raise ConfigError("deploy needs the server's address: --url (HTTP) and/or --grpc-url")
-    first = next(iter(libs))
-    control = libs[first].InferenceServerClient(opts.grpc_url if first == "grpc" else opts.http_url)
-    try:
-        before = {m: served_now(control, m) for m, _ in unit}
-    except Exception as exc:  # noqa: BLE001
-        raise ServeLoadError(
-            f"cannot reach a Triton server at {opts.http_url or opts.grpc_url}: {_triton_error(exc)}"
-        ) from None
+    libs, control = _connect(opts, "deploy")
+    before = {m: served_now(control, m) for m, _ in unit}
     previous: dict[str, str] = {}
     for m, v in unit:
         model_dir = model_dir_for(repo, m)

@@ -146,6 +146,18 @@ class VllmConfig(Section):
     batches: tuple[int, ...] = (1, 8)
 
 
+def engine_request(mode: str, inp: HfModel, cfg: VllmConfig, **rest: Any) -> dict[str, Any]:
+    """A vLLM worker request for the variant at `inp` with cfg's engine settings."""
+    return {
+        "mode": mode,
+        "model": str(inp.path / "model"),
+        "dtype": cfg.dtype,
+        "quantization": cfg.quantization,
+        "max_model_len": cfg.max_model_len,
+        **rest,
+    }
+
+
 class CheckLlmVllm(Pass[HfModel, ParityReport]):
     name = "check_llm_vllm"
     version = 1
@@ -163,19 +175,9 @@ class CheckLlmVllm(Pass[HfModel, ParityReport]):
             f"vLLM ({cfg.dtype}{', ' + cfg.quantization if cfg.quantization else ''}): "
             f"{len(ref['texts'])} passages, {len(ref['prompts'])} prompts"
         )
-        res = run_worker(
-            {
-                "mode": "gate",
-                "model": str(inp.path / "model"),
-                "dtype": cfg.dtype,
-                "quantization": cfg.quantization,
-                "max_model_len": cfg.max_model_len,
-                "texts": ref["texts"],
-                "prompts": ref["prompts"],
-                "new_tokens": len(ref["greedy"][0]) if ref["greedy"] else cfg.new_tokens,
-            },
-            ctx,
-        )
+        new_tokens = len(ref["greedy"][0]) if ref["greedy"] else cfg.new_tokens
+        req = engine_request("gate", inp, cfg, texts=ref["texts"], prompts=ref["prompts"], new_tokens=new_tokens)
+        res = run_worker(req, ctx)
         metrics, failures = compare(ref, res["nll"], res["greedy"], cfg.tolerance)
         report = {
             "runtime": "vllm",
@@ -218,19 +220,10 @@ class ProfileLlmVllm(Pass[HfModel, ProfileReport]):
 
         ref = json.loads((ctx.extras["reference"].path / "reference.json").read_text())
         ctx.note(f"vLLM tokens/s at batch {', '.join(map(str, cfg.batches))}")
-        res = run_worker(
-            {
-                "mode": "profile",
-                "model": str(inp.path / "model"),
-                "dtype": cfg.dtype,
-                "quantization": cfg.quantization,
-                "max_model_len": cfg.max_model_len,
-                "prompts": ref["prompts"],
-                "new_tokens": cfg.new_tokens,
-                "batches": list(cfg.batches),
-            },
-            ctx,
+        req = engine_request(
+            "profile", inp, cfg, prompts=ref["prompts"], new_tokens=cfg.new_tokens, batches=list(cfg.batches)
         )
+        res = run_worker(req, ctx)
         batches = [
             {"batch": int(b), "tokens_per_s": r["tokens_per_s"], "seconds": r["seconds"], "tokens": r["tokens"]}
             for b, r in res["profile"].items()
