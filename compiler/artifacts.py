@@ -107,6 +107,23 @@ class HfModel(Artifact):
 
 
 @dataclass(frozen=True)
+class TrtllmCheckpoint(Artifact):
+    """A TensorRT-LLM checkpoint as a folder: checkpoint/ (config.json, rank<N>.safetensors,
+    written by ModelOpt), tokenizer/ (the Hugging Face tokenizer files), and for quantized
+    checkpoints modelopt_state.pt (the calibrated quantizers, for the simulated gate)."""
+
+    kind: ClassVar[str] = "trtllm_checkpoint"
+
+
+@dataclass(frozen=True)
+class TrtllmEngine(Artifact):
+    """TensorRT-LLM engines as a folder: engine/ (config.json, rank<N>.engine) from
+    trtllm-build, tokenizer/, and build.sh (the command that built them)."""
+
+    kind: ClassVar[str] = "trtllm_engine"
+
+
+@dataclass(frozen=True)
 class Dataset(Artifact):
     """An .npz of named arrays (validation or calibration data)."""
 

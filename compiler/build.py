@@ -80,7 +80,9 @@ class Variant:
             "reason": self.reason,
             "metrics": self.report.meta.get("metrics", {}) if self.report else {},
             "failures": self.report.meta.get("failures", []) if self.report else [],
-            "size_bytes": size_of(self.model.path) if self.model else None,
+            # what would ship (meta "bytes" where the artifact folder holds more, e.g. a checkpoint's
+            # calibration state)
+            "size_bytes": (self.model.meta.get("bytes") or size_of(self.model.path)) if self.model else None,
             "model_digest": self.model.digest if self.model else None,
             "artifact": str(self.model.path) if self.model else None,
             "cached": self.cached,

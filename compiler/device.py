@@ -154,6 +154,10 @@ def doctor() -> list[tuple[str, str, str]]:
 
     python, why = vllm_python()
     rows.append(("vLLM (LLM targets)", "ok" if python else "missing", why))
+    from mscompile.passes.trtllm import trtllm_status
+
+    ok, reason = trtllm_status()
+    rows.append(("TensorRT-LLM (engine build)", "ok" if ok else "missing", _version("tensorrt_llm") if ok else reason))
     import shutil
 
     server = shutil.which("tritonserver")

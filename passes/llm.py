@@ -50,6 +50,32 @@ def copy_checkpoint(src: Path, dst: Path) -> None:
             shutil.copyfile(f, dst / f.name)
 
 
+def score(model: Any, texts: list[list[int]], prompts: list[list[int]], new_tokens: int) -> tuple[list, list]:
+    """A transformers causal LM on token ids: per passage [NLL of its tokens, count], per
+    prompt its greedy continuation (plain argmax, end-of-sequence included and not
+    stopping there: what vLLM's greedy sampling with ignore_eos does; generate()'s
+    min_new_tokens would suppress the end token instead)."""
+    import torch
+
+    nll: list[list[float]] = []
+    greedy: list[list[int]] = []
+    with torch.inference_mode():
+        for ids in texts:
+            x = torch.tensor([ids])
+            logp = torch.log_softmax(model(input_ids=x).logits[0, :-1].float(), dim=-1)
+            nll.append([float(-logp[torch.arange(len(ids) - 1), x[0, 1:]].sum()), len(ids) - 1])
+        for ids in prompts:
+            past, x, out = None, torch.tensor([ids]), []
+            for _ in range(new_tokens):
+                o = model(input_ids=x, past_key_values=past, use_cache=True)
+                past = o.past_key_values
+                nxt = int(o.logits[0, -1].argmax())
+                out.append(nxt)
+                x = torch.tensor([[nxt]])
+            greedy.append(out)
+    return nll, greedy
+
+
 class LoadLlmConfig(Section):
     texts: str
     prompts: str
@@ -81,25 +107,7 @@ class LoadLlm(Pass[HfSource, HfModel]):
         prompts = [tok(p)["input_ids"] for p in read_lines(cfg.prompts)[: cfg.max_prompts]]
         ctx.note(f"transformers reference: {len(texts)} passages, {len(prompts)} prompts x {cfg.new_tokens} tokens")
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
-        nll = []
-        with torch.inference_mode():
-            for ids in texts:
-                x = torch.tensor([ids])
-                logp = torch.log_softmax(model(input_ids=x).logits[0, :-1].float(), dim=-1)
-                nll.append([float(-logp[torch.arange(len(ids) - 1), x[0, 1:]].sum()), len(ids) - 1])
-            greedy = []
-            for ids in prompts:
-                # plain argmax decoding, end-of-sequence included and not stopping there: what
-                # vLLM's greedy sampling with ignore_eos does (generate()'s min_new_tokens would
-                # suppress the end token instead)
-                past, x, out = None, torch.tensor([ids]), []
-                for _ in range(cfg.new_tokens):
-                    o = model(input_ids=x, past_key_values=past, use_cache=True)
-                    past = o.past_key_values
-                    nxt = int(o.logits[0, -1].argmax())
-                    out.append(nxt)
-                    x = torch.tensor([[nxt]])
-                greedy.append(out)
+        nll, greedy = score(model, texts, prompts, cfg.new_tokens)
         ppl = math.exp(sum(n for n, _ in nll) / max(1, sum(c for _, c in nll)))
         ref = {"texts": texts, "prompts": prompts, "nll": nll, "greedy": greedy, "perplexity": ppl}
         (ctx.workdir / "reference.json").write_text(json.dumps(ref))
@@ -135,6 +143,46 @@ def compare(
     if tol.first_divergence is not None and sum(firsts) / n < tol.first_divergence:
         fails.append(f"first_divergence {sum(firsts) / n:.2f} < {tol.first_divergence:g}")
     return metrics, fails
+
+
+def gate_result(
+    runtime: str,
+    ref: dict[str, Any],
+    nll: list[list[float]],
+    greedy: list[list[int]],
+    tol: LlmTolerance,
+    inp: Any,
+    ctx: PassContext,
+    **extra: Any,
+) -> PassResult[ParityReport]:
+    """The gate's report (report.json) and pass result for a variant run on `runtime`."""
+    metrics, failures = compare(ref, nll, greedy, tol)
+    report = {
+        "runtime": runtime,
+        "metrics": metrics,
+        "failures": failures,
+        "passed": not failures,
+        "tolerance": tol.model_dump(exclude_none=True),
+        "greedy": greedy,
+        **extra,
+    }
+    path = ctx.workdir / "report.json"
+    path.write_text(json.dumps(report, indent=2))
+    meta = {
+        "passed": not failures,
+        "failures": failures,
+        "metrics": metrics,
+        "runtime": runtime,
+        "model_digest": inp.digest,
+        **extra,
+    }
+    return PassResult(
+        path=path,
+        meta=meta,
+        metrics=metrics,
+        status=Status.OK if not failures else Status.FAIL,
+        reason="; ".join(failures),
+    )
 
 
 class VllmConfig(Section):
@@ -178,31 +226,7 @@ class CheckLlmVllm(Pass[HfModel, ParityReport]):
         new_tokens = len(ref["greedy"][0]) if ref["greedy"] else cfg.new_tokens
         req = engine_request("gate", inp, cfg, texts=ref["texts"], prompts=ref["prompts"], new_tokens=new_tokens)
         res = run_worker(req, ctx)
-        metrics, failures = compare(ref, res["nll"], res["greedy"], cfg.tolerance)
-        report = {
-            "runtime": "vllm",
-            "metrics": metrics,
-            "failures": failures,
-            "passed": not failures,
-            "tolerance": cfg.tolerance.model_dump(exclude_none=True),
-            "greedy": res["greedy"],
-        }
-        path = ctx.workdir / "report.json"
-        path.write_text(json.dumps(report, indent=2))
-        meta = {
-            "passed": not failures,
-            "failures": failures,
-            "metrics": metrics,
-            "runtime": "vllm",
-            "model_digest": inp.digest,
-        }
-        return PassResult(
-            path=path,
-            meta=meta,
-            metrics=metrics,
-            status=Status.OK if not failures else Status.FAIL,
-            reason="; ".join(failures),
-        )
+        return gate_result("vllm", ref, res["nll"], res["greedy"], cfg.tolerance, inp, ctx)
 
 
 class ProfileLlmVllm(Pass[HfModel, ProfileReport]):

@@ -178,6 +178,9 @@ class ServedModel:
     files: dict[str, Path] = field(default_factory=dict)
     # files whose text depends on the version number: name -> f(version, the model's folder on the server)
     templates: dict[str, Any] = field(default_factory=dict)
+    # a config that names its own version folder (e.g. an engine path): f(version, the model's
+    # folder on the server) -> ModelConfig; `config` is then what a plan shows
+    configure: Any = None
 
 
 # -- the interface -------------------------------------------------------------------
@@ -227,6 +230,11 @@ class Backend:
             how = "; ".join(f"{r.module}: {r.install}" for r in gone)
             return False, f"{self.name} target {target.name!r} needs {names}, not installed here ({how})"
         return True, ""
+
+    def stops_at(self, target: Any) -> str | None:
+        """For a target that is available: the step where a build on this machine will stop
+        (SKIPPED, e.g. an engine build without its GPU runtime) and why; None when none."""
+        return None
 
     def fingerprint(self, target: Any) -> dict[str, Any]:
         """What this backend's device-bound results (engines, latency profiles) depend on."""

@@ -104,8 +104,6 @@ def _choose(cfg: LlmModelConfig, ok: list[Variant]) -> Variant | None:
 
 
 def build_llm(cfg: LlmModelConfig, config_path: Path, opts: BuildOptions) -> BuildResult:
-    from ..tritonrepo.config import to_text
-    from ..tritonrepo.writer import publish
 
     t0 = time.perf_counter()
     state = opts.state
@@ -175,24 +173,7 @@ def build_llm(cfg: LlmModelConfig, config_path: Path, opts: BuildOptions) -> Bui
         "lineage": {r.id: r.key for r in result.records},
     }
     server_repo = cfg.triton.server_repository or str(repo)
-    published = []
-    for m in served:
-        templates = {
-            k: (lambda version, f=f, name=m.name: f(version, f"{server_repo.rstrip('/')}/{name}"))
-            for k, f in m.templates.items()
-        }
-        published.append(
-            publish(
-                repo,
-                m.name,
-                m.files,
-                to_text(m.config),
-                dict(manifest, deployed_variant=chosen.target),
-                lock_timeout=cfg.triton.lock_timeout_s,
-                keep_last=cfg.triton.retention.keep_last if cfg.triton.retention else None,
-                templates=templates,
-            )
-        )
+    published = publish_served(cfg, repo, server_repo, served, dict(manifest, deployed_variant=chosen.target))
     result.published = published
     result.manifest = manifest
     result.seconds = time.perf_counter() - t0
@@ -205,10 +186,52 @@ def build_llm(cfg: LlmModelConfig, config_path: Path, opts: BuildOptions) -> Bui
     return result
 
 
+def publish_served(
+    cfg: LlmModelConfig, repo: Path, server_repo: str, served: list[Any], manifest: dict[str, Any]
+) -> list[Any]:
+    """Publish the backend's models in order (an ensemble last: members.json in its version
+    folder records the member versions published with it)."""
+    import json
+    import tempfile
+
+    from ..tritonrepo.config import to_text
+    from ..tritonrepo.writer import publish
+
+    published: list[Any] = []
+    versions: dict[str, int] = {}
+    with tempfile.TemporaryDirectory(prefix="mscompile-llm-") as tmp:
+        for m in served:
+            model_dir = f"{server_repo.rstrip('/')}/{m.name}"
+            files = dict(m.files)
+            if m.config.platform == "ensemble":
+                members = Path(tmp) / f"{m.name}-members.json"
+                members.write_text(json.dumps(versions, indent=2, sort_keys=True) + "\n")
+                files["members.json"] = members
+            templates = {k: (lambda version, f=f, d=model_dir: f(version, d)) for k, f in m.templates.items()}
+            text: Any = to_text(m.config)
+            if m.configure is not None:
+                text = lambda version, m=m, d=model_dir: to_text(m.configure(version, d))  # noqa: E731
+            p = publish(
+                repo,
+                m.name,
+                files,
+                text,
+                manifest,
+                lock_timeout=cfg.triton.lock_timeout_s,
+                keep_last=cfg.triton.retention.keep_last if cfg.triton.retention else None,
+                templates=templates,
+            )
+            versions[m.name] = p.version
+            published.append(p)
+    return published
+
+
 def plan_llm(cfg: LlmModelConfig, opts: BuildOptions) -> dict[str, Any]:
     """The steps a build would run (cached or not) and what each target would publish."""
     from ..targets import plan_recipe
     from ..tritonrepo.config import to_text
+    from ..tritonrepo.writer import versions
+    from .trtllm_repo import check_wiring
 
     state = opts.state
     driver = Driver(Cache(state.cache), Instruments(None, quiet=True), force=opts.force, log_dir=state.logs / "plan")
@@ -228,9 +251,16 @@ def plan_llm(cfg: LlmModelConfig, opts: BuildOptions) -> dict[str, Any]:
             )
         served = backend.serving(cfg, t, cfg.name, {}, None)
         files = {}
+        configs = {}
         for m in served:
+            d = f"{server_repo.rstrip('/')}/{m.name}"
+            nxt = (versions(resolve_path(cfg.triton.repository) / m.name) or [0])[-1] + 1
+            configs[m.name] = m.configure(nxt, d) if m.configure is not None else m.config
             for k, f in m.templates.items():
-                files[f"{m.name}/<version>/{k}"] = f("<version>", f"{server_repo.rstrip('/')}/{m.name}")
+                if k != "model.py":  # generated step code: shown by its name only
+                    files[f"{m.name}/{nxt}/{k}"] = f(nxt, d)
+        details = backend.plan_details(cfg, t)
+        stop = backend.stops_at(t) if ok else None
         targets[t.name] = {
             "backend": t.backend,
             "precision": getattr(t, "quantization", "none")
@@ -241,8 +271,11 @@ def plan_llm(cfg: LlmModelConfig, opts: BuildOptions) -> dict[str, Any]:
             "served_by": recipe.served_by,
             "steps": [s.id for s in recipe.planned()],
             "if_needed": [],
-            "lines": [f"{name}:\n  " + text.rstrip().replace("\n", "\n  ") for name, text in files.items()],
-            "models": {m.name: to_text(m.config) for m in served},
+            "stops_at": stop,
+            "lines": details.get("lines", [])
+            + [f"{name}:\n  " + text.rstrip().replace("\n", "\n  ") for name, text in files.items()],
+            "models": {name: to_text(mc) for name, mc in configs.items()},
+            "wiring_problems": check_wiring(configs),
             "io_from": "the backend's fixed text tensors",
         }
     return {"steps": rows, "targets": targets}
@@ -268,6 +301,11 @@ def validate_llm(cfg: LlmModelConfig, config_path: Path) -> list[str]:
         f"model: {conf.model_type} ({', '.join(getattr(conf, 'architectures', None) or ['?'])}), vocab {len(tok)}"
     )
     for t in cfg.targets:
-        ok, why = get(t.backend).available(t)
-        lines.append(f"target {t.name} ({t.backend}): " + ("can be built here" if ok else f"SKIPPED here: {why}"))
+        backend = get(t.backend)
+        ok, why = backend.available(t)
+        stop = backend.stops_at(t) if ok else None
+        state = (
+            "can be built here" if ok and not stop else (f"runs here until {stop}" if ok else f"SKIPPED here: {why}")
+        )
+        lines.append(f"target {t.name} ({t.backend}): {state}")
     return lines

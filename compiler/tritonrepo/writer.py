@@ -18,6 +18,7 @@ import shutil
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,7 +167,7 @@ def publish(
     repo: Path,
     name: str,
     files: dict[str, Path],
-    config_text: str,
+    config_text: str | Callable[[int], str],
     manifest: dict[str, Any],
     lock_timeout: float = 600.0,
     keep_last: int | None = None,
@@ -184,6 +185,7 @@ def publish(
     config; after a crash in between, the old pair stands."""
     model_dir = model_dir_for(repo, name)
     digests = {rel: sha256_file(src) for rel, src in files.items()}
+    config_for = config_text if callable(config_text) else (lambda _version: config_text)
     with model_lock(model_dir, lock_timeout):
         # staging folders exist only under the lock: any found now are from a killed build
         for stale in [*model_dir.glob(".staging-*"), *model_dir.glob(".trash-*")]:
@@ -204,13 +206,13 @@ def publish(
             except (OSError, ValueError):
                 prior = None
             if prior == digests:
-                text = _pinned(config_text, existing, name)
+                text = _pinned(config_for(existing[-1]), existing, name)
                 if before != text:
                     _write_config(model_dir, text)
                 # nothing new: nothing to prune
                 return Published(name, existing[-1], latest, reused=True, warnings=warnings)
         version = (existing[-1] + 1) if existing else 1
-        text = _pinned(config_text, [*existing, version], name)
+        text = _pinned(config_for(version), [*existing, version], name)
         if before is not None and served_before and _policy_kind(before) != "specific":
             # a config that serves by rule (latest N) would serve the new folder the
             # moment it appears: pin what it serves now first (same versions, same model)
