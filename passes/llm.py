@@ -363,10 +363,11 @@ class LlmCompressorConfig(Section):
 
 
 class QuantizeLlmCompressor(Pass[HfModel, HfModel]):
-    """SmoothQuant + GPTQ W8A8 INT8 with llmcompressor, calibrated on the calibration
-    text, in llmcompressor's own environment (a child process); the checkpoint is
-    saved in compressed-tensors format. The recipe and the library version go into
-    the artifact's meta (and the manifest)."""
+    """A llmcompressor recipe (SmoothQuant + GPTQ W8A8, GPTQ W4A16, or FP8 dynamic),
+    calibrated on the calibration text where the scheme needs it, in llmcompressor's
+    own environment (a child process); the checkpoint is saved in compressed-tensors
+    format. The recipe and the library version go into the artifact's meta (and
+    the manifest)."""
 
     name = "quantize_llmcompressor"
     version = 1
@@ -378,11 +379,16 @@ class QuantizeLlmCompressor(Pass[HfModel, HfModel]):
     def run(self, inp: HfModel, cfg: LlmCompressorConfig, ctx: PassContext) -> PassResult[HfModel]:
         from mscompile.llm.runner import run_llmcompressor
 
-        texts = read_lines(cfg.calibration)[: cfg.samples]
-        ctx.note(f"llmcompressor SmoothQuant + GPTQ W8A8 on {len(texts)} calibration passages")
+        texts = read_lines(cfg.calibration)[: cfg.samples] if cfg.calibration else []
+        what = {"w8a8-sq-gptq": "SmoothQuant + GPTQ W8A8", "w4a16-gptq": "GPTQ W4A16", "fp8-dynamic": "FP8 dynamic"}
+        ctx.note(
+            f"llmcompressor {what.get(cfg.scheme, cfg.scheme)}"
+            + (f" on {len(texts)} calibration passages" if texts else " (no calibration data)")
+        )
         out = ctx.workdir / "model"
         res = run_llmcompressor(
             {
+                "scheme": cfg.scheme,
                 "model": str(inp.path / "model"),
                 "output": str(out),
                 "calibration": texts,

@@ -181,3 +181,43 @@ def test_llmcompressor_smoothquant_gptq_w8a8_calibrated_and_gated_in_vllm(tmp_pa
     assert "w8a8_gptq/quantize_llmcompressor" in steps
     q = json.loads((Path(out["published"][0]["path"]) / "config.json").read_text())["quantization_config"]
     assert q["quant_method"] == "compressed-tensors"
+
+
+def test_llmcompressor_w4a16_and_fp8_dynamic_gated_in_vllm(tmp_path, vllm_env):
+    """GPTQ INT4 weights (calibrated) and FP8 dynamic (no calibration data), both by
+    llmcompressor in its own environment, both gated in vLLM."""
+    llmc = llmcompressor_python()
+    if llmc is None:
+        pytest.skip(why())
+    tol = {"perplexity_increase": 5.0, "first_divergence": 2}
+    path = _config(
+        tmp_path,
+        targets=[
+            {"name": "w4a16", "backend": "vllm", "dtype": "bfloat16", "quantization": "w4a16-gptq", "tolerance": tol},
+            {"name": "fp8", "backend": "vllm", "dtype": "bfloat16", "quantization": "fp8-dynamic", "tolerance": tol},
+        ],
+        calibration={"text": str(REPO / "examples/tinyllm/data/calibration.txt"), "samples": 32},
+        profile={"enabled": False},
+    )
+    r = run_cli("build", str(path), "--json", env=dict(vllm_env, MSCOMPILE_LLMCOMPRESSOR_PYTHON=llmc))
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    v = {x["name"]: x for x in out["variants"]}
+    assert v["w4a16"]["status"] == "OK" and v["fp8"]["status"] == "OK"
+    assert v["w4a16"]["quantization"]["recipe"]["calibration_samples"] == 32
+    assert v["fp8"]["quantization"]["recipe"]["calibration_samples"] == 0
+    assert "W4A16" in v["w4a16"]["quantization"]["recipe"]["modifiers"][0]
+    assert "FP8_DYNAMIC" in v["fp8"]["quantization"]["recipe"]["modifiers"][0]
+    q = json.loads((Path(out["published"][0]["path"]) / "config.json").read_text())["quantization_config"]
+    weights = q["config_groups"]["group_0"]["weights"]
+    assert (weights["num_bits"], weights["type"]) in ((4, "int"), (8, "float"))
+
+
+def test_w4a16_needs_16_bit_activations_and_calibration(tmp_path):
+    t = {"name": "q", "backend": "vllm", "dtype": "float32", "quantization": "w4a16-gptq"}
+    r = run_cli("validate", str(_config(tmp_path, targets=[t])))
+    assert r.returncode == 2 and "targets[0].dtype: w4a16-gptq runs with 16-bit activations" in r.stderr
+    cfg = yaml.safe_load(_config(tmp_path, targets=[dict(t, dtype="bfloat16")]).read_text())
+    cfg.pop("calibration")
+    r = run_cli("validate", str(write_config(cfg, tmp_path / "nocal.yaml")))
+    assert r.returncode == 2 and "w4a16-gptq is calibrated" in r.stderr

@@ -25,11 +25,13 @@ class VllmTarget(LlmTargetBase):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="vLLM's dtype (auto: the checkpoint's; CPUs run float32 and bfloat16)"
     )
-    quantization: Literal["none", "w8a8", "w8a8-sq-gptq"] = Field(
+    quantization: Literal["none", "w8a8", "w8a8-sq-gptq", "w4a16-gptq", "fp8-dynamic"] = Field(
         default="none",
         description="w8a8: INT8 weights (per channel, round-to-nearest) and per-token dynamic INT8 activations, "
-        "written by mscompile in the compressed-tensors format vLLM loads; w8a8-sq-gptq: the same scheme by "
-        "llmcompressor (SmoothQuant + GPTQ) calibrated on the calibration text, in its own environment",
+        "written by mscompile in the compressed-tensors format vLLM loads; by llmcompressor, in its own "
+        "environment: w8a8-sq-gptq (SmoothQuant + GPTQ W8A8, calibrated), w4a16-gptq (GPTQ INT4 weights in "
+        "groups of 128, 16-bit activations, calibrated; dtype bfloat16 or float16), fp8-dynamic (FP8 weights "
+        "per channel, per-token FP8 activations at run time; no calibration)",
     )
     max_model_len: int = Field(default=512, ge=16, le=1_048_576)
     tensor_parallel_size: int = Field(
@@ -39,6 +41,10 @@ class VllmTarget(LlmTargetBase):
     enforce_eager: bool = Field(default=False, description="no CUDA graphs / compilation on the server")
 
 
+LLMCOMPRESSOR = ("w8a8-sq-gptq", "w4a16-gptq", "fp8-dynamic")  # made by llmcompressor, in its environment
+CALIBRATED = ("w8a8-sq-gptq", "w4a16-gptq")
+
+
 class VllmBackend(Backend):
     name = "vllm"
     task = "text-generation"
@@ -46,9 +52,14 @@ class VllmBackend(Backend):
     description = "vLLM (Triton vllm backend); gated and profiled in vLLM itself"
 
     def problems(self, cfg: Any, t: VllmTarget, key: str) -> list[str]:
-        if t.quantization == "w8a8-sq-gptq" and cfg.calibration is None:
-            return [f"{key}.quantization: w8a8-sq-gptq is calibrated: add a calibration: {{text: FILE}} section"]
-        return []
+        out = []
+        if t.quantization in CALIBRATED and cfg.calibration is None:
+            out.append(f"{key}.quantization: {t.quantization} is calibrated: add a calibration: {{text: FILE}} section")
+        if t.quantization == "w4a16-gptq" and t.dtype in ("float32", "auto"):
+            out.append(
+                f"{key}.dtype: w4a16-gptq runs with 16-bit activations in vLLM: set dtype bfloat16 (or float16 on GPUs)"
+            )
+        return out
 
     def requirements(self, t: VllmTarget) -> list[Requirement]:
         return []
@@ -57,7 +68,7 @@ class VllmBackend(Backend):
         from ..llm.runner import vllm_python
 
         python, why = vllm_python()
-        if python is not None and t.quantization == "w8a8-sq-gptq":
+        if python is not None and t.quantization in LLMCOMPRESSOR:
             from ..llm.runner import llmcompressor_python
 
             llmc, why2 = llmcompressor_python()
@@ -83,7 +94,7 @@ class VllmBackend(Backend):
             batches=tuple(cfg.profile.batches),
         )
 
-    def llmc_settings(self, cfg: Any) -> Any:
+    def llmc_settings(self, cfg: Any, t: VllmTarget) -> Any:
         import hashlib
 
         from mscompile.passes.llm import LlmCompressorConfig
@@ -91,10 +102,13 @@ class VllmBackend(Backend):
         from ..config import resolve_path
         from ..errors import ConfigError
 
+        if t.quantization not in CALIBRATED:
+            return LlmCompressorConfig(scheme=t.quantization, calibration="", calibration_sha256="", samples=0)
         path = resolve_path(cfg.calibration.text)
         if not path.is_file():
             raise ConfigError(f"calibration.text: {path} not found; check the path")
         return LlmCompressorConfig(
+            scheme=t.quantization,
             calibration=str(path),
             calibration_sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
             samples=cfg.calibration.samples,
@@ -114,8 +128,8 @@ class VllmBackend(Backend):
 
         settings = self.engine_settings(cfg, t)
         prepare = [Step(f"{t.name}/quantize_w8a8", QuantizeW8A8, W8A8Config())] if t.quantization == "w8a8" else []
-        if t.quantization == "w8a8-sq-gptq":
-            prepare = [Step(f"{t.name}/quantize_llmcompressor", QuantizeLlmCompressor, self.llmc_settings(cfg))]
+        if t.quantization in LLMCOMPRESSOR:
+            prepare = [Step(f"{t.name}/quantize_llmcompressor", QuantizeLlmCompressor, self.llmc_settings(cfg, t))]
         check = Step(f"{t.name}/check_llm_vllm", CheckLlmVllm, settings, extras={"reference": inputs.reference})
         profile = (
             Step(
