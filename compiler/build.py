@@ -18,6 +18,7 @@ from typing import Any
 from . import __version__
 from .artifacts import Artifact, Dataset, OnnxModel, ParityReport, TorchSource, size_of
 from .backends import Recipe, RecipeInputs, TargetOutcome, get
+from .backends.base import farm_devices
 from .cache import Cache
 from .config import ModelConfig
 from .data import describe_dataset
@@ -47,6 +48,9 @@ class BuildOptions:
     force: bool = False
     quiet: bool = False
     require_all_targets: bool = False
+    # a build farm's results for this model: target -> the node's outcome (status, reason,
+    # fingerprint, host); those targets are replayed here from the shared cache
+    farm: dict[str, dict[str, Any]] | None = None
 
     @property
     def state(self) -> State:
@@ -248,9 +252,12 @@ def build(cfg: ModelConfig, config_path: Path, opts: BuildOptions) -> BuildResul
     from .publish import preflight
 
     preflight(cfg)  # where it will publish, before any work
-    plan = assemble(cfg, state)
-    # whether this machine can build each target, before any pass runs
-    availability = {t.name: get(t.backend).available(t) for t in cfg.targets}
+    remote = opts.farm or {}
+    with farm_devices(farm_fingerprints(remote)):
+        plan = assemble(cfg, state)
+    # whether this machine can build each target, before any pass runs (the farm's nodes
+    # answered for the targets they ran)
+    availability = {t.name: get(t.backend).available(t) for t in cfg.targets if t.name not in remote}
     driver = _driver(plan, opts, instruments, log_dir)
     instruments.say(f"mscompile build {cfg.name}: {len(plan.common.steps)} shared passes, {len(cfg.targets)} target(s)")
     common_rec = driver.run(plan.common, plan.source)
@@ -261,11 +268,11 @@ def build(cfg: ModelConfig, config_path: Path, opts: BuildOptions) -> BuildResul
     variants: list[Variant] = []
     for t in cfg.targets:
         recipe = plan.recipes[t.name]
-        ok, why = availability[t.name]
-        if ok:
-            out = run_recipe(driver, recipe, base_model)
+        if t.name in remote:
+            out = farm_outcome(driver, cfg.name, t.name, remote[t.name], recipe, base_model, instruments)
         else:
-            out = TargetOutcome(Status.SKIPPED, reason=why)
+            ok, why = availability[t.name]
+            out = run_recipe(driver, recipe, base_model) if ok else TargetOutcome(Status.SKIPPED, reason=why)
         variants.append(make_variant(driver, t, t.precision, out, recipe.served_by))
     result = BuildResult(cfg.name, variants, list(driver.records.values()))
     stop_on_failures(result, opts, instruments, t0)
@@ -385,6 +392,38 @@ def stop_on_failures(result: BuildResult, opts: BuildOptions, instruments: Instr
         )
         err3.result = result  # type: ignore[attr-defined]
         raise err3
+
+
+def farm_fingerprints(remote: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {n: r["fingerprint"] for n, r in remote.items() if r.get("fingerprint") and r["status"] in ("OK", "FAIL")}
+
+
+def farm_outcome(
+    driver: Driver, model: str, target: str, r: dict[str, Any], recipe: Any, base: Artifact, instruments: Instruments
+) -> TargetOutcome:
+    """A target a farm node ran: its error or SKIPPED as the node said, else the recipe
+    replayed from the shared cache (a step that has to run here means the cache is not
+    shared: said, not hidden)."""
+    from .errors import FarmTaskError
+
+    where = f" (farm node {r['host']})" if r.get("host") else ""
+    if r["status"] == "ERROR":
+        raise FarmTaskError(f"{model}/{target}{where}: {r.get('error')}", int(r.get("exit_code") or 1))
+    if r["status"] == "SKIPPED":
+        return TargetOutcome(Status.SKIPPED, reason=f"{r.get('reason')}{where}")
+    before = set(driver.records)
+    out = run_recipe(driver, recipe, base)
+    ran = [
+        k
+        for k, rec in driver.records.items()
+        if k not in before and not rec.cached and rec.status is not Status.SKIPPED
+    ]
+    if ran:
+        instruments.warn(
+            f"{target}: {len(ran)} step(s) the farm ran were not in the cache here and ran on the driver "
+            f"({', '.join(ran)}); is the cache folder shared by every node?"
+        )
+    return out
 
 
 def profile_variants(driver: Driver, plan: Plan, variants: list[Variant]) -> None:

@@ -286,9 +286,19 @@ def run_serve_check(
 
 
 @main.command()
-@CONFIG_ARG
+@click.argument("configs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="CONFIG...")
 @click.option("--force", is_flag=True, help="Re-run every pass, ignoring cached results.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="local",
+    default=None,
+    metavar="[ADDRESS|auto]",
+    help="Build the targets as tasks on a Ray cluster: ADDRESS joins it, auto the one this machine "
+    "belongs to, nothing starts a local one. The cache folder must be shared by its nodes.",
+)
 @click.option(
     "--cache-dir",
     type=click.Path(path_type=Path),
@@ -325,9 +335,10 @@ def run_serve_check(
 @click.pass_context
 def build(
     ctx: click.Context,
-    config: Path,
+    configs: tuple[Path, ...],
     force: bool,
     as_json: bool,
+    ray_address: str | None,
     cache_dir: Path | None,
     quiet: bool,
     require_all_targets: bool,
@@ -339,12 +350,25 @@ def build(
     serve_check: bool,
     **server: Any,
 ) -> None:
-    """Build every target of CONFIG and publish the deployed variant to the Triton repository.
-    The build is recorded as an MLflow run unless --no-mlflow."""
+    """Build every target of each CONFIG and publish the deployed variant to the Triton repository.
+    The build is recorded as an MLflow run unless --no-mlflow. Several CONFIGs build one
+    after another, or, with --ray, as one farm."""
     from .build import BuildOptions
     from .build import build as run_build
     from .config import load_config
-    from .errors import AccuracyGateError, TargetSkippedError
+    from .errors import AccuracyGateError, ConfigError, TargetSkippedError
+
+    if len(configs) > 1 or ray_address is not None:
+        if serve_check:
+            _fail(ConfigError("--serve-check: check one model at a time (mscompile serve-check CONFIG)"), False)
+        _run(
+            ctx,
+            lambda: _build_many(
+                ctx, list(configs), force, as_json, ray_address, cache_dir, quiet, require_all_targets, no_mlflow
+            ),
+        )
+        return
+    config = configs[0]
 
     def go() -> None:
         cfg = load_config(config)
@@ -435,6 +459,105 @@ def build(
                 click.echo("serve-check: OK, the server answers within the gate")
 
     _run(ctx, go)
+
+
+def _build_many(
+    ctx: click.Context,
+    configs: list[Path],
+    force: bool,
+    as_json: bool,
+    ray_address: str | None,
+    cache_dir: Path | None,
+    quiet: bool,
+    require_all_targets: bool,
+    no_mlflow: bool,
+) -> None:
+    """Several models, or a farm: every config is checked first (exit 2 before any work);
+    with --ray the shared steps run here, the targets on the cluster; then each model is
+    built (replayed from the cache) and published here. One summary; the exit code is the
+    worst of the models' (2, 1, 3, 0)."""
+    from .build import BuildOptions
+    from .build import build as run_build
+    from .config import load_config
+    from .errors import ConfigError
+
+    loaded = [(load_config(c), c) for c in configs]
+    names = [cfg.name for cfg, _ in loaded]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(
+            f"name: {', '.join(dup)} is the name of more than one of the given configs; names must differ"
+        )
+    base = BuildOptions(cache_dir=cache_dir.resolve() if cache_dir else None, force=force, quiet=quiet or as_json)
+    say = (lambda m: None) if (quiet or as_json) else (lambda m: click.echo(m, err=True))
+    results: dict = {}
+    farm = None
+    with _json_stdout(as_json) as emit:
+        if ray_address is not None:
+            from .farm import Farm, run_shared
+
+            for cfg, path in loaded:
+                run_shared(cfg, path, base, say)
+            farm = Farm(ray_address, base.state.cache, say)
+            results = farm.run(loaded, force)
+        summaries, codes = [], []
+        for cfg, path in loaded:
+            from .farm import merge
+
+            remote = {target: merge(rs) for (p, target), rs in results.items() if p == path} if farm else None
+            opts = BuildOptions(
+                cache_dir=base.cache_dir,
+                force=force and farm is None,  # the farm forced its tasks; here they replay
+                quiet=base.quiet,
+                require_all_targets=require_all_targets,
+                farm=remote,
+            )
+            builder = run_build
+            if getattr(cfg, "task", None) == "text-generation":
+                from .llm.build import build_llm
+
+                builder = build_llm
+            try:
+                result = builder(cfg, path, opts)
+                if not no_mlflow:
+                    from .tracking import resolve
+
+                    settings = resolve(cfg, base.state.root, None, None)
+                    tracked = _track(settings, cfg, path, result, None, time.time(), base.state.root, True)
+                else:
+                    tracked = None
+                out = result.to_json()
+                if tracked is not None:
+                    out["mlflow"] = tracked
+                summaries.append(out)
+                codes.append(0)
+                if not as_json:
+                    print_summary(result)
+            except MscompileError as exc:
+                res = getattr(exc, "result", None)
+                summaries.append(dict(res.to_json() if res else {"model": cfg.name}, error=str(exc)))
+                codes.append(exc.exit_code)
+                if not as_json:
+                    if res is not None:
+                        print_summary(res)
+                    click.echo(f"error: {cfg.name}: {exc}", err=True)
+        code = next((c for c in (2, 1, 3) if c in codes), 0)
+        if as_json:
+            emit(
+                json.dumps(
+                    {"models": summaries, "farm": farm.report.to_json() if farm else None, "exit_code": code},
+                    indent=2,
+                    default=str,
+                )
+            )
+        elif farm is not None:
+            c = farm.report.counts()
+            click.echo(
+                f"farm: {c['tasks']} task(s) in {farm.report.seconds:.1f}s: {c['done']} done ({c['cached']} all from "
+                f"cache), {c['skipped']} skipped, {c['failed']} failed, {c['retried']} retried after a lost worker"
+            )
+    if code:
+        ctx.exit(code)
 
 
 @main.command()

@@ -77,3 +77,11 @@ class UserCodeExit(MscompileError):
 
 class TargetSkippedError(MscompileError):
     """--require-all-targets: a target could not be built here (e.g. TensorRT absent)."""
+
+
+class FarmTaskError(MscompileError):
+    """A target failed on a build-farm node: the node's error (a pass error, a user error), with its exit code."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
+        self.exit_code = exit_code
+        super().__init__(message)

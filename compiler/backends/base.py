@@ -11,6 +11,8 @@ backend's name.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -204,6 +206,22 @@ def missing(requirements: list[Requirement]) -> list[Requirement]:
     return out
 
 
+_DEVICES: dict[str, dict[str, Any]] = {}
+
+
+@contextmanager
+def farm_devices(fingerprints: dict[str, dict[str, Any]]) -> Iterator[None]:
+    """Within the block, recipes key the named targets' device-bound steps with the given
+    fingerprints (measured on the farm node that ran each target)."""
+    saved = dict(_DEVICES)
+    _DEVICES.update(fingerprints)
+    try:
+        yield
+    finally:
+        _DEVICES.clear()
+        _DEVICES.update(saved)
+
+
 class Backend:
     """Subclass per runtime; register by defining `BACKEND = MyBackend()` in a
     module of mscompile.backends (or through the `mscompile.backends` entry point)."""
@@ -241,6 +259,18 @@ class Backend:
         from ..device import cpu_fingerprint
 
         return cpu_fingerprint()
+
+    def device(self, target: Any) -> dict[str, Any]:
+        """The fingerprint recipes key device-bound steps with: this machine's, or, when a
+        build farm ran the target on another node, that node's (so the driver finds the
+        node's results in the shared cache)."""
+        given = _DEVICES.get(target.name)
+        return dict(given) if given is not None else self.fingerprint(target)
+
+    def resources(self, target: Any) -> dict[str, Any]:
+        """What one of the target's farm tasks needs from a Ray node: num_cpus, num_gpus,
+        memory (bytes), resources (custom, e.g. {"accelerator_type:H100": 0.001})."""
+        return {"num_cpus": 1}
 
     def recipe(self, cfg: ModelConfig, target: Any, inputs: RecipeInputs) -> Recipe:  # pragma: no cover
         raise NotImplementedError

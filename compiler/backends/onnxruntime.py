@@ -135,7 +135,7 @@ class OnnxRuntimeBackend(Backend):
         profile = (
             None
             if t.gpu is not None
-            else profile_step(cfg, t, inputs, self.fingerprint(t), runtime=runtime, threads=threads)
+            else profile_step(cfg, t, inputs, self.device(t), runtime=runtime, threads=threads)
         )
         served = (
             f"ONNX Runtime ({t.gpu.accelerator} on GPU)"

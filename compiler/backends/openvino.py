@@ -120,7 +120,7 @@ class OpenVinoBackend(Backend):
         )
         threads = t.openvino.inference_num_threads
         profile = profile_step(
-            cfg, t, inputs, self.fingerprint(t), runtime="openvino", threads=threads, pass_cls=ProfileOpenVino
+            cfg, t, inputs, self.device(t), runtime="openvino", threads=threads, pass_cls=ProfileOpenVino
         )
         if t.precision == "int8":
             return Recipe(prepare=[convert], search=NncfSearch(cfg, t, inputs), profile=profile, served_by="OpenVINO")

@@ -11,7 +11,7 @@ any of its passes runs.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -61,6 +61,11 @@ class TensorRTTarget(TargetBase):
         default="fp32", description="int8/fp8: dtype of the layers ModelOpt leaves unquantized"
     )
     tensorrt: TensorRTConfig = Field(default_factory=TensorRTConfig)
+    gpus: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]] = Field(
+        default_factory=list,
+        description="on a build farm (--ray): the GPU kinds to build an engine for, as Ray accelerator types "
+        "(H100, A100, L4, ...); each engine is built and gated on a node of that kind",
+    )
 
 
 def trt_profiles(cfg: ModelConfig, t: TensorRTTarget) -> list[ProfileConfig]:
@@ -105,6 +110,9 @@ class TensorRTBackend(Backend):
                     f"targets[{index}].tensorrt.profiles ({prof_max}); Triton would send batches the engine rejects"
                 )
         return out
+
+    def resources(self, t: TensorRTTarget) -> dict[str, Any]:
+        return {"num_cpus": 1, "num_gpus": 1}
 
     def requirements(self, t: TensorRTTarget) -> list[Requirement]:
         reqs = [
@@ -164,7 +172,7 @@ class TensorRTBackend(Backend):
                     extras={"calibration": inputs.calibration},
                 )
             )
-        device = self.fingerprint(t)
+        device = self.device(t)
         build = Step(
             f"{t.name}/build_tensorrt",
             BuildTensorRT,

@@ -100,6 +100,9 @@ class TensorRTLLMBackend(Backend):
     def requirements(self, t: TrtLlmTarget) -> list[Requirement]:
         return [Requirement("modelopt", "pip install 'mscompile[tensorrt]' (nvidia-modelopt)")]
 
+    def resources(self, t: TrtLlmTarget) -> dict[str, Any]:
+        return {"num_cpus": 1, "num_gpus": t.tensor_parallel_size}
+
     def stops_at(self, t: TrtLlmTarget) -> str | None:
         """Where a build stops on this machine (the first step that will be SKIPPED), or None."""
         from mscompile.passes.trtllm import trtllm_status
@@ -170,7 +173,7 @@ class TensorRTLLMBackend(Backend):
 
         from ..pipeline import Step
 
-        device = self.fingerprint(t)
+        device = self.device(t)
         ref = {"reference": inputs.reference}
         export = Step(f"{t.name}/export_trtllm_checkpoint", ExportTrtllmCheckpoint, self.export_settings(cfg, t))
         gates = []

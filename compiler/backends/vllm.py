@@ -137,7 +137,7 @@ class VllmBackend(Backend):
                 ProfileLlmVllm,
                 settings,
                 extras={"reference": inputs.reference},
-                device=self.fingerprint(t),
+                device=self.device(t),
             )
             if cfg.profile.enabled
             else None

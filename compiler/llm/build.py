@@ -16,8 +16,17 @@ from typing import Any
 
 from .. import __version__
 from ..artifacts import HfSource, sha256_path, walk_files
-from ..backends import RecipeInputs, get
-from ..build import BuildOptions, BuildResult, Variant, make_variant, stop_on_failures
+from ..backends import RecipeInputs, TargetOutcome, get
+from ..backends.base import farm_devices
+from ..build import (
+    BuildOptions,
+    BuildResult,
+    Variant,
+    farm_fingerprints,
+    farm_outcome,
+    make_variant,
+    stop_on_failures,
+)
 from ..cache import Cache
 from ..config import resolve_path
 from ..errors import AccuracyGateError, ConfigError
@@ -118,8 +127,13 @@ def build_llm(cfg: LlmModelConfig, config_path: Path, opts: BuildOptions) -> Bui
         raise ConfigError(f"triton.deploy: {cfg.triton.deploy!r} is neither fastest nor a target ({', '.join(names)})")
     source = describe_checkpoint(cfg)
     step = load_step(cfg)
-    recipes = {t.name: get(t.backend).recipe(cfg, t, RecipeInputs(None, None, reference=step.id)) for t in cfg.targets}  # type: ignore[arg-type]
-    availability = {t.name: get(t.backend).available(t) for t in cfg.targets}
+    remote = opts.farm or {}
+    with farm_devices(farm_fingerprints(remote)):
+        recipes = {
+            t.name: get(t.backend).recipe(cfg, t, RecipeInputs(None, None, reference=step.id))  # type: ignore[arg-type]
+            for t in cfg.targets
+        }
+    availability = {t.name: get(t.backend).available(t) for t in cfg.targets if t.name not in remote}
     driver = Driver(Cache(state.cache), instruments, force=opts.force, log_dir=log_dir)
     instruments.say(f"mscompile build {cfg.name} (text-generation): {len(cfg.targets)} target(s)")
     rec = driver.run_step(step, source)
@@ -128,13 +142,11 @@ def build_llm(cfg: LlmModelConfig, config_path: Path, opts: BuildOptions) -> Bui
     variants: list[Variant] = []
     for t in cfg.targets:
         recipe = recipes[t.name]
-        ok, why = availability[t.name]
-        if ok:
-            out = run_recipe(driver, recipe, base)
+        if t.name in remote:
+            out = farm_outcome(driver, cfg.name, t.name, remote[t.name], recipe, base, instruments)
         else:
-            from ..backends import TargetOutcome
-
-            out = TargetOutcome(Status.SKIPPED, reason=why)
+            ok, why = availability[t.name]
+            out = run_recipe(driver, recipe, base) if ok else TargetOutcome(Status.SKIPPED, reason=why)
         precision = t.quantization if getattr(t, "quantization", "none") != "none" else getattr(t, "dtype", "")
         variants.append(make_variant(driver, t, precision, out, recipe.served_by))
     result = BuildResult(cfg.name, variants, list(driver.records.values()))

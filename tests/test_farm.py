@@ -1,0 +1,133 @@
+"""The build farm on a real Ray cluster (a head and a second node with a GPU slot and
+`accelerator_type:H100`, both on loopback): two models built as Ray tasks publish what a
+local build publishes; TensorRT tasks go only to the H100 node (and are SKIPPED there,
+TensorRT being absent); a worker killed mid-task is retried and the build ends with one
+complete version; a task that keeps dying fails the target with a clear error."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import REPO, run_cli, write_config
+from ray_harness import Cluster, ray_missing
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    why = ray_missing()
+    if why:
+        pytest.skip(why)
+    c = Cluster().start()
+    yield c
+    c.stop()
+
+
+def _configs(tmp_path: Path) -> list[Path]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    digits = yaml.safe_load((REPO / "examples/digits/model.yaml").read_text())
+    digits["triton"]["repository"] = str(tmp_path / "repo")
+    trt = yaml.safe_load((REPO / "examples/digits/model_tensorrt.yaml").read_text())
+    trt["triton"]["repository"] = str(tmp_path / "repo")
+    for t in trt["targets"]:
+        if t["name"] == "trt_fp16":
+            t["gpus"] = ["H100"]  # a node of this kind exists
+        if t["name"] == "trt_int8":
+            t["gpus"] = ["A100"]  # none does
+    return [write_config(digits, tmp_path / "digits.yaml"), write_config(trt, tmp_path / "digits_trt.yaml")]
+
+
+def _files(repo: Path) -> dict[str, dict]:
+    out = {}
+    for manifest in sorted(repo.glob("*/*/build_manifest.json")):
+        m = json.loads(manifest.read_text())
+        out[f"{m['model']}/{m['version']}"] = m["files"]
+    return out
+
+
+def test_farm_builds_two_models_as_a_local_build_does(tmp_path, cluster):
+    configs = _configs(tmp_path / "local")
+    for c in configs:  # the reference: local builds in their own state folder
+        r = run_cli("build", str(c), "-q", env={"MSCOMPILE_HOME": str(tmp_path / "local-state")})
+        assert r.returncode == 0, r.stderr
+    local = _files(tmp_path / "local" / "repo")
+
+    configs = _configs(tmp_path / "farm")
+    env = {"MSCOMPILE_HOME": str(tmp_path / "farm-state"), **cluster.env}
+    r = run_cli("build", *map(str, configs), "--ray", cluster.address, "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)  # nothing but JSON on stdout
+    assert [m["model"] for m in out["models"]] == ["digits", "digits_trt"]
+    farm = out["farm"]
+    assert farm["tasks"] == 6 and farm["done"] == 4 and farm["skipped"] == 2 and farm["failed"] == 0
+    tasks = {t["key"]: t for t in farm["results"]}
+    h100 = tasks["digits_trt/trt_fp16@H100"]
+    assert h100["status"] == "SKIPPED" and "accelerator_type:H100" in h100["node_resources"]
+    assert "needs tensorrt" in h100["reason"]
+    a100 = tasks["digits_trt/trt_int8@A100"]
+    assert (
+        a100["status"] == "SKIPPED"
+        and a100["reason"] == "no node of kind A100 in the Ray cluster (resource accelerator_type:A100)"
+    )
+    for key in ("digits/fp32", "digits/fp16", "digits/int8", "digits_trt/fp32"):
+        assert tasks[key]["status"] == "OK", tasks[key]
+    # the two fp32 targets are the same steps on the same graph: the cache holds them once
+    assert sum(bool(tasks[k]["ran"]) for k in ("digits/fp32", "digits_trt/fp32")) <= 2
+    variants = {v["name"]: v for v in out["models"][1]["variants"]}
+    assert variants["trt_fp16"]["status"] == "SKIPPED" and "farm node" in variants["trt_fp16"]["reason"]
+    # the same versions with the same file digests as the local builds
+    assert _files(tmp_path / "farm" / "repo") == local
+
+    # a local rebuild on the farm's cache: every step from the cache, nothing new published
+    r = run_cli("build", str(configs[0]), "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["passes_run"] == 0 and res["published"][0]["new_version"] is False
+    # and the farm again: every task from the cache
+    r = run_cli("build", *map(str, configs), "--ray", cluster.address, "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    farm = json.loads(r.stdout)["farm"]
+    assert farm["done"] == 4 and farm["cached"] == 4
+
+
+def test_a_worker_killed_mid_task_is_retried_and_one_version_is_published(tmp_path, cluster):
+    (digits, _) = _configs(tmp_path)
+    env = {
+        "MSCOMPILE_HOME": str(tmp_path / "state"),
+        "MSCOMPILE_FARM_KILL_AT": "step:ran",  # SIGKILL the first worker whose pass returns
+        **cluster.env,
+    }
+    r = run_cli("build", str(digits), "--ray", cluster.address, "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    farm = out["farm"]
+    assert farm["retried"] == 1 and farm["failed"] == 0 and farm["done"] == 3
+    assert [p["version"] for p in out["models"][0]["published"]] == [1]
+    versions = sorted(p.name for p in (tmp_path / "repo" / "digits").iterdir() if p.is_dir())
+    assert versions == ["1"]
+    assert not list((tmp_path / "repo" / "digits").glob(".staging-*"))
+
+
+def test_a_task_that_keeps_dying_fails_the_target_without_a_ray_traceback(tmp_path, cluster):
+    (digits, _) = _configs(tmp_path)
+    env = {
+        "MSCOMPILE_HOME": str(tmp_path / "state"),
+        "MSCOMPILE_FARM_KILL_AT": "step:ran",
+        "MSCOMPILE_FARM_KILL_ALWAYS": "1",
+        **cluster.env,
+    }
+    cfg = yaml.safe_load(digits.read_text())
+    cfg["targets"] = [cfg["targets"][0]]
+    r = run_cli("build", str(write_config(cfg, tmp_path / "one.yaml")), "--ray", cluster.address, env=env)
+    assert r.returncode == 1, r.stderr
+    assert "digits/fp32: the farm task died 4 times" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "repo" / "digits").exists()
+
+
+def test_ray_address_that_does_not_answer_is_a_usage_error(tmp_path):
+    if ray_missing():
+        pytest.skip(ray_missing())
+    (digits, _) = _configs(tmp_path)
+    r = run_cli("build", str(digits), "--ray", "127.0.0.1:9", env={"MSCOMPILE_HOME": str(tmp_path / "s")})
+    assert r.returncode == 2 and "--ray 127.0.0.1:9: cannot join the Ray cluster" in r.stderr, r.stderr
