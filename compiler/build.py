@@ -119,6 +119,7 @@ class BuildResult:
     report_path: Path | None = None
     selection: str | None = None
     pipeline: dict[str, Any] | None = None  # the end-to-end gate of the ensemble
+    rayserve: str | None = None  # the Ray Serve app's version folder
 
     def to_json(self) -> dict[str, Any]:
         ran, cached = passes_ran(self.records)
@@ -143,6 +144,7 @@ class BuildResult:
             "report": str(self.report_path) if self.report_path else None,
             "selection": self.selection,
             "pipeline": self.pipeline,
+            "rayserve": self.rayserve,
         }
 
 
@@ -331,6 +333,13 @@ def build(cfg: ModelConfig, config_path: Path, opts: BuildOptions) -> BuildResul
     for p in result.published:
         for w in p.warnings:
             instruments.warn(w)
+    if cfg.rayserve is not None:
+        from .rayserve import write_app
+
+        d = deployments[0]
+        target = next(t for t in cfg.targets if t.name == d.target)
+        result.rayserve = str(write_app(cfg, target, d.model, result.published[0].version, manifest))
+        instruments.say(f"Ray Serve app: {result.rayserve} (serve run {result.rayserve}/serve_config.yaml)")
     result.seconds = time.perf_counter() - t0
     result.manifest = manifest
     from .report import write_report

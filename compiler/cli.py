@@ -726,10 +726,21 @@ def report(
 @_server_opts
 @click.option("--version", "version", type=int, default=None, help="Published version (default: the latest).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@click.option(
+    "--rayserve",
+    is_flag=True,
+    help="Check the Ray Serve app instead of Triton: `serve run` on loopback, or --url of a running Serve proxy.",
+)
 @CACHE_DIR_OPT
 @click.pass_context
 def serve_check_cmd(
-    ctx: click.Context, config: Path, version: int | None, as_json: bool, cache_dir: Path | None, **kw: Any
+    ctx: click.Context,
+    config: Path,
+    version: int | None,
+    as_json: bool,
+    rayserve: bool,
+    cache_dir: Path | None,
+    **kw: Any,
 ) -> None:
     """Prove that a Triton server serves CONFIG's published model as the gate measured:
     load it (explicit mode), replay the validation set over gRPC and HTTP, compare with
@@ -744,7 +755,12 @@ def serve_check_cmd(
         cfg = load_config(config)
         state = State.resolve(cache_dir)
         say = (lambda m: None) if as_json else (lambda m: click.echo(f"  {m}", err=True))
-        if getattr(cfg, "task", None) == "text-generation":
+        if rayserve:
+            from .rayserve import serve_check_rayserve
+
+            def check() -> Any:
+                return serve_check_rayserve(cfg, state, kw.get("url"), version, kw["concurrency"], say)
+        elif getattr(cfg, "task", None) == "text-generation":
             if kw.get("url") or kw.get("grpc_url"):
                 from .errors import ConfigError
 

@@ -37,6 +37,7 @@ from .sections import (  # noqa: F401  (re-exported: passes and tests import the
     PipelineConfig,
     ProfileSettings,
     RangeConfig,
+    RayServeConfig,
     RecoveryConfig,
     RetentionConfig,
     Section,
@@ -86,6 +87,10 @@ class ModelConfig(Section):
     mlflow: MlflowConfig | None = None
     pipeline: PipelineConfig | None = Field(
         default=None, description="serve as a Triton ensemble with Python pre/postprocessing, gated end to end"
+    )
+    rayserve: RayServeConfig | None = Field(
+        default=None,
+        description="also write a Ray Serve application (app.py, serve_config.yaml) for the deployed variant",
     )
 
     @field_validator("name")
@@ -298,6 +303,10 @@ def semantic_problems(cfg: ModelConfig, where: str) -> list[str]:
         out.append(f"{where}: validation.labels: {cfg.validation.labels!r} is also an input name")
     if cfg.pipeline is not None:
         out += _pipeline_problems(cfg, where)
+    if cfg.rayserve is not None:
+        from .rayserve import problems as rayserve_problems
+
+        out += rayserve_problems(cfg, where)
     return out
 
 

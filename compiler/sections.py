@@ -228,6 +228,25 @@ class RetentionConfig(Section):
     keep_last: int = Field(ge=1)
 
 
+class RayServeAutoscaling(Section):
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=1, ge=1)
+    target_ongoing_requests: float = Field(default=2.0, gt=0)
+
+
+class RayServeConfig(Section):
+    """A Ray Serve application for the deployed variant, beside the Triton repository."""
+
+    folder: str = Field(default="rayserve", min_length=1, description="apps go to <folder>/<name>/<version>/")
+    replicas: int = Field(default=1, ge=1, le=4096)
+    autoscaling: RayServeAutoscaling | None = Field(default=None, description="instead of a fixed replica count")
+    num_cpus: float = Field(default=1.0, gt=0, description="CPUs per replica (ray_actor_options)")
+    max_ongoing_requests: int = Field(default=16, ge=1)
+    host: str = Field(default="127.0.0.1", description="HTTP host of the Serve proxy (0.0.0.0 to listen on all)")
+    port: int = Field(default=8000, ge=1, le=65535)
+    route_prefix: str | None = Field(default=None, pattern=r"^/[A-Za-z0-9_./-]*$", description="default /<name>")
+
+
 class TritonConfig(Section):
     repository: str = Field(default="model_repository", min_length=1)
     max_batch_size: int | None = Field(
