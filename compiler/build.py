@@ -22,7 +22,7 @@ from .backends.base import farm_devices
 from .cache import Cache
 from .config import ModelConfig
 from .data import describe_dataset
-from .errors import AccuracyGateError, ConfigError, TargetSkippedError
+from .errors import AccuracyGateError, ConfigError, FarmTaskError, TargetSkippedError
 from .instruments import Instruments
 from .loading import describe_source
 from .pipeline import Driver, Pipeline, Status, Step, StepRecord, library_versions
@@ -74,6 +74,7 @@ class Variant:
     profile: dict[str, Any] | None = None
     served_by: str = ""
     gated_on: list[str] = field(default_factory=list)
+    engines: dict[str, Artifact] = field(default_factory=dict)  # compute capability -> engine (GPU kinds)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -271,7 +272,17 @@ def build(cfg: ModelConfig, config_path: Path, opts: BuildOptions) -> BuildResul
     for t in cfg.targets:
         recipe = plan.recipes[t.name]
         if t.name in remote:
-            out = farm_outcome(driver, cfg.name, t.name, remote[t.name], recipe, base_model, instruments)
+            inputs = RecipeInputs(plan.validation, plan.calibration, reference=plan.common.steps[0].id)
+            out = farm_outcome(
+                driver,
+                cfg.name,
+                t.name,
+                remote[t.name],
+                recipe,
+                base_model,
+                instruments,
+                rebuild=lambda t=t, inputs=inputs: get(t.backend).recipe(cfg, t, inputs),
+            )
         else:
             ok, why = availability[t.name]
             out = run_recipe(driver, recipe, base_model) if ok else TargetOutcome(Status.SKIPPED, reason=why)
@@ -306,7 +317,9 @@ def build(cfg: ModelConfig, config_path: Path, opts: BuildOptions) -> BuildResul
 
     by_name = {v.target: v for v in variants}
     deployments = [
-        Deployment(model_name=name, target=t, model=by_name[t].model, profile=by_name[t].profile)  # type: ignore[arg-type]
+        Deployment(  # type: ignore[arg-type]
+            model_name=name, target=t, model=by_name[t].model, profile=by_name[t].profile, engines=by_name[t].engines
+        )
         for name, t in deployment_names(cfg, chosen)
     ]
     if cfg.pipeline is not None:
@@ -369,6 +382,7 @@ def make_variant(driver: Driver, t: Any, precision: str, out: TargetOutcome, ser
         out.note,
         served_by=served_by,
         gated_on=out.gated_on,
+        engines=dict(out.engines),
     )
 
 
@@ -408,18 +422,25 @@ def farm_fingerprints(remote: dict[str, dict[str, Any]]) -> dict[str, dict[str, 
 
 
 def farm_outcome(
-    driver: Driver, model: str, target: str, r: dict[str, Any], recipe: Any, base: Artifact, instruments: Instruments
+    driver: Driver,
+    model: str,
+    target: str,
+    r: dict[str, Any],
+    recipe: Any,
+    base: Artifact,
+    instruments: Instruments,
+    rebuild: Any = None,
 ) -> TargetOutcome:
     """A target a farm node ran: its error or SKIPPED as the node said, else the recipe
     replayed from the shared cache (a step that has to run here means the cache is not
     shared: said, not hidden)."""
-    from .errors import FarmTaskError
-
     where = f" (farm node {r['host']})" if r.get("host") else ""
     if r["status"] == "ERROR":
         raise FarmTaskError(f"{model}/{target}{where}: {r.get('error')}", int(r.get("exit_code") or 1))
     if r["status"] == "SKIPPED":
         return TargetOutcome(Status.SKIPPED, reason=f"{r.get('reason')}{where}")
+    if r.get("kinds"):
+        return _farm_kinds(driver, model, target, r["kinds"], rebuild or (lambda: recipe), base, instruments)
     before = set(driver.records)
     out = run_recipe(driver, recipe, base)
     ran = [
@@ -433,6 +454,43 @@ def farm_outcome(
             f"({', '.join(ran)}); is the cache folder shared by every node?"
         )
     return out
+
+
+def _farm_kinds(
+    driver: Driver,
+    model: str,
+    target: str,
+    kinds: list[dict[str, Any]],
+    rebuild: Any,
+    base: Artifact,
+    instruments: Instruments,
+) -> TargetOutcome:
+    """A target built on several GPU kinds: each kind's recipe replayed from the cache with
+    that node's fingerprint; every kind must pass its gate; the engines go out as one
+    model (cc_model_filenames), keyed by compute capability."""
+    outs: list[tuple[dict[str, Any], TargetOutcome]] = []
+    for k in kinds:
+        with farm_devices({target: k["fingerprint"]}):
+            rec = rebuild()  # device-bound steps keyed with this kind's node
+            outs.append((k, farm_outcome(driver, model, target, dict(k, kinds=None), rec, base, instruments)))
+    bad = [(k, o) for k, o in outs if o.status is not Status.OK]
+    if bad:
+        k, o = bad[0]
+        o.reason = f"on {k['kind']}: {o.reason}"
+        return o
+    first = outs[0][1]
+    first.engines = {}
+    for k, o in outs:
+        cc = str(k["fingerprint"].get("compute_capability") or "")
+        if not cc or o.model is None:
+            raise FarmTaskError(f"{model}/{target}@{k['kind']}: the node reported no compute capability")
+        if cc in first.engines:
+            raise FarmTaskError(
+                f"{model}/{target}: GPU kinds with the same compute capability {cc} "
+                f"({', '.join(x['kind'] for x in kinds)}): one engine per capability; list one of them"
+            )
+        first.engines[cc] = o.model
+    return first
 
 
 def profile_variants(driver: Driver, plan: Plan, variants: list[Variant]) -> None:

@@ -328,12 +328,8 @@ def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
     errors = [r for r in results if r["status"] == "ERROR"]
     if errors:
         return errors[0]
-    if len(ok) > 1:
-        kinds = ", ".join(r["kind"] for r in ok)
-        raise MscompileError(
-            f"{results[0]['model']}/{results[0]['target']}: engines for several GPU kinds built ({kinds}); "
-            "publishing them as one Triton model (cc_model_filenames) is not built yet: list one kind in gpus:"
-        )
+    if len(ok) > 1:  # one engine per GPU kind: replayed and published together
+        return dict(ok[0], kinds=ok)
     if ok:
         return ok[0]
     reasons = "; ".join(f"{r['kind']}: {r.get('reason')}" for r in results)

@@ -24,6 +24,7 @@ class Deployment:
     target: str
     model: Artifact  # what the target's recipe made deployable (a graph, an engine, an IR)
     profile: dict[str, Any] | None = None
+    engines: dict[str, Artifact] | None = None  # compute capability -> engine (several GPU kinds)
 
 
 def deployment_names(cfg: ModelConfig, targets: list[str]) -> list[tuple[str, str]]:
@@ -35,7 +36,8 @@ def deployment_names(cfg: ModelConfig, targets: list[str]) -> list[tuple[str, st
 
 def served_models(cfg: ModelConfig, d: Deployment) -> list[ServedModel]:
     t = next(x for x in cfg.targets if x.name == d.target)
-    return get(t.backend).serving(cfg, t, d.model_name, d.model.meta["io"], d.model, d.profile)
+    extra = {"engines": d.engines} if d.engines else {}
+    return get(t.backend).serving(cfg, t, d.model_name, d.model.meta["io"], d.model, d.profile, **extra)
 
 
 def preflight(cfg: ModelConfig) -> None:

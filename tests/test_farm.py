@@ -131,3 +131,39 @@ def test_ray_address_that_does_not_answer_is_a_usage_error(tmp_path):
     (digits, _) = _configs(tmp_path)
     r = run_cli("build", str(digits), "--ray", "127.0.0.1:9", env={"MSCOMPILE_HOME": str(tmp_path / "s")})
     assert r.returncode == 2 and "--ray 127.0.0.1:9: cannot join the Ray cluster" in r.stderr, r.stderr
+
+
+def test_engines_for_several_gpu_kinds_are_one_model_with_cc_model_filenames(tmp_path):
+    """The publishing side of a farm build that made engines on several GPU kinds (which
+    needs TensorRT on those nodes: here the engine files are stand-ins, only the config and
+    the version folder's layout are checked)."""
+    from mscompile.artifacts import TrtEngine
+    from mscompile.backends import get
+    from mscompile.config import load_config
+    from mscompile.farm import merge
+    from mscompile.tritonrepo.config import parse, to_text
+
+    (_, trt_yaml) = _configs(tmp_path)
+    cfg = load_config(trt_yaml)
+    t = next(x for x in cfg.targets if x.name == "trt_fp16")
+    engines = {}
+    for cc in ("8.0", "9.0"):
+        d = tmp_path / f"engine{cc}"
+        d.mkdir()
+        (d / "model.plan").write_bytes(b"stand-in")
+        engines[cc] = TrtEngine(d, cc * 32, {})
+    io = {"inputs": [{"name": "images", "dtype": "float32", "dims": ["batch", 1, 8, 8]}],
+          "outputs": [{"name": "logits", "dtype": "float32", "dims": ["batch", 10]}]}  # fmt: skip
+    (served,) = get("tensorrt").serving(cfg, t, "digits_trt", io, engines["8.0"], None, engines=engines)
+    mc = parse(to_text(served.config))  # Triton's schema
+    assert dict(mc.cc_model_filenames) == {"8.0": "model.sm80.plan", "9.0": "model.sm90.plan"}
+    assert sorted(served.files) == ["model.sm80.plan", "model.sm90.plan"]
+    assert served.files["model.sm90.plan"] == engines["9.0"].path / "model.plan"
+    # the farm's merge: every kind that passed goes on; a missing kind alone is SKIPPED with its reason
+    a = {"model": "m", "target": "t", "kind": "A100", "status": "OK", "fingerprint": {"compute_capability": "8.0"}}
+    b = dict(a, kind="H100", fingerprint={"compute_capability": "9.0"})
+    c = {"model": "m", "target": "t", "kind": "L4", "status": "SKIPPED", "reason": "no node of kind L4"}
+    assert [k["kind"] for k in merge([a, b, c])["kinds"]] == ["A100", "H100"]
+    assert merge([c, dict(c, kind="T4", reason="no node of kind T4")])["reason"] == (
+        "L4: no node of kind L4; T4: no node of kind T4"
+    )

@@ -40,6 +40,9 @@ class TargetOutcome:
     steps: list[str] = field(default_factory=list)
     note: str = ""  # how the variant was arrived at, for the summary
     gated_on: list[str] = field(default_factory=list)  # runtimes the gates ran on, in order
+    # engines of one model for several GPU kinds (a farm's TensorRT target with gpus:):
+    # compute capability -> the engine built and gated on a node of that kind
+    engines: dict[str, Artifact] = field(default_factory=dict)
 
 
 # -- recipes -----------------------------------------------------------------------

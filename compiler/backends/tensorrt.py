@@ -203,7 +203,10 @@ class TensorRTBackend(Backend):
         io_sig: dict[str, Any],
         artifact: Artifact | None,
         profile: dict[str, Any] | None = None,
+        engines: dict[str, Artifact] | None = None,
     ) -> list[ServedModel]:
+        """One engine (model.plan), or one per GPU kind (`engines`: compute capability ->
+        engine, from a farm build): model.sm<cc>.plan each, mapped by cc_model_filenames."""
         from ..tritonrepo.config import base_model_config
 
         mc = base_model_config(
@@ -222,6 +225,13 @@ class TensorRTBackend(Backend):
                 # every instance may pick among all profiles; the server chooses by input shape
                 ig.profile.extend(str(i) for i in range(len(profiles)))
         files = {"model.plan": artifact.path / "model.plan"} if artifact is not None else {}
+        if engines:
+            mc.ClearField("default_model_filename")  # a GPU of another capability finds no engine: said at load
+            files = {}
+            for cc, engine in sorted(engines.items()):
+                fname = f"model.sm{cc.replace('.', '')}.plan"
+                mc.cc_model_filenames[cc] = fname
+                files[fname] = engine.path / "model.plan"
         return [ServedModel(name, mc, files)]
 
     def plan_details(self, cfg: ModelConfig, t: TensorRTTarget) -> dict[str, Any]:
