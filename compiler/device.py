@@ -121,6 +121,7 @@ def doctor() -> list[tuple[str, str, str]]:
         ("mlflow", "MLflow"),
         ("openvino", "OpenVINO"),
         ("nncf", "NNCF (OpenVINO INT8)"),
+        ("ray", "Ray (build farm --ray, Ray Serve apps)"),
     ):
         v = _version(dist)
         rows.append((what, "ok" if v else "missing", v or f"pip install {dist}"))
