@@ -76,3 +76,24 @@ def test_rayserve_needs_an_onnxruntime_or_openvino_target(tmp_path):
     cfg["rayserve"] = {}
     r = run_cli("validate", str(write_config(cfg, tmp_path / "m.yaml")))
     assert r.returncode == 2 and "rayserve: the app runs ONNX Runtime or OpenVINO" in r.stderr, r.stderr
+
+
+def test_an_openvino_variant_is_served_by_openvino_in_the_app(tmp_path):
+    if ray_missing():
+        pytest.skip(ray_missing())
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'mscompile[openvino]')")
+    cfg = yaml.safe_load((REPO / "examples/digits/model_openvino.yaml").read_text())
+    cfg["triton"]["repository"] = str(tmp_path / "repo")
+    cfg["triton"].pop("deploy", None)
+    cfg["targets"] = [t for t in cfg["targets"] if t["name"] == "ov_fp32"]
+    cfg["rayserve"] = {"folder": str(tmp_path / "rayserve")}
+    path = write_config(cfg, tmp_path / "model.yaml")
+    r = run_cli("build", str(path), "-q")
+    assert r.returncode == 0, r.stderr
+    app = tmp_path / "rayserve" / "digits_ov" / "1"
+    assert sorted(p.suffix for p in app.iterdir()) == [".bin", ".json", ".py", ".xml", ".yaml"]
+    assert "RUNTIME = 'openvino'" in (app / "app.py").read_text()
+    r = run_cli("serve-check", str(path), "--rayserve", "--json")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["passed"] and s["variant"] == "ov_fp32" and s["protocols"]["http"]["requests"] == 360

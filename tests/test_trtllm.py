@@ -251,3 +251,42 @@ def test_published_repository_steps_load_and_tokenize_in_triton(tmp_path):
             assert text[i, 0].decode() == tok.decode(s, skip_special_tokens=True)
     finally:
         server.stop()
+
+
+def test_a_factory_source_is_saved_as_a_checkpoint_and_cached(tmp_path):
+    (tmp_path / "mk.py").write_text(
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        f"P = {str(REPO / 'examples/tinyllm/model')!r}\n"
+        "def tinyllm(scale=1.0):\n"
+        "    return AutoModelForCausalLM.from_pretrained(P), AutoTokenizer.from_pretrained(P)\n"
+        "def broken():\n"
+        "    return 'not a model'\n"
+    )
+    cfg = yaml.safe_load(EXAMPLE.read_text())
+    cfg["source"] = {"factory": "mk:tinyllm", "args": {"scale": 1.0}}
+    for k in ("text", "prompts"):
+        cfg["validation"][k] = str(REPO / cfg["validation"][k])
+    cfg["validation"].update(max_texts=8, max_prompts=4, new_tokens=8)
+    cfg.pop("calibration")
+    cfg["targets"] = [{"name": "fp16", "backend": "tensorrtllm"}]
+    cfg["triton"] = {"repository": str(tmp_path / "repo")}
+    path = write_config(cfg, tmp_path / "model.yaml")
+    env = {"MSCOMPILE_HOME": str(tmp_path / "state")}
+    r = run_cli("validate", str(path), cwd=tmp_path, env=env)
+    assert r.returncode == 0 and "model: llama (LlamaForCausalLM), vocab 2048" in r.stdout, r.stderr
+    saved = list((tmp_path / "state" / "llm-sources" / "tinyllm").iterdir())
+    assert len(saved) == 1 and (saved[0] / "model.safetensors").is_file()
+    r = run_cli("build", str(path), "--json", cwd=tmp_path, env=env)
+    assert r.returncode == (0 if TRTLLM else 3), r.stderr
+    r = run_cli("plan", str(path), "--json", cwd=tmp_path, env=env)
+    steps = {s["step"]: s["action"] for s in json.loads(r.stdout)["steps"]}
+    # the factory ran again and saved the same weights: the same folder, the build's steps cached
+    assert steps["load_llm"] == "cached" and steps["fp16/export_trtllm_checkpoint"] == "cached", steps
+    assert len(list((tmp_path / "state" / "llm-sources" / "tinyllm").iterdir())) == 1
+
+    cfg["source"] = {"factory": "mk:broken"}
+    r = run_cli("validate", str(write_config(cfg, tmp_path / "b.yaml")), cwd=tmp_path, env=env)
+    assert r.returncode == 2 and "source.factory: mk:broken must return (model, tokenizer)" in r.stderr
+    cfg["source"] = {"factory": "mk:tinyllm", "checkpoint": "x"}
+    r = run_cli("validate", str(write_config(cfg, tmp_path / "c.yaml")), cwd=tmp_path, env=env)
+    assert r.returncode == 2 and "give exactly one of checkpoint" in r.stderr

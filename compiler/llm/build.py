@@ -43,7 +43,10 @@ def _sha(path: Path) -> str:
 def describe_checkpoint(cfg: LlmModelConfig) -> HfSource:
     from ..loading import resolve_checkpoint
 
-    path = resolve_checkpoint(cfg.source.checkpoint, "source.checkpoint", folder=True)
+    if cfg.source.factory is not None:
+        path = factory_checkpoint(cfg)
+    else:
+        path = resolve_checkpoint(cfg.source.checkpoint or "", "source.checkpoint", folder=True)
     if not path.is_dir() or not (path / "config.json").is_file():
         raise ConfigError(
             f"source.checkpoint: {path} is not a Hugging Face model folder (it needs config.json, "
@@ -52,6 +55,46 @@ def describe_checkpoint(cfg: LlmModelConfig) -> HfSource:
     if not any(path.glob("*.safetensors")):
         raise ConfigError(f"source.checkpoint: {path} has no *.safetensors weights; save the model with safetensors")
     return HfSource(path, sha256_path(path), {"files": sum(1 for _ in walk_files(path))})
+
+
+def factory_checkpoint(cfg: LlmModelConfig) -> Path:
+    """Run source.factory and save what it returns as a Hugging Face folder in the state
+    folder, named by its content (the same model is the same folder, so the build's
+    cache keys follow the weights, not the run)."""
+    import os
+    import shutil
+    import tempfile
+
+    from ..loading import get_factory
+    from ..state import State
+
+    spec = cfg.source.factory or ""
+    fn = get_factory(spec)
+    try:
+        out = fn(**cfg.source.args)
+    except Exception as exc:  # noqa: BLE001 - the user's code: its error is the report
+        raise ConfigError(f"source.factory: {spec} raised {type(exc).__name__}: {exc}") from None
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise ConfigError(f"source.factory: {spec} must return (model, tokenizer); it returned {type(out).__name__}")
+    model, tok = out
+    if not hasattr(model, "save_pretrained") or not hasattr(tok, "save_pretrained"):
+        raise ConfigError(
+            f"source.factory: {spec} must return a transformers causal LM and its tokenizer "
+            f"(got {type(model).__name__}, {type(tok).__name__})"
+        )
+    root = State.resolve().root / "llm-sources" / cfg.name
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".saving-", dir=root))
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tok.save_pretrained(str(tmp))
+        final = root / sha256_path(tmp)[:32]
+        if final.is_dir():
+            return final
+        os.rename(tmp, final)
+        return final
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _data(cfg: LlmModelConfig) -> dict[str, Any]:

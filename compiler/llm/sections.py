@@ -2,19 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from ..sections import NAME_PATTERN, RetentionConfig, Section, VersionPolicy
+from ..sections import FACTORY_PATTERN, NAME_PATTERN, RetentionConfig, Section, VersionPolicy
 
 
 class LlmSource(Section):
-    checkpoint: str = Field(
+    checkpoint: str | None = Field(
+        default=None,
         min_length=1,
         description="a Hugging Face causal-LM folder (config.json, *.safetensors, tokenizer files), "
         "or pkg:<package>/<folder>",
     )
+    factory: str | None = Field(
+        default=None,
+        pattern=FACTORY_PATTERN,
+        description="module:function returning (model, tokenizer), a transformers causal LM and its tokenizer; "
+        "mscompile saves them as a Hugging Face folder (safetensors) and builds from that",
+    )
+    args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the factory")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> LlmSource:
+        if (self.checkpoint is None) == (self.factory is None):
+            raise ValueError(
+                "give exactly one of checkpoint (a Hugging Face folder, or pkg:...) and factory (module:function)"
+            )
+        if self.args and self.factory is None:
+            raise ValueError("args are the factory's keyword arguments: give a factory, or remove args")
+        return self
 
 
 class LlmValidation(Section):
