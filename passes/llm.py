@@ -248,17 +248,22 @@ class ProfileLlmVllm(Pass[HfModel, ProfileReport]):
             "profile", inp, cfg, prompts=ref["prompts"], new_tokens=cfg.new_tokens, batches=list(cfg.batches)
         )
         res = run_worker(req, ctx)
-        batches = [
-            {"batch": int(b), "tokens_per_s": r["tokens_per_s"], "seconds": r["seconds"], "tokens": r["tokens"]}
-            for b, r in res["profile"].items()
-        ]
-        path = ctx.workdir / "profile.json"
-        path.write_text(json.dumps({"runtime": "vllm", "batches": batches}, indent=2))
-        return PassResult(
-            path=path,
-            meta={"runtime": "vllm", "batches": batches},
-            metrics={f"tokens_per_s_b{b['batch']}": b["tokens_per_s"] for b in batches},
-        )
+        return profile_result("vllm", res, ctx)
+
+
+def profile_result(runtime: str, res: dict[str, Any], ctx: PassContext) -> PassResult[ProfileReport]:
+    """A worker's tokens/s per batch as the profile report (profile.json)."""
+    batches = [
+        {"batch": int(b), "tokens_per_s": r["tokens_per_s"], "seconds": r["seconds"], "tokens": r["tokens"]}
+        for b, r in res["profile"].items()
+    ]
+    path = ctx.workdir / "profile.json"
+    path.write_text(json.dumps({"runtime": runtime, "batches": batches}, indent=2))
+    return PassResult(
+        path=path,
+        meta={"runtime": runtime, "batches": batches},
+        metrics={f"tokens_per_s_b{b['batch']}": b["tokens_per_s"] for b in batches},
+    )
 
 
 LINEAR_SUFFIXES = (

@@ -26,7 +26,7 @@ from mscompile.llm.sections import LlmTolerance
 from mscompile.pipeline import Pass, PassContext, PassResult, Status
 from mscompile.sections import Section
 
-from .llm import gate_result
+from .llm import gate_result, profile_result
 
 # quantization -> (ModelOpt config name, the checkpoint's quant_algo as ModelOpt writes it)
 QUANT_CONFIGS = {
@@ -433,14 +433,4 @@ class ProfileLlmTrtllm(Pass[TrtllmEngine, ProfileReport]):
             "batches": list(cfg.batches),
         }
         res = run_trtllm_worker(req, ctx)
-        batches = [
-            {"batch": int(b), "tokens_per_s": r["tokens_per_s"], "seconds": r["seconds"], "tokens": r["tokens"]}
-            for b, r in res["profile"].items()
-        ]
-        path = ctx.workdir / "profile.json"
-        path.write_text(json.dumps({"runtime": "tensorrt-llm", "batches": batches}, indent=2))
-        return PassResult(
-            path=path,
-            meta={"runtime": "tensorrt-llm", "batches": batches},
-            metrics={f"tokens_per_s_b{b['batch']}": b["tokens_per_s"] for b in batches},
-        )
+        return profile_result("tensorrt-llm", res, ctx)
