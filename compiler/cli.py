@@ -364,7 +364,15 @@ def build(
         _run(
             ctx,
             lambda: _build_many(
-                ctx, list(configs), force, as_json, ray_address, cache_dir, quiet, require_all_targets, no_mlflow
+                ctx,
+                list(configs),
+                force,
+                as_json,
+                ray_address,
+                cache_dir,
+                quiet,
+                require_all_targets,
+                None if no_mlflow else (tracking_uri, experiment, mlflow_optional, mlflow_sync),
             ),
         )
         return
@@ -470,7 +478,7 @@ def _build_many(
     cache_dir: Path | None,
     quiet: bool,
     require_all_targets: bool,
-    no_mlflow: bool,
+    mlflow: tuple[str | None, str | None, bool, bool] | None,
 ) -> None:
     """Several models, or a farm: every config is checked first (exit 2 before any work);
     with --ray the shared steps run here, the targets on the cluster; then each model is
@@ -490,6 +498,20 @@ def _build_many(
         )
     base = BuildOptions(cache_dir=cache_dir.resolve() if cache_dir else None, force=force, quiet=quiet or as_json)
     say = (lambda m: None) if (quiet or as_json) else (lambda m: click.echo(m, err=True))
+    tracking: dict[str, Any] = {}
+    if mlflow is not None:  # every store is reachable before any work, as for one model
+        from .tracking import TrackingError, preflight, resolve
+
+        uri, experiment, optional, sync = mlflow
+        for cfg, _ in loaded:
+            settings = resolve(cfg, base.state.root, uri, experiment)
+            try:
+                preflight(settings)
+                tracking[cfg.name] = settings
+            except TrackingError as exc:
+                if not optional:
+                    raise
+                click.echo(f"warning: {exc}; building {cfg.name} without tracking (--mlflow-optional)", err=True)
     results: dict = {}
     farm = None
     with _json_stdout(as_json) as emit:
@@ -518,14 +540,13 @@ def _build_many(
 
                 builder = build_llm
             try:
+                started = time.time()
                 result = builder(cfg, path, opts)
-                if not no_mlflow:
-                    from .tracking import resolve
-
-                    settings = resolve(cfg, base.state.root, None, None)
-                    tracked = _track(settings, cfg, path, result, None, time.time(), base.state.root, True)
-                else:
-                    tracked = None
+                settings = tracking.get(cfg.name)
+                tracked = None
+                if settings is not None:
+                    sync = mlflow[3] or bool(os.environ.get("CI"))  # type: ignore[index]
+                    tracked = _track(settings, cfg, path, result, None, started, base.state.root, sync)
                 out = result.to_json()
                 if tracked is not None:
                     out["mlflow"] = tracked
@@ -533,6 +554,9 @@ def _build_many(
                 codes.append(0)
                 if not as_json:
                     print_summary(result)
+                    if tracked is not None:
+                        how = f"run {tracked['run_id']}" if tracked["run_id"] else "recorded in the background"
+                        click.echo(f"mlflow: {how}, experiment {tracked['experiment']!r} ({tracked['tracking_uri']})")
             except MscompileError as exc:
                 res = getattr(exc, "result", None)
                 summaries.append(dict(res.to_json() if res else {"model": cfg.name}, error=str(exc)))
