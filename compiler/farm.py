@@ -182,6 +182,13 @@ def run_target_here(config: str, target: str, kind: str | None, cache_dir: str, 
     }
 
 
+def _attempt_file(cache_dir: str, run: str, config: str, target: str, kind: str | None) -> Path:
+    """Where a task records its attempts (a line per start): the driver counts the
+    running tasks from these, the report the retries."""
+    name = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{run}/{config}/{target}/{kind}"))
+    return Path(cache_dir).parent / "farm" / "attempts" / name
+
+
 def farm_task(
     config: str, target: str, kind: str | None, cache_dir: str, cwd: str, force: bool, env: dict[str, str]
 ) -> dict[str, Any]:
@@ -189,12 +196,7 @@ def farm_task(
     they are); only a dead worker raises, and Ray retries that."""
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    attempt_file = (
-        Path(cache_dir).parent
-        / "farm"
-        / "attempts"
-        / f"{uuid.uuid5(uuid.NAMESPACE_URL, config + target + str(kind) + env.get('MSCOMPILE_FARM_RUN', ''))}"
-    )
+    attempt_file = _attempt_file(cache_dir, env.get("MSCOMPILE_FARM_RUN", ""), config, target, kind)
     attempt_file.parent.mkdir(parents=True, exist_ok=True)
     with open(attempt_file, "a") as f:
         f.write(f"{os.getpid()}\n")
@@ -241,7 +243,7 @@ class Farm:
                 ) from None
         try:
             if self.address_given in (None, "", "local"):
-                ray.init(include_dashboard=False, **kwargs)
+                ray.init(address="local", include_dashboard=False, **kwargs)  # a new one, never another's
             else:
                 ray.init(address=self.address_given, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -289,8 +291,20 @@ class Farm:
                 f"farm: {total} task(s) queued" + (f", {len(self.report.tasks)} skipped" if self.report.tasks else "")
             )
             done = 0
+            shown = (-1, -1)
             while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=2.0)
+                if not ready:
+                    running = sum(
+                        _attempt_file(
+                            str(self.cache_dir), env["MSCOMPILE_FARM_RUN"], str(t.config), t.target, t.kind
+                        ).exists()
+                        for t in pending.values()
+                    )
+                    if (running, done) != shown:
+                        shown = (running, done)
+                        self.say(f"farm: {len(pending) - running} queued, {running} running, {done} done")
+                    continue
                 ref = ready[0]
                 task = pending.pop(ref)
                 row = {"model": task.model, "target": task.target, "kind": task.kind, "key": task.key}

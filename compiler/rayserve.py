@@ -284,7 +284,7 @@ def serve_check_rayserve(
             say(f"serve run {folder / 'serve_config.yaml'} on 127.0.0.1:{port}")
             with open(log, "ab") as f:
                 proc = subprocess.Popen(
-                    [serve, "run", str(tmp)],
+                    [serve, "run", "--address", "local", str(tmp)],  # its own Ray, not one found on the machine
                     stdout=f,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,

@@ -26,32 +26,76 @@ class Cluster:
             "RAY_AUTH_TOKEN": secrets.token_hex(16),
         }
         self.ray = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
+        self.procs: list[subprocess.Popen] = []
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def _ray(self, *args: str) -> None:
-        r = subprocess.run(
-            [self.ray, *args], env={**os.environ, **self.env}, capture_output=True, text=True, timeout=180
+    def _node(self, *args: str) -> subprocess.Popen:
+        """One node, `ray start --block` in its own process group: stopping it stops only
+        this cluster's processes (never another Ray on the machine)."""
+        log = open(self.temp / f"node{len(self.procs)}.log", "wb")  # noqa: SIM115 - kept open for the node's life
+        proc = subprocess.Popen(
+            [self.ray, "start", "--block", *args],
+            env={**os.environ, **self.env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
-        if r.returncode != 0:
-            raise RuntimeError(f"ray {args[0]} {args[1]}: {(r.stderr or r.stdout).strip()[-800:]}")
+        self.procs.append(proc)
+        return proc
+
+    def _wait_for(self, cpus: float, timeout: float = 120.0) -> None:
+        """Until the cluster shows `cpus` CPUs (every node joined)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r = subprocess.run(
+                [self.ray, "status", f"--address={self.address}"],
+                env={**os.environ, **self.env},
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            if r.returncode == 0 and f"/{cpus:.1f} CPU" in r.stdout:
+                return
+            if any(p.poll() is not None for p in self.procs):
+                break
+            time.sleep(1.0)
+        logs = "\n".join(f.read_text(errors="replace")[-600:] for f in sorted(self.temp.glob("node*.log")))
+        self.stop()
+        raise RuntimeError(f"the Ray test cluster did not come up:\n{logs}")
 
     def start(self) -> Cluster:
         common = ["--node-ip-address=127.0.0.1", "--disable-usage-stats"]
-        self._ray(
-            "start", "--head", f"--port={self.port}", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false",
+        self._node(
+            "--head", f"--port={self.port}", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false",
             f"--temp-dir={self.temp}", "--object-store-memory=150000000", *common,
         )  # fmt: skip
-        self._ray(
-            "start", f"--address={self.address}", "--num-cpus=1", "--num-gpus=1",
+        self._wait_for(2.0)
+        self._node(
+            f"--address={self.address}", "--num-cpus=1", "--num-gpus=1",
             '--resources={"accelerator_type:H100": 1}', "--object-store-memory=80000000", *common,
         )  # fmt: skip
+        self._wait_for(3.0)
         return self
 
     def stop(self) -> None:
-        subprocess.run([self.ray, "stop", "--force"], capture_output=True, timeout=120, env={**os.environ, **self.env})
+        import signal
+
+        for proc in reversed(self.procs):
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(proc.pid, sig)
+                    proc.wait(timeout=30)
+                    break
+                except ProcessLookupError:
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        self.procs.clear()
         shutil.rmtree(self.temp, ignore_errors=True)
 
 
