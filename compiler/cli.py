@@ -354,13 +354,12 @@ def build(
     The build is recorded as an MLflow run unless --no-mlflow. Several CONFIGs build one
     after another, or, with --ray, as one farm."""
     from .build import BuildOptions
-    from .build import build as run_build
     from .config import load_config
     from .errors import AccuracyGateError, ConfigError, TargetSkippedError
 
     if len(configs) > 1 or ray_address is not None:
         if serve_check:
-            _fail(ConfigError("--serve-check: check one model at a time (mscompile serve-check CONFIG)"), False)
+            _run(ctx, _raise(ConfigError("--serve-check: check one model at a time (mscompile serve-check CONFIG)")))
         _run(
             ctx,
             lambda: _build_many(
@@ -386,27 +385,12 @@ def build(
             quiet=quiet or as_json,
             require_all_targets=require_all_targets,
         )
-        settings = None
         state = opts.state.root
-        if not no_mlflow:
-            from .tracking import TrackingError, preflight, resolve
-
-            settings = resolve(cfg, state, tracking_uri, experiment)
-            try:
-                preflight(settings)
-            except TrackingError as exc:
-                if not mlflow_optional:
-                    raise
-                click.echo(f"warning: {exc}; building without tracking (--mlflow-optional)", err=True)
-                settings = None
+        settings = None if no_mlflow else _tracking(cfg, state, tracking_uri, experiment, mlflow_optional)
         sync = mlflow_sync or bool(os.environ.get("CI"))
         started = time.time()
         result = None
-        builder = run_build
-        if getattr(cfg, "task", None) == "text-generation":
-            from .llm.build import build_llm
-
-            builder = build_llm  # the LLM pipeline
+        builder = _builder(cfg)
         with _json_stdout(as_json) as emit:
             try:
                 result = builder(cfg, config, opts)
@@ -457,8 +441,7 @@ def build(
         else:
             print_summary(result)
             if tracked is not None:
-                how = f"run {tracked['run_id']}" if tracked["run_id"] else "recorded in the background"
-                click.echo(f"mlflow: {how}, experiment {tracked['experiment']!r} ({tracked['tracking_uri']})")
+                click.echo(_mlflow_line(tracked))
             if checked is not None:
                 from .handoff import summary_lines
 
@@ -467,6 +450,45 @@ def build(
                 click.echo("serve-check: OK, the server answers within the gate")
 
     _run(ctx, go)
+
+
+def _raise(exc: Exception) -> Any:
+    def go() -> None:
+        raise exc
+
+    return go
+
+
+def _builder(cfg: Any) -> Any:
+    """The build pipeline for the config: ONNX targets, or the LLM pipeline."""
+    if getattr(cfg, "task", None) == "text-generation":
+        from .llm.build import build_llm
+
+        return build_llm
+    from .build import build
+
+    return build
+
+
+def _tracking(cfg: Any, state: Path, uri: str | None, experiment: str | None, optional: bool) -> Any:
+    """MLflow settings for the model, its store checked reachable before any work; None
+    when unreachable and --mlflow-optional (said)."""
+    from .tracking import TrackingError, preflight, resolve
+
+    settings = resolve(cfg, state, uri, experiment)
+    try:
+        preflight(settings)
+    except TrackingError as exc:
+        if not optional:
+            raise
+        click.echo(f"warning: {exc}; building {cfg.name} without tracking (--mlflow-optional)", err=True)
+        return None
+    return settings
+
+
+def _mlflow_line(tracked: dict[str, Any]) -> str:
+    how = f"run {tracked['run_id']}" if tracked["run_id"] else "recorded in the background"
+    return f"mlflow: {how}, experiment {tracked['experiment']!r} ({tracked['tracking_uri']})"
 
 
 def _build_many(
@@ -485,7 +507,6 @@ def _build_many(
     built (replayed from the cache) and published here. One summary; the exit code is the
     worst of the models' (2, 1, 3, 0)."""
     from .build import BuildOptions
-    from .build import build as run_build
     from .config import load_config
     from .errors import ConfigError
 
@@ -500,18 +521,8 @@ def _build_many(
     say = (lambda m: None) if (quiet or as_json) else (lambda m: click.echo(m, err=True))
     tracking: dict[str, Any] = {}
     if mlflow is not None:  # every store is reachable before any work, as for one model
-        from .tracking import TrackingError, preflight, resolve
-
-        uri, experiment, optional, sync = mlflow
-        for cfg, _ in loaded:
-            settings = resolve(cfg, base.state.root, uri, experiment)
-            try:
-                preflight(settings)
-                tracking[cfg.name] = settings
-            except TrackingError as exc:
-                if not optional:
-                    raise
-                click.echo(f"warning: {exc}; building {cfg.name} without tracking (--mlflow-optional)", err=True)
+        uri, experiment, optional, _ = mlflow
+        tracking = {cfg.name: _tracking(cfg, base.state.root, uri, experiment, optional) for cfg, _ in loaded}
     results: dict = {}
     farm = None
     with _json_stdout(as_json) as emit:
@@ -522,10 +533,10 @@ def _build_many(
                 run_shared(cfg, path, base, say)
             farm = Farm(ray_address, base.state.cache, say)
             results = farm.run(loaded, force)
+        from .farm import merge
+
         summaries, codes = [], []
         for cfg, path in loaded:
-            from .farm import merge
-
             remote = {target: merge(rs) for (p, target), rs in results.items() if p == path} if farm else None
             opts = BuildOptions(
                 cache_dir=base.cache_dir,
@@ -534,14 +545,9 @@ def _build_many(
                 require_all_targets=require_all_targets,
                 farm=remote,
             )
-            builder = run_build
-            if getattr(cfg, "task", None) == "text-generation":
-                from .llm.build import build_llm
-
-                builder = build_llm
             try:
                 started = time.time()
-                result = builder(cfg, path, opts)
+                result = _builder(cfg)(cfg, path, opts)
                 settings = tracking.get(cfg.name)
                 tracked = None
                 if settings is not None:
@@ -555,8 +561,7 @@ def _build_many(
                 if not as_json:
                     print_summary(result)
                     if tracked is not None:
-                        how = f"run {tracked['run_id']}" if tracked["run_id"] else "recorded in the background"
-                        click.echo(f"mlflow: {how}, experiment {tracked['experiment']!r} ({tracked['tracking_uri']})")
+                        click.echo(_mlflow_line(tracked))
             except MscompileError as exc:
                 res = getattr(exc, "result", None)
                 summaries.append(dict(res.to_json() if res else {"model": cfg.name}, error=str(exc)))

@@ -27,7 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, MscompileError
+from .artifacts import Artifact
+from .backends import TargetOutcome
+from .backends.base import farm_devices
+from .errors import ConfigError, FarmTaskError, MscompileError
+from .instruments import Instruments
+from .pipeline import Driver, Status
+from .targets import run_recipe
 
 RETRIES = 3  # a task whose worker process or node dies is run again up to this many times
 
@@ -43,6 +49,10 @@ class FarmTask:
     @property
     def key(self) -> str:
         return f"{self.model}/{self.target}" + (f"@{self.kind}" if self.kind else "")
+
+    def row(self, **result: Any) -> dict[str, Any]:
+        """The task's line in the farm report."""
+        return {"model": self.model, "target": self.target, "kind": self.kind, "key": self.key, **result}
 
 
 @dataclass
@@ -128,13 +138,9 @@ def _node_info() -> dict[str, Any]:
 def run_target_here(config: str, target: str, kind: str | None, cache_dir: str, force: bool) -> dict[str, Any]:
     """One target of one model, on this node, through the shared cache: the shared steps
     are found there (the driver ran them), the target's recipe and profile run here."""
-    from .backends import RecipeInputs, get
-    from .build import BuildOptions, assemble
-    from .cache import Cache
+    from .backends import get
+    from .build import BuildOptions
     from .config import load_config
-    from .instruments import Instruments
-    from .pipeline import Driver, Status
-    from .targets import run_recipe
 
     t0 = time.perf_counter()
     cfg = load_config(config)
@@ -148,23 +154,10 @@ def run_target_here(config: str, target: str, kind: str | None, cache_dir: str, 
     if not ok:
         return {"status": "SKIPPED", "reason": why, "fingerprint": fingerprint, "ran": [], **info}
     stamp = time.strftime("%Y%m%d-%H%M%S") + f"-farm-{target}" + (f"-{kind}" if kind else "")
-    log_dir = state.build_logs(cfg.name, stamp)
-    instruments = Instruments(log_dir / "events.jsonl", quiet=True)
-    cache = Cache(state.cache)
-    if getattr(cfg, "task", None) == "text-generation":
-        from .llm.build import describe_checkpoint, load_step
-
-        step = load_step(cfg)
-        driver = Driver(cache, instruments, log_dir=log_dir)
-        base = driver.run_step(step, describe_checkpoint(cfg)).output
-        recipe = backend.recipe(cfg, t, RecipeInputs(None, None, reference=step.id))  # type: ignore[arg-type]
-    else:
-        plan = assemble(cfg, state)
-        driver = Driver(cache, instruments, log_dir=log_dir, datasets=plan.datasets)
-        base = driver.run(plan.common, plan.source).output
-        recipe = plan.recipes[target]
+    driver, base, recipes = shared_steps(cfg, state, stamp, force=False)
     if base is None:
         raise ConfigError(f"{cfg.name}: the shared steps did not produce a model on this node")
+    recipe = recipes(t)
     shared = set(driver.records)
     driver.force = force  # --force re-runs the target's steps; the shared ones are the driver's
     out = run_recipe(driver, recipe, base)
@@ -276,9 +269,8 @@ class Farm:
             for cfg, path in models:
                 for task in tasks_for(cfg, path):
                     why = unschedulable(task, cluster)
-                    row = {"model": task.model, "target": task.target, "kind": task.kind, "key": task.key}
                     if why:
-                        res = dict(row, status="SKIPPED", reason=why, ran=[])
+                        res = task.row(status="SKIPPED", reason=why, ran=[])
                         results.setdefault((path, task.target), []).append(res)
                         self.report.tasks.append(res)
                         continue
@@ -307,12 +299,10 @@ class Farm:
                     continue
                 ref = ready[0]
                 task = pending.pop(ref)
-                row = {"model": task.model, "target": task.target, "kind": task.kind, "key": task.key}
                 try:
-                    res = dict(row, **ray.get(ref))
+                    res = task.row(**ray.get(ref))
                 except Exception as exc:  # noqa: BLE001 - the worker died more often than Ray retries
-                    res = dict(
-                        row,
+                    res = task.row(
                         status="ERROR",
                         error=f"the farm task died {RETRIES + 1} times ({type(exc).__name__}); see the Ray logs",
                         exit_code=1,
@@ -334,6 +324,82 @@ class Farm:
             ray.shutdown()
 
 
+def farm_fingerprints(remote: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {n: r["fingerprint"] for n, r in remote.items() if r.get("fingerprint") and r["status"] in ("OK", "FAIL")}
+
+
+def farm_outcome(
+    driver: Driver,
+    model: str,
+    target: str,
+    r: dict[str, Any],
+    recipe: Any,
+    base: Artifact,
+    instruments: Instruments,
+    rebuild: Any = None,
+) -> TargetOutcome:
+    """A target a farm node ran: its error or SKIPPED as the node said, else the recipe
+    replayed from the shared cache (a step that has to run here means the cache is not
+    shared: said, not hidden)."""
+    where = f" (farm node {r['host']})" if r.get("host") else ""
+    if r["status"] == "ERROR":
+        raise FarmTaskError(f"{model}/{target}{where}: {r.get('error')}", int(r.get("exit_code") or 1))
+    if r["status"] == "SKIPPED":
+        return TargetOutcome(Status.SKIPPED, reason=f"{r.get('reason')}{where}")
+    if r.get("kinds"):
+        return _farm_kinds(driver, model, target, r["kinds"], rebuild or (lambda: recipe), base, instruments)
+    before = set(driver.records)
+    out = run_recipe(driver, recipe, base)
+    ran = [
+        k
+        for k, rec in driver.records.items()
+        if k not in before and not rec.cached and rec.status is not Status.SKIPPED
+    ]
+    if ran:
+        instruments.warn(
+            f"{target}: {len(ran)} step(s) the farm ran were not in the cache here and ran on the driver "
+            f"({', '.join(ran)}); is the cache folder shared by every node?"
+        )
+    return out
+
+
+def _farm_kinds(
+    driver: Driver,
+    model: str,
+    target: str,
+    kinds: list[dict[str, Any]],
+    rebuild: Any,
+    base: Artifact,
+    instruments: Instruments,
+) -> TargetOutcome:
+    """A target built on several GPU kinds: each kind's recipe replayed from the cache with
+    that node's fingerprint; every kind must pass its gate; the engines go out as one
+    model (cc_model_filenames), keyed by compute capability."""
+    outs: list[tuple[dict[str, Any], TargetOutcome]] = []
+    for k in kinds:
+        with farm_devices({target: k["fingerprint"]}):
+            rec = rebuild()  # device-bound steps keyed with this kind's node
+            outs.append((k, farm_outcome(driver, model, target, dict(k, kinds=None), rec, base, instruments)))
+    bad = [(k, o) for k, o in outs if o.status is not Status.OK]
+    if bad:
+        k, o = bad[0]
+        o.reason = f"on {k['kind']}: {o.reason}"
+        return o
+    first = outs[0][1]
+    first.engines = {}
+    for k, o in outs:
+        cc = str(k["fingerprint"].get("compute_capability") or "")
+        if not cc or o.model is None:
+            raise FarmTaskError(f"{model}/{target}@{k['kind']}: the node reported no compute capability")
+        if cc in first.engines:
+            raise FarmTaskError(
+                f"{model}/{target}: GPU kinds with the same compute capability {cc} "
+                f"({', '.join(x['kind'] for x in kinds)}): one engine per capability; list one of them"
+            )
+        first.engines[cc] = o.model
+    return first
+
+
 def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
     """One target's outcome from its tasks (one per GPU kind)."""
     if len(results) == 1:
@@ -350,28 +416,37 @@ def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
     return dict(results[0], status="SKIPPED", reason=reasons)
 
 
-def run_shared(cfg: Any, path: Path, opts: Any, say: Any) -> None:
-    """The model's shared steps, here, into the cache the farm's nodes read."""
+def shared_steps(cfg: Any, state: Any, stamp: str, force: bool) -> tuple[Driver, Artifact | None, Any]:
+    """A model's shared steps through the cache (load, export, optimize; load_llm for an
+    LLM): (the driver that ran them, their output, target -> its recipe)."""
+    from .backends import RecipeInputs, get
     from .cache import Cache
-    from .instruments import Instruments
-    from .pipeline import Driver
 
-    state = opts.state
-    log_dir = state.build_logs(cfg.name, time.strftime("%Y%m%d-%H%M%S") + "-farm-shared")
+    log_dir = state.build_logs(cfg.name, stamp)
     instruments = Instruments(log_dir / "events.jsonl", quiet=True)
     if getattr(cfg, "task", None) == "text-generation":
         from .llm.build import describe_checkpoint, load_step
 
         step = load_step(cfg)
-        rec = Driver(Cache(state.cache), instruments, force=opts.force, log_dir=log_dir).run_step(
-            step, describe_checkpoint(cfg)
-        )
-    else:
-        from .build import assemble
+        driver = Driver(Cache(state.cache), instruments, force=force, log_dir=log_dir)
+        base = driver.run_step(step, describe_checkpoint(cfg, state)).output
+        inputs = RecipeInputs(None, None, reference=step.id)  # type: ignore[arg-type]
+        return driver, base, lambda t: get(t.backend).recipe(cfg, t, inputs)
+    from .build import assemble
+
+    plan = assemble(cfg, state)
+    driver = Driver(Cache(state.cache), instruments, force=force, log_dir=log_dir, datasets=plan.datasets)
+    base = driver.run(plan.common, plan.source).output
+    return driver, base, lambda t: plan.recipes[t.name]
+
+
+def run_shared(cfg: Any, path: Path, opts: Any, say: Any) -> None:
+    """The model's shared steps, here, into the cache the farm's nodes read."""
+    if getattr(cfg, "task", None) != "text-generation":
         from .publish import preflight
 
         preflight(cfg)
-        plan = assemble(cfg, state)
-        driver = Driver(Cache(state.cache), instruments, force=opts.force, log_dir=log_dir, datasets=plan.datasets)
-        rec = driver.run(plan.common, plan.source)
-    say(f"farm: {cfg.name}: shared steps {'from cache' if rec.cached else 'done'} ({rec.id})")
+    stamp = time.strftime("%Y%m%d-%H%M%S") + "-farm-shared"
+    driver, _, _ = shared_steps(cfg, opts.state, stamp, force=opts.force)
+    last = list(driver.records.values())[-1]
+    say(f"farm: {cfg.name}: shared steps {'from cache' if last.cached else 'done'} ({last.id})")

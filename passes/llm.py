@@ -115,6 +115,11 @@ class LoadLlm(Pass[HfSource, HfModel]):
         return PassResult(path=ctx.workdir, meta=meta, metrics={"reference_perplexity": ppl})
 
 
+def reference(ctx: PassContext) -> dict[str, Any]:
+    """The load_llm step's reference (token ids, log-likelihoods, greedy tokens), a side input."""
+    return json.loads((ctx.extras["reference"].path / "reference.json").read_text())
+
+
 def compare(
     ref: dict[str, Any], nll: list[list[float]], greedy: list[list[int]], tol: LlmTolerance
 ) -> tuple[dict, list[str]]:
@@ -218,7 +223,7 @@ class CheckLlmVllm(Pass[HfModel, ParityReport]):
     def run(self, inp: HfModel, cfg: VllmConfig, ctx: PassContext) -> PassResult[ParityReport]:
         from mscompile.llm.runner import run_worker
 
-        ref = json.loads((ctx.extras["reference"].path / "reference.json").read_text())
+        ref = reference(ctx)
         ctx.note(
             f"vLLM ({cfg.dtype}{', ' + cfg.quantization if cfg.quantization else ''}): "
             f"{len(ref['texts'])} passages, {len(ref['prompts'])} prompts"
@@ -242,7 +247,7 @@ class ProfileLlmVllm(Pass[HfModel, ProfileReport]):
     def run(self, inp: HfModel, cfg: VllmConfig, ctx: PassContext) -> PassResult[ProfileReport]:
         from mscompile.llm.runner import run_worker
 
-        ref = json.loads((ctx.extras["reference"].path / "reference.json").read_text())
+        ref = reference(ctx)
         ctx.note(f"vLLM tokens/s at batch {', '.join(map(str, cfg.batches))}")
         req = engine_request(
             "profile", inp, cfg, prompts=ref["prompts"], new_tokens=cfg.new_tokens, batches=list(cfg.batches)

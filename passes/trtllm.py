@@ -26,7 +26,7 @@ from mscompile.llm.sections import LlmTolerance
 from mscompile.pipeline import Pass, PassContext, PassResult, Status
 from mscompile.sections import Section
 
-from .llm import gate_result, profile_result
+from .llm import gate_result, profile_result, reference
 
 # quantization -> (ModelOpt config name, the checkpoint's quant_algo as ModelOpt writes it)
 QUANT_CONFIGS = {
@@ -252,7 +252,7 @@ class CheckLlmSimulated(Pass[TrtllmCheckpoint, ParityReport]):
         if not state.is_file():
             return PassResult(status=Status.SKIPPED, reason="not quantized: nothing to simulate")
         ref_dir = ctx.extras["reference"].path
-        ref = json.loads((ref_dir / "reference.json").read_text())
+        ref = reference(ctx)
         ctx.note(
             f"ModelOpt simulated quantization (PyTorch): {len(ref['texts'])} passages, {len(ref['prompts'])} prompts"
         )
@@ -373,10 +373,9 @@ class TrtllmRunConfig(Section):
     batches: tuple[int, ...] = (1, 8)
 
 
-def run_trtllm_worker(req: dict[str, Any], ctx: PassContext) -> dict[str, Any]:
-    from mscompile.llm.runner import TRTLLM_WORKER, _run_child
-
-    return _run_child((sys.executable, "this Python"), TRTLLM_WORKER, "TensorRT-LLM", req, ctx, 3600.0, {})
+def engine_request(mode: str, inp: TrtllmEngine, **rest: Any) -> dict[str, Any]:
+    """A TensorRT-LLM worker request for the engine at `inp`."""
+    return {"mode": mode, "engine": str(inp.path / "engine"), "tokenizer": str(inp.path / "tokenizer"), **rest}
 
 
 class CheckLlmTrtllm(Pass[TrtllmEngine, ParityReport]):
@@ -392,20 +391,15 @@ class CheckLlmTrtllm(Pass[TrtllmEngine, ParityReport]):
     device_dependent = True
 
     def run(self, inp: TrtllmEngine, cfg: TrtllmRunConfig, ctx: PassContext) -> PassResult[ParityReport]:
-        ok, reason = trtllm_status()
+        from mscompile.llm.runner import run_trtllm
+
+        ok, why = trtllm_status()
         if not ok:
-            return PassResult(status=Status.SKIPPED, reason=reason)
-        ref = json.loads((ctx.extras["reference"].path / "reference.json").read_text())
+            return PassResult(status=Status.SKIPPED, reason=why)
+        ref = reference(ctx)
         new_tokens = len(ref["greedy"][0]) if ref["greedy"] else cfg.new_tokens
-        req = {
-            "mode": "gate",
-            "engine": str(inp.path / "engine"),
-            "tokenizer": str(inp.path / "tokenizer"),
-            "texts": ref["texts"],
-            "prompts": ref["prompts"],
-            "new_tokens": new_tokens,
-        }
-        res = run_trtllm_worker(req, ctx)
+        req = engine_request("gate", inp, texts=ref["texts"], prompts=ref["prompts"], new_tokens=new_tokens)
+        res = run_trtllm(req, ctx)
         return gate_result("tensorrt-llm", ref, res["nll"], res["greedy"], cfg.tolerance, inp, ctx)
 
 
@@ -420,17 +414,12 @@ class ProfileLlmTrtllm(Pass[TrtllmEngine, ProfileReport]):
     device_dependent = True
 
     def run(self, inp: TrtllmEngine, cfg: TrtllmRunConfig, ctx: PassContext) -> PassResult[ProfileReport]:
-        ok, reason = trtllm_status()
+        from mscompile.llm.runner import run_trtllm
+
+        ok, why = trtllm_status()
         if not ok:
-            return PassResult(status=Status.SKIPPED, reason=reason)
-        ref = json.loads((ctx.extras["reference"].path / "reference.json").read_text())
-        req = {
-            "mode": "profile",
-            "engine": str(inp.path / "engine"),
-            "tokenizer": str(inp.path / "tokenizer"),
-            "prompts": ref["prompts"],
-            "new_tokens": cfg.new_tokens,
-            "batches": list(cfg.batches),
-        }
-        res = run_trtllm_worker(req, ctx)
-        return profile_result("tensorrt-llm", res, ctx)
+            return PassResult(status=Status.SKIPPED, reason=why)
+        req = engine_request(
+            "profile", inp, prompts=reference(ctx)["prompts"], new_tokens=cfg.new_tokens, batches=list(cfg.batches)
+        )
+        return profile_result("tensorrt-llm", run_trtllm(req, ctx), ctx)

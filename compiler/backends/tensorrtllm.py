@@ -122,19 +122,14 @@ class TensorRTLLMBackend(Backend):
         return dict(gpu_fingerprint(), tensorrt_llm=version)
 
     def export_settings(self, cfg: Any, t: TrtLlmTarget) -> Any:
-        from mscompile.passes.llm import read_lines
         from mscompile.passes.trtllm import TrtllmExportConfig
 
-        from ..config import resolve_path
-        from ..errors import ConfigError
+        from ..llm.config import text_file
 
         texts: list[str] = []
         max_tokens = 256
         if t.quantization != "none":
-            path = resolve_path(cfg.calibration.text)
-            if not path.is_file():
-                raise ConfigError(f"calibration.text: {path} not found; check the path")
-            texts = read_lines(str(path))[: cfg.calibration.samples]
+            texts = text_file("calibration.text", cfg.calibration.text)[1][: cfg.calibration.samples]
             max_tokens = cfg.calibration.max_tokens
         return TrtllmExportConfig(
             quantization=t.quantization,
@@ -228,27 +223,24 @@ class TensorRTLLMBackend(Backend):
         def at(version: int | str, model_dir: str) -> str:
             return f"{model_dir}/{version}"
 
-        return [
-            ServedModel(
-                n.preprocessing,
-                r.preprocessing_config(n, t, "<version folder>"),
+        def step(role: str, build: Any) -> ServedModel:  # a python model beside its tokenizer files
+            return ServedModel(
+                getattr(n, role),
+                build(n, t, "<version folder>"),
                 dict(tok_files),
-                templates={"model.py": lambda v, d: r.step_model_py("preprocessing", t.python_path)},
-                configure=lambda v, d: r.preprocessing_config(n, t, at(v, d)),
-            ),
+                templates={"model.py": lambda v, d: r.step_model_py(role, t.python_path)},
+                configure=lambda v, d: build(n, t, at(v, d)),
+            )
+
+        return [
+            step("preprocessing", r.preprocessing_config),
             ServedModel(
                 n.tensorrt_llm,
                 r.tensorrt_llm_config(n, t, "<version folder>"),
                 dict(engine_files),
                 configure=lambda v, d: r.tensorrt_llm_config(n, t, at(v, d)),
             ),
-            ServedModel(
-                n.postprocessing,
-                r.postprocessing_config(n, t, "<version folder>"),
-                dict(tok_files),
-                templates={"model.py": lambda v, d: r.step_model_py("postprocessing", t.python_path)},
-                configure=lambda v, d: r.postprocessing_config(n, t, at(v, d)),
-            ),
+            step("postprocessing", r.postprocessing_config),
             ServedModel(n.ensemble, r.ensemble_config(n, t), {}),
         ]
 

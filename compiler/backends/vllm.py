@@ -99,14 +99,11 @@ class VllmBackend(Backend):
 
         from mscompile.passes.llm import LlmCompressorConfig
 
-        from ..config import resolve_path
-        from ..errors import ConfigError
+        from ..llm.config import text_file
 
         if t.quantization not in CALIBRATED:
             return LlmCompressorConfig(scheme=t.quantization, calibration="", calibration_sha256="", samples=0)
-        path = resolve_path(cfg.calibration.text)
-        if not path.is_file():
-            raise ConfigError(f"calibration.text: {path} not found; check the path")
+        path, _ = text_file("calibration.text", cfg.calibration.text)
         return LlmCompressorConfig(
             scheme=t.quantization,
             calibration=str(path),

@@ -18,33 +18,30 @@ from .. import __version__
 from ..artifacts import HfSource, sha256_path, walk_files
 from ..backends import RecipeInputs, TargetOutcome, get
 from ..backends.base import farm_devices
-from ..build import (
-    BuildOptions,
-    BuildResult,
-    Variant,
-    farm_fingerprints,
-    farm_outcome,
-    make_variant,
-    stop_on_failures,
-)
+from ..build import BuildOptions, BuildResult, Variant, make_variant, stop_on_failures
 from ..cache import Cache
 from ..config import resolve_path
 from ..errors import AccuracyGateError, ConfigError
+from ..farm import farm_fingerprints, farm_outcome
 from ..instruments import Instruments
 from ..pipeline import Driver, Status, Step
 from ..targets import run_recipe
-from .config import LlmModelConfig
+from .config import LlmModelConfig, text_file
 
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def describe_checkpoint(cfg: LlmModelConfig) -> HfSource:
+def describe_checkpoint(cfg: LlmModelConfig, state: Any = None) -> HfSource:
+    """The checkpoint folder (a factory's output is saved under `state`, the build's state
+    folder; default: the one --cache-dir / $MSCOMPILE_HOME name)."""
     from ..loading import resolve_checkpoint
 
     if cfg.source.factory is not None:
-        path = factory_checkpoint(cfg)
+        from ..state import State
+
+        path = factory_checkpoint(cfg, state or State.resolve())
     else:
         path = resolve_checkpoint(cfg.source.checkpoint or "", "source.checkpoint", folder=True)
     if not path.is_dir() or not (path / "config.json").is_file():
@@ -57,7 +54,7 @@ def describe_checkpoint(cfg: LlmModelConfig) -> HfSource:
     return HfSource(path, sha256_path(path), {"files": sum(1 for _ in walk_files(path))})
 
 
-def factory_checkpoint(cfg: LlmModelConfig) -> Path:
+def factory_checkpoint(cfg: LlmModelConfig, state: Any) -> Path:
     """Run source.factory and save what it returns as a Hugging Face folder in the state
     folder, named by its content (the same model is the same folder, so the build's
     cache keys follow the weights, not the run)."""
@@ -66,7 +63,6 @@ def factory_checkpoint(cfg: LlmModelConfig) -> Path:
     import tempfile
 
     from ..loading import get_factory
-    from ..state import State
 
     spec = cfg.source.factory or ""
     fn = get_factory(spec)
@@ -82,7 +78,7 @@ def factory_checkpoint(cfg: LlmModelConfig) -> Path:
             f"source.factory: {spec} must return a transformers causal LM and its tokenizer "
             f"(got {type(model).__name__}, {type(tok).__name__})"
         )
-    root = State.resolve().root / "llm-sources" / cfg.name
+    root = state.root / "llm-sources" / cfg.name
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".saving-", dir=root))
     try:
@@ -98,24 +94,10 @@ def factory_checkpoint(cfg: LlmModelConfig) -> Path:
 
 
 def _data(cfg: LlmModelConfig) -> dict[str, Any]:
-    from mscompile.passes.llm import read_lines
-
     v = cfg.validation
-    out = {}
-    for key, value in (("validation.text", v.text), ("validation.prompts", v.prompts)):
-        p = resolve_path(value)
-        if not p.is_file():
-            raise ConfigError(f"{key}: {p} not found; check the path (relative paths start at the working directory)")
-        try:
-            lines = read_lines(str(p))
-        except (ValueError, KeyError) as exc:
-            raise ConfigError(
-                f"{key}: {p} is not one passage per line (or JSON lines with a 'text' key): {exc}"
-            ) from None
-        if not lines:
-            raise ConfigError(f"{key}: {p} holds no text")
-        out[key] = p
-    return out
+    return {
+        key: text_file(key, value)[0] for key, value in (("validation.text", v.text), ("validation.prompts", v.prompts))
+    }
 
 
 def load_step(cfg: LlmModelConfig) -> Step:
@@ -168,7 +150,7 @@ def build_llm(cfg: LlmModelConfig, config_path: Path, opts: BuildOptions) -> Bui
     names = [t.name for t in cfg.targets]
     if cfg.triton.deploy not in (None, "fastest") and cfg.triton.deploy not in names:
         raise ConfigError(f"triton.deploy: {cfg.triton.deploy!r} is neither fastest nor a target ({', '.join(names)})")
-    source = describe_checkpoint(cfg)
+    source = describe_checkpoint(cfg, state)
     step = load_step(cfg)
     remote = opts.farm or {}
     with farm_devices(farm_fingerprints(remote)):
@@ -290,7 +272,7 @@ def plan_llm(cfg: LlmModelConfig, opts: BuildOptions) -> dict[str, Any]:
 
     state = opts.state
     driver = Driver(Cache(state.cache), Instruments(None, quiet=True), force=opts.force, log_dir=state.logs / "plan")
-    source = describe_checkpoint(cfg)
+    source = describe_checkpoint(cfg, state)
     step = load_step(cfg)
     how, key, base = driver.plan_step(step, source)
     rows = [{"step": step.id, "pass": step.pass_cls.name, "action": how, "key": key, "target": None}]

@@ -104,6 +104,11 @@ def run_llmcompressor(req: dict[str, Any], ctx: Any, timeout: float = 3600.0) ->
     return _run_child(llmcompressor_python(), LLMC_WORKER, "llmcompressor", req, ctx, timeout, env)
 
 
+def run_trtllm(req: dict[str, Any], ctx: Any, timeout: float = 3600.0) -> dict[str, Any]:
+    """One TensorRT-LLM engine request (trtllm_worker.py: gate, profile), under this Python."""
+    return _run_child((sys.executable, "this Python"), TRTLLM_WORKER, "TensorRT-LLM", req, ctx, timeout, {})
+
+
 def check_engine_args(model_json: dict[str, Any], scratch: Path, log_path: Path) -> str | None:
     """vLLM's own AsyncEngineArgs(**model_json).create_engine_config(): None when it
     accepts the file, else its error. Raises RuntimeError when vLLM is absent."""

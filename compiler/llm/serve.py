@@ -102,7 +102,7 @@ def serve_check_llm(cfg: Any, state: Any, version: int | None, concurrency: int,
     # the reference: the build's cached load_llm step (the same token ids and greedy tokens)
     log_dir = state.build_logs(cfg.name, "serve-check-" + time.strftime("%Y%m%d-%H%M%S"))
     driver = Driver(Cache(state.cache), Instruments(log_dir / "events.jsonl", quiet=True), log_dir=log_dir)
-    rec = driver.run_step(load_step(cfg), describe_checkpoint(cfg))
+    rec = driver.run_step(load_step(cfg), describe_checkpoint(cfg, state))
     ref = json.loads((rec.output.path / "reference.json").read_text())  # type: ignore[union-attr]
     model_json = json.loads((version_dir / "model.json").read_text())
     progress(f"starting vLLM's OpenAI server on {version_dir} (dtype {model_json.get('dtype')})")

@@ -213,11 +213,20 @@ def _params(mc: Any, values: dict[str, str]) -> None:
         mc.parameters[k].string_value = v
 
 
-def preprocessing_config(n: Names, t: Any, tokenizer_dir: str) -> Any:
+def _python_step(name: str, t: Any, params: dict[str, str]) -> Any:
+    """A pre/postprocessing model: python backend, CPU instances, its parameters."""
     from ..tritonrepo.config import _pb
 
     pb = _pb()
-    mc = pb.ModelConfig(name=n.preprocessing, backend="python", max_batch_size=t.max_batch_size)
+    mc = pb.ModelConfig(name=name, backend="python", max_batch_size=t.max_batch_size)
+    _params(mc, params)
+    mc.instance_group.add(kind=pb.ModelInstanceGroup.KIND_CPU, count=t.step_instances)
+    return mc
+
+
+def preprocessing_config(n: Names, t: Any, tokenizer_dir: str) -> Any:
+    special = "true" if t.add_special_tokens else "false"
+    mc = _python_step(n.preprocessing, t, {"tokenizer_dir": tokenizer_dir, "add_special_tokens": special})
     _io(mc.input, "QUERY", "TYPE_STRING", [1])
     _io(mc.input, "REQUEST_OUTPUT_LEN", "TYPE_INT32", [1])
     _io(mc.input, "END_ID", "TYPE_INT32", [1], optional=True)
@@ -227,33 +236,15 @@ def preprocessing_config(n: Names, t: Any, tokenizer_dir: str) -> Any:
     _io(mc.output, "REQUEST_OUTPUT_LEN", "TYPE_INT32", [1])
     _io(mc.output, "OUT_END_ID", "TYPE_INT32", [1])
     _io(mc.output, "OUT_PAD_ID", "TYPE_INT32", [1])
-    _params(
-        mc,
-        {
-            "tokenizer_dir": tokenizer_dir,
-            "add_special_tokens": "true" if t.add_special_tokens else "false",
-        },
-    )
-    mc.instance_group.add(kind=pb.ModelInstanceGroup.KIND_CPU, count=t.step_instances)
     return mc
 
 
 def postprocessing_config(n: Names, t: Any, tokenizer_dir: str) -> Any:
-    from ..tritonrepo.config import _pb
-
-    pb = _pb()
-    mc = pb.ModelConfig(name=n.postprocessing, backend="python", max_batch_size=t.max_batch_size)
+    skip = "true" if t.skip_special_tokens else "false"
+    mc = _python_step(n.postprocessing, t, {"tokenizer_dir": tokenizer_dir, "skip_special_tokens": skip})
     _io(mc.input, "TOKENS_BATCH", "TYPE_INT32", [-1, -1])
     _io(mc.input, "SEQUENCE_LENGTH", "TYPE_INT32", [-1])
     _io(mc.output, "OUTPUT", "TYPE_STRING", [-1])
-    _params(
-        mc,
-        {
-            "tokenizer_dir": tokenizer_dir,
-            "skip_special_tokens": "true" if t.skip_special_tokens else "false",
-        },
-    )
-    mc.instance_group.add(kind=pb.ModelInstanceGroup.KIND_CPU, count=t.step_instances)
     return mc
 
 
