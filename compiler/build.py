@@ -285,6 +285,11 @@ def build(cfg: ModelConfig, config_path: Path, opts: BuildOptions) -> BuildResul
                 rebuild=lambda t=t, inputs=inputs: get(t.backend).recipe(cfg, t, inputs),
             )
         else:
+            if getattr(t, "gpus", None):
+                instruments.warn(
+                    f"{t.name}.gpus: engines for several GPU kinds are built by a farm (build --ray); "
+                    "this build makes one engine, for the GPU here"
+                )
             ok, why = availability[t.name]
             out = run_recipe(driver, recipe, base_model) if ok else TargetOutcome(Status.SKIPPED, reason=why)
         variants.append(make_variant(driver, t, t.precision, out, recipe.served_by))

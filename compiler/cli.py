@@ -481,7 +481,7 @@ def _tracking(cfg: Any, state: Path, uri: str | None, experiment: str | None, op
     except TrackingError as exc:
         if not optional:
             raise
-        click.echo(f"warning: {exc}; building {cfg.name} without tracking (--mlflow-optional)", err=True)
+        click.echo(f"warning: {exc}; building without tracking (--mlflow-optional)", err=True)
         return None
     return settings
 

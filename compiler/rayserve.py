@@ -280,6 +280,11 @@ def serve_check_rayserve(
             tmp.parent.mkdir(parents=True, exist_ok=True)
             tmp.write_text(yaml.safe_dump(conf, sort_keys=False))
             serve = shutil.which("serve") or str(Path(sys.executable).with_name("serve"))
+            if not Path(serve).is_file():
+                raise ConfigError(
+                    "serve-check --rayserve: Ray Serve's `serve` command is not installed: pip install "
+                    "'mscompile[ray]', or give --url of a running Serve proxy"
+                )
             say(f"serve run {folder / 'serve_config.yaml'} on 127.0.0.1:{port}")
             with open(log, "ab") as f:
                 proc = subprocess.Popen(

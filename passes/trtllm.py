@@ -61,9 +61,12 @@ TRTLLM_MISSING = (
 def decoder_type(model_dir: Path) -> str:
     model_type = json.loads((model_dir / "config.json").read_text()).get("model_type", "?")
     if model_type not in DECODER_TYPES:
-        raise ValueError(
+        from mscompile.errors import ConfigError
+
+        raise ConfigError(
+            f"source.checkpoint: a tensorrtllm target needs a model ModelOpt can export; "
             f"ModelOpt's TensorRT-LLM export has no decoder type for model_type {model_type!r} "
-            f"(known here: {', '.join(sorted(DECODER_TYPES))})"
+            f"(known here: {', '.join(sorted(DECODER_TYPES))}); build it for vLLM instead"
         )
     return DECODER_TYPES[model_type]
 
