@@ -10,10 +10,23 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+
+def module_argv(module: str, *args: str) -> list[str]:
+    """`python -P -m module args` under this Python: -P keeps the working directory
+    off sys.path, so a `mlflow.py` or `json.py` left there is never imported."""
+    return [sys.executable, "-P", "-m", module, *args]
+
+
+def safe_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for any Python child (ours or a tool's): PYTHONSAFEPATH=1 keeps
+    the working directory (for -m/-c) and a script's own folder off its sys.path."""
+    return {**(os.environ if env is None else env), "PYTHONSAFEPATH": "1"}
 
 
 def run_child(target: str, kwargs: dict[str, Any], log_path: Path, timeout: float = 3600) -> None:
@@ -22,7 +35,11 @@ def run_child(target: str, kwargs: dict[str, Any], log_path: Path, timeout: floa
     spec.write_text(json.dumps({"target": target, "kwargs": kwargs}))
     with open(log_path, "ab") as log:
         proc = subprocess.run(
-            [sys.executable, "-m", "mscompile.child", str(spec)], stdout=log, stderr=subprocess.STDOUT, timeout=timeout
+            module_argv("mscompile.child", str(spec)),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=timeout,
+            env=safe_env(),
         )
     if proc.returncode != 0:
         lines = log_path.read_text(errors="replace").strip().splitlines()

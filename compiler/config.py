@@ -168,6 +168,17 @@ def _pipeline_problems(cfg: ModelConfig, where: str) -> list[str]:
         out.append(f"{key}.validation: {pc.validation!r} must be a .txt or .npz file")
     if pc.name is not None and not re.fullmatch(NAME_PATTERN, pc.name):
         out.append(f"{key}.name: {pc.name!r} is not a valid model name")
+    # every model the unit publishes has its own folder: one name may not stand for two
+    from .ensemble import unit_names
+
+    seen: dict[str, str] = {}
+    for role, name in unit_names(cfg).items():
+        if name in seen:
+            out.append(
+                f"{key}.name: the {role} would be published as {name!r}, the name of the {seen[name]}; "
+                "give the pipeline another name"
+            )
+        seen.setdefault(name, role)
     return out
 
 

@@ -42,6 +42,10 @@ NP_TRITON = {
 }
 
 
+# names mscompile writes in a step's version folder itself
+RESERVED_FILES = ("model.py", "build_manifest.json", "members.json")
+
+
 def ensemble_name(cfg: ModelConfig) -> str:
     assert cfg.pipeline is not None
     return cfg.pipeline.name or f"{cfg.name}_pipeline"
@@ -59,12 +63,24 @@ def step_names(cfg: ModelConfig) -> dict[str, str]:
     return out
 
 
+def unit_names(cfg: ModelConfig) -> dict[str, str]:
+    """role -> Triton model name of every model the unit publishes: the model, its
+    steps and the ensemble (roles as recorded in each version's build_manifest.json)."""
+    steps = step_names(cfg)
+    out = {"model": cfg.name}
+    for label in ("preprocess", "postprocess"):
+        if label in steps:
+            out[f"pipeline step {label}"] = steps[label]
+    out["ensemble"] = ensemble_name(cfg)
+    return out
+
+
 # -- the step code ---------------------------------------------------------------------
 
 
 def step_sources(step: PipelineStep, key: str) -> dict[str, Path]:
     """File name in the version folder -> source: the function's module and its files."""
-    from .loading import _cwd_on_path, resolve_checkpoint
+    from .loading import _cwd_on_path, resolve_shipped_file
 
     module, _, _fn = step.function.partition(":")
     with _cwd_on_path():
@@ -73,8 +89,8 @@ def step_sources(step: PipelineStep, key: str) -> dict[str, Path]:
         raise ConfigError(f"{key}.function: module {module!r} is not an importable .py file; fix the module path")
     out = {Path(spec.origin).name: Path(spec.origin)}
     for j, f in enumerate(step.files):
-        path = resolve_checkpoint(f, f"{key}.files[{j}]")
-        if path.name in out or path.name == "model.py":
+        path = resolve_shipped_file(f, f"{key}.files[{j}]")
+        if path.name in out or path.name in RESERVED_FILES:
             raise ConfigError(f"{key}.files[{j}]: {path.name!r} clashes with another file of the step; rename it")
         out[path.name] = path
     return out

@@ -61,6 +61,55 @@ def resolve_checkpoint(spec: str, key: str = "source.checkpoint", folder: bool =
     return path
 
 
+PSEUDO_ROOTS = ("/proc", "/sys", "/dev", "/run")
+ALLOWED_ROOTS_ENV = "MSCOMPILE_FILES_ROOT"  # extra folders step files may come from (os.pathsep-separated)
+
+
+def resolve_shipped_file(spec: str, key: str) -> Path:
+    """A file a model.yaml line asks to publish (a pipeline step's `files`): a line is
+    data, not code, so the file must be a regular file whose real path stays inside the
+    working directory, the named package (pkg:) or a folder listed in
+    $MSCOMPILE_FILES_ROOT; no link on the way, no device or pseudo file (/proc, /sys)."""
+    if spec.startswith("pkg:"):
+        path = resolve_checkpoint(spec, key)  # the package is installed, the path stays inside it
+        pkg, _, inner = spec[4:].partition("/")
+        found = importlib.util.find_spec(pkg)
+        assert found is not None and found.submodule_search_locations
+        base = Path(next(iter(found.submodule_search_locations))).resolve()
+        roots = [base]
+        lexical = Path(os.path.normpath(base / inner))
+    else:
+        given = Path(spec).expanduser()
+        lexical = Path(os.path.normpath(given if given.is_absolute() else Path(os.getcwd()) / given))
+        roots = [Path(os.getcwd()).resolve()]
+        roots += [Path(r).resolve() for r in os.environ.get(ALLOWED_ROOTS_ENV, "").split(os.pathsep) if r]
+        path = Path(os.path.realpath(lexical))
+    fix = f"copy the file into the project folder ({roots[0]}) and name it there" + (
+        f", or list its folder in ${ALLOWED_ROOTS_ENV}" if not spec.startswith("pkg:") else ""
+    )
+    if any(str(path) == r or str(path).startswith(r + "/") for r in PSEUDO_ROOTS):
+        raise ConfigError(f"{key}: {spec!r} is a device or pseudo file ({path}); only regular files are published")
+    if path != lexical:
+        raise ConfigError(f"{key}: {spec!r} goes through a symbolic link (to {path}); links are not published: {fix}")
+    if not any(r == path or r in path.parents for r in roots):
+        raise ConfigError(
+            f"{key}: {spec!r} is outside the folders step files may come from ({', '.join(map(str, roots))}): {fix}"
+        )
+    import stat
+
+    try:
+        st = os.stat(path)
+    except OSError:
+        raise ConfigError(
+            f"{key}: file {path} not found; check the path (relative paths start at the working directory)"
+        ) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{key}: {spec!r} is not a regular file ({path}); only regular files are published")
+    if st.st_size > MAX_CHECKPOINT_BYTES:
+        raise ConfigError(f"{key}: {path} is {st.st_size / 2**30:.1f} GiB, above the 8 GiB limit")
+    return path
+
+
 @contextmanager
 def _cwd_on_path():
     cwd = os.getcwd()

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .artifacts import Artifact
 from .backends import ServedModel, get
 from .config import ModelConfig, resolve_path
 from .tritonrepo.config import to_text
-from .tritonrepo.writer import Published, publish, versions
+from .tritonrepo.writer import MANIFEST, Published, publish, versions
 
 
 @dataclass
@@ -54,13 +55,35 @@ def preflight(cfg: ModelConfig) -> None:
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
         raise ConfigError(f"{key}: {repo} cannot be written ({probe} is read-only); choose a writable folder")
     names = [n for n, _ in deployment_names(cfg, [t.name for t in cfg.targets])]
-    specific = set(cfg.triton.version_policy.specific or []) if cfg.triton.version_policy else set()
-    for n in names:
+    units = {n: "model" for n in names}
+    if cfg.pipeline is not None:
+        from .ensemble import step_sources, unit_names
+
+        units.update({n: role for role, n in unit_names(cfg).items() if role != "model"})
+        for label in ("preprocess", "postprocess"):  # the files it would publish, before any work
+            step = getattr(cfg.pipeline, label)
+            if step is not None:
+                step_sources(step, f"pipeline.{label}")
+    for n, role in units.items():
+        key = "name" if role == "model" else "pipeline.name"
         d = repo / n
         if d.is_symlink() or (d.exists() and not d.is_dir()):
             raise ConfigError(
-                f"name: {d} exists and is not a model folder (a file or a link); remove it or rename the model"
+                f"{key}: {d} exists and is not a model folder (a file or a link); remove it or choose another name"
             )
+        owner = repository_owner(d)
+        mine = (cfg.name, role.replace(" preprocess", "").replace(" postprocess", ""))
+        # the model's own folder may hold what the writer handles (hand edits, planted links);
+        # a pipeline unit never takes a folder it did not publish
+        if owner is not None and owner != mine and not (role == "model" and owner == ("", "")):
+            what = f"the {owner[1]} of model {owner[0]!r}" if owner[0] else "not published by mscompile"
+            raise ConfigError(
+                f"{key}: {d} is {what}; this build would publish its {role} there. Choose another name "
+                "(or remove that folder)"
+            )
+    specific = set(cfg.triton.version_policy.specific or []) if cfg.triton.version_policy else set()
+    for n in names:
+        d = repo / n
         existing = versions(d)
         possible = [*existing, (existing[-1] + 1) if existing else 1]
         if specific and not specific & set(possible):
@@ -69,6 +92,22 @@ def preflight(cfg: ModelConfig) -> None:
                 f"{', '.join(map(str, existing)) or 'none'}; this build would add {possible[-1]}); Triton would "
                 "serve nothing. Name an existing version, or use latest"
             )
+
+
+def repository_owner(model_dir: Path) -> tuple[str, str] | None:
+    """(model.yaml name, role) of the unit that published `model_dir` (its latest
+    version's build_manifest.json); ("", "") for a model folder mscompile did not
+    write; None for a folder that serves nothing yet (free to take)."""
+    import json
+
+    vs = versions(model_dir)
+    if not vs:
+        return ("", "") if (model_dir / "config.pbtxt").exists() else None
+    try:
+        m = json.loads((model_dir / str(vs[-1]) / MANIFEST).read_text())
+        return str(m["config"]["name"]), str(m.get("role", "model"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return ("", "")
 
 
 def write_repository(cfg: ModelConfig, deployments: list[Deployment], manifest: dict[str, Any]) -> list[Published]:

@@ -236,16 +236,24 @@ def submit(record: dict[str, Any], state_dir: Path, sync: bool) -> dict[str, Any
     if sync:
         run_id = log_spooled(path)
         return {"run_id": run_id, "pending": None}
-    log = d / f"{record['id']}.log"
-    with open(log, "ab") as out:
-        subprocess.Popen(
-            [sys.executable, "-m", "mscompile.tracking", str(path)],
+    spawn_logger(path)
+    return {"run_id": None, "pending": str(path)}
+
+
+def spawn_logger(path: Path) -> subprocess.Popen:
+    """The detached logger for one spooled record; it imports nothing from the
+    working directory (-P)."""
+    from .child import module_argv, safe_env
+
+    with open(path.with_suffix(".log"), "ab") as out:
+        return subprocess.Popen(
+            module_argv("mscompile.tracking", str(path)),
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            env=safe_env(),
         )
-    return {"run_id": None, "pending": str(path)}
 
 
 def flush(state_dir: Path, warn: Any = None) -> int:

@@ -23,6 +23,7 @@ from typing import Literal
 from mscompile import __version__
 from mscompile.artifacts import OnnxModel, TrtEngine
 from mscompile.backends.tensorrt import ProfileConfig, TensorRTConfig
+from mscompile.child import safe_env
 from mscompile.config import IOSpec, Section
 from mscompile.pipeline import Pass, PassContext, PassResult, Status
 
@@ -123,7 +124,9 @@ class BuildTensorRT(Pass[OnnxModel, TrtEngine]):
         ctx.note(f"building a {cfg.precision} engine ({len(cfg.profiles)} profile(s)) in a child process")
         t0 = time.perf_counter()
         with open(ctx.log_path, "ab") as log:
-            proc = subprocess.run([sys.executable, str(script), str(plan)], stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.run(
+                [sys.executable, str(script), str(plan)], stdout=log, stderr=subprocess.STDOUT, env=safe_env()
+            )
         if proc.returncode != 0 or not plan.is_file():
             tail = Path(ctx.log_path).read_text(errors="replace").strip().splitlines()[-5:]
             raise RuntimeError(f"TensorRT build failed (exit {proc.returncode}): {' | '.join(tail)}; rerun {script}")

@@ -22,6 +22,7 @@ from typing import Any
 
 from mscompile import __version__
 from mscompile.artifacts import HfModel, ParityReport, ProfileReport, TrtllmCheckpoint, TrtllmEngine
+from mscompile.child import safe_env
 from mscompile.llm.sections import LlmTolerance
 from mscompile.pipeline import Pass, PassContext, PassResult, Status
 from mscompile.sections import Section
@@ -179,7 +180,9 @@ class ExportTrtllmCheckpoint(Pass[HfModel, TrtllmCheckpoint]):
         )
         ctx.note(f"ModelOpt ({what}) -> TensorRT-LLM checkpoint ({cfg.dtype}, tp {cfg.tp_size}) in a child process")
         with open(ctx.log_path, "ab") as log:
-            proc = subprocess.run([sys.executable, str(script), str(out)], stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.run(
+                [sys.executable, str(script), str(out)], stdout=log, stderr=subprocess.STDOUT, env=safe_env()
+            )
         conf_path = out / "checkpoint" / "config.json"
         if proc.returncode != 0 or not conf_path.is_file():
             tail = Path(ctx.log_path).read_text(errors="replace").strip().splitlines()[-3:]
@@ -352,7 +355,7 @@ class BuildTrtllmEngine(Pass[TrtllmCheckpoint, TrtllmEngine]):
         ctx.note(f"trtllm-build (max batch {cfg.max_batch_size}, max sequence {cfg.max_seq_len}) in a child process")
         t0 = time.perf_counter()
         with open(ctx.log_path, "ab") as log:
-            proc = subprocess.run(["bash", str(script)], stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.run(["bash", str(script)], stdout=log, stderr=subprocess.STDOUT, env=safe_env())
         if proc.returncode != 0 or not (engine / "config.json").is_file():
             tail = Path(ctx.log_path).read_text(errors="replace").strip().splitlines()[-5:]
             raise RuntimeError(f"trtllm-build failed (exit {proc.returncode}): {' | '.join(tail)}; rerun {script}")

@@ -285,6 +285,10 @@ PIPELINE_PROBLEMS = [
     ),
     (lambda d: _with_pipeline(d, validation="raw.csv"), "pipeline.validation: 'raw.csv' must be a .txt or .npz file"),
     (lambda d: _with_pipeline(d, name="bad name!"), "pipeline.name: 'bad name!' is not a valid model name"),
+    (
+        lambda d: _with_pipeline(d, name=d["name"]),
+        "pipeline.name: the ensemble would be published as 'digits', the name of the model",
+    ),
 ]
 
 

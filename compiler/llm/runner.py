@@ -63,7 +63,9 @@ def _run_child(
     work.mkdir(parents=True, exist_ok=True)
     req_path, res_path = work / f"{label}_request.json", work / f"{label}_result.json"
     req_path.write_text(json.dumps(req))
-    full = dict(os.environ, **env)
+    from ..child import safe_env
+
+    full = safe_env(dict(os.environ, **env))
     full.pop("PYTHONPATH", None)  # the worker is self-contained; mscompile's path would shadow the tool's packages
     with open(ctx.log_path, "ab") as log:
         proc = subprocess.run(

@@ -8,7 +8,6 @@ HTTP API does not give for prompts, so it is the build's figure)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 import urllib.error
@@ -42,7 +41,9 @@ class VllmServer:
 
     def __enter__(self) -> VllmServer:
         self.port = free_port()
-        env = dict(os.environ)
+        from ..child import safe_env
+
+        env = safe_env()  # nothing from the working directory in the server's Python
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         env.pop("PYTHONPATH", None)
         self.log.parent.mkdir(parents=True, exist_ok=True)
