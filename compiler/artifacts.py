@@ -63,6 +63,13 @@ class Artifact:
     meta: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     kind: ClassVar[str] = "artifact"
+    model_name: ClassVar[str] = ""  # the file a runtime opens, inside `path` (model.onnx, model.xml, model.plan)
+
+    @property
+    def model_file(self) -> Path:
+        if not self.model_name:
+            raise TypeError(f"a {self.kind} is not a model a runtime opens")
+        return self.path / self.model_name
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -144,6 +151,7 @@ class OnnxModel(Artifact):
     meta: io (names, dtypes, dims), opset, node_count, precision."""
 
     kind: ClassVar[str] = "onnx_model"
+    model_name: ClassVar[str] = "model.onnx"
 
     @property
     def onnx_file(self) -> Path:
@@ -167,6 +175,7 @@ class TrtEngine(Artifact):
     build flags, profiles) and reproduce.py (the script that built it)."""
 
     kind: ClassVar[str] = "trt_engine"
+    model_name: ClassVar[str] = "model.plan"
 
     @property
     def plan_file(self) -> Path:
@@ -178,6 +187,7 @@ class OpenVinoModel(Artifact):
     """Folder: model.xml + model.bin (OpenVINO IR). meta: io, precision, quantization."""
 
     kind: ClassVar[str] = "openvino_model"
+    model_name: ClassVar[str] = "model.xml"
 
 
 @dataclass(frozen=True)

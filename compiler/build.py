@@ -11,14 +11,13 @@ from __future__ import annotations
 import os
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .artifacts import Artifact, Dataset, OnnxModel, ParityReport, TorchSource, size_of
+from .artifacts import Artifact, Dataset, ParityReport, TorchSource, size_of
 from .backends import Recipe, RecipeInputs, TargetOutcome, get
-from .backends.base import farm_devices
 from .cache import Cache
 from .config import ModelConfig
 from .data import describe_dataset
@@ -26,21 +25,9 @@ from .errors import AccuracyGateError, ConfigError, TargetSkippedError
 from .farm import farm_fingerprints, farm_outcome
 from .instruments import Instruments
 from .loading import describe_source
-from .pipeline import Driver, Pipeline, Status, Step, StepRecord, library_versions
+from .pipeline import Driver, Pipeline, Status, Step, StepRecord, tracked_libraries
 from .state import State
-from .targets import plan_recipe, run_recipe
-
-TRACKED_LIBRARIES = (
-    "torch",
-    "onnx",
-    "onnxruntime",
-    "onnxslim",
-    "onnxscript",
-    "numpy",
-    "tritonclient",
-    "openvino",
-    "nncf",
-)
+from .targets import plan_rows, run_recipe
 
 
 @dataclass
@@ -184,7 +171,7 @@ def _check_calibration_once(cfg: ModelConfig, calibration: Dataset, state: State
     return feeds
 
 
-def assemble(cfg: ModelConfig, state: State | None = None) -> Plan:
+def assemble(cfg: ModelConfig, state: State | None = None, devices: dict[str, Any] | None = None) -> Plan:
     """Describe the inputs (digests), check the calibration set, and build the
     type-checked pipelines and every target's recipe. Raises ConfigError for bad
     input before any work."""
@@ -218,7 +205,9 @@ def assemble(cfg: ModelConfig, state: State | None = None) -> Plan:
         ],
         input_type=TorchSource,
     )
-    inputs = RecipeInputs(validation=validation, calibration=calibration, reference=common.steps[0].id)
+    inputs = RecipeInputs(
+        validation=validation, calibration=calibration, reference=common.steps[0].id, devices=devices or {}
+    )
     recipes = {}
     for t in cfg.targets:  # every recipe is built and type-checked before anything runs
         recipe = get(t.backend).recipe(cfg, t, inputs)
@@ -257,8 +246,7 @@ def build(cfg: ModelConfig, config_path: Path, opts: BuildOptions) -> BuildResul
 
     preflight(cfg)  # where it will publish, before any work
     remote = opts.farm or {}
-    with farm_devices(farm_fingerprints(remote)):
-        plan = assemble(cfg, state)
+    plan = assemble(cfg, state, devices=farm_fingerprints(remote))
     # whether this machine can build each target, before any pass runs (the farm's nodes
     # answered for the targets they ran)
     availability = {t.name: get(t.backend).available(t) for t in cfg.targets if t.name not in remote}
@@ -274,6 +262,7 @@ def build(cfg: ModelConfig, config_path: Path, opts: BuildOptions) -> BuildResul
         recipe = plan.recipes[t.name]
         if t.name in remote:
             inputs = RecipeInputs(plan.validation, plan.calibration, reference=plan.common.steps[0].id)
+
             out = farm_outcome(
                 driver,
                 cfg.name,
@@ -282,7 +271,9 @@ def build(cfg: ModelConfig, config_path: Path, opts: BuildOptions) -> BuildResul
                 recipe,
                 base_model,
                 instruments,
-                rebuild=lambda t=t, inputs=inputs: get(t.backend).recipe(cfg, t, inputs),
+                rebuild=lambda fingerprint, t=t, inputs=inputs: get(t.backend).recipe(
+                    cfg, t, replace(inputs, devices={t.name: fingerprint})
+                ),
             )
         else:
             if getattr(t, "gpus", None):
@@ -318,7 +309,7 @@ def build(cfg: ModelConfig, config_path: Path, opts: BuildOptions) -> BuildResul
     if not chosen:
         reasons = "; ".join(f"{v.target}: {v.status.value} {v.reason}" for v in variants)
         err2 = AccuracyGateError(f"no variant passed, nothing was published ({reasons})")
-        err2.result = result  # type: ignore[attr-defined]
+        err2.result = result
         raise err2
 
     by_name = {v.target: v for v in variants}
@@ -331,7 +322,8 @@ def build(cfg: ModelConfig, config_path: Path, opts: BuildOptions) -> BuildResul
     if cfg.pipeline is not None:
         from .ensemble import chain_gate
 
-        rep = chain_gate(cfg, deployments[0].model, instruments.say)
+        deployed = next(t for t in cfg.targets if t.name == deployments[0].target)
+        rep = chain_gate(cfg, deployed, deployments[0].model, instruments.say)
         result.pipeline = rep
         instruments.say(
             f"pipeline {rep['ensemble']}: {'OK' if rep['passed'] else 'FAIL'} on {rep['samples']} raw samples "
@@ -343,8 +335,12 @@ def build(cfg: ModelConfig, config_path: Path, opts: BuildOptions) -> BuildResul
                 f"pipeline: the chain {rep['ensemble']} (preprocess -> {deployments[0].target} -> postprocess) "
                 f"misses its gate against the PyTorch chain: {'; '.join(rep['failures'])}; nothing was published"
             )
-            err4.result = result  # type: ignore[attr-defined]
+            err4.result = result
             raise err4
+    if cfg.rayserve is not None:  # the app can serve what is deployed, before anything is published
+        from .rayserve import servable
+
+        servable(cfg, next(t for t in cfg.targets if t.name == deployments[0].target))
     manifest = build_manifest(cfg, config_path, plan, result)
     if result.pipeline is not None:
         manifest["pipeline"] = result.pipeline
@@ -410,7 +406,7 @@ def stop_on_failures(result: BuildResult, opts: BuildOptions, instruments: Instr
             + "\n  ".join(f"{v.target}: {v.reason}" for v in failed_hard)
             + "\n(loosen the target's tolerance, or set on_fail: skip to leave the variant out)"
         )
-        err.result = result  # type: ignore[attr-defined]
+        err.result = result
         raise err
     skipped = [v for v in variants if v.status is Status.SKIPPED]
     if skipped and opts.require_all_targets:
@@ -419,7 +415,7 @@ def stop_on_failures(result: BuildResult, opts: BuildOptions, instruments: Instr
             "--require-all-targets: nothing was published, these targets were skipped:\n  "
             + "\n  ".join(f"{v.target}: {v.reason}" for v in skipped)
         )
-        err3.result = result  # type: ignore[attr-defined]
+        err3.result = result
         raise err3
 
 
@@ -456,7 +452,7 @@ def choose(cfg: ModelConfig, passing: list[Variant]) -> list[str]:
         timed = [v for v in passing if selection_batch(cfg, v) is not None]
         if not timed:
             return [passing[0].target]
-        return [min(timed, key=lambda v: selection_batch(cfg, v)["p50_ms"]).target]  # type: ignore[index]
+        return [min(timed, key=lambda v: get(v.backend).speed.rank(selection_batch(cfg, v) or {})).target]
     return [passing[0].target]
 
 
@@ -469,7 +465,8 @@ def selection_note(cfg: ModelConfig, variants: list[Variant], chosen: str) -> st
     for v in variants:
         row = selection_batch(cfg, v) if v.status is Status.OK else None
         if row:
-            parts.append(f"{v.target} {row['p50_ms']:.2f} ms p50 at batch {row['batch']}")
+            speed = get(v.backend).speed
+            parts.append(f"{v.target} {speed.fmt(row)} ({speed.key}) at batch {row['batch']}")
     return ", ".join(parts)
 
 
@@ -492,7 +489,7 @@ def build_manifest(cfg: ModelConfig, config_path: Path, plan: Plan, result: Buil
             },
             "validation": {"path": str(plan.validation.path), "digest": plan.validation.digest},
         },
-        "libraries": library_versions(TRACKED_LIBRARIES),
+        "libraries": tracked_libraries([*plan.common.steps, *(s for r in plan.recipes.values() for s in r.planned())]),
         "passes": [r.to_json() for r in result.records],
         "variants": [v.to_json() for v in result.variants],
         "lineage": {r.id: r.key for r in result.records},
@@ -518,13 +515,9 @@ def plan_build(cfg: ModelConfig, opts: BuildOptions) -> dict[str, Any]:
         rows.append({"step": step.id, "pass": step.pass_cls.name, "action": how, "key": key, "target": None})
     base: Artifact | None = driver.outputs.get(plan.common.steps[-1].id)
     for t in cfg.targets:
-        ok, why = get(t.backend).available(t)
-        for step, how, key in plan_recipe(driver, plan.recipes[t.name], base):
-            row = {"step": step.id, "pass": step.pass_cls.name, "action": how if ok else "skip", "key": key}
-            row.update(target=t.name, reason="" if ok else why)
-            rows.append(row)
+        rows += plan_rows(driver, plan.recipes[t.name], base, get(t.backend), t)
 
-    if isinstance(base, OnnxModel):
+    if base is not None and "io" in base.meta:  # the shared graph is cached
         io_sig, io_source = base.meta["io"], "the cached ONNX graph"
     else:
         from .validate import probe_io

@@ -19,6 +19,7 @@ import click
 
 from . import __version__
 from .errors import EXIT_FAILURE, MscompileError
+from .tasks import task_of
 
 CONFIG_ARG = click.argument("config", type=click.Path(path_type=Path))
 
@@ -49,22 +50,20 @@ def _fmt_parity(metrics: dict[str, Any]) -> str:
     return " ".join(parts) or "-"
 
 
-def _fmt_latency(v: Any) -> str:
+def _fmt_speed(v: Any) -> str:
+    """The variant's profile per batch, in the figure its backend measures (p50 ms, tok/s)."""
+    from .backends import get
+
     if not v.profile:
         return "-"
-    if v.profile.get("runtime") == "vllm":
-        return " ".join(f"b{r['batch']}:{r['tokens_per_s']:.0f}tok/s" for r in v.profile["batches"])
-    return " ".join(
-        f"b{r['batch']}:{r['p50_ms']:.2f}ms" for r in sorted(v.profile["batches"], key=lambda r: r["batch"])
-    )
+    speed = get(v.backend).speed
+    return " ".join(f"b{r['batch']}:{speed.fmt(r)}" for r in sorted(v.profile["batches"], key=lambda r: r["batch"]))
 
 
 def print_summary(result: Any) -> None:
     from .build import passes_ran
 
-    rows = [
-        ("variant", "backend", "precision", "size", "gated on", "parity vs PyTorch", "p50 latency", "status", "cached")
-    ]
+    rows = [("variant", "backend", "precision", "size", "gated on", "parity vs PyTorch", "speed", "status", "cached")]
     for v in result.variants:
         j = v.to_json()
         rows.append(
@@ -75,7 +74,7 @@ def print_summary(result: Any) -> None:
                 _fmt_size(j["size_bytes"]),
                 "+".join(v.gated_on) or "-",
                 _fmt_parity(j["metrics"]),
-                _fmt_latency(v),
+                _fmt_speed(v),
                 j["status"],
                 "yes" if j["cached"] else "no",
             )
@@ -232,59 +231,6 @@ def _server_opts(f: Any) -> Any:
     return f
 
 
-def _check_options(url, grpc_url, protocol, concurrency, load_timeout, model_name, version, say) -> Any:
-    from .handoff import CheckOptions
-
-    return CheckOptions(
-        http_url=url if protocol in ("both", "http") else None,
-        grpc_url=grpc_url if protocol in ("both", "grpc") else None,
-        model_name=model_name,
-        version=version,
-        concurrency=concurrency,
-        load_timeout=load_timeout,
-        progress=say,
-    )
-
-
-def run_serve_check(
-    cfg: Any,
-    state: Any,
-    *,
-    url,
-    grpc_url,
-    tritonserver,
-    tritonserver_args,
-    protocol,
-    concurrency,
-    load_timeout,
-    model_name,
-    version,
-    say,
-) -> dict[str, Any]:
-    """serve-check against --url/--grpc-url, or a tritonserver started on loopback for it."""
-    from .config import resolve_path
-    from .handoff import LocalServer, ServeLoadError, find_tritonserver, serve_check
-
-    if url or grpc_url:
-        opts = _check_options(url, grpc_url, protocol, concurrency, load_timeout, model_name, version, say)
-        return serve_check(cfg, state, opts)
-    binary = find_tritonserver(tritonserver)
-    log = state.logs / f"tritonserver-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
-    say(f"starting {binary} on loopback (explicit model control, no auto-complete); log {log}")
-    with LocalServer(binary, resolve_path(cfg.triton.repository), log, tritonserver_args) as server:
-        opts = _check_options(
-            server.http_url, server.grpc_url, protocol, concurrency, load_timeout, model_name, version, say
-        )
-        opts.server_log = lambda: server.log_tail(200)
-        try:
-            out = serve_check(cfg, state, opts)
-        except ServeLoadError as exc:
-            exc.args = (f"{exc} (server log: {log})",)
-            raise
-        out["server"] = {"binary": str(binary), "log": str(log)}
-        return out
-
-
 @main.command()
 @click.argument("configs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="CONFIG...")
 @click.option("--force", is_flag=True, help="Re-run every pass, ignoring cached results.")
@@ -395,7 +341,7 @@ def build(
             try:
                 result = builder(cfg, config, opts)
             except BaseException as exc:
-                res = getattr(exc, "result", None)
+                res = exc.result
                 if settings is not None and isinstance(exc, MscompileError):
                     _track(settings, cfg, config, res, exc, started, state, sync)
                 if isinstance(exc, (AccuracyGateError, TargetSkippedError)) and res is not None:
@@ -411,24 +357,19 @@ def build(
 
                 say = (lambda m: None) if as_json else (lambda m: click.echo(f"  {m}", err=True))
                 try:
-                    if getattr(cfg, "task", None) == "text-generation":
-                        from .llm.serve import serve_check_llm
-
-                        checked = serve_check_llm(cfg, opts.state, None, server["concurrency"], say)
-                    else:
-                        checked = run_serve_check(cfg, opts.state, version=None, say=say, **server)
+                    checked = task_of(cfg).serve_check(cfg, opts.state, None, say, server)
                 except MscompileError as exc:
                     if as_json:
                         emit(
                             json.dumps(
-                                dict(result.to_json(), serve_check=getattr(exc, "summary", None), error=str(exc)),
+                                dict(result.to_json(), serve_check=exc.summary, error=str(exc)),
                                 indent=2,
                                 default=str,
                             )
                         )
                     else:
                         print_summary(result)
-                        for line in summary_lines(getattr(exc, "summary", None) or {"model": cfg.name, "version": "?"}):
+                        for line in summary_lines(exc.summary or {"model": cfg.name, "version": "?"}):
                             click.echo(line)
                     raise
         if as_json:
@@ -460,14 +401,8 @@ def _raise(exc: Exception) -> Any:
 
 
 def _builder(cfg: Any) -> Any:
-    """The build pipeline for the config: ONNX targets, or the LLM pipeline."""
-    if getattr(cfg, "task", None) == "text-generation":
-        from .llm.build import build_llm
-
-        return build_llm
-    from .build import build
-
-    return build
+    """The build of the config's task."""
+    return task_of(cfg).build
 
 
 def _tracking(cfg: Any, state: Path, uri: str | None, experiment: str | None, optional: bool) -> Any:
@@ -563,7 +498,7 @@ def _build_many(
                     if tracked is not None:
                         click.echo(_mlflow_line(tracked))
             except MscompileError as exc:
-                res = getattr(exc, "result", None)
+                res = exc.result
                 summaries.append(dict(res.to_json() if res else {"model": cfg.name}, error=str(exc)))
                 codes.append(exc.exit_code)
                 if not as_json:
@@ -594,19 +529,12 @@ def _build_many(
 @click.pass_context
 def validate(ctx: click.Context, config: Path) -> None:
     """Check CONFIG, its files, the factory and the declared shapes, without building."""
-    from .validate import validate_all
 
     def go() -> None:
         from .config import load_config
 
         cfg = load_config(config)
-        if getattr(cfg, "task", None) == "text-generation":
-            from .llm.build import validate_llm
-
-            lines = validate_llm(cfg, config)
-        else:
-            lines = validate_all(config)
-        for line in lines:
+        for line in task_of(cfg).validate(cfg, config):
             click.echo(line)
 
     _run(ctx, go)
@@ -621,18 +549,15 @@ def validate(ctx: click.Context, config: Path) -> None:
 def plan(ctx: click.Context, config: Path, force: bool, cache_dir: Path | None, as_json: bool) -> None:
     """Dry run: which passes would run, which come from the cache, and per target
     the TensorRT profiles and the config.pbtxt it would write."""
-    from .build import BuildOptions, plan_build
+    from .build import BuildOptions
     from .config import load_config
 
     def go() -> None:
         cfg = load_config(config)
-        planner = plan_build
-        if getattr(cfg, "task", None) == "text-generation":
-            from .llm.build import plan_llm
-
-            planner = plan_llm
         with _json_stdout(as_json):
-            result = planner(cfg, BuildOptions(cache_dir=cache_dir.resolve() if cache_dir else None, force=force))
+            result = task_of(cfg).plan(
+                cfg, BuildOptions(cache_dir=cache_dir.resolve() if cache_dir else None, force=force)
+            )
         if as_json:
             click.echo(json.dumps(result, indent=2))
             return
@@ -789,30 +714,18 @@ def serve_check_cmd(
 
             def check() -> Any:
                 return serve_check_rayserve(cfg, state, kw.get("url"), version, kw["concurrency"], say)
-        elif getattr(cfg, "task", None) == "text-generation":
-            if kw.get("url") or kw.get("grpc_url"):
-                from .errors import ConfigError
-
-                raise ConfigError(
-                    "serve-check --url: checking an LLM on a running Triton vllm backend is not built yet; "
-                    "without --url, serve-check serves the published checkpoint with vLLM's OpenAI server on loopback"
-                )
-            from .llm.serve import serve_check_llm
-
-            def check() -> Any:
-                return serve_check_llm(cfg, state, version, kw["concurrency"], say)
         else:
 
             def check() -> Any:
-                return run_serve_check(cfg, state, version=version, say=say, **kw)
+                return task_of(cfg).serve_check(cfg, state, version, say, kw)
 
         with _json_stdout(as_json) as emit:
             try:
                 out = check()
             except MscompileError as exc:
-                if as_json and getattr(exc, "summary", None):
+                if as_json and exc.summary:
                     emit(dumps(dict(exc.summary, error=str(exc))))
-                elif getattr(exc, "summary", None):
+                elif exc.summary:
                     for line in summary_lines(exc.summary):
                         click.echo(line)
                 raise
@@ -840,7 +753,6 @@ def deploy(
     reads the same repository (--url/--grpc-url): load it, serve-check it, and when
     either fails put back the versions it served before (exit 1 or 3)."""
     from .config import load_config
-    from .handoff import deploy as run_deploy
     from .handoff import dumps, summary_lines
     from .state import State
 
@@ -850,30 +762,13 @@ def deploy(
 
             raise ConfigError("deploy: give --url and/or --grpc-url of the running server that reads this repository")
         cfg = load_config(config)
-        if getattr(cfg, "task", None) == "text-generation":
-            from .errors import ConfigError
-
-            raise ConfigError(
-                f"{config}: deploy hands ONNX/OpenVINO/TensorRT models to Triton; for a text-generation model, "
-                "publish with build and check it with serve-check (vLLM's OpenAI server on loopback)"
-            )
         state = State.resolve(cache_dir)
         say = (lambda m: None) if as_json else (lambda m: click.echo(f"  {m}", err=True))
-        opts = _check_options(
-            kw["url"],
-            kw["grpc_url"],
-            kw["protocol"],
-            kw["concurrency"],
-            kw["load_timeout"],
-            kw["model_name"],
-            version,
-            say,
-        )
         with _json_stdout(as_json) as emit:
             try:
-                out = run_deploy(cfg, state, opts)
+                out = task_of(cfg).deploy(cfg, state, version, say, kw)
             except MscompileError as exc:
-                if as_json and getattr(exc, "summary", None):
+                if as_json and exc.summary:
                     emit(dumps(dict(exc.summary, error=str(exc))))
                 raise
         if as_json:
@@ -900,8 +795,14 @@ def doctor() -> None:
 
 
 @main.command()
-def schema() -> None:
-    """Print the JSON Schema of model.yaml (for editors)."""
+@click.option("--markdown", is_flag=True, help="The reference page (docs/reference/model-yaml.md) instead.")
+def schema(markdown: bool) -> None:
+    """Print the JSON Schema of model.yaml, every task's (for editors)."""
+    if markdown:
+        from .reference import markdown as page
+
+        click.echo(page(), nl=False)
+        return
     from .config import json_schema
 
     click.echo(json.dumps(json_schema(), indent=2))

@@ -14,7 +14,7 @@ import difflib
 import re
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, field_validator
@@ -63,9 +63,9 @@ def _backend_of(value: Any) -> str | None:
 
 
 def _target_union() -> Any:
-    from .backends import all_backends
+    from .backends import backends_of
 
-    members = tuple(Annotated[b.Target, Tag(name)] for name, b in all_backends().items() if b.task != "text-generation")
+    members = tuple(Annotated[b.Target, Tag(name)] for name, b in backends_of("tensor").items())
     return Annotated[Union[members], Discriminator(_backend_of)]  # noqa: UP007 - built at run time
 
 
@@ -74,6 +74,9 @@ TargetConfig = _target_union()
 
 class ModelConfig(Section):
     name: str
+    task: Literal["tensor"] = Field(
+        default="tensor", description="tensor (the default) or text-generation (a language model)"
+    )
     source: SourceConfig
     inputs: list[InputSpec] = Field(min_length=1)
     outputs: list[OutputSpec] = Field(min_length=1)
@@ -408,63 +411,81 @@ def _describe(err: dict[str, Any], where: str) -> str:
     return f"{where}: {path}: {msg}{shown}"
 
 
-def _llm_backends() -> list[str]:
+def _task_of_backend(data: dict[str, Any], where: str, task: Any) -> list[str]:
+    """Targets whose backend serves another task than the config's: one line each."""
     from .backends import all_backends
+    from .tasks import get_task
 
-    return [n for n, b in all_backends().items() if b.task == "text-generation"]
+    out = []
+    for i, t in enumerate(data.get("targets") or []):
+        b = all_backends().get(t.get("backend", "")) if isinstance(t, dict) else None
+        if b is None or b.task == task.name:
+            continue
+        other = get_task(b.task)
+        if other.backends_do:
+            out.append(f"{where}: targets[{i}].backend: {b.name!r} {other.backends_do}; add task: {other.name}")
+        else:
+            out.append(
+                f"{where}: targets[{i}].backend: {b.name!r} does not serve task: {task.name}; "
+                f"use one of {', '.join(sorted(n for n, x in all_backends().items() if x.task == task.name))}"
+            )
+    return out
 
 
-def _parse_llm(data: dict[str, Any], where: str) -> Any:
+def _validated(model: Any, data: dict[str, Any], where: str) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        # pydantic reports each failed union member; keep one line per key path
+        problems = list(dict.fromkeys(_describe(e, where) for e in exc.errors()))
+        raise ConfigError(problems[0], problems=problems) from None
+
+
+def parse_llm(data: dict[str, Any], where: str) -> Any:
+    """model.yaml of task: text-generation (the task registry calls this)."""
     from .backends import get
     from .llm.config import LlmModelConfig
 
-    for i, t in enumerate(data.get("targets") or []):
-        if isinstance(t, dict) and t.get("backend", "vllm") not in _llm_backends():
-            raise ConfigError(
-                f"{where}: targets[{i}].backend: {t.get('backend')!r} does not serve task: text-generation; "
-                f"use one of {', '.join(_llm_backends())}"
-            )
-    try:
-        cfg = LlmModelConfig.model_validate(data)
-    except ValidationError as exc:
-        problems = list(dict.fromkeys(_describe(e, where) for e in exc.errors()))
-        raise ConfigError(problems[0], problems=problems) from None
+    cfg = _validated(LlmModelConfig, data, where)
     problems = []
     names = [t.name for t in cfg.targets]
     for i, t in enumerate(cfg.targets):
         if names.index(t.name) != i:
             problems.append(f"{where}: targets[{i}].name: {t.name!r} is used twice; target names must be unique")
         problems += get(t.backend).problems(cfg, t, f"{where}: targets[{i}]")
+    if cfg.triton.deploy not in (None, "fastest") and cfg.triton.deploy not in names:
+        problems.append(
+            f"{where}: triton.deploy: {cfg.triton.deploy!r} is neither fastest nor a target ({', '.join(names)})"
+        )
     if problems:
         raise ConfigError(problems[0], problems=problems)
     return cfg
 
 
-def parse_config(data: Any, where: str = "model.yaml") -> ModelConfig:
-    """Validate a parsed YAML document; raise ConfigError listing every problem."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: the top level must be a mapping of keys (name, source, ...)")
-    if data.get("task") == "text-generation":
-        return _parse_llm(data, where)
-    llm = [
-        f"{where}: targets[{i}].backend: {t.get('backend')!r} builds language models; add task: text-generation "
-        "(an LLM model.yaml: source.checkpoint a Hugging Face folder, validation text and prompts)"
-        for i, t in enumerate(data.get("targets") or [])
-        if isinstance(t, dict) and t.get("backend") in _llm_backends()
-    ]
-    if llm:
-        raise ConfigError(llm[0], problems=llm)
-    try:
-        cfg = ModelConfig.model_validate(data)
-    except ValidationError as exc:
-        problems = [_describe(e, where) for e in exc.errors()]
-        # pydantic reports each failed union member; keep one line per key path
-        unique = list(dict.fromkeys(problems))
-        raise ConfigError(unique[0], problems=unique) from None
+def parse_tensor(data: dict[str, Any], where: str) -> ModelConfig:
+    """model.yaml of task: tensor (the default)."""
+    cfg = _validated(ModelConfig, data, where)
     problems = semantic_problems(cfg, where)
     if problems:
         raise ConfigError(problems[0], problems=problems)
     return cfg
+
+
+def parse_config(data: Any, where: str = "model.yaml") -> Any:
+    """Validate a parsed YAML document with its task's parser; raise ConfigError listing
+    every problem."""
+    from .tasks import DEFAULT_TASK, all_tasks
+
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: the top level must be a mapping of keys (name, source, ...)")
+    name = data.get("task", DEFAULT_TASK)
+    task = all_tasks().get(name) if isinstance(name, str) else None
+    if task is None:
+        raise ConfigError(f"{where}: task: {name!r} is not a task here; use one of {', '.join(all_tasks())}")
+    wrong = _task_of_backend(data, where, task)
+    if wrong:
+        raise ConfigError(wrong[0], problems=wrong)
+    return task.parse(data, where)
 
 
 class _NoDuplicatesLoader(yaml.SafeLoader):
@@ -562,8 +583,16 @@ def load_config(path: str | Path) -> ModelConfig:
 
 
 def json_schema() -> dict[str, Any]:
-    """The JSON Schema of model.yaml: `targets` items are one shape per backend (oneOf)."""
-    schema = ModelConfig.model_json_schema()
+    """The JSON Schema of model.yaml, every task's: one shape per task (oneOf, told apart by
+    `task`), its `targets` items one shape per backend."""
+    from pydantic.json_schema import models_json_schema
+
+    from .tasks import all_tasks
+
+    models = [(t.config_model(), "validation") for t in all_tasks().values()]
+    refs, schema = models_json_schema(models, ref_template="#/$defs/{model}")
+    schema["oneOf"] = [refs[m] for m in models]
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "mscompile model.yaml"
+    schema["description"] = "; ".join(f"task {n}: {t.description}" for n, t in all_tasks().items())
     return schema

@@ -318,7 +318,7 @@ def load_calibration(io: IOSpec, c: CalibrationConfig, dataset: Dataset | None =
 
 
 def _bounded(n: int, src: DataSource, section: str) -> None:
-    from .config import MAX_VALIDATION_SAMPLES
+    from .sections import MAX_VALIDATION_SAMPLES
 
     if n > MAX_VALIDATION_SAMPLES and not src.samples:
         raise InputDataError(

@@ -19,7 +19,9 @@ def _version(dist: str) -> str | None:
 
 
 def tensorrt_status() -> tuple[bool, str]:
-    """(available, reason): TensorRT importable and a CUDA GPU present."""
+    """(available, reason): TensorRT importable and an NVIDIA GPU present. The tensorrt
+    backend's available() adds its Python requirements to this; its passes check it
+    again when they run."""
     if importlib.util.find_spec("tensorrt") is None:
         return False, (
             "TensorRT is not installed (no 'tensorrt' Python module); build TensorRT targets "
@@ -148,17 +150,6 @@ def doctor() -> list[tuple[str, str, str]]:
             "; ".join(f"{g['name']} (compute capability {g['compute_capability']})" for g in gpus) or "none found",
         )
     )
-    ok, reason = tensorrt_status()
-    trt_v = gpu_fingerprint()["tensorrt"]
-    rows.append(("TensorRT", "ok" if ok else "missing", f"{trt_v}" if ok else reason))
-    from .llm.runner import vllm_python
-
-    python, why = vllm_python()
-    rows.append(("vLLM (LLM targets)", "ok" if python else "missing", why))
-    from mscompile.passes.trtllm import trtllm_status
-
-    ok, reason = trtllm_status()
-    rows.append(("TensorRT-LLM (engine build)", "ok" if ok else "missing", _version("tensorrt_llm") if ok else reason))
     import shutil
 
     server = shutil.which("tritonserver")
@@ -171,6 +162,6 @@ def doctor() -> list[tuple[str, str, str]]:
     )
     from .backends import all_backends
 
-    for name, b in all_backends().items():
-        rows.append((f"backend {name}", "registered", b.description))
+    for b in all_backends().values():  # each backend answers with the rule its builds use
+        rows.extend(b.doctor())
     return rows

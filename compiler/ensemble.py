@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import ConfigError, MscompileError
+from .errors import ConfigError, MscompileError, TargetSkippedError
 
 if TYPE_CHECKING:
     from .config import ModelConfig
@@ -234,18 +234,30 @@ def torch_model(cfg: ModelConfig) -> Any:
     return run
 
 
-def variant_model(cfg: ModelConfig, artifact: Any) -> tuple[Any, str]:
-    from mscompile.passes.check_accuracy import model_file
+def variant_model(cfg: ModelConfig, target: Any, artifact: Any) -> tuple[Any, str]:
+    """The deployed variant as a function of feeds, on the runtime its backend serves it
+    with; and that runtime's name."""
+    from .backends import get
+    from .runtimes import RuntimeUnavailableError
 
-    from .artifacts import OpenVinoModel
-    from .runtimes import RUNTIMES
+    backend = get(target.backend)
+    session = backend.session(target)
+    if session is None:
+        raise ConfigError(
+            f"pipeline: the deployed target {target.name!r} ({backend.name}) is not one model a session runs; "
+            "an ensemble needs a tensor model (onnxruntime, openvino or tensorrt)"
+        )
+    try:
+        infer = session(str(artifact.model_file), [o.name for o in cfg.outputs])
+    except RuntimeUnavailableError as exc:
+        raise TargetSkippedError(
+            f"pipeline: the end-to-end gate runs the deployed {backend.name} variant {target.name!r}, "
+            f"which cannot run here: {exc}"
+        ) from None
+    return (lambda feeds: list(infer(feeds))), backend.name
 
-    runtime = "openvino" if isinstance(artifact, OpenVinoModel) else "onnxruntime"
-    infer = RUNTIMES[runtime](model_file(artifact), [o.name for o in cfg.outputs])
-    return (lambda feeds: list(infer(feeds))), runtime
 
-
-def chain_gate(cfg: ModelConfig, artifact: Any, progress: Any = None) -> dict[str, Any]:
+def chain_gate(cfg: ModelConfig, target: Any, artifact: Any, progress: Any = None) -> dict[str, Any]:
     """The end-to-end gate: the published chain with the deployed variant against the
     chain with the PyTorch model. Returns the report (passed, metrics, failures)."""
     from mscompile.passes.check_accuracy import evaluate
@@ -255,7 +267,7 @@ def chain_gate(cfg: ModelConfig, artifact: Any, progress: Any = None) -> dict[st
     pc = cfg.pipeline
     assert pc is not None
     raw = raw_validation(pc)
-    model, runtime = variant_model(cfg, artifact)
+    model, runtime = variant_model(cfg, target, artifact)
     with Chain(cfg) as chain:
         if progress:
             progress(f"pipeline: {len(next(iter(raw.values())))} raw samples through the chain ({runtime}, PyTorch)")

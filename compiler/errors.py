@@ -6,6 +6,8 @@ file or tensor and says what to do; the CLI prints it without a traceback.
 
 from __future__ import annotations
 
+from typing import Any
+
 EXIT_OK = 0
 EXIT_FAILURE = 1  # a build failed for a reason other than the user's input
 EXIT_USAGE = 2  # configuration, input file or usage error: nothing was built
@@ -13,9 +15,13 @@ EXIT_ACCURACY = 3  # a variant missed its accuracy gate
 
 
 class MscompileError(Exception):
-    """Base class. `exit_code` is what the CLI exits with."""
+    """Base class. `exit_code` is what the CLI exits with. What was done before the error
+    travels with it: `result`, the build's result so far (the variants whose gates ran);
+    `summary`, a serve-check's or deploy's summary so far. Both None when nothing was done."""
 
     exit_code = EXIT_FAILURE
+    result: Any = None
+    summary: Any = None
 
 
 class ConfigError(MscompileError):

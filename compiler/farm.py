@@ -29,7 +29,6 @@ from typing import Any
 
 from .artifacts import Artifact
 from .backends import TargetOutcome
-from .backends.base import farm_devices
 from .errors import ConfigError, FarmTaskError, MscompileError
 from .instruments import Instruments
 from .pipeline import Driver, Status
@@ -347,7 +346,7 @@ def farm_outcome(
     if r["status"] == "SKIPPED":
         return TargetOutcome(Status.SKIPPED, reason=f"{r.get('reason')}{where}")
     if r.get("kinds"):
-        return _farm_kinds(driver, model, target, r["kinds"], rebuild or (lambda: recipe), base, instruments)
+        return _farm_kinds(driver, model, target, r["kinds"], rebuild or (lambda _fp: recipe), base, instruments)
     before = set(driver.records)
     out = run_recipe(driver, recipe, base)
     ran = [
@@ -377,9 +376,8 @@ def _farm_kinds(
     model (cc_model_filenames), keyed by compute capability."""
     outs: list[tuple[dict[str, Any], TargetOutcome]] = []
     for k in kinds:
-        with farm_devices({target: k["fingerprint"]}):
-            rec = rebuild()  # device-bound steps keyed with this kind's node
-            outs.append((k, farm_outcome(driver, model, target, dict(k, kinds=None), rec, base, instruments)))
+        rec = rebuild(k["fingerprint"])  # device-bound steps keyed with this kind's node
+        outs.append((k, farm_outcome(driver, model, target, dict(k, kinds=None), rec, base, instruments)))
     bad = [(k, o) for k, o in outs if o.status is not Status.OK]
     if bad:
         k, o = bad[0]
@@ -417,35 +415,18 @@ def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def shared_steps(cfg: Any, state: Any, stamp: str, force: bool) -> tuple[Driver, Artifact | None, Any]:
-    """A model's shared steps through the cache (load, export, optimize; load_llm for an
-    LLM): (the driver that ran them, their output, target -> its recipe)."""
-    from .backends import RecipeInputs, get
-    from .cache import Cache
+    """A model's shared steps through the cache (its task's: load, export, optimize; or
+    load_llm): (the driver that ran them, their output, target -> its recipe)."""
+    from .tasks import task_of
 
-    log_dir = state.build_logs(cfg.name, stamp)
-    instruments = Instruments(log_dir / "events.jsonl", quiet=True)
-    if getattr(cfg, "task", None) == "text-generation":
-        from .llm.build import describe_checkpoint, load_step
-
-        step = load_step(cfg)
-        driver = Driver(Cache(state.cache), instruments, force=force, log_dir=log_dir)
-        base = driver.run_step(step, describe_checkpoint(cfg, state)).output
-        inputs = RecipeInputs(None, None, reference=step.id)  # type: ignore[arg-type]
-        return driver, base, lambda t: get(t.backend).recipe(cfg, t, inputs)
-    from .build import assemble
-
-    plan = assemble(cfg, state)
-    driver = Driver(Cache(state.cache), instruments, force=force, log_dir=log_dir, datasets=plan.datasets)
-    base = driver.run(plan.common, plan.source).output
-    return driver, base, lambda t: plan.recipes[t.name]
+    return task_of(cfg).shared_steps(cfg, state, stamp, force)
 
 
 def run_shared(cfg: Any, path: Path, opts: Any, say: Any) -> None:
     """The model's shared steps, here, into the cache the farm's nodes read."""
-    if getattr(cfg, "task", None) != "text-generation":
-        from .publish import preflight
+    from .tasks import task_of
 
-        preflight(cfg)
+    task_of(cfg).preflight(cfg)
     stamp = time.strftime("%Y%m%d-%H%M%S") + "-farm-shared"
     driver, _, _ = shared_steps(cfg, opts.state, stamp, force=opts.force)
     last = list(driver.records.values())[-1]

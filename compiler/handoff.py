@@ -397,7 +397,7 @@ def serve_check(cfg: Any, state: Any, opts: CheckOptions) -> dict[str, Any]:
             f"{name} version {version} serves answers outside the gate of target {target_name!r}: "
             + "; ".join(failures)
         )
-        err.summary = summary  # type: ignore[attr-defined]
+        err.summary = summary
         raise err
     return summary
 
@@ -606,7 +606,7 @@ def deploy(cfg: Any, state: Any, opts: CheckOptions) -> dict[str, Any]:
         summary["check"] = check
     except MscompileError as exc:
         failure = exc
-        summary["check"] = getattr(exc, "summary", None)
+        summary["check"] = exc.summary
     except Exception as exc:  # noqa: BLE001 - the server's load error
         failure = ServeLoadError(f"Triton did not load {current}: {why_not_loaded(control, current, exc, opts)}")
     if failure is None:
@@ -631,7 +631,7 @@ def deploy(cfg: Any, state: Any, opts: CheckOptions) -> dict[str, Any]:
     summary.update(
         deployed=False, rolled_back_to=before[name], served_now=served_now(control, name), error=str(failure)
     )
-    failure.summary = summary  # type: ignore[attr-defined]
+    failure.summary = summary
     raise failure
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts import TorchSource, sha256_file
-from .config import SourceConfig
 from .errors import CheckpointError, ConfigError
+from .sections import SourceConfig
 
 MAX_CHECKPOINT_BYTES = 8 << 30  # 8 GiB; larger models belong to the LLM path
 

@@ -62,6 +62,13 @@ class PassContext:
     progress: Any = None  # callable(str) -> None; passes report progress through it, never print
     state_dir: Path | None = None  # mscompile's state folder, for shared accelerators (timing caches)
     datasets: Any = None  # DataStore: the arrays of the Dataset side inputs, loaded once per digest
+    session: Any = None  # the step's session function (Step.session): (path, outputs, threads, providers)
+
+    def open(self, path: Path | str, outputs: list[str] | None, threads: int = 0, providers: tuple = ()) -> Any:
+        """A session on the runtime the step's backend named."""
+        if self.session is None:
+            raise PipelineTypeError("this step runs a model, but its backend gave it no session (Step.session)")
+        return self.session(str(path), outputs, threads, providers)
 
     def note(self, message: str) -> None:
         if self.progress is not None:
@@ -91,6 +98,18 @@ class Pass(Generic[I, O]):
         raise NotImplementedError
 
 
+CORE_LIBRARIES = ("mscompile", "numpy", "pydantic", "protobuf", "tritonclient")
+
+
+def tracked_libraries(steps: Sequence[Step]) -> dict[str, str]:
+    """Versions of what a build's results depend on: the core's libraries and every
+    library the passes of its steps declare (a backend's passes name its runtime)."""
+    names = set(CORE_LIBRARIES)
+    for step in steps:
+        names.update(step.pass_cls.libraries)
+    return library_versions(sorted(names))
+
+
 def library_versions(names: Sequence[str]) -> dict[str, str]:
     out = {}
     for n in names:
@@ -112,6 +131,9 @@ class Step:
     extras: Mapping[str, str | Artifact] = field(default_factory=dict)
     # what a device-dependent pass's result depends on (the backend's fingerprint)
     device: Mapping[str, Any] | None = None
+    # how the runtime of a gate or profile opens a model: the session function the backend
+    # hands its steps (runtimes.py); the runtime's name is in the config, hence in the key
+    session: Any = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.pass_cls.device_dependent and self.device is None:
@@ -286,6 +308,7 @@ class Driver:
             progress=lambda msg: self.instruments.step_progress(step, msg),
             state_dir=self.cache.root.parent,
             datasets=self.datasets,
+            session=step.session,
         )
         prior = [r.id for r in self.records.values()]
         point("step:start")

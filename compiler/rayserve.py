@@ -102,34 +102,33 @@ def problems(cfg: Any, where: str) -> list[str]:
         out.append(f"{where}: rayserve: a pipeline (ensemble) model is served by Triton only; remove one of the two")
     if not cfg.has_batch_axis():
         out.append(f"{where}: rayserve: the inputs have no batch axis; the app batches requests with @serve.batch")
-    served = [t for t in cfg.targets if get(t.backend).name in ("onnxruntime", "openvino")]
-    if not served:
+    servable = [t.name for t in cfg.targets if get(t.backend).rayserve_runtime(t) is not None]
+    if not servable:
         out.append(
-            f"{where}: rayserve: the app runs ONNX Runtime or OpenVINO; add an onnxruntime or openvino target "
-            "(the deployed variant must be one)"
+            f"{where}: rayserve: the app runs ONNX Runtime or OpenVINO (the backends with a Ray Serve app); "
+            "add an onnxruntime or openvino target (the deployed variant must be one)"
+        )
+    elif cfg.triton.deploy not in (None, "fastest", "smallest", "all") and cfg.triton.deploy not in servable:
+        out.append(
+            f"{where}: triton.deploy: {cfg.triton.deploy!r} cannot be served by the rayserve: app; deploy one of "
+            f"{', '.join(servable)}"
         )
     if rs.autoscaling is not None and rs.autoscaling.min_replicas > rs.autoscaling.max_replicas:
         out.append(f"{where}: rayserve.autoscaling: min_replicas exceeds max_replicas")
     return out
 
 
-def _runtime(cfg: Any, target: Any, artifact: Any) -> tuple[str, dict[str, Path], str]:
-    """(runtime, files for the version folder, the file the app loads)."""
-    if target.backend == "openvino":
-        files = {f.name: f for f in sorted(artifact.path.iterdir()) if f.suffix in (".xml", ".bin")}
-        xml = next(n for n in files if n.endswith(".xml"))
-        return "openvino", files, xml
-    if target.backend == "onnxruntime":
-        src = artifact.onnx_file if hasattr(artifact, "onnx_file") else artifact.path / "model.onnx"
-        files = {"model.onnx": Path(src)}
-        data = Path(src).with_name(Path(src).name + ".data")
-        if data.is_file():
-            files[data.name] = data
-        return "onnxruntime", files, "model.onnx"
-    raise ConfigError(
-        f"rayserve: the deployed target {target.name!r} is a {target.backend} target; the Ray Serve app runs "
-        "ONNX Runtime or OpenVINO variants (set triton.deploy to one)"
-    )
+def servable(cfg: Any, target: Any) -> None:
+    """Refuse (exit 2) a deployed target the Ray Serve app cannot run: called before
+    anything is published."""
+    from .backends import get
+
+    if get(target.backend).rayserve_runtime(target) is None:
+        ok = [t.name for t in cfg.targets if get(t.backend).rayserve_runtime(t) is not None]
+        raise ConfigError(
+            f"rayserve: the deployed target {target.name!r} ({target.backend}) has no Ray Serve app, so nothing "
+            f"was published; set triton.deploy to one of {', '.join(ok) or '(none)'}"
+        )
 
 
 def serve_config(cfg: Any, folder: Path, cls: str, port: int | None = None) -> dict[str, Any]:
@@ -178,7 +177,12 @@ def write_app(cfg: Any, target: Any, artifact: Any, version: int, manifest: dict
     rs = cfg.rayserve
     root = resolve_path(rs.folder) / cfg.name
     final = root / str(version)
-    runtime, files, model_file = _runtime(cfg, target, artifact)
+    from .backends import get
+
+    servable(cfg, target)
+    backend = get(target.backend)
+    runtime = backend.rayserve_runtime(target)
+    files, model_file = backend.rayserve_files(target, artifact)
     io = artifact.meta.get("io") or {}
     inputs = [(i["name"], i["dtype"]) for i in io.get("inputs", [])] or [(i.name, i.dtype) for i in cfg.inputs]
     outputs = [o["name"] for o in io.get("outputs", [])] or [o.name for o in cfg.outputs]
@@ -357,7 +361,7 @@ def serve_check_rayserve(
                 f"{cfg.name} version {folder.name} on Ray Serve answers outside the gate of target "
                 f"{target_name!r}: {'; '.join(fails)}"
             )
-            err.summary = summary  # type: ignore[attr-defined]
+            err.summary = summary
             raise err
         return summary
     finally:

@@ -1,5 +1,6 @@
-"""Inference sessions on the CPU runtimes that gates and profiles run on, one
-function per runtime, looked up by name (RUNTIMES[name]). A session takes a feed
+"""Inference sessions, one function per runtime. No registry: each backend says
+which of these runs its variants (`Backend.session`), and its recipe hands it to
+the gate and profile steps it makes (`Step.session`). A session takes a feed
 dict and returns the named outputs, casting inputs to the dtypes the model
 takes (an fp16 graph without keep_io_types takes float16)."""
 
@@ -51,4 +52,29 @@ def openvino_session(
     return run
 
 
-RUNTIMES: dict[str, Callable[..., Session]] = {"onnxruntime": onnxruntime_session, "openvino": openvino_session}
+class RuntimeUnavailableError(RuntimeError):
+    """The runtime a session needs is not on this machine (said with what is missing)."""
+
+
+def tensorrt_session(
+    path: str, outputs: list[str] | None, threads: int = 0, providers: tuple[str, ...] = ()
+) -> Session:
+    """A TensorRT engine (model.plan) through Polygraphy's TrtRunner, first optimization
+    profile. Needs TensorRT and an NVIDIA GPU."""
+    from .device import tensorrt_status
+
+    ok, why = tensorrt_status()
+    if not ok:
+        raise RuntimeUnavailableError(why)
+    from polygraphy.backend.common import BytesFromPath
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+    runner = TrtRunner(EngineFromBytes(BytesFromPath(path)), optimization_profile=0)
+    runner.activate()
+
+    def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        res = runner.infer(feed)
+        names = outputs or list(res)
+        return [np.asarray(res[n]) for n in names]
+
+    return run

@@ -63,8 +63,24 @@ class RangeConfig(Section):
     max: list[int]
 
 
+_TENSOR_NAME_RE = re.compile(r"^[^\s\"'\\]{1,256}$")
+
+
+def _check_tensor_name(value: str) -> str:
+    """A tensor name goes verbatim into config.pbtxt and every client's request: no
+    whitespace, quotes or backslashes, and no template placeholder (${...}, {{...}})."""
+    if not _TENSOR_NAME_RE.fullmatch(value) or "${" in value or "{{" in value or "}}" in value:
+        raise ValueError(
+            f"tensor name {value!r} must be 1-256 characters without whitespace, quotes, backslashes or a "
+            "template placeholder (${...}, {{...}}); use the name the model's graph gives the tensor"
+        )
+    return value
+
+
 class InputSpec(Section):
     name: str = Field(min_length=1)
+
+    _name = field_validator("name")(classmethod(lambda cls, v: _check_tensor_name(v)))
     dtype: DType = "float32"
     shape: list[int | str] = Field(
         min_length=1,
@@ -85,6 +101,8 @@ class InputSpec(Section):
 
 class OutputSpec(Section):
     name: str = Field(min_length=1)
+
+    _name = field_validator("name")(classmethod(lambda cls, v: _check_tensor_name(v)))
 
 
 class IOSpec(Section):

@@ -99,3 +99,20 @@ def plan_recipe(driver: Driver, recipe: Recipe, base: Artifact | None) -> list[t
 
     recipe.walk(visit, base)
     return rows
+
+
+def plan_rows(driver: Driver, recipe: Recipe, base: Artifact | None, backend: Any, target: Any) -> list[dict[str, Any]]:
+    """`plan`'s rows of one target: each step's action (run, cached, or skip: the target is
+    unavailable here, or the step is at or after its backend's skip point) and why."""
+    ok, why = backend.available(target)
+    point = backend.skip_point(target) if ok else None
+    skipping = not ok
+    rows = []
+    for step, how, key in plan_recipe(driver, recipe, base):
+        skipping = skipping or (point is not None and step.id == point[0])
+        reason = why if not ok else (point[1] if skipping and point is not None else "")
+        rows.append(
+            {"step": step.id, "pass": step.pass_cls.name, "action": "skip" if skipping else how, "key": key}
+            | {"target": target.name, "reason": reason}
+        )
+    return rows

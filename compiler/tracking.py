@@ -151,9 +151,10 @@ def _metric_name(*parts: str) -> str:
 def make_record(
     settings: TrackingSettings, cfg: Any, config_path: Path, result: Any, error: BaseException | None, started: float
 ) -> dict[str, Any]:
-    from .build import TRACKED_LIBRARIES
-    from .pipeline import library_versions
+    from .pipeline import tracked_libraries
 
+    # the versions the build recorded (its passes' libraries); the core's when it ended early
+    libraries = (getattr(result, "manifest", None) or {}).get("libraries") or tracked_libraries([])
     tags = {
         "mscompile.kind": "build",
         "mscompile.model": cfg.name,
@@ -161,7 +162,7 @@ def make_record(
         "mscompile.config_file": str(config_path.resolve()),
         **git_info(config_path.resolve().parent),
         **{f"ci.{k}": os.environ[k] for k in CI_VARIABLES if os.environ.get(k)},
-        **{f"lib.{k}": v for k, v in library_versions(TRACKED_LIBRARIES).items()},
+        **{f"lib.{k}": v for k, v in libraries.items()},
     }
     rec: dict[str, Any] = {
         "id": uuid.uuid4().hex,

@@ -17,9 +17,9 @@ import json
 import math
 
 from mscompile.artifacts import Artifact, OnnxModel
-from mscompile.config import IOSpec, Section
 from mscompile.instruments import capture_output
 from mscompile.pipeline import Pass, PassContext, PassResult
+from mscompile.sections import IOSpec, Section
 
 CAP_DB = 100.0  # above this, a tensor counts as exact
 

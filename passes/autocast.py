@@ -12,8 +12,8 @@ from typing import Literal
 from mscompile import onnx_utils
 from mscompile.artifacts import OnnxModel
 from mscompile.child import run_child
-from mscompile.config import Section
 from mscompile.pipeline import Pass, PassContext, PassResult
+from mscompile.sections import Section
 
 
 class AutoCastConfig(Section):

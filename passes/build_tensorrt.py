@@ -22,16 +22,38 @@ from typing import Literal
 
 from mscompile import __version__
 from mscompile.artifacts import OnnxModel, TrtEngine
-from mscompile.backends.tensorrt import ProfileConfig, TensorRTConfig
 from mscompile.child import safe_env
-from mscompile.config import IOSpec, Section
 from mscompile.pipeline import Pass, PassContext, PassResult, Status
+from mscompile.sections import IOSpec, RangeConfig, Section
+from pydantic import Field
 
 HW_LEVELS = {
     "none": None,
     "ampere_plus": "trt.HardwareCompatibilityLevel.AMPERE_PLUS",
     "same_compute_capability": "trt.HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY",
 }
+
+
+# the model.yaml section of a tensorrt target's engine build (the backend's Target holds it)
+class ProfileConfig(Section):
+    """One TensorRT optimization profile: min/opt/max per input."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_]+$")
+    shapes: dict[str, RangeConfig]
+
+
+class TensorRTConfig(Section):
+    """Engine build settings."""
+
+    profiles: list[ProfileConfig] | None = Field(
+        default=None, description="optimization profiles; default: one profile from inputs[].range"
+    )
+    workspace_mb: int = Field(default=4096, ge=16)
+    builder_optimization_level: int = Field(default=3, ge=0, le=5)
+    hardware_compatibility_level: Literal["none", "ampere_plus", "same_compute_capability"] = "none"
+    version_compatible: bool = False
+    refittable: bool = False
+    timing_cache: bool = Field(default=True, description="reuse a timing cache kept per GPU kind in the state folder")
 
 
 class TrtBuildConfig(Section):

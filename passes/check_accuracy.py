@@ -13,20 +13,20 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from mscompile.artifacts import Artifact, OnnxModel, OpenVinoModel, ParityReport, TorchModel
-from mscompile.config import IOSpec, Section, Tolerance
 from mscompile.data import batches
 from mscompile.pipeline import Pass, PassContext, PassResult, Status
+from mscompile.sections import IOSpec, Section, Tolerance
 
 
 class CheckConfig(Section):
     io: IOSpec
     batch_size: int = 32
     tolerance: Tolerance
-    runtime: Literal["onnxruntime", "openvino"] = "onnxruntime"
+    runtime: str = "onnxruntime"  # the runtime the step's session runs (for the report, and the key)
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
 
 
@@ -138,15 +138,10 @@ def load_reference(reference: TorchModel) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def run_model(
-    runtime: str, path: str, io: IOSpec, feeds: dict[str, np.ndarray], batch: int, providers: tuple[str, ...] = ()
-) -> tuple[dict[str, np.ndarray], float]:
-    """The declared outputs of the model at `path` (ONNX or OpenVINO IR) over `feeds`, in
-    batches, on `runtime`; and the seconds it took."""
-    from mscompile.runtimes import RUNTIMES
-
+def run_model(infer: Any, io: IOSpec, feeds: dict[str, np.ndarray], batch: int) -> tuple[dict[str, np.ndarray], float]:
+    """The declared outputs of a model over `feeds`, in batches, through the session
+    `infer`; and the seconds it took."""
     names = [o.name for o in io.outputs]
-    infer = RUNTIMES[runtime](path, names, providers=providers)
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     t0 = time.perf_counter()
     for feed in batches(feeds, batch) if io.has_batch_axis() else [feeds]:
@@ -154,10 +149,6 @@ def run_model(
             parts[n].append(r)
     seconds = time.perf_counter() - t0
     return {n: np.concatenate(v, axis=0) if io.has_batch_axis() else v[0] for n, v in parts.items()}, seconds
-
-
-def model_file(inp: Artifact) -> str:
-    return str(inp.path / ("model.xml" if isinstance(inp, OpenVinoModel) else "model.onnx"))
 
 
 class CheckAccuracy(Pass[OnnxModel, ParityReport]):
@@ -175,10 +166,11 @@ class CheckAccuracy(Pass[OnnxModel, ParityReport]):
         ref = load_reference(reference)
         batch = check_batch(cfg.io, cfg.batch_size)
         n = int(next(iter(feeds.values())).shape[0])
-        runtime = "openvino" if isinstance(inp, OpenVinoModel) else cfg.runtime
+        runtime = cfg.runtime
         ctx.note(f"{runtime} on {n} validation samples")
         try:
-            outs, seconds = run_model(runtime, model_file(inp), cfg.io, feeds, batch, cfg.providers)
+            infer = ctx.open(inp.model_file, [o.name for o in cfg.io.outputs], providers=cfg.providers)
+            outs, seconds = run_model(infer, cfg.io, feeds, batch)
         except Exception as exc:
             if inp.meta.get("precision") in ("bf16", "fp8"):
                 # ONNX Runtime's CPU kernels lack these types: the engine's own check decides

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from mscompile import onnx_utils
 from mscompile.artifacts import OnnxModel
-from mscompile.config import Section
 from mscompile.pipeline import Pass, PassContext, PassResult
+from mscompile.sections import Section
 
 
 class Fp16Config(Section):

@@ -8,9 +8,9 @@ the ONNX graph's, so the Triton config built from the graph's signature fits."""
 from __future__ import annotations
 
 from mscompile.artifacts import OnnxModel, OpenVinoModel
-from mscompile.config import Section
 from mscompile.instruments import capture_output
 from mscompile.pipeline import Pass, PassContext, PassResult
+from mscompile.sections import Section
 
 
 class ConvertOvConfig(Section):

@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 from mscompile import onnx_utils
 from mscompile.artifacts import OnnxModel
-from mscompile.config import IOSpec, Section
 from mscompile.pipeline import Pass, PassContext, PassResult
+from mscompile.sections import IOSpec, Section
 
 LINEAR = ("Gemm", "MatMul", "Conv")
 

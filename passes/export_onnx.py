@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 from mscompile import onnx_utils
 from mscompile.artifacts import OnnxModel, TorchModel
-from mscompile.config import ExportConfig, IOSpec, Section, SourceConfig
 from mscompile.instruments import capture_output
 from mscompile.loading import load_module
 from mscompile.pipeline import Pass, PassContext, PassResult
+from mscompile.sections import ExportConfig, IOSpec, Section, SourceConfig
 
 
 class ExportPassConfig(Section):

@@ -12,9 +12,9 @@ from typing import Literal
 
 from mscompile import onnx_utils
 from mscompile.artifacts import OnnxModel
-from mscompile.config import Section
 from mscompile.instruments import capture_output
 from mscompile.pipeline import Pass, PassContext, PassResult
+from mscompile.sections import Section
 
 
 class FusionConfig(Section):

@@ -14,11 +14,11 @@ import shutil
 
 import numpy as np
 from mscompile.artifacts import TorchModel, TorchSource, sha256_file
-from mscompile.config import IOSpec, Section, SourceConfig
 from mscompile.data import batches
 from mscompile.errors import CheckpointError, ShapeError
 from mscompile.loading import as_output_list, code_digest, load_module
 from mscompile.pipeline import Pass, PassContext, PassResult
+from mscompile.sections import IOSpec, Section, SourceConfig
 
 
 class LoadConfig(Section):

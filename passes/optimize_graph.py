@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from mscompile import onnx_utils
 from mscompile.artifacts import OnnxModel
-from mscompile.config import OptimizeConfig
 from mscompile.instruments import capture_output
 from mscompile.pipeline import Pass, PassContext, PassResult
+from mscompile.sections import OptimizeConfig
 
 
 def ort_basic(src: str, dst: str) -> None:

@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from mscompile.artifacts import OnnxModel, OpenVinoModel, ProfileReport
-from mscompile.config import IOSpec, Section
 from mscompile.pipeline import Pass, PassContext, PassResult
+from mscompile.sections import IOSpec, Section
 
 
 class ProfilingConfig(Section):
     io: IOSpec
     batch_sizes: tuple[int, ...]
-    runtime: Literal["onnxruntime", "openvino"] = "onnxruntime"
+    runtime: str = "onnxruntime"  # the runtime the step's session runs (for the report, and the key)
     intra_op_threads: int = 0  # 0: the runtime's default
     warmup: int = 5
     window: int = 10
@@ -49,12 +49,6 @@ def feeds_for_batch(io: IOSpec, sample: dict[str, np.ndarray], batch: int) -> di
                         a = np.take(a, range(want), axis=ax)
         out[inp.name] = np.ascontiguousarray(a)
     return out
-
-
-def make_runner(runtime: str, path: str, threads: int) -> Any:
-    from mscompile.runtimes import RUNTIMES
-
-    return RUNTIMES[runtime](path, None, threads)
 
 
 def measure(run: Any, feeds: dict[str, np.ndarray], cfg: ProfilingConfig) -> dict[str, Any]:
@@ -98,10 +92,8 @@ class Profile(Pass[OnnxModel, ProfileReport]):
         feeds_all, _ = ctx.data("validation")
         sample = {k: v[: max(cfg.batch_sizes)] for k, v in feeds_all.items()}
         casts = {s["name"]: s["dtype"] for s in inp.meta["io"]["inputs"]}
-        from mscompile.passes.check_accuracy import model_file
-
-        runtime = "openvino" if isinstance(inp, OpenVinoModel) else cfg.runtime
-        run = make_runner(runtime, model_file(inp), cfg.intra_op_threads)
+        runtime = cfg.runtime
+        run = ctx.open(inp.model_file, None, cfg.intra_op_threads)
         rows = []
         for b in cfg.batch_sizes:
             ctx.note(f"{runtime}, batch {b}")

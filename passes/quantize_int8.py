@@ -18,11 +18,11 @@ from typing import Literal
 import numpy as np
 from mscompile import onnx_utils
 from mscompile.artifacts import OnnxModel
-from mscompile.config import IOSpec, Section
 from mscompile.data import batches
 from mscompile.instruments import capture_output
 from mscompile.passes.equalize_graph import SMOOTH_MARK
 from mscompile.pipeline import Pass, PassContext, PassResult
+from mscompile.sections import IOSpec, Section
 
 
 class Int8Config(Section):

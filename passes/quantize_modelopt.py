@@ -14,8 +14,8 @@ import numpy as np
 from mscompile import onnx_utils
 from mscompile.artifacts import OnnxModel
 from mscompile.child import run_child
-from mscompile.config import IOSpec, Section
 from mscompile.pipeline import Pass, PassContext, PassResult
+from mscompile.sections import IOSpec, Section
 
 
 class ModelOptConfig(Section):

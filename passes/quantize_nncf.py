@@ -15,10 +15,10 @@ from typing import Any, Literal
 
 import numpy as np
 from mscompile.artifacts import OpenVinoModel
-from mscompile.config import IOSpec, Section
 from mscompile.data import batches
 from mscompile.instruments import capture_output
 from mscompile.pipeline import Pass, PassContext, PassResult
+from mscompile.sections import IOSpec, Section
 
 
 class NncfConfig(Section):

@@ -170,8 +170,7 @@ def test_plan_validate_schema_and_human_summary(tmp_path, digits_config):
         "parity",
         "vs",
         "PyTorch",
-        "p50",
-        "latency",
+        "speed",  # each backend's own figure: p50 ms per batch here, tokens/s for LLM backends
         "status",
         "cached",
     ]

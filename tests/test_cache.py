@@ -64,8 +64,13 @@ def test_unreadable_manifest_is_discarded(tmp_path):
 
 
 def test_second_writer_of_same_key_keeps_the_first(tmp_path):
+    """Two builds finish the same key: the second gets the stored entry (the first's
+    bytes, not its own), and its work folder is gone."""
     cache = Cache(tmp_path)
     first = _entry(cache, "k4", b"one")
-    second = _entry(cache, "k4", b"one")
+    second = _entry(cache, "k4", b"two, from another build")
     assert second.artifact.digest == first.artifact.digest
+    assert second.artifact.path == tmp_path / "k4" / "output"
+    assert (tmp_path / "k4" / "output" / "model.onnx").read_bytes() == b"one"
     assert json.loads((tmp_path / "k4" / "manifest.json").read_text())["key"] == "k4"
+    assert list((tmp_path / "tmp").iterdir()) == []

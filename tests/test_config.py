@@ -123,11 +123,17 @@ def test_missing_config_file(tmp_path):
         load_config(tmp_path / "nope.yaml")
 
 
-def test_schema_is_json_schema_of_every_section():
+def test_schema_is_json_schema_of_every_section_of_every_task():
     s = json_schema()
     json.dumps(s)
-    assert set(s["properties"]) >= {"name", "source", "inputs", "targets", "triton", "validation"}
-    assert s["additionalProperties"] is False
+    tensor, llm = (s["$defs"][ref["$ref"].rpartition("/")[2]] for ref in s["oneOf"])
+    assert set(tensor["properties"]) >= {"name", "task", "source", "inputs", "targets", "triton", "validation"}
+    assert tensor["additionalProperties"] is False
+    assert set(llm["properties"]) >= {"name", "task", "source", "targets", "triton", "validation", "calibration"}
+    assert llm["additionalProperties"] is False
+    assert (
+        tensor["properties"]["task"]["default"] == "tensor" and llm["properties"]["task"]["const"] == "text-generation"
+    )
 
 
 # every cross-field message of the core (semantic_problems), with a change of the

@@ -49,11 +49,33 @@ def test_build_without_tensorrt_skips_honestly(tmp_path, trt_config):
     assert "--require-all-targets: nothing was published" in r.stderr and "trt_int8" in r.stderr
 
 
-def test_doctor_reports_tensorrt():
-    r = run_cli("doctor")
-    assert r.returncode == 0
-    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("TensorRT "))
-    assert ("missing" in line) == (not TRT_OK)
+def test_doctor_and_build_judge_tensorrt_by_one_rule(tmp_path, trt_config):
+    """TensorRT importable and a GPU visible, but Polygraphy missing: the build skips the
+    TensorRT targets naming polygraphy, and doctor says the same of the backend (it used
+    to say TensorRT ok: it checked only the module and the GPU)."""
+    import os
+
+    from helpers import hidden_modules_env
+
+    fake = tmp_path / "fake"
+    (fake / "tensorrt").mkdir(parents=True)
+    (fake / "tensorrt" / "__init__.py").write_text("__version__ = '10.0.0'\n")
+    smi = fake / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'NVIDIA H100 80GB HBM3, 9.0, 550.54.15'\n")
+    smi.chmod(0o755)
+    env = hidden_modules_env(tmp_path, ["polygraphy"])
+    env.update(PYTHONPATH=f"{fake}{os.pathsep}{env['PYTHONPATH']}", PATH=f"{fake}{os.pathsep}{os.environ['PATH']}")
+    env["MSCOMPILE_HOME"] = str(tmp_path / "home")
+    doctor = run_cli("doctor", env=env)
+    assert doctor.returncode == 0, doctor.stderr
+    rows = {ln.split()[1]: ln for ln in doctor.stdout.splitlines() if ln.startswith("backend ")}
+    assert "NVIDIA H100" in doctor.stdout  # the fake GPU is seen
+    assert " missing " in rows["tensorrt"] and "needs polygraphy" in rows["tensorrt"], rows["tensorrt"]
+    trt_config["targets"] = [t for t in trt_config["targets"] if t["name"] in ("fp32", "trt_fp16")]
+    r = run_cli("build", str(write_config(trt_config, tmp_path / "model.yaml")), "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    v = {v["name"]: v for v in json.loads(r.stdout)["variants"]}
+    assert v["trt_fp16"]["status"] == "SKIPPED" and "needs polygraphy" in v["trt_fp16"]["reason"], v["trt_fp16"]
 
 
 def test_plan_shows_profiles_and_a_config_that_agrees_with_them(tmp_path, trt_config):

@@ -8,8 +8,8 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.metadata
-import pkgutil
 
+from ..registry import discover
 from .base import (
     Backend,
     Gate,
@@ -35,6 +35,7 @@ __all__ = [
     "ServedModel",
     "TargetOutcome",
     "all_backends",
+    "backends_of",
     "get",
     "parity_step",
     "profile_step",
@@ -46,14 +47,7 @@ ENTRY_POINT_GROUP = "mscompile.backends"
 @functools.lru_cache(maxsize=1)
 def all_backends() -> dict[str, Backend]:
     """name -> backend, built-in modules first (in name order), then plug-ins."""
-    found: dict[str, Backend] = {}
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if info.name == "base" or info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        backend = getattr(module, "BACKEND", None)
-        if isinstance(backend, Backend):
-            found[backend.name] = backend
+    found: dict[str, Backend] = discover(__name__, __path__, "BACKEND", Backend)
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         backend = ep.load()
         if isinstance(backend, type):
@@ -65,3 +59,8 @@ def all_backends() -> dict[str, Backend]:
 
 def get(name: str) -> Backend:
     return all_backends()[name]
+
+
+def backends_of(task: str) -> dict[str, Backend]:
+    """The backends that build models of `task` (their targets form its config's union)."""
+    return {n: b for n, b in all_backends().items() if b.task == task}

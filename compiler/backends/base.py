@@ -11,8 +11,7 @@ backend's name.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -168,6 +167,9 @@ class RecipeInputs:
     validation: Dataset
     calibration: Dataset | None
     reference: str = "load_checkpoint"  # the step whose output holds the PyTorch reference
+    # target -> the fingerprint of the farm node that ran it (device-bound steps are keyed with
+    # it); a target not named here is keyed with this machine's
+    devices: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 # -- serving -----------------------------------------------------------------------
@@ -186,6 +188,40 @@ class ServedModel:
     # a config that names its own version folder (e.g. an engine path): f(version, the model's
     # folder on the server) -> ModelConfig; `config` is then what a plan shows
     configure: Any = None
+
+
+# -- how a backend's profile says "fast" ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class Speed:
+    """The figure a backend's profile rows carry per batch, and which way is better:
+    summaries print it, `deploy: fastest` ranks by it."""
+
+    key: str  # the field of a profile row
+    unit: str
+    higher_is_better: bool = False
+
+    def value(self, row: dict[str, Any]) -> float | None:
+        v = row.get(self.key)
+        return float(v) if isinstance(v, (int, float)) else None
+
+    def rank(self, row: dict[str, Any]) -> float:
+        """Smaller ranks first (the faster); a row without the figure ranks last."""
+        v = self.value(row)
+        if v is None:
+            return float("inf")
+        return -v if self.higher_is_better else v
+
+    def fmt(self, row: dict[str, Any]) -> str:
+        v = self.value(row)
+        if v is None:
+            return "-"
+        return f"{v:.0f}{self.unit}" if self.higher_is_better else f"{v:.2f}{self.unit}"
+
+
+LATENCY = Speed("p50_ms", "ms")
+TOKENS_PER_S = Speed("tokens_per_s", "tok/s", higher_is_better=True)
 
 
 # -- the interface -------------------------------------------------------------------
@@ -209,22 +245,6 @@ def missing(requirements: list[Requirement]) -> list[Requirement]:
     return out
 
 
-_DEVICES: dict[str, dict[str, Any]] = {}
-
-
-@contextmanager
-def farm_devices(fingerprints: dict[str, dict[str, Any]]) -> Iterator[None]:
-    """Within the block, recipes key the named targets' device-bound steps with the given
-    fingerprints (measured on the farm node that ran each target)."""
-    saved = dict(_DEVICES)
-    _DEVICES.update(fingerprints)
-    try:
-        yield
-    finally:
-        _DEVICES.clear()
-        _DEVICES.update(saved)
-
-
 class Backend:
     """Subclass per runtime; register by defining `BACKEND = MyBackend()` in a
     module of mscompile.backends (or through the `mscompile.backends` entry point)."""
@@ -233,6 +253,9 @@ class Backend:
     name: ClassVar[str]
     Target: ClassVar[type[TargetBase]]
     description: ClassVar[str] = ""
+    speed: ClassVar[Speed] = LATENCY  # what its profile rows measure per batch
+    # its published version folder is a checkpoint vLLM's OpenAI-compatible server loads (serve-check)
+    openai_server: ClassVar[bool] = False
 
     def problems(self, cfg: ModelConfig, target: Any, key: str) -> list[str]:
         """Cross-field checks of one target; each line starts with `key` (e.g. 'model.yaml: targets[1]')."""
@@ -252,10 +275,42 @@ class Backend:
             return False, f"{self.name} target {target.name!r} needs {names}, not installed here ({how})"
         return True, ""
 
-    def stops_at(self, target: Any) -> str | None:
-        """For a target that is available: the step where a build on this machine will stop
-        (SKIPPED, e.g. an engine build without its GPU runtime) and why; None when none."""
+    def session(self, target: Any) -> Any:
+        """The runtimes.py function that runs this target's deployable (a single model: what
+        the end-to-end gate of a pipeline and Ray Serve run), or None where the variant is
+        not one model a session opens (an LLM served by its engine)."""
         return None
+
+    def rayserve_runtime(self, target: Any) -> str | None:
+        """The runtime a Ray Serve app runs this target's variant on (the app's `RUNTIME`),
+        or None where a Ray Serve app cannot serve it."""
+        return None
+
+    def rayserve_files(self, target: Any, artifact: Artifact) -> tuple[dict[str, Path], str]:
+        """(files for the app's version folder, the one the app loads) of a deployed variant."""
+        raise NotImplementedError(f"backend {self.name} has no Ray Serve app")
+
+    def doctor(self) -> list[tuple[str, str, str]]:
+        """`mscompile doctor` rows (component, status, detail): whether a target of this
+        backend with its default settings can be built here, by the rule builds use
+        (available(), then stops_at())."""
+        t = self.Target.model_construct(name=self.name, backend=self.name)
+        ok, why = self.available(t)
+        stop = self.stops_at(t) if ok else None
+        status = "missing" if not ok else ("partial" if stop else "ok")
+        detail = why if not ok else (f"builds until {stop}" if stop else self.description)
+        return [(f"backend {self.name}", status, detail)]
+
+    def skip_point(self, target: Any) -> tuple[str, str] | None:
+        """For a target that is available: (the id of the first step a build on this machine
+        will report SKIPPED, e.g. an engine build without its GPU runtime; why), or None.
+        `plan` marks that step and every later one as skipped."""
+        return None
+
+    def stops_at(self, target: Any) -> str | None:
+        """skip_point in words: '<step> SKIPPED: <why>', or None."""
+        point = self.skip_point(target)
+        return None if point is None else f"{point[0]} SKIPPED: {point[1]}"
 
     def fingerprint(self, target: Any) -> dict[str, Any]:
         """What this backend's device-bound results (engines, latency profiles) depend on."""
@@ -263,11 +318,11 @@ class Backend:
 
         return cpu_fingerprint()
 
-    def device(self, target: Any) -> dict[str, Any]:
+    def device(self, target: Any, inputs: RecipeInputs) -> dict[str, Any]:
         """The fingerprint recipes key device-bound steps with: this machine's, or, when a
-        build farm ran the target on another node, that node's (so the driver finds the
-        node's results in the shared cache)."""
-        given = _DEVICES.get(target.name)
+        build farm ran the target on another node, that node's (given in the recipe's
+        inputs, so the driver finds the node's results in the shared cache)."""
+        given = inputs.devices.get(target.name)
         return dict(given) if given is not None else self.fingerprint(target)
 
     def resources(self, target: Any) -> dict[str, Any]:
@@ -303,11 +358,14 @@ def parity_step(
     t: TargetBase,
     step_id: str,
     inputs: RecipeInputs,
+    *,
+    session: Any,
     pass_cls: Any = None,
     device: dict[str, Any] | None = None,
     **settings: Any,
 ) -> Step:
-    """A check of the step's input against the PyTorch reference under t.tolerance."""
+    """A check of the step's input against the PyTorch reference under t.tolerance, run
+    by `session` (a runtimes.py function: the runtime the backend gates on)."""
     from mscompile.passes.check_accuracy import CheckAccuracy, CheckConfig
 
     pass_cls = pass_cls or CheckAccuracy
@@ -317,6 +375,7 @@ def parity_step(
         CheckConfig(io=cfg.io, batch_size=cfg.validation.batch_size, tolerance=t.tolerance, **settings),
         extras={"reference": inputs.reference, "validation": inputs.validation},
         device=device,
+        session=session,
     )
 
 
@@ -326,6 +385,8 @@ def profile_step(
     inputs: RecipeInputs,
     device: dict[str, Any],
     runtime: str,
+    *,
+    session: Any,
     threads: int = 0,
     pass_cls: Any = None,
 ) -> Step | None:
@@ -343,4 +404,11 @@ def profile_step(
         max_windows=cfg.profile.max_windows,
         agreement=cfg.profile.agreement,
     )
-    return Step(f"{t.name}/profile", pass_cls or Profile, pc, extras={"validation": inputs.validation}, device=device)
+    return Step(
+        f"{t.name}/profile",
+        pass_cls or Profile,
+        pc,
+        extras={"validation": inputs.validation},
+        device=device,
+        session=session,
+    )

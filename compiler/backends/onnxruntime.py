@@ -11,12 +11,14 @@ is served through ONNX Runtime's OpenVINO accelerator.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
 from ..artifacts import Artifact, OnnxModel, ParityReport
 from ..pipeline import Status, Step
+from ..runtimes import onnxruntime_session, openvino_session
 from ..sections import RecoveryConfig, Section, TargetBase
 from .base import (
     Backend,
@@ -111,6 +113,21 @@ class OnnxRuntimeBackend(Backend):
             reqs.append(Requirement("openvino", "pip install 'mscompile[openvino]'"))
         return reqs
 
+    def session(self, t: OnnxRuntimeTarget) -> Any:
+        # served through ONNX Runtime's OpenVINO accelerator: OpenVINO runs the graph
+        return openvino_session if t.cpu is not None and t.cpu.accelerator == "openvino" else onnxruntime_session
+
+    def rayserve_runtime(self, t: OnnxRuntimeTarget) -> str | None:
+        return "onnxruntime"
+
+    def rayserve_files(self, t: OnnxRuntimeTarget, artifact: Artifact) -> tuple[dict[str, Path], str]:
+        src = artifact.model_file
+        files = {"model.onnx": src}
+        data = src.with_name(src.name + ".data")
+        if data.is_file():
+            files[data.name] = data
+        return files, "model.onnx"
+
     def recipe(self, cfg: ModelConfig, t: OnnxRuntimeTarget, inputs: RecipeInputs) -> Recipe:
         from mscompile.passes.convert_fp16 import ConvertFp16, Fp16Config
         from mscompile.passes.fuse_transformer import FuseTransformer, FusionConfig
@@ -123,11 +140,20 @@ class OnnxRuntimeBackend(Backend):
         accel = t.cpu.accelerator if t.cpu is not None else "none"
         threads = t.cpu.intra_op_threads if t.cpu else 0
         runtime = "openvino" if accel == "openvino" else "onnxruntime"
-        gates = [Gate(parity_step(cfg, t, f"{t.name}/check_accuracy", inputs), "onnxruntime")]
+        gates = [
+            Gate(parity_step(cfg, t, f"{t.name}/check_accuracy", inputs, session=onnxruntime_session), "onnxruntime")
+        ]
         if accel == "openvino":
             gates.append(
                 Gate(
-                    parity_step(cfg, t, f"{t.name}/check_accuracy_openvino", inputs, runtime="openvino"),
+                    parity_step(
+                        cfg,
+                        t,
+                        f"{t.name}/check_accuracy_openvino",
+                        inputs,
+                        runtime="openvino",
+                        session=openvino_session,
+                    ),
                     "openvino",
                 )
             )
@@ -135,7 +161,9 @@ class OnnxRuntimeBackend(Backend):
         profile = (
             None
             if t.gpu is not None
-            else profile_step(cfg, t, inputs, self.device(t), runtime=runtime, threads=threads)
+            else profile_step(
+                cfg, t, inputs, self.device(t, inputs), runtime=runtime, threads=threads, session=self.session(t)
+            )
         )
         served = (
             f"ONNX Runtime ({t.gpu.accelerator} on GPU)"
@@ -244,7 +272,7 @@ class Int8Search:
         return Step(f"{prefix}/quantize_int8", QuantizeInt8, qcfg, extras={"calibration": self.inputs.calibration})
 
     def check_step(self, prefix: str) -> Step:
-        return parity_step(self.cfg, self.t, f"{prefix}/check_accuracy", self.inputs)
+        return parity_step(self.cfg, self.t, f"{prefix}/check_accuracy", self.inputs, session=onnxruntime_session)
 
     def equalize_step(self, prefix: str) -> Step:
         from mscompile.passes.equalize_graph import EqualizeConfig, EqualizeGraph

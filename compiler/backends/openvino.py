@@ -13,12 +13,14 @@ serves).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
 from ..artifacts import Artifact
 from ..pipeline import Status, Step
+from ..runtimes import openvino_session
 from ..sections import Section, TargetBase
 from .base import (
     Backend,
@@ -108,6 +110,16 @@ class OpenVinoBackend(Backend):
             reqs.append(Requirement("nncf", "pip install 'mscompile[openvino]'"))
         return reqs
 
+    def session(self, t: OpenVinoTarget) -> Any:
+        return openvino_session
+
+    def rayserve_runtime(self, t: OpenVinoTarget) -> str | None:
+        return "openvino"
+
+    def rayserve_files(self, t: OpenVinoTarget, artifact: Artifact) -> tuple[dict[str, Path], str]:
+        files = {f.name: f for f in sorted(artifact.path.iterdir()) if f.suffix in (".xml", ".bin")}
+        return files, artifact.model_file.name
+
     def recipe(self, cfg: ModelConfig, t: OpenVinoTarget, inputs: RecipeInputs) -> Recipe:
         from mscompile.passes.check_accuracy import CheckAccuracyOpenVino
         from mscompile.passes.convert_openvino import ConvertOpenVino, ConvertOvConfig
@@ -120,12 +132,27 @@ class OpenVinoBackend(Backend):
         )
         threads = t.openvino.inference_num_threads
         profile = profile_step(
-            cfg, t, inputs, self.device(t), runtime="openvino", threads=threads, pass_cls=ProfileOpenVino
+            cfg,
+            t,
+            inputs,
+            self.device(t, inputs),
+            runtime="openvino",
+            threads=threads,
+            pass_cls=ProfileOpenVino,
+            session=openvino_session,
         )
         if t.precision == "int8":
             return Recipe(prepare=[convert], search=NncfSearch(cfg, t, inputs), profile=profile, served_by="OpenVINO")
         gate = Gate(
-            parity_step(cfg, t, f"{t.name}/check_accuracy_openvino", inputs, pass_cls=CheckAccuracyOpenVino),
+            parity_step(
+                cfg,
+                t,
+                f"{t.name}/check_accuracy_openvino",
+                inputs,
+                pass_cls=CheckAccuracyOpenVino,
+                runtime="openvino",
+                session=openvino_session,
+            ),
             "openvino",
         )
         return Recipe(prepare=[convert], gates=[gate], profile=profile, served_by="OpenVINO")
@@ -208,6 +235,8 @@ class NncfSearch:
             f"{self.t.name}/int8#{k}/check_accuracy_openvino",
             self.inputs,
             pass_cls=CheckAccuracyOpenVino,
+            runtime="openvino",
+            session=openvino_session,
         )
 
     def first_tries(self) -> list[list[Step]]:

@@ -13,36 +13,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+from mscompile.passes.build_tensorrt import ProfileConfig, TensorRTConfig
 from pydantic import Field
 
 from ..artifacts import Artifact
 from ..pipeline import Step
-from ..sections import RangeConfig, Section, TargetBase, is_dynamic
+from ..runtimes import onnxruntime_session, tensorrt_session
+from ..sections import RangeConfig, TargetBase, is_dynamic
 from .base import Backend, Gate, Recipe, RecipeInputs, Requirement, ServedModel, parity_step
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
-
-
-class ProfileConfig(Section):
-    """One TensorRT optimization profile: min/opt/max per input."""
-
-    name: str = Field(pattern=r"^[A-Za-z0-9_]+$")
-    shapes: dict[str, RangeConfig]
-
-
-class TensorRTConfig(Section):
-    """Engine build settings."""
-
-    profiles: list[ProfileConfig] | None = Field(
-        default=None, description="optimization profiles; default: one profile from inputs[].range"
-    )
-    workspace_mb: int = Field(default=4096, ge=16)
-    builder_optimization_level: int = Field(default=3, ge=0, le=5)
-    hardware_compatibility_level: Literal["none", "ampere_plus", "same_compute_capability"] = "none"
-    version_compatible: bool = False
-    refittable: bool = False
-    timing_cache: bool = Field(default=True, description="reuse a timing cache kept per GPU kind in the state folder")
 
 
 QUANT_KEYS = ("calibration_method", "exclude_nodes", "exclude_op_types", "high_precision_dtype")
@@ -127,16 +108,17 @@ class TensorRTBackend(Backend):
         ok, why = super().available(t)
         if not ok:
             return ok, why
-        from ..device import nvidia_gpus
+        from ..device import tensorrt_status
 
-        if not nvidia_gpus():
-            return False, f"tensorrt target {t.name!r} needs an NVIDIA GPU; nvidia-smi found none"
-        return True, ""
+        return tensorrt_status()  # the rule the engine build and its gate check again when they run
 
     def fingerprint(self, t: TensorRTTarget) -> dict[str, Any]:
         from ..device import gpu_fingerprint
 
         return gpu_fingerprint()
+
+    def session(self, t: TensorRTTarget) -> Any:
+        return tensorrt_session
 
     def recipe(self, cfg: ModelConfig, t: TensorRTTarget, inputs: RecipeInputs) -> Recipe:
         from mscompile.passes.build_tensorrt import BuildTensorRT, TrtBuildConfig
@@ -172,7 +154,7 @@ class TensorRTBackend(Backend):
                     extras={"calibration": inputs.calibration},
                 )
             )
-        device = self.device(t)
+        device = self.device(t, inputs)
         build = Step(
             f"{t.name}/build_tensorrt",
             BuildTensorRT,
@@ -181,14 +163,23 @@ class TensorRTBackend(Backend):
         )
         gates = [
             Gate(
-                parity_step(cfg, t, f"{t.name}/check_accuracy_onnx", inputs),
+                parity_step(cfg, t, f"{t.name}/check_accuracy_onnx", inputs, session=onnxruntime_session),
                 "onnxruntime",
                 on="prepared",
                 label="the ONNX graph for TensorRT misses the gate on ONNX Runtime",
                 optional=True,  # ONNX Runtime's CPU kernels lack bf16/fp8: the engine's own gate decides
             ),
             Gate(
-                parity_step(cfg, t, f"{t.name}/check_accuracy_trt", inputs, pass_cls=CheckAccuracyTrt, device=device),
+                parity_step(
+                    cfg,
+                    t,
+                    f"{t.name}/check_accuracy_trt",
+                    inputs,
+                    pass_cls=CheckAccuracyTrt,
+                    device=device,
+                    runtime="tensorrt",
+                    session=tensorrt_session,
+                ),
                 "tensorrt",
             ),
         ]

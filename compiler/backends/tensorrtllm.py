@@ -19,7 +19,7 @@ from pydantic import Field
 
 from ..llm.sections import LlmTargetBase
 from ..sections import Section
-from .base import Backend, Gate, Recipe, RecipeInputs, Requirement, ServedModel
+from .base import TOKENS_PER_S, Backend, Gate, Recipe, RecipeInputs, Requirement, ServedModel
 
 if TYPE_CHECKING:
     from ..artifacts import Artifact
@@ -70,6 +70,7 @@ class TrtLlmTarget(LlmTargetBase):
 
 class TensorRTLLMBackend(Backend):
     name = "tensorrtllm"
+    speed = TOKENS_PER_S
     task = "text-generation"
     Target = TrtLlmTarget
     description = (
@@ -103,12 +104,12 @@ class TensorRTLLMBackend(Backend):
     def resources(self, t: TrtLlmTarget) -> dict[str, Any]:
         return {"num_cpus": 1, "num_gpus": t.tensor_parallel_size}
 
-    def stops_at(self, t: TrtLlmTarget) -> str | None:
-        """Where a build stops on this machine (the first step that will be SKIPPED), or None."""
+    def skip_point(self, t: TrtLlmTarget) -> tuple[str, str] | None:
+        """The engine build and what follows it need TensorRT-LLM on a GPU that runs the format."""
         from mscompile.passes.trtllm import trtllm_status
 
         ok, why = trtllm_status(t.quantization)
-        return None if ok else f"{t.name}/build_trtllm_engine SKIPPED: {why}"
+        return None if ok else (f"{t.name}/build_trtllm_engine", why)
 
     def fingerprint(self, t: TrtLlmTarget) -> dict[str, Any]:
         import importlib.metadata
@@ -168,7 +169,7 @@ class TensorRTLLMBackend(Backend):
 
         from ..pipeline import Step
 
-        device = self.device(t)
+        device = self.device(t, inputs)
         ref = {"reference": inputs.reference}
         export = Step(f"{t.name}/export_trtllm_checkpoint", ExportTrtllmCheckpoint, self.export_settings(cfg, t))
         gates = []

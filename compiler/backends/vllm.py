@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from ..llm.sections import LlmTargetBase
-from .base import Backend, Gate, Recipe, RecipeInputs, Requirement, ServedModel
+from .base import TOKENS_PER_S, Backend, Gate, Recipe, RecipeInputs, Requirement, ServedModel
 
 if TYPE_CHECKING:
     from ..artifacts import Artifact
@@ -47,6 +47,8 @@ CALIBRATED = ("w8a8-sq-gptq", "w4a16-gptq")
 
 class VllmBackend(Backend):
     name = "vllm"
+    speed = TOKENS_PER_S
+    openai_server = True
     task = "text-generation"
     Target = VllmTarget
     description = "vLLM (Triton vllm backend); gated and profiled in vLLM itself"
@@ -134,7 +136,7 @@ class VllmBackend(Backend):
                 ProfileLlmVllm,
                 settings,
                 extras={"reference": inputs.reference},
-                device=self.device(t),
+                device=self.device(t, inputs),
             )
             if cfg.profile.enabled
             else None

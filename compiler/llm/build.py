@@ -17,14 +17,13 @@ from typing import Any
 from .. import __version__
 from ..artifacts import HfSource, sha256_path, walk_files
 from ..backends import RecipeInputs, TargetOutcome, get
-from ..backends.base import farm_devices
 from ..build import BuildOptions, BuildResult, Variant, make_variant, stop_on_failures
 from ..cache import Cache
 from ..config import resolve_path
 from ..errors import AccuracyGateError, ConfigError
 from ..farm import farm_fingerprints, farm_outcome
 from ..instruments import Instruments
-from ..pipeline import Driver, Status, Step
+from ..pipeline import Driver, Status, Step, tracked_libraries
 from ..targets import run_recipe
 from .config import LlmModelConfig, text_file
 
@@ -125,13 +124,13 @@ def _choose(cfg: LlmModelConfig, ok: list[Variant]) -> Variant | None:
     if not ok:
         return None
     want = cfg.triton.deploy
-    if want == "fastest":
+    if want == "fastest":  # by the figure each backend's profile measures, at its best batch
 
-        def speed(v: Variant) -> float:
-            rows = (v.profile or {}).get("batches", [])
-            return max((r["tokens_per_s"] for r in rows), default=0.0)
+        def rank(v: Variant) -> float:
+            speed = get(v.backend).speed
+            return min((speed.rank(r) for r in (v.profile or {}).get("batches", [])), default=float("inf"))
 
-        return max(ok, key=speed)
+        return min(ok, key=rank)
     if want:
         return next((v for v in ok if v.target == want), None)
     return ok[0]
@@ -139,6 +138,9 @@ def _choose(cfg: LlmModelConfig, ok: list[Variant]) -> Variant | None:
 
 def build_llm(cfg: LlmModelConfig, config_path: Path, opts: BuildOptions) -> BuildResult:
 
+    from ..tasks import task_of
+
+    task = task_of(cfg)
     t0 = time.perf_counter()
     state = opts.state
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -147,23 +149,18 @@ def build_llm(cfg: LlmModelConfig, config_path: Path, opts: BuildOptions) -> Bui
     repo = resolve_path(cfg.triton.repository)
     if repo.exists() and not repo.is_dir():
         raise ConfigError(f"triton.repository: {repo} is a file, not a folder")
-    names = [t.name for t in cfg.targets]
-    if cfg.triton.deploy not in (None, "fastest") and cfg.triton.deploy not in names:
-        raise ConfigError(f"triton.deploy: {cfg.triton.deploy!r} is neither fastest nor a target ({', '.join(names)})")
     source = describe_checkpoint(cfg, state)
     step = load_step(cfg)
     remote = opts.farm or {}
-    with farm_devices(farm_fingerprints(remote)):
-        recipes = {
-            t.name: get(t.backend).recipe(cfg, t, RecipeInputs(None, None, reference=step.id))  # type: ignore[arg-type]
-            for t in cfg.targets
-        }
+    inputs = RecipeInputs(None, None, reference=step.id, devices=farm_fingerprints(remote))  # type: ignore[arg-type]
+    recipes = {t.name: get(t.backend).recipe(cfg, t, inputs) for t in cfg.targets}
     availability = {t.name: get(t.backend).available(t) for t in cfg.targets if t.name not in remote}
     driver = Driver(Cache(state.cache), instruments, force=opts.force, log_dir=log_dir)
     instruments.say(f"mscompile build {cfg.name} (text-generation): {len(cfg.targets)} target(s)")
     rec = driver.run_step(step, source)
     base = rec.output
-    assert base is not None
+    if rec.status is not Status.OK or base is None:  # as for a tensor model's shared steps
+        raise ConfigError(f"pass {rec.id} was skipped: {rec.reason}")
     variants: list[Variant] = []
     for t in cfg.targets:
         recipe = recipes[t.name]
@@ -172,8 +169,7 @@ def build_llm(cfg: LlmModelConfig, config_path: Path, opts: BuildOptions) -> Bui
         else:
             ok, why = availability[t.name]
             out = run_recipe(driver, recipe, base) if ok else TargetOutcome(Status.SKIPPED, reason=why)
-        precision = t.quantization if getattr(t, "quantization", "none") != "none" else getattr(t, "dtype", "")
-        variants.append(make_variant(driver, t, precision, out, recipe.served_by))
+        variants.append(make_variant(driver, t, task.precision(t), out, recipe.served_by))
     result = BuildResult(cfg.name, variants, list(driver.records.values()))
     stop_on_failures(result, opts, instruments, t0)
     ok = [v for v in variants if v.status is Status.OK]
@@ -188,7 +184,7 @@ def build_llm(cfg: LlmModelConfig, config_path: Path, opts: BuildOptions) -> Bui
     if chosen is None:
         reasons = "; ".join(f"{v.target}: {v.status.value} {v.reason}" for v in variants)
         err2 = AccuracyGateError(f"no variant to deploy, nothing was published ({reasons})")
-        err2.result = result  # type: ignore[attr-defined]
+        err2.result = result
         raise err2
     if cfg.triton.deploy == "fastest":
         result.selection = f"fastest passing variant is {chosen.target}"
@@ -205,6 +201,7 @@ def build_llm(cfg: LlmModelConfig, config_path: Path, opts: BuildOptions) -> Bui
         "config": cfg.model_dump(mode="json"),
         "sources": {"checkpoint": {"path": str(source.path), "digest": source.digest}},
         "reference": {"runtime": "transformers (CPU, float32)", **(base.meta or {})},
+        "libraries": tracked_libraries([step, *(s for r in recipes.values() for s in r.planned())]),
         "passes": [r.to_json() for r in result.records],
         "variants": [v.to_json() for v in variants],
         "lineage": {r.id: r.key for r in result.records},
@@ -265,7 +262,8 @@ def publish_served(
 
 def plan_llm(cfg: LlmModelConfig, opts: BuildOptions) -> dict[str, Any]:
     """The steps a build would run (cached or not) and what each target would publish."""
-    from ..targets import plan_recipe
+    from ..targets import plan_rows
+    from ..tasks import task_of
     from ..tritonrepo.config import to_text
     from ..tritonrepo.writer import versions
     from .trtllm_repo import check_wiring
@@ -282,10 +280,7 @@ def plan_llm(cfg: LlmModelConfig, opts: BuildOptions) -> dict[str, Any]:
         backend = get(t.backend)
         ok, why = backend.available(t)
         recipe = backend.recipe(cfg, t, RecipeInputs(None, None, reference=step.id))  # type: ignore[arg-type]
-        for s, how2, key2 in plan_recipe(driver, recipe, base):
-            rows.append(
-                {"step": s.id, "pass": s.pass_cls.name, "action": how2 if ok else "skip", "key": key2, "target": t.name}
-            )
+        rows += plan_rows(driver, recipe, base, backend, t)
         served = backend.serving(cfg, t, cfg.name, {}, None)
         files = {}
         configs = {}
@@ -300,9 +295,7 @@ def plan_llm(cfg: LlmModelConfig, opts: BuildOptions) -> dict[str, Any]:
         stop = backend.stops_at(t) if ok else None
         targets[t.name] = {
             "backend": t.backend,
-            "precision": getattr(t, "quantization", "none")
-            if getattr(t, "quantization", "none") != "none"
-            else t.dtype,
+            "precision": task_of(cfg).precision(t),
             "available": ok,
             "reason": why,
             "served_by": recipe.served_by,

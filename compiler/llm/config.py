@@ -13,9 +13,9 @@ from .sections import LlmCalibration, LlmProfile, LlmSource, LlmTritonConfig, Ll
 
 
 def llm_target_union() -> Any:
-    from ..backends import all_backends
+    from ..backends import backends_of
 
-    members = tuple(Annotated[b.Target, Tag(name)] for name, b in all_backends().items() if b.task == "text-generation")
+    members = tuple(Annotated[b.Target, Tag(name)] for name, b in backends_of("text-generation").items())
     return Annotated[
         Union[members],  # noqa: UP007
         Discriminator(lambda v: v.get("backend", "vllm") if isinstance(v, dict) else v.backend),

@@ -76,7 +76,9 @@ class VllmServer:
         stop_process(self.proc)
 
 
-def serve_check_llm(cfg: Any, state: Any, version: int | None, concurrency: int, progress: Any) -> dict[str, Any]:
+def serve_check_llm(
+    cfg: Any, state: Any, version: int | None, concurrency: int, progress: Any, load_timeout: float = 300.0
+) -> dict[str, Any]:
     from mscompile.passes.llm import compare
 
     from ..backends import get
@@ -92,7 +94,7 @@ def serve_check_llm(cfg: Any, state: Any, version: int | None, concurrency: int,
     manifest, path = latest_manifest(repo, cfg.name, version)
     version_dir = path.parent
     target = next((t for t in cfg.targets if t.name == manifest.get("deployed_variant")), None)
-    if target is None or get(target.backend).name != "vllm":
+    if target is None or not get(target.backend).openai_server:
         raise ConfigError(
             f"{cfg.name} version {manifest['version']}: serve-check for LLMs runs vLLM-served variants; "
             f"this one was built from {manifest.get('deployed_variant')!r}"
@@ -107,7 +109,8 @@ def serve_check_llm(cfg: Any, state: Any, version: int | None, concurrency: int,
     ref = json.loads((rec.output.path / "reference.json").read_text())  # type: ignore[union-attr]
     model_json = json.loads((version_dir / "model.json").read_text())
     progress(f"starting vLLM's OpenAI server on {version_dir} (dtype {model_json.get('dtype')})")
-    with VllmServer(python, version_dir, str(model_json.get("dtype", "auto")), log_dir / "vllm-server.log") as server:
+    dtype = str(model_json.get("dtype", "auto"))
+    with VllmServer(python, version_dir, dtype, log_dir / "vllm-server.log", timeout=load_timeout) as server:
         new = len(ref["greedy"][0]) if ref["greedy"] else 16
 
         def ask(ids: list[int]) -> tuple[list[int], float]:
@@ -166,6 +169,6 @@ def serve_check_llm(cfg: Any, state: Any, version: int | None, concurrency: int,
             f"{cfg.name} version {manifest['version']} served by vLLM misses the gate of {target.name!r}: "
             + "; ".join(failures)
         )
-        err.summary = summary  # type: ignore[attr-defined]
+        err.summary = summary
         raise err
     return summary

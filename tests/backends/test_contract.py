@@ -16,7 +16,7 @@ from mscompile.config import parse_config
 from mscompile.data import describe_dataset
 from mscompile.tritonrepo.config import parse, to_text
 
-# the tensor backends (ONNX pipeline); the LLM backends (task: text-generation) are tests/test_llm.py's
+# the tensor backends (ONNX pipeline); the LLM backends (task: text-generation) have their own contract cases below
 BACKENDS = sorted(n for n, b in all_backends().items() if b.task == "tensor")
 DIGITS_IO = {
     "inputs": [{"name": "images", "dtype": "float32", "dims": ["batch", 1, 8, 8]}],
@@ -61,7 +61,9 @@ def test_recipe_type_checks_and_names_its_steps(backend, precision):
     recipe.typecheck(OnnxModel)
     ids = [s.id for s in recipe.planned()]
     assert len(ids) == len(set(ids)) and all(i.startswith(f"{backend}_{precision}/") for i in ids)
-    assert recipe.step(ids[-1]).id == ids[-1]  # found by name, never by position
+    assert [recipe.step(i) for i in ids] == recipe.planned()  # each found by its name
+    with pytest.raises(KeyError, match="no step 'nope'"):
+        recipe.step("nope")
     assert recipe.served_by
 
 
@@ -185,15 +187,60 @@ def test_every_problem_is_reported_with_its_key(backend, change, message):
     assert any(message in p for p in e.value.problems), e.value.problems
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_every_problem_message_has_a_case(backend):
-    """A new check in a backend's problems() needs a case above: count them."""
+def message_fragments(source: str) -> list[list[str]]:
+    """The literal pieces of every message a problems() source appends (`out.append(...)`)."""
+    import ast
+    import textwrap
+
+    found = []
+    for node in ast.walk(ast.parse(textwrap.dedent(source))):
+        if isinstance(node, ast.Call) and ast.unparse(node.func) == "out.append" and node.args:
+            parts = [
+                n.value for n in ast.walk(node.args[0]) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+            ]
+            pieces = [p.strip() for p in parts if len(p.strip()) >= 10]
+            if pieces:
+                found.append(pieces)
+    return found
+
+
+def uncovered(backend_cls: type, cases: list) -> list[str]:
+    """Messages of the backend's problems() (and its module's helpers) no case produces."""
     import inspect
 
-    src = inspect.getsource(type(get(backend)))
-    helpers = [inspect.getsource(f) for f in vars(inspect.getmodule(get(backend))).values() if inspect.isfunction(f)]
-    messages = sum(s.count("out.append(") for s in [src, *helpers])
-    assert len(PROBLEMS.get(backend, [])) >= messages, f"{backend}: {messages} messages, {len(PROBLEMS[backend])} cases"
+    module = inspect.getmodule(backend_cls)
+    sources = [inspect.getsource(backend_cls)] + [
+        inspect.getsource(f) for f in vars(module).values() if inspect.isfunction(f) and f.__module__ == module.__name__
+    ]
+    import difflib
+
+    def shared(a: str, b: str) -> int:
+        return difflib.SequenceMatcher(None, a, b, autojunk=False).find_longest_match().size
+
+    expected = [m for _, m in cases]
+    return [
+        pieces[0]
+        for src in sources
+        for pieces in message_fragments(src)
+        if not any(shared(p, m) >= min(20, len(p)) for p in pieces for m in expected)
+    ]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_problem_message_has_a_case(backend):
+    """A new check in a backend's problems() needs a case above whose message has its text."""
+    assert not uncovered(type(get(backend)), PROBLEMS.get(backend, [])), backend
+
+
+def test_the_coverage_check_sees_a_message_without_a_case():
+    class Probe:
+        def problems(self, cfg, t, key):
+            out = []
+            out.append(f"{key}.shiny: needs polish")
+            return out
+
+    assert ".shiny: needs polish" in uncovered(Probe, [])
+    assert ".shiny: needs polish" not in uncovered(Probe, [(None, "targets[0].shiny: needs polish")])
 
 
 def test_an_option_of_another_backend_is_refused_by_the_schema():
@@ -307,3 +354,164 @@ def test_plan_and_build_agree_on_every_step_of_each_example(tmp_path, example):
         assert v["status"] == "OK", v
         assert [s for s in mine if s in t["steps"]] == t["steps"]  # every planned step ran, in order
         assert set(mine) - set(t["steps"]) <= set(t["if_needed"])  # the rest were announced as recovery
+
+
+# -- the core never tests a backend's name -------------------------------------------------
+
+ARTIFACT_TYPES = {"OnnxModel", "OpenVinoModel", "TrtEngine", "TrtllmCheckpoint", "TrtllmEngine", "HfModel"}
+
+
+def name_tests(source: str) -> list[str]:
+    """Comparisons of a backend, runtime or task name with a string literal (==, !=, in),
+    and isinstance/issubclass on a backend's artifact type, in `source`."""
+    import ast
+
+    from mscompile.tasks import all_tasks
+
+    names = set(all_backends()) | set(all_tasks())
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            for part in [node.left, *node.comparators]:
+                elts = part.elts if isinstance(part, (ast.Tuple, ast.List, ast.Set)) else [part]
+                if any(isinstance(e, ast.Constant) and e.value in names for e in elts):
+                    found.append(f"line {node.lineno}: {ast.unparse(node)}")
+        if (
+            isinstance(node, ast.Call)
+            and ast.unparse(node.func) in ("isinstance", "issubclass")
+            and len(node.args) == 2
+        ):
+            if {n.id for n in ast.walk(node.args[1]) if isinstance(n, ast.Name)} & ARTIFACT_TYPES:
+                found.append(f"line {node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_the_scan_finds_what_it_looks_for():
+    assert name_tests("if t.backend == 'openvino': pass") and name_tests("x = b.name in ('vllm', 'x')")
+    assert name_tests("if cfg.task != 'text-generation': pass")
+    assert name_tests("ok = isinstance(a, (OnnxModel, int))") and not name_tests("ok = isinstance(a, int)")
+    assert not name_tests("if precision == 'fp16': pass")
+
+
+def test_no_module_outside_the_backends_tests_a_backend_or_task_name():
+    """What README's "Adding a backend" promises: the core asks the backend (and the task
+    registry), it never compares their names; a new runtime touches its own module."""
+    roots = [REPO / "compiler", REPO / "passes"]
+    allowed = {REPO / "compiler" / "backends", REPO / "compiler" / "tasks"}
+    offenders = {}
+    for root in roots:
+        for path in sorted(root.rglob("*.py")):
+            if any(a in path.parents for a in allowed):
+                continue
+            found = name_tests(path.read_text())
+            if found:
+                offenders[str(path.relative_to(REPO))] = found
+    assert not offenders, offenders
+
+
+# -- the LLM backends keep the same contract (task text-generation) -------------------------
+
+from mscompile.backends import backends_of  # noqa: E402
+
+LLM_BACKENDS = sorted(backends_of("text-generation"))
+LLM_CASES = [
+    (b, q) for b in LLM_BACKENDS for q in typing.get_args(get(b).Target.model_fields["quantization"].annotation)
+]
+
+
+def tinyllm(**changes) -> dict:
+    d = yaml.safe_load((REPO / "examples/tinyllm/model.yaml").read_text())
+    d.update(changes)
+    return d
+
+
+def llm_target(backend: str, quantization: str) -> dict:
+    t = {"name": f"{backend}_{quantization}".replace("-", "_"), "backend": backend, "quantization": quantization}
+    if quantization == "w4a16-gptq":
+        t["dtype"] = "bfloat16"  # its own problem otherwise (16-bit activations)
+    return t
+
+
+def test_the_llm_backends_are_registered_for_their_task():
+    assert {"vllm", "tensorrtllm"} <= set(LLM_BACKENDS)
+    assert not set(LLM_BACKENDS) & set(BACKENDS)
+
+
+@pytest.mark.parametrize(("backend", "quantization"), LLM_CASES)
+def test_llm_recipe_type_checks_and_names_its_steps(backend, quantization):
+    from mscompile.artifacts import HfModel
+
+    cfg = parse_config(tinyllm(targets=[llm_target(backend, quantization)]))
+    t = cfg.targets[0]
+    recipe = get(backend).recipe(cfg, t, RecipeInputs(None, None, reference="load_llm"))
+    recipe.typecheck(HfModel)
+    ids = [s.id for s in recipe.planned()]
+    assert len(ids) == len(set(ids)) and all(i.startswith(f"{t.name}/") for i in ids), ids
+    assert [recipe.step(i) for i in ids] == recipe.planned()  # each found by its name
+    assert recipe.served_by and get(backend).speed.higher_is_better
+
+
+@pytest.mark.parametrize(("backend", "quantization"), LLM_CASES)
+def test_llm_serving_parses_as_tritons_model_config(backend, quantization):
+    cfg = parse_config(tinyllm(targets=[llm_target(backend, quantization)]))
+    served = get(backend).serving(cfg, cfg.targets[0], "tinyllm", {}, None)
+    assert served
+    for m in served:
+        mc = parse(to_text(m.config))
+        assert mc.name == m.name and (mc.backend or mc.platform)
+
+
+LLM_PROBLEMS = {
+    "vllm": [
+        (
+            lambda d: (d.pop("calibration"), d["targets"].append(llm_target("vllm", "w8a8-sq-gptq"))),
+            "targets[4].quantization: w8a8-sq-gptq is calibrated: add a calibration: {text: FILE} section",
+        ),
+        (
+            lambda d: d["targets"].append(dict(llm_target("vllm", "w4a16-gptq"), dtype="float32")),
+            "targets[4].dtype: w4a16-gptq runs with 16-bit activations in vLLM",
+        ),
+    ],
+    "tensorrtllm": [
+        (
+            lambda d: (d.pop("calibration"), d["targets"].append(llm_target("tensorrtllm", "fp8"))),
+            "targets[4].quantization: fp8 is calibrated: add a calibration: {text: FILE} section",
+        ),
+        (
+            lambda d: d["targets"].append(dict(llm_target("tensorrtllm", "none"), max_input_len=512, max_seq_len=512)),
+            "targets[4].max_input_len: 512 leaves no room to generate within max_seq_len 512",
+        ),
+        (
+            lambda d: (
+                d["validation"].update(max_tokens=300),
+                d["targets"].append(dict(llm_target("tensorrtllm", "none"), max_input_len=256, max_seq_len=1024)),
+            ),
+            "targets[4].max_input_len: 256 is shorter than validation.max_tokens 300",
+        ),
+        (
+            lambda d: (
+                d["validation"].update(new_tokens=200, max_tokens=200),
+                d["targets"].append(dict(llm_target("tensorrtllm", "none"), max_input_len=256, max_seq_len=300)),
+            ),
+            "targets[4].max_seq_len: 300 is shorter than validation.max_tokens + new_tokens (400)",
+        ),
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("backend", "change", "message"), [(b, c, m) for b, cases in LLM_PROBLEMS.items() for c, m in cases]
+)
+def test_every_llm_problem_is_reported_with_its_key(backend, change, message):
+    from mscompile.errors import ConfigError
+
+    d = tinyllm()
+    change(d)
+    with pytest.raises(ConfigError) as e:
+        parse_config(d)
+    assert any(message in p for p in e.value.problems), e.value.problems
+
+
+@pytest.mark.parametrize("backend", LLM_BACKENDS)
+def test_every_llm_problem_message_has_a_case(backend):
+    assert not uncovered(type(get(backend)), LLM_PROBLEMS[backend]), backend

@@ -66,8 +66,32 @@ def test_output_without_batch_dim_is_refused():
         model_config(_cfg(), "digits", io)
 
 
-def test_schema_rejects_typos_so_no_placeholder_survives():
-    with pytest.raises(text_format.ParseError):
-        parse('name: "x"\nmax_batch_sise: 4\n')
-    with pytest.raises(text_format.ParseError):
-        parse('name: "x"\ninput { name: "a" data_type: TYPE_FLOAT32 dims: 1 }\n')
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("name", "${MODEL}"), ("inputs.0.name", "${INPUT}"), ("outputs.0.name", "{{ output }}"), ("inputs.0.name", 'a"b')],
+)
+def test_no_placeholder_reaches_a_generated_config(key, value):
+    """Every string model.yaml puts into config.pbtxt is checked: a template placeholder
+    (a common failure of template-filled configs) is refused naming its key."""
+    d = yaml.safe_load((REPO / "examples/digits/model.yaml").read_text())
+    *path, last = key.split(".")
+    node = d
+    for k in path:
+        node = node[int(k)] if k.isdigit() else node[k]
+    node[last] = value
+    with pytest.raises(ConfigError, match=key.replace(".0.", r"\[0\]\.")):
+        parse_config(d)
+
+
+def test_every_generated_config_parses_back_unchanged():
+    from mscompile.backends import all_backends, backends_of
+
+    for name, backend in backends_of("tensor").items():
+        d = yaml.safe_load((REPO / "examples/digits/model.yaml").read_text())
+        d["targets"] = [{"name": "t", "backend": name}]
+        cfg = parse_config(d)
+        for m in backend.serving(cfg, cfg.targets[0], "digits", DIGITS_IO, None):
+            text = to_text(m.config)
+            assert "${" not in text and "{{" not in text
+            assert parse(text) == m.config, name
+    assert all_backends()

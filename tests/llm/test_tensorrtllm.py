@@ -74,6 +74,14 @@ def test_plan_shows_the_inflight_batcher_configs_filled_and_wired(tmp_path):
     assert "--max_batch_size 16" in cmd and "--max_input_len 256" in cmd and "--max_seq_len 512" in cmd
     if not TRTLLM:
         assert "build_trtllm_engine SKIPPED" in t["stops_at"] and "TensorRT-LLM is not installed" in t["stops_at"]
+        # the engine build and every step after it are planned as skipped, with the reason
+        # (they used to count as "would run")
+        rows = [row for row in json.loads(r.stdout)["steps"] if row["target"] == "trt"]
+        actions = {row["step"].split("/", 1)[1]: row["action"] for row in rows}
+        first = [row["step"] for row in rows].index("trt/build_trtllm_engine")
+        assert all(row["action"] == "skip" for row in rows[first:]), actions
+        assert all(row["action"] != "skip" for row in rows[:first]), actions
+        assert "TensorRT-LLM is not installed" in rows[first]["reason"]
     # people see the same
     r = run_cli("plan", str(tmp_path / "model.yaml"))
     assert r.returncode == 0 and "trtllm-build --checkpoint_dir" in r.stdout and 'backend: "tensorrtllm"' in r.stdout
