@@ -91,3 +91,13 @@ class FarmTaskError(MscompileError):
     def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
         self.exit_code = exit_code
         super().__init__(message)
+
+
+class ServeLoadError(MscompileError):
+    """The server did not load (or start, or answer): the message carries its own error line."""
+
+
+class ServedWrongError(MscompileError):
+    """The server answers, but not within the deployed target's gate."""
+
+    exit_code = EXIT_ACCURACY

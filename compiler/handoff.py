@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -32,20 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import EXIT_ACCURACY, ConfigError, MscompileError
-
-
-class ServeLoadError(MscompileError):
-    """The server did not load (or start, or answer): the message carries its own error line."""
-
-
-class ServedWrongError(MscompileError):
-    """The server answers, but not within the deployed target's gate."""
-
-    exit_code = EXIT_ACCURACY
-
-
-# -- a local server --------------------------------------------------------------------
+from .errors import ConfigError, MscompileError, ServedWrongError, ServeLoadError
+from .serving.process import LocalProcess, free_port, stop_process  # noqa: F401 - used by tests and serving
 
 
 def find_tritonserver(given: str | None) -> Path:
@@ -66,24 +53,6 @@ def find_tritonserver(given: str | None) -> Path:
     return Path(found)
 
 
-def stop_process(proc: subprocess.Popen | None) -> None:
-    """Terminate a server process, killing it if it does not exit within 30 s."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class LocalServer:
     """tritonserver on loopback: free ports, explicit model control by default, no
     auto-complete (so the generated config is what gets checked), log to a file."""
@@ -99,7 +68,7 @@ class LocalServer:
     ) -> None:
         self.binary, self.repository, self.log_path = binary, repository, log_path
         self.extra_args, self.mode, self.start_timeout = list(extra_args), mode, start_timeout
-        self.proc: subprocess.Popen | None = None
+        self.process: LocalProcess | None = None
         self.http_port = self.grpc_port = 0
 
     @property
@@ -110,17 +79,17 @@ class LocalServer:
     def grpc_url(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
+    @property
+    def proc(self) -> subprocess.Popen | None:
+        return self.process.proc if self.process else None
+
     def log_tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return self.process.log_tail(lines) if self.process else ""
 
     def start(self) -> LocalServer:
         import tritonclient.http as http
 
         self.http_port, self.grpc_port = free_port(), free_port()
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         cmd = [
             str(self.binary),
             f"--model-repository={self.repository}",
@@ -135,31 +104,17 @@ class LocalServer:
         ]
         env = dict(os.environ)
         env.pop("LD_LIBRARY_PATH", None)  # the server's own libraries, not this Python's
-        log = open(self.log_path, "wb")  # noqa: SIM115 - closed with the process
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        log.close()
+        if self.log_path.exists():
+            self.log_path.unlink()  # this start's log only
         client = http.InferenceServerClient(self.http_url)
-        deadline = time.monotonic() + self.start_timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise ServeLoadError(
-                    f"tritonserver exited with code {self.proc.returncode} while starting; its log "
-                    f"({self.log_path}) ends:\n{self.log_tail()}"
-                )
-            try:
-                if client.is_server_live():
-                    return self
-            except Exception:  # noqa: BLE001 - not listening yet
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise ServeLoadError(
-                    f"tritonserver did not come up in {self.start_timeout:.0f} s; log:\n{self.log_tail()}"
-                )
-            time.sleep(0.1)
+        self.process = LocalProcess(
+            "tritonserver", cmd, self.log_path, client.is_server_live, env=env, start_timeout=self.start_timeout
+        ).start()
+        return self
 
     def stop(self) -> None:
-        stop_process(self.proc)
+        if self.process is not None:
+            self.process.stop()
 
     def __enter__(self) -> LocalServer:
         return self.start()

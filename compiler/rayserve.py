@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -265,7 +264,9 @@ def serve_check_rayserve(
     import yaml
     from mscompile.passes.check_accuracy import evaluate
 
-    from .handoff import ServedWrongError, ServeLoadError, _percentiles, _reference, free_port
+    from .errors import ServedWrongError, ServeLoadError
+    from .handoff import _percentiles, _reference
+    from .serving.process import LocalProcess, free_port
 
     if cfg.rayserve is None:
         raise ConfigError("serve-check --rayserve: the model.yaml has no rayserve: section")
@@ -291,23 +292,20 @@ def serve_check_rayserve(
                     "'mscompile[ray]', or give --url of a running Serve proxy"
                 )
             say(f"serve run {folder / 'serve_config.yaml'} on 127.0.0.1:{port}")
-            with open(log, "ab") as f:
-                proc = subprocess.Popen(
-                    # its own Ray, not one found on the machine; the app's own folder on sys.path, never
-                    # the working directory (serve run's default --app-dir)
-                    [serve, "run", "--address", "local", "--app-dir", str(folder), str(tmp)],
-                    stdout=f,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    env=safe_env(dict(os.environ, RAY_USAGE_STATS_ENABLED="0")),
-                )
             base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + start_timeout
-            while route not in _routes(base):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-                    raise ServeLoadError(f"the Ray Serve app {cfg.name} did not start (log {log}):\n{tail}")
-                time.sleep(0.5)
+            proc = LocalProcess(
+                f"the Ray Serve app {cfg.name} (serve run)",
+                # its own Ray, not one found on the machine; the app's own folder on sys.path, never
+                # the working directory (serve run's default --app-dir)
+                [serve, "run", "--address", "local", "--app-dir", str(folder), str(tmp)],
+                log,
+                lambda: route in _routes(base),
+                env=safe_env(dict(os.environ, RAY_USAGE_STATS_ENABLED="0")),
+                start_timeout=start_timeout,
+                poll=0.5,
+                stop_signal=signal.SIGINT,  # serve run shuts its application and Ray down on Ctrl-C
+                stop_grace=60.0,
+            ).start()
         else:
             base = url.rstrip("/") if "://" in url else f"http://{url.rstrip('/')}"
         feeds, ref, labels = _reference(cfg, state)
@@ -366,11 +364,4 @@ def serve_check_rayserve(
         return summary
     finally:
         if proc is not None:
-            try:
-                os.killpg(proc.pid, signal.SIGINT)
-                proc.wait(timeout=60)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            proc.stop()

