@@ -262,7 +262,6 @@ def build(cfg: ModelConfig, config_path: Path, opts: BuildOptions) -> BuildResul
         recipe = plan.recipes[t.name]
         if t.name in remote:
             inputs = RecipeInputs(plan.validation, plan.calibration, reference=plan.common.steps[0].id)
-
             out = farm_outcome(
                 driver,
                 cfg.name,
