@@ -24,14 +24,14 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, MscompileError, ServedWrongError, ServeLoadError
+from .errors import ConfigError, MscompileError, ServeLoadError
+from .serving.check import Replay, deployed_target, replay, verdict
 from .serving.process import LocalProcess, free_port, stop_process  # noqa: F401 - used by tests and serving
 
 
@@ -245,7 +245,8 @@ def _replay(
     served: dict[str, Any],
     feeds: dict[str, np.ndarray],
     concurrency: int,
-) -> tuple[dict[str, np.ndarray], list[float], float]:
+    proto: str,
+) -> tuple[dict[str, np.ndarray], Replay]:
     """One request per validation sample (the server's batcher may merge them), from
     `concurrency` client threads; outputs in sample order, latencies, wall seconds."""
     from tritonclient.utils import triton_to_np_dtype
@@ -260,7 +261,7 @@ def _replay(
     local = threading.local()
     dtypes = {k: ("BYTES" if t == "STRING" else t) for k, t in inputs}
 
-    def one(i: int) -> tuple[int, list[np.ndarray], float]:
+    def one(i: int) -> list[np.ndarray]:
         if not hasattr(local, "client"):
             local.client = lib.InferenceServerClient(url)
         reqs = []
@@ -271,22 +272,15 @@ def _replay(
             r.set_data_from_numpy(x)
             reqs.append(r)
         outs = [lib.InferRequestedOutput(o) for o in outputs]
-        t0 = time.perf_counter()
         res = local.client.infer(name, reqs, model_version=str(version), outputs=outs)
-        dt = time.perf_counter() - t0
-        return i, [res.as_numpy(o) for o in outputs], dt
+        return [res.as_numpy(o) for o in outputs]
 
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        results = sorted(pool.map(one, range(n)), key=lambda r: r[0])
-    wall = time.perf_counter() - t0
-    got = {o: np.concatenate([r[1][j] for r in results], axis=0) for j, o in enumerate(outputs)}
-    return got, [r[2] for r in results], wall
+    def failed(exc: Exception) -> MscompileError:
+        return ServeLoadError(f"{name} version {version} loaded but a {proto} request failed: {_triton_error(exc)}")
 
-
-def _percentiles(lat: list[float]) -> dict[str, float]:
-    a = np.asarray(lat) * 1000.0
-    return {f"p{q}": round(float(np.percentile(a, q)), 3) for q in (50, 90, 99)}
+    done = replay(one, n, concurrency, failed)
+    got = {o: np.concatenate([r[j] for r in done.answers], axis=0) for j, o in enumerate(outputs)}
+    return got, done
 
 
 def _per_request(before: dict[str, int], after: dict[str, int]) -> dict[str, Any]:
@@ -314,12 +308,7 @@ def serve_check(cfg: Any, state: Any, opts: CheckOptions) -> dict[str, Any]:
     name = opts.model_name or cfg.name
     version, manifest = _served_version(repo, name, opts.version)
     target_name = manifest.get("deployed_variant")
-    target = next((t for t in cfg.targets if t.name == target_name), None)
-    if target is None:
-        raise ConfigError(
-            f"{name} version {version} was built from target {target_name!r}, which model.yaml no longer has; "
-            "check it with the model.yaml it was built from"
-        )
+    target = deployed_target(cfg, name, version, target_name)
     libs, control = _connect(opts, "serve-check")
     summary: dict[str, Any] = {"model": name, "version": version, "variant": target_name, "repository": str(repo)}
     loaded: list[str] = []
@@ -338,7 +327,6 @@ def serve_check(cfg: Any, state: Any, opts: CheckOptions) -> dict[str, Any]:
         if cfg.pipeline is not None and opts.model_name in (None, cfg.name):
             summary["pipeline"] = _check_pipeline(cfg, repo, libs, control, opts, loaded)
             failures += [f"{summary['pipeline']['model']}: {f}" for f in summary["pipeline"]["failures"]]
-        summary.update(passed=not failures, failures=failures)
     finally:
         if loaded and opts.unload:
             try:
@@ -347,14 +335,9 @@ def serve_check(cfg: Any, state: Any, opts: CheckOptions) -> dict[str, Any]:
                 summary["unloaded"] = True
             except Exception:  # noqa: BLE001 - best effort: the check's verdict stands
                 summary["unloaded"] = False
-    if failures:
-        err = ServedWrongError(
-            f"{name} version {version} serves answers outside the gate of target {target_name!r}: "
-            + "; ".join(failures)
-        )
-        err.summary = summary
-        raise err
-    return summary
+    return verdict(
+        summary, failures, f"{name} version {version} serves answers outside the gate of target {target_name!r}"
+    )
 
 
 def _load(control: Any, name: str, version: int, opts: CheckOptions, loaded: list[str]) -> float | None:
@@ -403,33 +386,18 @@ def _check(
         url = opts.grpc_url if proto == "grpc" else opts.http_url
         before = _stats(control, name, version)
         opts.progress(f"{name} {proto}: {len(next(iter(feeds.values())))} requests, concurrency {opts.concurrency}")
-        try:
-            outs, lat, wall = _replay(lib, url, name, version, served, feeds, opts.concurrency)  # type: ignore[arg-type]
-        except MscompileError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            raise ServeLoadError(
-                f"{name} version {version} loaded but a {proto} request failed: {_triton_error(exc)}"
-            ) from None
+        outs, done = _replay(lib, url, name, version, served, feeds, opts.concurrency, proto)  # type: ignore[arg-type]
         after = _stats(control, name, version)
         deadline = time.monotonic() + 10.0
-        while after["success"] - before["success"] < len(lat) and time.monotonic() < deadline:
+        while after["success"] - before["success"] < len(done.latencies) and time.monotonic() < deadline:
             time.sleep(0.05)  # the server records a request's statistics just after its response
             after = _stats(control, name, version)
         outs = {k: v.astype(np.float32) if v.dtype != np.float32 else v for k, v in outs.items() if k in ref}
         metrics, per_output, fails = evaluate(outs, ref, labels, io, tolerance)
         failures += [f"{proto}: {f}" for f in fails]
-        results[proto] = {
-            "requests": len(lat),
-            "concurrency": opts.concurrency,
-            "latency_ms": _percentiles(lat),
-            "throughput_rps": round(len(lat) / wall, 2) if wall > 0 else None,
-            "metrics": metrics,
-            "per_output": per_output,
-            "passed": not fails,
-            "failures": fails,
-            "triton": _per_request(before, after),
-        }
+        results[proto] = done.row(
+            opts.concurrency, metrics=metrics, per_output=per_output, failures=fails, triton=_per_request(before, after)
+        )
     return results, failures
 
 

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, MscompileError, ServedWrongError, ServeLoadError
+from ..errors import ConfigError, ServeLoadError
+from ..serving.check import replay, verdict
 from ..serving.process import LocalProcess, free_port
 
 
@@ -91,13 +90,12 @@ def serve_check_llm(
     with server:
         new = len(ref["greedy"][0]) if ref["greedy"] else 16
 
-        def ask(ids: list[int]) -> tuple[list[int], float]:
-            t0 = time.perf_counter()
+        def ask(i: int) -> list[int]:
             out = _post(
                 f"{url}/v1/completions",
                 {
                     "model": "model",
-                    "prompt": ids,
+                    "prompt": ref["prompts"][i],
                     "max_tokens": new,
                     "temperature": 0.0,
                     "ignore_eos": True,
@@ -105,48 +103,33 @@ def serve_check_llm(
                     "logprobs": 0,
                 },
             )
-            toks = out["choices"][0]["logprobs"]["tokens"]
-            return [int(t.split(":", 1)[1]) for t in toks], time.perf_counter() - t0
+            return [int(t.split(":", 1)[1]) for t in out["choices"][0]["logprobs"]["tokens"]]
+
+        def failed(exc: Exception) -> ServeLoadError:
+            return ServeLoadError(f"the vLLM server did not answer a completion: {exc}")
 
         progress(f"{len(ref['prompts'])} prompts over HTTP, concurrency {concurrency}")
-        t0 = time.perf_counter()
-        try:
-            with ThreadPoolExecutor(max_workers=concurrency) as pool:
-                answers = list(pool.map(ask, ref["prompts"]))
-        except (urllib.error.URLError, KeyError, ValueError) as exc:
-            raise ServeLoadError(f"the vLLM server did not answer a completion: {exc}") from None
-        wall = time.perf_counter() - t0
-    greedy = [a for a, _ in answers]
+        done = replay(ask, len(ref["prompts"]), concurrency, failed)
+    greedy = done.answers
     # perplexity is the build's (the HTTP API gives no prompt log-probabilities): only the greedy part is checked here
     metrics, failures = compare(
         ref, ref["nll"], greedy, target.tolerance.model_copy(update={"perplexity_increase": None})
     )
     metrics.pop("perplexity_increase", None), metrics.pop("perplexity", None)
     tokens = sum(len(g) for g in greedy)
+    row = done.row(
+        concurrency,
+        throughput_tokens_per_s=round(tokens / done.wall, 1) if done.wall > 0 else None,
+        metrics=metrics,
+        failures=failures,
+    )
     summary = {
         "model": cfg.name,
         "version": manifest["version"],
         "variant": target.name,
         "server": "vLLM OpenAI-compatible API (loopback)",
-        "protocols": {
-            "http": {
-                "requests": len(greedy),
-                "concurrency": concurrency,
-                "latency_ms": {"p50": round(sorted(s for _, s in answers)[len(answers) // 2] * 1000, 1)},
-                "throughput_tokens_per_s": round(tokens / wall, 1) if wall > 0 else None,
-                "metrics": metrics,
-                "passed": not failures,
-                "failures": failures,
-            }
-        },
-        "passed": not failures,
-        "failures": failures,
+        "protocols": {"http": row},
     }
-    if failures:
-        err: MscompileError = ServedWrongError(
-            f"{cfg.name} version {manifest['version']} served by vLLM misses the gate of {target.name!r}: "
-            + "; ".join(failures)
-        )
-        err.summary = summary
-        raise err
-    return summary
+    return verdict(
+        summary, failures, f"{cfg.name} version {manifest['version']} served by vLLM misses the gate of {target.name!r}"
+    )
