@@ -483,7 +483,7 @@ def deploy(cfg: Any, state: Any, opts: CheckOptions) -> dict[str, Any]:
     this repository; check it; on failure put back what the server served before.
     With a pipeline, the model, the step models and the ensemble go as one unit."""
     from .config import resolve_path
-    from .tritonrepo.writer import _pinned, _write_config, model_dir_for, model_lock, versions
+    from .tritonrepo.writer import roll_back, serve_only
 
     repo = resolve_path(cfg.triton.repository)
     name = opts.model_name or cfg.name
@@ -505,13 +505,9 @@ def deploy(cfg: Any, state: Any, opts: CheckOptions) -> dict[str, Any]:
     libs, control = _connect(opts, "deploy")
     before = {m: served_now(control, m) for m, _ in unit}
     previous: dict[str, str] = {}
+    wrote: dict[str, str] = {}
     for m, v in unit:
-        model_dir = model_dir_for(repo, m)
-        with model_lock(model_dir, cfg.triton.lock_timeout_s):
-            previous[m] = (model_dir / "config.pbtxt").read_text()
-            text = _pinned(previous[m], versions(model_dir), m, only={v})
-            if text != previous[m]:
-                _write_config(model_dir, text)
+        previous[m], wrote[m] = serve_only(repo, m, {v}, cfg.triton.lock_timeout_s)
     summary: dict[str, Any] = {
         "model": name,
         "version": version,
@@ -538,12 +534,13 @@ def deploy(cfg: Any, state: Any, opts: CheckOptions) -> dict[str, Any]:
     # roll back, the ensemble first: each config serves what the server served before, reloaded
     opts.progress(f"rolling back to {before[name] or 'nothing'}: {failure}")
     for m, _v in reversed(unit):
-        model_dir = model_dir_for(repo, m)
-        with model_lock(model_dir, cfg.triton.lock_timeout_s):
-            if before[m]:
-                _write_config(model_dir, _pinned(previous[m], versions(model_dir), m, only=set(before[m])))
-            else:
-                _write_config(model_dir, previous[m])
+        # only what deploy wrote, under the lock: a config a build published meanwhile stands
+        if not roll_back(repo, m, wrote[m], previous[m], set(before[m]) or None, cfg.triton.lock_timeout_s):
+            failure = type(failure)(
+                f"{failure}; {m}'s config.pbtxt was replaced by another writer (a build) since deploy wrote it: "
+                "it is left as that writer published it"
+            )
+            continue
         try:
             if before[m]:
                 control.load_model(m)

@@ -248,6 +248,33 @@ def publish(
         return Published(name, version, final, reused=False, pruned=pruned, warnings=warnings)
 
 
+def serve_only(repo: Path, name: str, keep: set[int], lock_timeout: float = 600.0) -> tuple[str, str]:
+    """Under the model's lock, make config.pbtxt serve exactly the versions `keep`
+    (deploy); returns (the text it replaced, the text it wrote)."""
+    model_dir = model_dir_for(repo, name)
+    with model_lock(model_dir, lock_timeout):
+        before = (model_dir / "config.pbtxt").read_text()
+        text = _pinned(before, versions(model_dir), name, only=keep)
+        if text != before:
+            _write_config(model_dir, text)
+        return before, text
+
+
+def roll_back(
+    repo: Path, name: str, wrote: str, previous: str, serve: set[int] | None, lock_timeout: float = 600.0
+) -> bool:
+    """Undo `serve_only`, under the model's lock, only while config.pbtxt is still what it
+    wrote: the previous text, serving `serve` when given. False (and nothing changed) when
+    another writer (a build that published meanwhile) replaced it: theirs stands."""
+    model_dir = model_dir_for(repo, name)
+    with model_lock(model_dir, lock_timeout):
+        current = (model_dir / "config.pbtxt").read_text()
+        if current != wrote:
+            return False
+        _write_config(model_dir, _pinned(previous, versions(model_dir), name, only=serve) if serve else previous)
+        return True
+
+
 CONFIG_SHA = ".mscompile-config.sha256"  # what the last publish wrote (to see a hand edit)
 
 

@@ -132,3 +132,26 @@ def test_a_polling_watcher_never_sees_a_config_beside_the_wrong_version(tmp_path
     )
     assert seen > 100 and bad == 0
     assert versions(model) == [18, 19, 20]
+
+
+def test_deploys_rollback_undoes_only_what_deploy_wrote(tmp_path):
+    """deploy pins a version, the check fails, it rolls back: the config before deploy
+    returns. But when a build published meanwhile (max_batch_size 64 -> 32 here), its
+    config stands: a rollback used to revert it to the text deploy read at its start."""
+    from mscompile.tritonrepo.config import parse
+    from mscompile.tritonrepo.writer import roll_back, serve_only
+
+    repo = tmp_path / "repo"
+    publish(repo, "m", _files(tmp_path, b"a"), 'name: "m"\nmax_batch_size: 64\n', {})
+    publish(repo, "m", _files(tmp_path, b"b"), 'name: "m"\nmax_batch_size: 64\n', {})
+    config = repo / "m/config.pbtxt"
+    original = config.read_text()
+    previous, wrote = serve_only(repo, "m", {1})
+    assert previous == original and list(parse(config.read_text()).version_policy.specific.versions) == [1]
+    assert roll_back(repo, "m", wrote, previous, None) and config.read_text() == original
+
+    previous, wrote = serve_only(repo, "m", {1})
+    publish(repo, "m", _files(tmp_path, b"c"), 'name: "m"\nmax_batch_size: 32\n', {})  # a build, meanwhile
+    theirs = config.read_text()
+    assert not roll_back(repo, "m", wrote, previous, None)
+    assert config.read_text() == theirs and parse(theirs).max_batch_size == 32
