@@ -149,6 +149,7 @@ class Plan:
     common: Pipeline
     recipes: dict[str, Recipe]
     datasets: Any  # DataStore: the validation and calibration arrays, read once when a pass first asks
+    inputs: RecipeInputs | None = None
 
 
 def _check_calibration_once(cfg: ModelConfig, calibration: Dataset, state: State) -> Any:
@@ -224,7 +225,7 @@ def assemble(cfg: ModelConfig, state: State | None = None, devices: dict[str, An
         store.register(cal, lambda: (load_calibration(cfg.io, cfg.calibration, cal), None))  # type: ignore[arg-type]
         if checked is not None:  # read just now for the check: not again
             store.put(cal, (checked, None))
-    return Plan(cfg, source, validation, calibration, common, recipes, store)
+    return Plan(cfg, source, validation, calibration, common, recipes, store, inputs)
 
 
 def _driver(plan: Plan, opts: BuildOptions, instruments: Instruments, log_dir: Path) -> Driver:
@@ -234,34 +235,53 @@ def _driver(plan: Plan, opts: BuildOptions, instruments: Instruments, log_dir: P
 # -- build -----------------------------------------------------------------------
 
 
-def build(cfg: ModelConfig, config_path: Path, opts: BuildOptions) -> BuildResult:
-    from .publish import Deployment, deployment_names, write_repository
+@dataclass
+class Prepared:
+    """What a task gives the one build: the input of its shared steps, the shared steps,
+    every target's recipe (built and type-checked before anything runs), the datasets
+    its passes read, and what its manifest records of its sources."""
 
+    source: Artifact
+    shared: Pipeline
+    recipes: dict[str, Recipe]
+    inputs: RecipeInputs
+    datasets: Any = None
+    sources: dict[str, Any] = field(default_factory=dict)  # the manifest's "sources" (and more keys)
+
+
+def build(cfg: Any, config_path: Path, opts: BuildOptions) -> BuildResult:
+    """The one build, for every task: the task prepares (inputs, shared steps, recipes),
+    the shared steps and every target's recipe run through the cached driver (a farm's
+    targets are replayed from the shared cache), failed gates stop it, the passing
+    variants are profiled, the task chooses and checks what to deploy, and publishes."""
+    from .tasks import task_of
+
+    task = task_of(cfg)
     t0 = time.perf_counter()
     state = opts.state
     stamp = time.strftime("%Y%m%d-%H%M%S")
     log_dir = state.build_logs(cfg.name, stamp)
     instruments = Instruments(log_dir / "events.jsonl", quiet=opts.quiet)
-    from .publish import preflight
-
-    preflight(cfg)  # where it will publish, before any work
+    task.preflight(cfg)  # where it will publish, before any work
     remote = opts.farm or {}
-    plan = assemble(cfg, state, devices=farm_fingerprints(remote))
+    prep = task.prepare(cfg, state, farm_fingerprints(remote))
     # whether this machine can build each target, before any pass runs (the farm's nodes
     # answered for the targets they ran)
     availability = {t.name: get(t.backend).available(t) for t in cfg.targets if t.name not in remote}
-    driver = _driver(plan, opts, instruments, log_dir)
-    instruments.say(f"mscompile build {cfg.name}: {len(plan.common.steps)} shared passes, {len(cfg.targets)} target(s)")
-    common_rec = driver.run(plan.common, plan.source)
+    driver = Driver(Cache(state.cache), instruments, force=opts.force, log_dir=log_dir, datasets=prep.datasets)
+    instruments.say(
+        f"mscompile build {cfg.name} ({task.name}): {len(prep.shared.steps)} shared pass(es), "
+        f"{len(cfg.targets)} target(s)"
+    )
+    common_rec = driver.run(prep.shared, prep.source)
     if common_rec.status is not Status.OK or common_rec.output is None:
         raise ConfigError(f"pass {common_rec.id} was skipped: {common_rec.reason}")
     base_model = common_rec.output
 
     variants: list[Variant] = []
     for t in cfg.targets:
-        recipe = plan.recipes[t.name]
+        recipe = prep.recipes[t.name]
         if t.name in remote:
-            inputs = RecipeInputs(plan.validation, plan.calibration, reference=plan.common.steps[0].id)
             out = farm_outcome(
                 driver,
                 cfg.name,
@@ -270,8 +290,8 @@ def build(cfg: ModelConfig, config_path: Path, opts: BuildOptions) -> BuildResul
                 recipe,
                 base_model,
                 instruments,
-                rebuild=lambda fingerprint, t=t, inputs=inputs: get(t.backend).recipe(
-                    cfg, t, replace(inputs, devices={t.name: fingerprint})
+                rebuild=lambda fingerprint, t=t: get(t.backend).recipe(
+                    cfg, t, replace(prep.inputs, devices={t.name: fingerprint})
                 ),
             )
         else:
@@ -282,78 +302,28 @@ def build(cfg: ModelConfig, config_path: Path, opts: BuildOptions) -> BuildResul
                 )
             ok, why = availability[t.name]
             out = run_recipe(driver, recipe, base_model) if ok else TargetOutcome(Status.SKIPPED, reason=why)
-        variants.append(make_variant(driver, t, t.precision, out, recipe.served_by))
+        variants.append(make_variant(driver, t, task.precision(t), out, recipe.served_by))
     result = BuildResult(cfg.name, variants, list(driver.records.values()))
     stop_on_failures(result, opts, instruments, t0)
 
-    profile_variants(driver, plan, variants)
+    profile_variants(driver, prep.recipes, variants)
     result.records = list(driver.records.values())
-    passing = [v.target for v in variants if v.status is Status.OK]
-    wanted = cfg.deployed_targets()
-    if wanted is None:
-        chosen = choose(cfg, [v for v in variants if v.status is Status.OK])
-        if chosen and cfg.triton.deploy in ("fastest", "smallest"):
-            result.selection = (
-                f"{cfg.triton.deploy} passing variant is {chosen[0]} ({selection_note(cfg, variants, chosen[0])})"
-            )
-            instruments.say(f"deploy: {result.selection}")
-    else:
-        chosen = [w for w in wanted if w in passing]
-        missing = [w for w in wanted if w not in passing]
-        if missing and cfg.triton.deploy != "all":
-            why = next(v.reason for v in variants if v.target == missing[0])
-            raise AccuracyGateError(
-                f"triton.deploy: variant {missing[0]!r} did not pass ({why}); nothing was published"
-            )
+    chosen, result.selection = task.choose(cfg, variants)
+    if result.selection:
+        instruments.say(f"deploy: {result.selection}")
     if not chosen:
         reasons = "; ".join(f"{v.target}: {v.status.value} {v.reason}" for v in variants)
         err2 = AccuracyGateError(f"no variant passed, nothing was published ({reasons})")
         err2.result = result
         raise err2
-
     by_name = {v.target: v for v in variants}
-    deployments = [
-        Deployment(  # type: ignore[arg-type]
-            model_name=name, target=t, model=by_name[t].model, profile=by_name[t].profile, engines=by_name[t].engines
-        )
-        for name, t in deployment_names(cfg, chosen)
-    ]
-    if cfg.pipeline is not None:
-        from .ensemble import chain_gate
-
-        deployed = next(t for t in cfg.targets if t.name == deployments[0].target)
-        rep = chain_gate(cfg, deployed, deployments[0].model, instruments.say)
-        result.pipeline = rep
-        instruments.say(
-            f"pipeline {rep['ensemble']}: {'OK' if rep['passed'] else 'FAIL'} on {rep['samples']} raw samples "
-            + " ".join(f"{k}={v:.6g}" for k, v in rep["metrics"].items() if isinstance(v, float))
-        )
-        if not rep["passed"]:
-            result.seconds = time.perf_counter() - t0
-            err4 = AccuracyGateError(
-                f"pipeline: the chain {rep['ensemble']} (preprocess -> {deployments[0].target} -> postprocess) "
-                f"misses its gate against the PyTorch chain: {'; '.join(rep['failures'])}; nothing was published"
-            )
-            err4.result = result
-            raise err4
-    if cfg.rayserve is not None:  # the app can serve what is deployed, before anything is published
-        from .rayserve import servable
-
-        servable(cfg, next(t for t in cfg.targets if t.name == deployments[0].target))
-    manifest = build_manifest(cfg, config_path, plan, result)
-    if result.pipeline is not None:
-        manifest["pipeline"] = result.pipeline
-    result.published = write_repository(cfg, deployments, manifest)
+    deployments = task.deployments(cfg, [by_name[c] for c in chosen])
+    task.before_publish(cfg, deployments, result, instruments)  # end-to-end gates, what else serves it
+    manifest = build_manifest(cfg, task, config_path, prep, result)
+    result.published = task.publish(cfg, deployments, manifest, result, instruments)
     for p in result.published:
         for w in p.warnings:
             instruments.warn(w)
-    if cfg.rayserve is not None:
-        from .rayserve import write_app
-
-        d = deployments[0]
-        target = next(t for t in cfg.targets if t.name == d.target)
-        result.rayserve = str(write_app(cfg, target, d.model, result.published[0].version, manifest))
-        instruments.say(f"Ray Serve app: {result.rayserve} (serve run {result.rayserve}/serve_config.yaml)")
     result.seconds = time.perf_counter() - t0
     result.manifest = manifest
     from .report import write_report
@@ -418,15 +388,15 @@ def stop_on_failures(result: BuildResult, opts: BuildOptions, instruments: Instr
         raise err3
 
 
-def profile_variants(driver: Driver, plan: Plan, variants: list[Variant]) -> None:
+def profile_variants(driver: Driver, recipes: dict[str, Recipe], variants: list[Variant]) -> None:
     """Profile every variant that passed its gate, on the runtime that will serve it
     (the recipe's profile step; none where the runtime is not on this machine)."""
     for v in variants:
-        step = plan.recipes[v.target].profile
+        step = recipes[v.target].profile
         if v.status is not Status.OK or v.model is None or step is None:
             continue
         rec = driver.run_step(step, v.model)
-        if rec.output is not None:
+        if rec.status is Status.OK and rec.output is not None:
             v.profile = {"runtime": rec.output.meta["runtime"], "batches": rec.output.meta["batches"]}
 
 
@@ -469,7 +439,7 @@ def selection_note(cfg: ModelConfig, variants: list[Variant], chosen: str) -> st
     return ", ".join(parts)
 
 
-def build_manifest(cfg: ModelConfig, config_path: Path, plan: Plan, result: BuildResult) -> dict[str, Any]:
+def build_manifest(cfg: Any, task: Any, config_path: Path, prep: Prepared, result: BuildResult) -> dict[str, Any]:
     return {
         "mscompile": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -478,17 +448,12 @@ def build_manifest(cfg: ModelConfig, config_path: Path, plan: Plan, result: Buil
             "python": platform.python_version(),
             "machine": platform.machine(),
         },
+        "task": task.name,
         "config_file": str(config_path),
         "config": cfg.model_dump(mode="json"),
-        "sources": {
-            "checkpoint": {
-                "path": str(plan.source.path),
-                **plan.source.meta,
-                "digest": plan.source.digest,
-            },
-            "validation": {"path": str(plan.validation.path), "digest": plan.validation.digest},
-        },
-        "libraries": tracked_libraries([*plan.common.steps, *(s for r in plan.recipes.values() for s in r.planned())]),
+        **prep.sources,
+        **task.manifest_extras(cfg, prep, result),
+        "libraries": tracked_libraries([*prep.shared.steps, *(s for r in prep.recipes.values() for s in r.planned())]),
         "passes": [r.to_json() for r in result.records],
         "variants": [v.to_json() for v in result.variants],
         "lineage": {r.id: r.key for r in result.records},

@@ -1,30 +1,22 @@
-"""`mscompile build` for task: text-generation.
-
-load_llm (the checkpoint and the transformers reference) runs once; each target's
-backend recipe runs its steps through the same cached driver as every other
-build; a variant that misses its gate fails the build (exit 3) unless on_fail:
-skip; the deployed variant is published for Triton (its backend says what
-Triton gets) with the same atomic, locked writer."""
+"""What task text-generation adds to the one build (build.py): the checkpoint folder
+(a factory's output saved by content), the load_llm step (the transformers reference
+every gate compares with), publishing what the deployed variant's backend serves,
+and its plan and validate."""
 
 from __future__ import annotations
 
 import hashlib
-import platform
-import time
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
 from ..artifacts import HfSource, sha256_path, walk_files
-from ..backends import RecipeInputs, TargetOutcome, get
-from ..build import BuildOptions, BuildResult, Variant, make_variant, stop_on_failures
+from ..backends import RecipeInputs, get
+from ..build import BuildOptions
 from ..cache import Cache
 from ..config import resolve_path
-from ..errors import AccuracyGateError, ConfigError
-from ..farm import farm_fingerprints, farm_outcome
+from ..errors import ConfigError
 from ..instruments import Instruments
-from ..pipeline import Driver, Status, Step, tracked_libraries
-from ..targets import run_recipe
+from ..pipeline import Driver, Step
 from .config import LlmModelConfig, text_file
 
 
@@ -118,106 +110,6 @@ def load_step(cfg: LlmModelConfig) -> Step:
             new_tokens=v.new_tokens,
         ),
     )
-
-
-def _choose(cfg: LlmModelConfig, ok: list[Variant]) -> Variant | None:
-    if not ok:
-        return None
-    want = cfg.triton.deploy
-    if want == "fastest":  # by the figure each backend's profile measures, at its best batch
-
-        def rank(v: Variant) -> float:
-            speed = get(v.backend).speed
-            return min((speed.rank(r) for r in (v.profile or {}).get("batches", [])), default=float("inf"))
-
-        return min(ok, key=rank)
-    if want:
-        return next((v for v in ok if v.target == want), None)
-    return ok[0]
-
-
-def build_llm(cfg: LlmModelConfig, config_path: Path, opts: BuildOptions) -> BuildResult:
-
-    from ..tasks import task_of
-
-    task = task_of(cfg)
-    t0 = time.perf_counter()
-    state = opts.state
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    log_dir = state.build_logs(cfg.name, stamp)
-    instruments = Instruments(log_dir / "events.jsonl", quiet=opts.quiet)
-    repo = resolve_path(cfg.triton.repository)
-    if repo.exists() and not repo.is_dir():
-        raise ConfigError(f"triton.repository: {repo} is a file, not a folder")
-    source = describe_checkpoint(cfg, state)
-    step = load_step(cfg)
-    remote = opts.farm or {}
-    inputs = RecipeInputs(None, None, reference=step.id, devices=farm_fingerprints(remote))  # type: ignore[arg-type]
-    recipes = {t.name: get(t.backend).recipe(cfg, t, inputs) for t in cfg.targets}
-    availability = {t.name: get(t.backend).available(t) for t in cfg.targets if t.name not in remote}
-    driver = Driver(Cache(state.cache), instruments, force=opts.force, log_dir=log_dir)
-    instruments.say(f"mscompile build {cfg.name} (text-generation): {len(cfg.targets)} target(s)")
-    rec = driver.run_step(step, source)
-    base = rec.output
-    if rec.status is not Status.OK or base is None:  # as for a tensor model's shared steps
-        raise ConfigError(f"pass {rec.id} was skipped: {rec.reason}")
-    variants: list[Variant] = []
-    for t in cfg.targets:
-        recipe = recipes[t.name]
-        if t.name in remote:
-            out = farm_outcome(driver, cfg.name, t.name, remote[t.name], recipe, base, instruments)
-        else:
-            ok, why = availability[t.name]
-            out = run_recipe(driver, recipe, base) if ok else TargetOutcome(Status.SKIPPED, reason=why)
-        variants.append(make_variant(driver, t, task.precision(t), out, recipe.served_by))
-    result = BuildResult(cfg.name, variants, list(driver.records.values()))
-    stop_on_failures(result, opts, instruments, t0)
-    ok = [v for v in variants if v.status is Status.OK]
-    for v in ok:
-        prof = recipes[v.target].profile
-        if prof is not None and v.model is not None:
-            r = driver.run_step(prof, v.model)
-            if r.status is Status.OK and r.output is not None:
-                v.profile = dict(r.output.meta)
-    result.records = list(driver.records.values())
-    chosen = _choose(cfg, ok)
-    if chosen is None:
-        reasons = "; ".join(f"{v.target}: {v.status.value} {v.reason}" for v in variants)
-        err2 = AccuracyGateError(f"no variant to deploy, nothing was published ({reasons})")
-        err2.result = result
-        raise err2
-    if cfg.triton.deploy == "fastest":
-        result.selection = f"fastest passing variant is {chosen.target}"
-        instruments.say(f"deploy: {result.selection}")
-    target = next(t for t in cfg.targets if t.name == chosen.target)
-    backend = get(target.backend)
-    served = backend.serving(cfg, target, cfg.name, {}, chosen.model, chosen.profile)
-    manifest = {
-        "mscompile": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "host": {"platform": platform.platform(), "python": platform.python_version()},
-        "task": "text-generation",
-        "config_file": str(config_path),
-        "config": cfg.model_dump(mode="json"),
-        "sources": {"checkpoint": {"path": str(source.path), "digest": source.digest}},
-        "reference": {"runtime": "transformers (CPU, float32)", **(base.meta or {})},
-        "libraries": tracked_libraries([step, *(s for r in recipes.values() for s in r.planned())]),
-        "passes": [r.to_json() for r in result.records],
-        "variants": [v.to_json() for v in variants],
-        "lineage": {r.id: r.key for r in result.records},
-    }
-    server_repo = cfg.triton.server_repository or str(repo)
-    published = publish_served(cfg, repo, server_repo, served, dict(manifest, deployed_variant=chosen.target))
-    result.published = published
-    result.manifest = manifest
-    result.seconds = time.perf_counter() - t0
-    from ..report import write_report
-
-    first = published[0]
-    page = dict(manifest, model=first.model, version=first.version, deployed_variant=chosen.target)
-    result.report_path = write_report(page, state.reports / cfg.name / f"{stamp}-v{first.version}.html")
-    instruments.event("build_end", **result.to_json())
-    return result
 
 
 def publish_served(

@@ -31,8 +31,37 @@ class Task:
     def preflight(self, cfg: Any) -> None:
         """Where the build will publish and what it will read, checked before any work (exit 2)."""
 
-    def build(self, cfg: Any, config_path: Path, opts: Any) -> Any:  # pragma: no cover
+    def build(self, cfg: Any, config_path: Path, opts: Any) -> Any:
+        """The one build (build.py) walks this task's hooks below."""
+        from ..build import build
+
+        return build(cfg, config_path, opts)
+
+    # -- the hooks the one build calls, in its order --------------------------------------
+
+    def prepare(self, cfg: Any, state: Any, devices: dict[str, Any]) -> Any:  # pragma: no cover
+        """build.Prepared: the shared steps' input and steps, every target's recipe (keyed
+        with `devices` for targets a farm node ran), datasets, the manifest's sources."""
         raise NotImplementedError
+
+    def choose(self, cfg: Any, variants: list[Any]) -> tuple[list[str], str | None]:  # pragma: no cover
+        """The targets to deploy among the variants (their gates ran) and, when chosen by
+        a figure, the sentence that says why."""
+        raise NotImplementedError
+
+    def deployments(self, cfg: Any, chosen: list[Any]) -> list[Any]:  # pragma: no cover
+        """publish.Deployment per Triton model the chosen variants become."""
+        raise NotImplementedError
+
+    def before_publish(self, cfg: Any, deployments: list[Any], result: Any, instruments: Any) -> None:
+        """Checks of what will be deployed that must pass before anything is published."""
+
+    def manifest_extras(self, cfg: Any, prep: Any, result: Any) -> dict[str, Any]:
+        """What this task's version folders record beyond the common manifest."""
+        return {}
+
+    def publish(self, cfg: Any, deployments: list[Any], manifest: dict, result: Any, instruments: Any) -> list:
+        raise NotImplementedError  # pragma: no cover
 
     def plan(self, cfg: Any, opts: Any) -> dict[str, Any]:  # pragma: no cover
         raise NotImplementedError

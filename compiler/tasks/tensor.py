@@ -30,10 +30,88 @@ class TensorTask(Task):
 
         preflight(cfg)
 
-    def build(self, cfg: Any, config_path: Path, opts: Any) -> Any:
-        from ..build import build
+    def prepare(self, cfg: Any, state: Any, devices: dict[str, Any]) -> Any:
+        from ..build import Prepared, assemble
 
-        return build(cfg, config_path, opts)
+        plan = assemble(cfg, state, devices=devices)
+        sources = {
+            "checkpoint": {"path": str(plan.source.path), **plan.source.meta, "digest": plan.source.digest},
+            "validation": {"path": str(plan.validation.path), "digest": plan.validation.digest},
+        }
+        return Prepared(plan.source, plan.common, plan.recipes, plan.inputs, plan.datasets, {"sources": sources})
+
+    def choose(self, cfg: Any, variants: list[Any]) -> tuple[list[str], str | None]:
+        from ..build import choose, selection_note
+        from ..errors import AccuracyGateError
+        from ..pipeline import Status
+
+        passing = [v.target for v in variants if v.status is Status.OK]
+        wanted = cfg.deployed_targets()
+        if wanted is None:
+            chosen = choose(cfg, [v for v in variants if v.status is Status.OK])
+            if chosen and cfg.triton.deploy in ("fastest", "smallest"):
+                why = selection_note(cfg, variants, chosen[0])
+                return chosen, f"{cfg.triton.deploy} passing variant is {chosen[0]} ({why})"
+            return chosen, None
+        missing = [w for w in wanted if w not in passing]
+        if missing and cfg.triton.deploy != "all":
+            why = next(v.reason for v in variants if v.target == missing[0])
+            raise AccuracyGateError(
+                f"triton.deploy: variant {missing[0]!r} did not pass ({why}); nothing was published"
+            )
+        return [w for w in wanted if w in passing], None
+
+    def deployments(self, cfg: Any, chosen: list[Any]) -> list[Any]:
+        from ..publish import Deployment, deployment_names
+
+        by_name = {v.target: v for v in chosen}
+        return [
+            Deployment(name, t, by_name[t].model, by_name[t].profile, by_name[t].engines or None)
+            for name, t in deployment_names(cfg, [v.target for v in chosen])
+        ]
+
+    def before_publish(self, cfg: Any, deployments: list[Any], result: Any, instruments: Any) -> None:
+        """The ensemble's end-to-end gate on the deployed variant, and whether the Ray Serve
+        app can serve it."""
+        from ..errors import AccuracyGateError
+
+        deployed = next(t for t in cfg.targets if t.name == deployments[0].target)
+        if cfg.pipeline is not None:
+            from ..ensemble import chain_gate
+
+            rep = chain_gate(cfg, deployed, deployments[0].model, instruments.say)
+            result.pipeline = rep
+            instruments.say(
+                f"pipeline {rep['ensemble']}: {'OK' if rep['passed'] else 'FAIL'} on {rep['samples']} raw samples "
+                + " ".join(f"{k}={v:.6g}" for k, v in rep["metrics"].items() if isinstance(v, float))
+            )
+            if not rep["passed"]:
+                err = AccuracyGateError(
+                    f"pipeline: the chain {rep['ensemble']} (preprocess -> {deployed.name} -> postprocess) "
+                    f"misses its gate against the PyTorch chain: {'; '.join(rep['failures'])}; nothing was published"
+                )
+                err.result = result
+                raise err
+        if cfg.rayserve is not None:
+            from ..rayserve import servable
+
+            servable(cfg, deployed)
+
+    def manifest_extras(self, cfg: Any, prep: Any, result: Any) -> dict[str, Any]:
+        return {"pipeline": result.pipeline} if result.pipeline is not None else {}
+
+    def publish(self, cfg: Any, deployments: list[Any], manifest: dict, result: Any, instruments: Any) -> list:
+        from ..publish import write_repository
+
+        published = write_repository(cfg, deployments, manifest)
+        if cfg.rayserve is not None:
+            from ..rayserve import write_app
+
+            d = deployments[0]
+            target = next(t for t in cfg.targets if t.name == d.target)
+            result.rayserve = str(write_app(cfg, target, d.model, published[0].version, manifest))
+            instruments.say(f"Ray Serve app: {result.rayserve} (serve run {result.rayserve}/serve_config.yaml)")
+        return published
 
     def plan(self, cfg: Any, opts: Any) -> dict[str, Any]:
         from ..build import plan_build

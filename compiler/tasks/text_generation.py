@@ -29,10 +29,77 @@ class TextGenerationTask(Task):
         quantization = getattr(target, "quantization", "none")
         return quantization if quantization != "none" else str(getattr(target, "dtype", ""))
 
-    def build(self, cfg: Any, config_path: Path, opts: Any) -> Any:
-        from ..llm.build import build_llm
+    def preflight(self, cfg: Any) -> None:
+        from ..config import resolve_path
 
-        return build_llm(cfg, config_path, opts)
+        repo = resolve_path(cfg.triton.repository)
+        if repo.exists() and not repo.is_dir():
+            raise ConfigError(f"triton.repository: {repo} is a file, not a folder")
+
+    def prepare(self, cfg: Any, state: Any, devices: dict[str, Any]) -> Any:
+        from ..artifacts import HfModel, HfSource
+        from ..backends import RecipeInputs, get
+        from ..build import Prepared
+        from ..llm.build import describe_checkpoint, load_step
+        from ..pipeline import Pipeline
+
+        source = describe_checkpoint(cfg, state)
+        step = load_step(cfg)
+        inputs = RecipeInputs(None, None, reference=step.id, devices=devices)  # type: ignore[arg-type]
+        recipes = {}
+        for t in cfg.targets:  # every recipe is built and type-checked before anything runs
+            recipes[t.name] = get(t.backend).recipe(cfg, t, inputs)
+            recipes[t.name].typecheck(HfModel)
+        shared = Pipeline([step], input_type=HfSource)
+        sources = {"checkpoint": {"path": str(source.path), "digest": source.digest}}
+        return Prepared(source, shared, recipes, inputs, None, {"sources": sources})
+
+    def choose(self, cfg: Any, variants: list[Any]) -> tuple[list[str], str | None]:
+        """A named target, or the fastest passing one by its backend's figure (tokens/s at
+        its best batch), or the first that passed."""
+        from ..backends import get
+        from ..pipeline import Status
+
+        ok = [v for v in variants if v.status is Status.OK]
+        want = cfg.triton.deploy
+        if not ok:
+            return [], None
+        if want == "fastest":
+
+            def rank(v: Any) -> float:
+                speed = get(v.backend).speed
+                return min((speed.rank(r) for r in (v.profile or {}).get("batches", [])), default=float("inf"))
+
+            best = min(ok, key=rank)
+            return [best.target], f"fastest passing variant is {best.target}"
+        if want:
+            return [v.target for v in ok if v.target == want], None
+        return [ok[0].target], None
+
+    def deployments(self, cfg: Any, chosen: list[Any]) -> list[Any]:
+        from ..publish import Deployment
+
+        v = chosen[0]
+        return [Deployment(cfg.name, v.target, v.model, v.profile)]
+
+    def manifest_extras(self, cfg: Any, prep: Any, result: Any) -> dict[str, Any]:
+        load = next((r for r in result.records if r.id == prep.shared.steps[0].id), None)
+        meta = load.output.meta if load is not None and load.output is not None else {}
+        return {"reference": {"runtime": "transformers (CPU, float32)", **(meta or {})}}
+
+    def publish(self, cfg: Any, deployments: list[Any], manifest: dict, result: Any, instruments: Any) -> list:
+        """What the deployed variant's backend serves (an ensemble last, its members.json
+        recording the member versions published with it)."""
+        from ..backends import get
+        from ..config import resolve_path
+        from ..llm.build import publish_served
+
+        d = deployments[0]
+        target = next(t for t in cfg.targets if t.name == d.target)
+        served = get(target.backend).serving(cfg, target, cfg.name, {}, d.model, d.profile)
+        repo = resolve_path(cfg.triton.repository)
+        server_repo = cfg.triton.server_repository or str(repo)
+        return publish_served(cfg, repo, server_repo, served, dict(manifest, deployed_variant=d.target))
 
     def plan(self, cfg: Any, opts: Any) -> dict[str, Any]:
         from ..llm.build import plan_llm
