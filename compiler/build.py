@@ -228,10 +228,6 @@ def assemble(cfg: ModelConfig, state: State | None = None, devices: dict[str, An
     return Plan(cfg, source, validation, calibration, common, recipes, store, inputs)
 
 
-def _driver(plan: Plan, opts: BuildOptions, instruments: Instruments, log_dir: Path) -> Driver:
-    return Driver(Cache(opts.state.cache), instruments, force=opts.force, log_dir=log_dir, datasets=plan.datasets)
-
-
 # -- build -----------------------------------------------------------------------
 
 
@@ -463,49 +459,51 @@ def build_manifest(cfg: Any, task: Any, config_path: Path, prep: Prepared, resul
 # -- plan (dry run) ---------------------------------------------------------------
 
 
-def plan_build(cfg: ModelConfig, opts: BuildOptions) -> dict[str, Any]:
-    """Which passes would run and which would come from the cache (the same recipe
-    steps a build walks), and per target what it would publish. An INT8 search
-    shows its first try; later tries depend on its results."""
-    from .publish import deployment_names
-    from .tritonrepo.config import to_text
+def plan(cfg: Any, opts: BuildOptions) -> dict[str, Any]:
+    """The one plan, for every task: which steps would run, come from the cache, or be
+    skipped here and why (the same recipe steps a build walks), and per target what it
+    would publish. An INT8 search shows its first try; later tries depend on its results."""
+    from .tasks import task_of
 
+    task = task_of(cfg)
     state = opts.state
-    plan = assemble(cfg, state)
-    instruments = Instruments(None, quiet=True)
-    driver = _driver(plan, opts, instruments, state.logs / "plan")
-    rows = []
-    for step, how, key in driver.plan(plan.common, plan.source):
-        rows.append({"step": step.id, "pass": step.pass_cls.name, "action": how, "key": key, "target": None})
-    base: Artifact | None = driver.outputs.get(plan.common.steps[-1].id)
+    prep = task.prepare(cfg, state, {})
+    driver = Driver(
+        Cache(state.cache),
+        Instruments(None, quiet=True),
+        force=opts.force,
+        log_dir=state.logs / "plan",
+        datasets=prep.datasets,
+    )
+    rows = [
+        {"step": step.id, "pass": step.pass_cls.name, "action": how, "key": key, "target": None}
+        for step, how, key in driver.plan(prep.shared, prep.source)
+    ]
+    base: Artifact | None = driver.outputs.get(prep.shared.steps[-1].id)
     for t in cfg.targets:
-        rows += plan_rows(driver, plan.recipes[t.name], base, get(t.backend), t)
-
-    if base is not None and "io" in base.meta:  # the shared graph is cached
-        io_sig, io_source = base.meta["io"], "the cached ONNX graph"
-    else:
-        from .validate import probe_io
-
-        io_sig, io_source = probe_io(cfg), "a PyTorch forward pass (no cached graph yet)"
-    names = dict((t, n) for n, t in deployment_names(cfg, [t.name for t in cfg.targets]))
+        rows += plan_rows(driver, prep.recipes[t.name], base, get(t.backend), t)
+    io_sig, io_source = task.plan_io(cfg, base)
     targets = {}
     for t in cfg.targets:
         backend = get(t.backend)
         ok, why = backend.available(t)
-        served = backend.serving(cfg, t, names.get(t.name, cfg.name), io_sig, None)
+        recipe = prep.recipes[t.name]
         details = backend.plan_details(cfg, t)
-        targets[t.name] = {
+        entry = {
             "backend": t.backend,
-            "precision": t.precision,
+            "precision": task.precision(t),
             "available": ok,
             "reason": why,
-            "served_by": plan.recipes[t.name].served_by,
-            "steps": [s.id for s in plan.recipes[t.name].planned()],
-            "if_needed": plan.recipes[t.name].later(),
+            "served_by": recipe.served_by,
+            "steps": [s.id for s in recipe.planned()],
+            "if_needed": recipe.later(),
+            "stops_at": backend.stops_at(t) if ok else None,
             "profiles": details.get("profiles", []),
-            "lines": details.get("lines", []),
-            "config_pbtxt": to_text(served[0].config),
-            "models": {m.name: to_text(m.config) for m in served},
+            "lines": list(details.get("lines", [])),
             "io_from": io_source,
         }
+        served = task.plan_served(cfg, t, io_sig)
+        entry["lines"] += served.pop("lines", [])
+        entry.update(served)
+        targets[t.name] = entry
     return {"steps": rows, "targets": targets}

@@ -10,13 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from ..artifacts import HfSource, sha256_path, walk_files
-from ..backends import RecipeInputs, get
-from ..build import BuildOptions
-from ..cache import Cache
-from ..config import resolve_path
+from ..backends import get
 from ..errors import ConfigError
-from ..instruments import Instruments
-from ..pipeline import Driver, Step
+from ..pipeline import Step
 from .config import LlmModelConfig, text_file
 
 
@@ -150,57 +146,6 @@ def publish_served(
             versions[m.name] = p.version
             published.append(p)
     return published
-
-
-def plan_llm(cfg: LlmModelConfig, opts: BuildOptions) -> dict[str, Any]:
-    """The steps a build would run (cached or not) and what each target would publish."""
-    from ..targets import plan_rows
-    from ..tasks import task_of
-    from ..tritonrepo.config import to_text
-    from ..tritonrepo.writer import versions
-    from .trtllm_repo import check_wiring
-
-    state = opts.state
-    driver = Driver(Cache(state.cache), Instruments(None, quiet=True), force=opts.force, log_dir=state.logs / "plan")
-    source = describe_checkpoint(cfg, state)
-    step = load_step(cfg)
-    how, key, base = driver.plan_step(step, source)
-    rows = [{"step": step.id, "pass": step.pass_cls.name, "action": how, "key": key, "target": None}]
-    targets = {}
-    server_repo = cfg.triton.server_repository or str(resolve_path(cfg.triton.repository))
-    for t in cfg.targets:
-        backend = get(t.backend)
-        ok, why = backend.available(t)
-        recipe = backend.recipe(cfg, t, RecipeInputs(None, None, reference=step.id))  # type: ignore[arg-type]
-        rows += plan_rows(driver, recipe, base, backend, t)
-        served = backend.serving(cfg, t, cfg.name, {}, None)
-        files = {}
-        configs = {}
-        for m in served:
-            d = f"{server_repo.rstrip('/')}/{m.name}"
-            nxt = (versions(resolve_path(cfg.triton.repository) / m.name) or [0])[-1] + 1
-            configs[m.name] = m.configure(nxt, d) if m.configure is not None else m.config
-            for k, f in m.templates.items():
-                if k != "model.py":  # generated step code: shown by its name only
-                    files[f"{m.name}/{nxt}/{k}"] = f(nxt, d)
-        details = backend.plan_details(cfg, t)
-        stop = backend.stops_at(t) if ok else None
-        targets[t.name] = {
-            "backend": t.backend,
-            "precision": task_of(cfg).precision(t),
-            "available": ok,
-            "reason": why,
-            "served_by": recipe.served_by,
-            "steps": [s.id for s in recipe.planned()],
-            "if_needed": [],
-            "stops_at": stop,
-            "lines": details.get("lines", [])
-            + [f"{name}:\n  " + text.rstrip().replace("\n", "\n  ") for name, text in files.items()],
-            "models": {name: to_text(mc) for name, mc in configs.items()},
-            "wiring_problems": check_wiring(configs),
-            "io_from": "the backend's fixed text tensors",
-        }
-    return {"steps": rows, "targets": targets}
 
 
 def validate_llm(cfg: LlmModelConfig, config_path: Path) -> list[str]:

@@ -63,7 +63,20 @@ class Task:
     def publish(self, cfg: Any, deployments: list[Any], manifest: dict, result: Any, instruments: Any) -> list:
         raise NotImplementedError  # pragma: no cover
 
-    def plan(self, cfg: Any, opts: Any) -> dict[str, Any]:  # pragma: no cover
+    def plan(self, cfg: Any, opts: Any) -> dict[str, Any]:
+        """The one plan (build.py) walks prepare() and the hooks below."""
+        from ..build import plan
+
+        return plan(cfg, opts)
+
+    def plan_io(self, cfg: Any, base: Any) -> tuple[dict[str, Any], str]:  # pragma: no cover
+        """The I/O signature `plan` shows configs for (from the cached shared output `base`
+        when there is one), and where it came from."""
+        raise NotImplementedError
+
+    def plan_served(self, cfg: Any, target: Any, io_sig: dict[str, Any]) -> dict[str, Any]:  # pragma: no cover
+        """What `plan` shows of what the target would publish: `models` (name -> config
+        text) and anything else (`lines` are appended to the target's)."""
         raise NotImplementedError
 
     def validate(self, cfg: Any, config_path: Path) -> list[str]:  # pragma: no cover

@@ -113,10 +113,21 @@ class TensorTask(Task):
             instruments.say(f"Ray Serve app: {result.rayserve} (serve run {result.rayserve}/serve_config.yaml)")
         return published
 
-    def plan(self, cfg: Any, opts: Any) -> dict[str, Any]:
-        from ..build import plan_build
+    def plan_io(self, cfg: Any, base: Any) -> tuple[dict[str, Any], str]:
+        if base is not None and "io" in base.meta:  # the shared graph is cached
+            return base.meta["io"], "the cached ONNX graph"
+        from ..validate import probe_io
 
-        return plan_build(cfg, opts)
+        return probe_io(cfg), "a PyTorch forward pass (no cached graph yet)"
+
+    def plan_served(self, cfg: Any, target: Any, io_sig: dict[str, Any]) -> dict[str, Any]:
+        from ..backends import get
+        from ..publish import deployment_names
+        from ..tritonrepo.config import to_text
+
+        names = {t: n for n, t in deployment_names(cfg, [t.name for t in cfg.targets])}
+        served = get(target.backend).serving(cfg, target, names.get(target.name, cfg.name), io_sig, None)
+        return {"config_pbtxt": to_text(served[0].config), "models": {m.name: to_text(m.config) for m in served}}
 
     def validate(self, cfg: Any, config_path: Path) -> list[str]:
         from ..validate import validate_all

@@ -101,10 +101,33 @@ class TextGenerationTask(Task):
         server_repo = cfg.triton.server_repository or str(repo)
         return publish_served(cfg, repo, server_repo, served, dict(manifest, deployed_variant=d.target))
 
-    def plan(self, cfg: Any, opts: Any) -> dict[str, Any]:
-        from ..llm.build import plan_llm
+    def plan_io(self, cfg: Any, base: Any) -> tuple[dict[str, Any], str]:
+        return {}, "the backend's fixed text tensors"
 
-        return plan_llm(cfg, opts)
+    def plan_served(self, cfg: Any, target: Any, io_sig: dict[str, Any]) -> dict[str, Any]:
+        """Each model's config as the next version would have it (configs and files that
+        name their own version folder filled in), the files' text, and the wiring check."""
+        from ..backends import get
+        from ..config import resolve_path
+        from ..llm.trtllm_repo import check_wiring
+        from ..tritonrepo.config import to_text
+        from ..tritonrepo.writer import versions
+
+        repo = resolve_path(cfg.triton.repository)
+        server_repo = cfg.triton.server_repository or str(repo)
+        files, configs = {}, {}
+        for m in get(target.backend).serving(cfg, target, cfg.name, io_sig, None):
+            d = f"{server_repo.rstrip('/')}/{m.name}"
+            nxt = (versions(repo / m.name) or [0])[-1] + 1
+            configs[m.name] = m.configure(nxt, d) if m.configure is not None else m.config
+            for k, f in m.templates.items():
+                if k != "model.py":  # generated step code: shown by its name only
+                    files[f"{m.name}/{nxt}/{k}"] = f(nxt, d)
+        return {
+            "lines": [f"{name}:\n  " + text.rstrip().replace("\n", "\n  ") for name, text in files.items()],
+            "models": {name: to_text(mc) for name, mc in configs.items()},
+            "wiring_problems": check_wiring(configs),
+        }
 
     def validate(self, cfg: Any, config_path: Path) -> list[str]:
         from ..llm.build import validate_llm
