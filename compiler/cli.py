@@ -341,7 +341,7 @@ def build(
             try:
                 result = builder(cfg, config, opts)
             except BaseException as exc:
-                res = exc.result
+                res = exc.result if isinstance(exc, MscompileError) else None
                 if settings is not None and isinstance(exc, MscompileError):
                     _track(settings, cfg, config, res, exc, started, state, sync)
                 if isinstance(exc, (AccuracyGateError, TargetSkippedError)) and res is not None:
