@@ -175,7 +175,7 @@ def _pipeline_problems(cfg: ModelConfig, where: str) -> list[str]:
     from .ensemble import unit_names
 
     seen: dict[str, str] = {}
-    for role, name in unit_names(cfg).items():
+    for role, name in unit_names(cfg):
         if name in seen:
             out.append(
                 f"{key}.name: the {role} would be published as {name!r}, the name of the {seen[name]}; "
@@ -413,7 +413,7 @@ def _describe(err: dict[str, Any], where: str) -> str:
 
 def _task_of_backend(data: dict[str, Any], where: str, task: Any) -> list[str]:
     """Targets whose backend serves another task than the config's: one line each."""
-    from .backends import all_backends
+    from .backends import all_backends, backends_of
     from .tasks import get_task
 
     out = []
@@ -423,11 +423,12 @@ def _task_of_backend(data: dict[str, Any], where: str, task: Any) -> list[str]:
             continue
         other = get_task(b.task)
         if other.backends_do:
-            out.append(f"{where}: targets[{i}].backend: {b.name!r} {other.backends_do}; add task: {other.name}")
+            hint = f" ({other.config_hint})" if other.config_hint else ""
+            out.append(f"{where}: targets[{i}].backend: {b.name!r} {other.backends_do}; add task: {other.name}{hint}")
         else:
             out.append(
                 f"{where}: targets[{i}].backend: {b.name!r} does not serve task: {task.name}; "
-                f"use one of {', '.join(sorted(n for n, x in all_backends().items() if x.task == task.name))}"
+                f"use one of {', '.join(sorted(backends_of(task.name)))}"
             )
     return out
 
@@ -441,12 +442,10 @@ def _validated(model: Any, data: dict[str, Any], where: str) -> Any:
         raise ConfigError(problems[0], problems=problems) from None
 
 
-def parse_llm(data: dict[str, Any], where: str) -> Any:
-    """model.yaml of task: text-generation (the task registry calls this)."""
+def llm_problems(cfg: Any, where: str) -> list[str]:
+    """Cross-field checks of a text-generation config; each names its key."""
     from .backends import get
-    from .llm.config import LlmModelConfig
 
-    cfg = _validated(LlmModelConfig, data, where)
     problems = []
     names = [t.name for t in cfg.targets]
     for i, t in enumerate(cfg.targets):
@@ -457,18 +456,7 @@ def parse_llm(data: dict[str, Any], where: str) -> Any:
         problems.append(
             f"{where}: triton.deploy: {cfg.triton.deploy!r} is neither fastest nor a target ({', '.join(names)})"
         )
-    if problems:
-        raise ConfigError(problems[0], problems=problems)
-    return cfg
-
-
-def parse_tensor(data: dict[str, Any], where: str) -> ModelConfig:
-    """model.yaml of task: tensor (the default)."""
-    cfg = _validated(ModelConfig, data, where)
-    problems = semantic_problems(cfg, where)
-    if problems:
-        raise ConfigError(problems[0], problems=problems)
-    return cfg
+    return problems
 
 
 def parse_config(data: Any, where: str = "model.yaml") -> Any:

@@ -63,16 +63,14 @@ def step_names(cfg: ModelConfig) -> dict[str, str]:
     return out
 
 
-def unit_names(cfg: ModelConfig) -> dict[str, str]:
-    """role -> Triton model name of every model the unit publishes: the model, its
-    steps and the ensemble (roles as recorded in each version's build_manifest.json)."""
-    steps = step_names(cfg)
-    out = {"model": cfg.name}
-    for label in ("preprocess", "postprocess"):
-        if label in steps:
-            out[f"pipeline step {label}"] = steps[label]
-    out["ensemble"] = ensemble_name(cfg)
-    return out
+def unit_names(cfg: ModelConfig) -> list[tuple[str, str]]:
+    """(role, Triton model name) of every model the unit publishes: the model, its steps
+    and the ensemble, with the roles each version's build_manifest.json records."""
+    return [
+        ("model", cfg.name),
+        *(("pipeline step", n) for n in step_names(cfg).values()),
+        ("ensemble", ensemble_name(cfg)),
+    ]
 
 
 # -- the step code ---------------------------------------------------------------------

@@ -32,7 +32,7 @@ import numpy as np
 
 from .errors import ConfigError, MscompileError, ServeLoadError
 from .serving.check import Replay, deployed_target, replay, verdict
-from .serving.process import LocalProcess, free_port, stop_process  # noqa: F401 - used by tests and serving
+from .serving.process import LocalProcess, free_port
 
 
 def find_tritonserver(given: str | None) -> Path:

@@ -59,7 +59,7 @@ def preflight(cfg: ModelConfig) -> None:
     if cfg.pipeline is not None:
         from .ensemble import step_sources, unit_names
 
-        units.update({n: role for role, n in unit_names(cfg).items() if role != "model"})
+        units.update({n: role for role, n in unit_names(cfg) if role != "model"})
         for label in ("preprocess", "postprocess"):  # the files it would publish, before any work
             step = getattr(cfg.pipeline, label)
             if step is not None:
@@ -72,7 +72,7 @@ def preflight(cfg: ModelConfig) -> None:
                 f"{key}: {d} exists and is not a model folder (a file or a link); remove it or choose another name"
             )
         owner = repository_owner(d)
-        mine = (cfg.name, role.replace(" preprocess", "").replace(" postprocess", ""))
+        mine = (cfg.name, role)
         # the model's own folder may hold what the writer handles (hand edits, planted links);
         # a pipeline unit never takes a folder it did not publish
         if owner is not None and owner != mine and not (role == "model" and owner == ("", "")):

@@ -15,14 +15,27 @@ class Task:
     description: ClassVar[str] = ""
     # said to a user who names one of this task's backends under another task
     backends_do: ClassVar[str] = ""
+    config_hint: ClassVar[str] = ""  # what its model.yaml holds, said with backends_do
 
     def config_model(self) -> Any:  # pragma: no cover
         """The pydantic model of model.yaml for this task."""
         raise NotImplementedError
 
-    def parse(self, data: dict[str, Any], where: str) -> Any:  # pragma: no cover
-        """Validate a model.yaml mapping: the config, or ConfigError listing every problem."""
-        raise NotImplementedError
+    def parse(self, data: dict[str, Any], where: str) -> Any:
+        """Validate a model.yaml mapping: the config, or ConfigError listing every problem
+        (the schema's, then the task's cross-field checks)."""
+        from ..config import _validated
+        from ..errors import ConfigError
+
+        cfg = _validated(self.config_model(), data, where)
+        problems = self.problems(cfg, where)
+        if problems:
+            raise ConfigError(problems[0], problems=problems)
+        return cfg
+
+    def problems(self, cfg: Any, where: str) -> list[str]:
+        """Cross-field checks pydantic cannot express per field; each line names its key."""
+        return []
 
     def precision(self, target: Any) -> str:
         """The precision label of a target's variant (summary, manifest, MLflow)."""

@@ -20,10 +20,10 @@ class TensorTask(Task):
 
         return ModelConfig
 
-    def parse(self, data: dict[str, Any], where: str) -> Any:
-        from ..config import parse_tensor
+    def problems(self, cfg: Any, where: str) -> list[str]:
+        from ..config import semantic_problems
 
-        return parse_tensor(data, where)
+        return semantic_problems(cfg, where)
 
     def preflight(self, cfg: Any) -> None:
         from ..publish import preflight

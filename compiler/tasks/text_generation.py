@@ -14,16 +14,17 @@ class TextGenerationTask(Task):
     name = "text-generation"
     description = "language models: vllm and tensorrtllm targets"
     backends_do = "builds language models"
+    config_hint = "an LLM model.yaml: source.checkpoint a Hugging Face folder, validation text and prompts"
 
     def config_model(self) -> Any:
         from ..llm.config import LlmModelConfig
 
         return LlmModelConfig
 
-    def parse(self, data: dict[str, Any], where: str) -> Any:
-        from ..config import parse_llm
+    def problems(self, cfg: Any, where: str) -> list[str]:
+        from ..config import llm_problems
 
-        return parse_llm(data, where)
+        return llm_problems(cfg, where)
 
     def precision(self, target: Any) -> str:
         quantization = getattr(target, "quantization", "none")
