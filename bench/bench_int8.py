@@ -159,11 +159,12 @@ def minilm_bench_inputs() -> dict[str, np.ndarray]:
 
 
 def build(path: Path):
-    from mscompile.build import BuildOptions, build
-    from mscompile.config import load_config
+    from mscompile.build import BuildOptions
+    from mscompile.tasks import build as build_config
+    from mscompile.tasks import load_config
 
     t0 = time.perf_counter()
-    result = build(load_config(path), path, BuildOptions(cache_dir=WORK / "cache", quiet=True))
+    result = build_config(load_config(path), path, BuildOptions(cache_dir=WORK / "cache", quiet=True))
     print(
         f"built {path.parent.name} in {time.perf_counter() - t0:.1f}s "
         f"({sum(not r.cached for r in result.records)} passes ran)",

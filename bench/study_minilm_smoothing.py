@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 
 def fp32_graph() -> Path:
-    from mscompile.build import BuildOptions, build
-    from mscompile.config import parse_config
+    from mscompile.build import BuildOptions
+    from mscompile.tasks import build, parse_config
 
     cfg = yaml.safe_load((ROOT / "examples/minilm/model.yaml").read_text())
     cfg["targets"] = [{"name": "fp32", "precision": "fp32", "tolerance": {"cosine_min": 0.9999}}]

@@ -22,12 +22,11 @@ from .cache import Cache
 from .config import ModelConfig
 from .data import describe_dataset
 from .errors import AccuracyGateError, ConfigError, TargetSkippedError
-from .farm import farm_fingerprints, farm_outcome
 from .instruments import Instruments
 from .loading import describe_source
 from .pipeline import Driver, Pipeline, Status, Step, StepRecord, tracked_libraries
 from .state import State
-from .targets import plan_rows, run_recipe
+from .targets import farm_fingerprints, farm_outcome, plan_rows, run_recipe
 
 
 @dataclass
@@ -245,14 +244,11 @@ class Prepared:
     sources: dict[str, Any] = field(default_factory=dict)  # the manifest's "sources" (and more keys)
 
 
-def build(cfg: Any, config_path: Path, opts: BuildOptions) -> BuildResult:
+def build(task: Any, cfg: Any, config_path: Path, opts: BuildOptions) -> BuildResult:
     """The one build, for every task: the task prepares (inputs, shared steps, recipes),
     the shared steps and every target's recipe run through the cached driver (a farm's
     targets are replayed from the shared cache), failed gates stop it, the passing
     variants are profiled, the task chooses and checks what to deploy, and publishes."""
-    from .tasks import task_of
-
-    task = task_of(cfg)
     t0 = time.perf_counter()
     state = opts.state
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -459,13 +455,10 @@ def build_manifest(cfg: Any, task: Any, config_path: Path, prep: Prepared, resul
 # -- plan (dry run) ---------------------------------------------------------------
 
 
-def plan(cfg: Any, opts: BuildOptions) -> dict[str, Any]:
+def plan(task: Any, cfg: Any, opts: BuildOptions) -> dict[str, Any]:
     """The one plan, for every task: which steps would run, come from the cache, or be
     skipped here and why (the same recipe steps a build walks), and per target what it
     would publish. An INT8 search shows its first try; later tries depend on its results."""
-    from .tasks import task_of
-
-    task = task_of(cfg)
     state = opts.state
     prep = task.prepare(cfg, state, {})
     driver = Driver(

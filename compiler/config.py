@@ -138,6 +138,33 @@ class ModelConfig(Section):
         return [self.triton.deploy]
 
 
+def ensemble_name(cfg: ModelConfig) -> str:
+    assert cfg.pipeline is not None
+    return cfg.pipeline.name or f"{cfg.name}_pipeline"
+
+
+def step_names(cfg: ModelConfig) -> dict[str, str]:
+    pc = cfg.pipeline
+    assert pc is not None
+    base = ensemble_name(cfg)
+    out = {}
+    if pc.preprocess is not None:
+        out["preprocess"] = f"{base}_preprocess"
+    if pc.postprocess is not None:
+        out["postprocess"] = f"{base}_postprocess"
+    return out
+
+
+def unit_names(cfg: ModelConfig) -> list[tuple[str, str]]:
+    """(role, Triton model name) of every model the unit publishes: the model, its steps
+    and the ensemble, with the roles each version's build_manifest.json records."""
+    return [
+        ("model", cfg.name),
+        *(("pipeline step", n) for n in step_names(cfg).values()),
+        ("ensemble", ensemble_name(cfg)),
+    ]
+
+
 def _pipeline_problems(cfg: ModelConfig, where: str) -> list[str]:
     pc = cfg.pipeline
     assert pc is not None
@@ -172,8 +199,6 @@ def _pipeline_problems(cfg: ModelConfig, where: str) -> list[str]:
     if pc.name is not None and not re.fullmatch(NAME_PATTERN, pc.name):
         out.append(f"{key}.name: {pc.name!r} is not a valid model name")
     # every model the unit publishes has its own folder: one name may not stand for two
-    from .ensemble import unit_names
-
     seen: dict[str, str] = {}
     for role, name in unit_names(cfg):
         if name in seen:
@@ -317,10 +342,6 @@ def semantic_problems(cfg: ModelConfig, where: str) -> list[str]:
         out.append(f"{where}: validation.labels: {cfg.validation.labels!r} is also an input name")
     if cfg.pipeline is not None:
         out += _pipeline_problems(cfg, where)
-    if cfg.rayserve is not None:
-        from .rayserve import problems as rayserve_problems
-
-        out += rayserve_problems(cfg, where)
     return out
 
 
@@ -411,28 +432,6 @@ def _describe(err: dict[str, Any], where: str) -> str:
     return f"{where}: {path}: {msg}{shown}"
 
 
-def _task_of_backend(data: dict[str, Any], where: str, task: Any) -> list[str]:
-    """Targets whose backend serves another task than the config's: one line each."""
-    from .backends import all_backends, backends_of
-    from .tasks import get_task
-
-    out = []
-    for i, t in enumerate(data.get("targets") or []):
-        b = all_backends().get(t.get("backend", "")) if isinstance(t, dict) else None
-        if b is None or b.task == task.name:
-            continue
-        other = get_task(b.task)
-        if other.backends_do:
-            hint = f" ({other.config_hint})" if other.config_hint else ""
-            out.append(f"{where}: targets[{i}].backend: {b.name!r} {other.backends_do}; add task: {other.name}{hint}")
-        else:
-            out.append(
-                f"{where}: targets[{i}].backend: {b.name!r} does not serve task: {task.name}; "
-                f"use one of {', '.join(sorted(backends_of(task.name)))}"
-            )
-    return out
-
-
 def _validated(model: Any, data: dict[str, Any], where: str) -> Any:
     try:
         return model.model_validate(data)
@@ -457,23 +456,6 @@ def llm_problems(cfg: Any, where: str) -> list[str]:
             f"{where}: triton.deploy: {cfg.triton.deploy!r} is neither fastest nor a target ({', '.join(names)})"
         )
     return problems
-
-
-def parse_config(data: Any, where: str = "model.yaml") -> Any:
-    """Validate a parsed YAML document with its task's parser; raise ConfigError listing
-    every problem."""
-    from .tasks import DEFAULT_TASK, all_tasks
-
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: the top level must be a mapping of keys (name, source, ...)")
-    name = data.get("task", DEFAULT_TASK)
-    task = all_tasks().get(name) if isinstance(name, str) else None
-    if task is None:
-        raise ConfigError(f"{where}: task: {name!r} is not a task here; use one of {', '.join(all_tasks())}")
-    wrong = _task_of_backend(data, where, task)
-    if wrong:
-        raise ConfigError(wrong[0], problems=wrong)
-    return task.parse(data, where)
 
 
 class _NoDuplicatesLoader(yaml.SafeLoader):
@@ -550,7 +532,9 @@ def _load_yaml(text: str, where: str) -> Any:
         loader.dispose()
 
 
-def load_config(path: str | Path) -> ModelConfig:
+def read_model_yaml(path: str | Path) -> Any:
+    """A model.yaml's document, read safely (size, aliases, depth, duplicate keys), not yet
+    validated: `mscompile.tasks.load_config` parses it with its task."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: model config not found; pass the path of your model.yaml")
@@ -567,20 +551,4 @@ def load_config(path: str | Path) -> ModelConfig:
         raise ConfigError(f"{where}: invalid YAML: {problem}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{p}: not a UTF-8 text file") from None
-    return parse_config(data, where=str(p))
-
-
-def json_schema() -> dict[str, Any]:
-    """The JSON Schema of model.yaml, every task's: one shape per task (oneOf, told apart by
-    `task`), its `targets` items one shape per backend."""
-    from pydantic.json_schema import models_json_schema
-
-    from .tasks import all_tasks
-
-    models = [(t.config_model(), "validation") for t in all_tasks().values()]
-    refs, schema = models_json_schema(models, ref_template="#/$defs/{model}")
-    schema["oneOf"] = [refs[m] for m in models]
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "mscompile model.yaml"
-    schema["description"] = "; ".join(f"task {n}: {t.description}" for n, t in all_tasks().items())
-    return schema
+    return data

@@ -339,3 +339,26 @@ def batches(feeds: dict[str, np.ndarray], size: int):
     n = next(iter(feeds.values())).shape[0]
     for s in range(0, n, size):
         yield {k: v[s : s + size] for k, v in feeds.items()}
+
+
+def read_lines(path: str) -> list[str]:
+    """The passages of a text file: one per non-blank line, or the `text` of each JSON line."""
+    p = Path(path)
+    if p.suffix == ".jsonl":
+        return [json.loads(ln)["text"] for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    return [ln for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+
+
+def text_file(key: str, value: str) -> tuple[Path, list[str]]:
+    """A text file of model.yaml (validation.text, validation.prompts, calibration.text):
+    its path and passages, or ConfigError naming the key and what to fix."""
+    p = resolve_path(value)
+    if not p.is_file():
+        raise ConfigError(f"{key}: {p} not found; check the path (relative paths start at the working directory)")
+    try:
+        lines = read_lines(str(p))
+    except (ValueError, KeyError) as exc:
+        raise ConfigError(f"{key}: {p} is not one passage per line (or JSON lines with a 'text' key): {exc}") from None
+    if not lines:
+        raise ConfigError(f"{key}: {p} holds no text")
+    return p, lines

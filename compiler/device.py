@@ -110,7 +110,8 @@ def gpu_fingerprint() -> dict[str, Any]:
 
 
 def doctor() -> list[tuple[str, str, str]]:
-    """(component, status, detail) rows for `mscompile doctor`."""
+    """(component, status, detail) rows of this machine for `mscompile doctor` (the
+    backends add theirs: `backends.doctor`)."""
     rows: list[tuple[str, str, str]] = [("python", "ok", platform.python_version())]
     for dist, what in (
         ("torch", "PyTorch"),
@@ -160,8 +161,4 @@ def doctor() -> list[tuple[str, str, str]]:
             server or "not on PATH: give serve-check --tritonserver PATH, or --url of a running server",
         )
     )
-    from .backends import all_backends
-
-    for b in all_backends().values():  # each backend answers with the rule its builds use
-        rows.extend(b.doctor())
     return rows

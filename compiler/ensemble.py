@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .config import ensemble_name, step_names
 from .errors import ConfigError, MscompileError, TargetSkippedError
 
 if TYPE_CHECKING:
@@ -44,33 +45,6 @@ NP_TRITON = {
 
 # names mscompile writes in a step's version folder itself
 RESERVED_FILES = ("model.py", "build_manifest.json", "members.json")
-
-
-def ensemble_name(cfg: ModelConfig) -> str:
-    assert cfg.pipeline is not None
-    return cfg.pipeline.name or f"{cfg.name}_pipeline"
-
-
-def step_names(cfg: ModelConfig) -> dict[str, str]:
-    pc = cfg.pipeline
-    assert pc is not None
-    base = ensemble_name(cfg)
-    out = {}
-    if pc.preprocess is not None:
-        out["preprocess"] = f"{base}_preprocess"
-    if pc.postprocess is not None:
-        out["postprocess"] = f"{base}_postprocess"
-    return out
-
-
-def unit_names(cfg: ModelConfig) -> list[tuple[str, str]]:
-    """(role, Triton model name) of every model the unit publishes: the model, its steps
-    and the ensemble, with the roles each version's build_manifest.json records."""
-    return [
-        ("model", cfg.name),
-        *(("pipeline step", n) for n in step_names(cfg).values()),
-        ("ensemble", ensemble_name(cfg)),
-    ]
 
 
 # -- the step code ---------------------------------------------------------------------
@@ -258,7 +232,7 @@ def variant_model(cfg: ModelConfig, target: Any, artifact: Any) -> tuple[Any, st
 def chain_gate(cfg: ModelConfig, target: Any, artifact: Any, progress: Any = None) -> dict[str, Any]:
     """The end-to-end gate: the published chain with the deployed variant against the
     chain with the PyTorch model. Returns the report (passed, metrics, failures)."""
-    from mscompile.passes.check_accuracy import evaluate
+    from mscompile.accuracy import evaluate
 
     from .sections import IOSpec, OutputSpec
 

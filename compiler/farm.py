@@ -28,9 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts import Artifact
-from .backends import TargetOutcome
-from .errors import ConfigError, FarmTaskError, MscompileError
-from .instruments import Instruments
+from .errors import ConfigError, MscompileError
 from .pipeline import Driver, Status
 from .targets import run_recipe
 
@@ -139,7 +137,7 @@ def run_target_here(config: str, target: str, kind: str | None, cache_dir: str, 
     are found there (the driver ran them), the target's recipe and profile run here."""
     from .backends import get
     from .build import BuildOptions
-    from .config import load_config
+    from .tasks import load_config
 
     t0 = time.perf_counter()
     cfg = load_config(config)
@@ -321,81 +319,6 @@ class Farm:
         finally:
             self.report.seconds = time.perf_counter() - t0
             ray.shutdown()
-
-
-def farm_fingerprints(remote: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {n: r["fingerprint"] for n, r in remote.items() if r.get("fingerprint") and r["status"] in ("OK", "FAIL")}
-
-
-def farm_outcome(
-    driver: Driver,
-    model: str,
-    target: str,
-    r: dict[str, Any],
-    recipe: Any,
-    base: Artifact,
-    instruments: Instruments,
-    rebuild: Any = None,
-) -> TargetOutcome:
-    """A target a farm node ran: its error or SKIPPED as the node said, else the recipe
-    replayed from the shared cache (a step that has to run here means the cache is not
-    shared: said, not hidden)."""
-    where = f" (farm node {r['host']})" if r.get("host") else ""
-    if r["status"] == "ERROR":
-        raise FarmTaskError(f"{model}/{target}{where}: {r.get('error')}", int(r.get("exit_code") or 1))
-    if r["status"] == "SKIPPED":
-        return TargetOutcome(Status.SKIPPED, reason=f"{r.get('reason')}{where}")
-    if r.get("kinds"):
-        return _farm_kinds(driver, model, target, r["kinds"], rebuild or (lambda _fp: recipe), base, instruments)
-    before = set(driver.records)
-    out = run_recipe(driver, recipe, base)
-    ran = [
-        k
-        for k, rec in driver.records.items()
-        if k not in before and not rec.cached and rec.status is not Status.SKIPPED
-    ]
-    if ran:
-        instruments.warn(
-            f"{target}: {len(ran)} step(s) the farm ran were not in the cache here and ran on the driver "
-            f"({', '.join(ran)}); is the cache folder shared by every node?"
-        )
-    return out
-
-
-def _farm_kinds(
-    driver: Driver,
-    model: str,
-    target: str,
-    kinds: list[dict[str, Any]],
-    rebuild: Any,
-    base: Artifact,
-    instruments: Instruments,
-) -> TargetOutcome:
-    """A target built on several GPU kinds: each kind's recipe replayed from the cache with
-    that node's fingerprint; every kind must pass its gate; the engines go out as one
-    model (cc_model_filenames), keyed by compute capability."""
-    outs: list[tuple[dict[str, Any], TargetOutcome]] = []
-    for k in kinds:
-        rec = rebuild(k["fingerprint"])  # device-bound steps keyed with this kind's node
-        outs.append((k, farm_outcome(driver, model, target, dict(k, kinds=None), rec, base, instruments)))
-    bad = [(k, o) for k, o in outs if o.status is not Status.OK]
-    if bad:
-        k, o = bad[0]
-        o.reason = f"on {k['kind']}: {o.reason}"
-        return o
-    first = outs[0][1]
-    first.engines = {}
-    for k, o in outs:
-        cc = str(k["fingerprint"].get("compute_capability") or "")
-        if not cc or o.model is None:
-            raise FarmTaskError(f"{model}/{target}@{k['kind']}: the node reported no compute capability")
-        if cc in first.engines:
-            raise FarmTaskError(
-                f"{model}/{target}: GPU kinds with the same compute capability {cc} "
-                f"({', '.join(x['kind'] for x in kinds)}): one engine per capability; list one of them"
-            )
-        first.engines[cc] = o.model
-    return first
 
 
 def merge(results: list[dict[str, Any]]) -> dict[str, Any]:

@@ -149,7 +149,7 @@ def _served_version(repo: Path, name: str, version: int | None) -> tuple[int, di
 
 def _reference(cfg: Any, state: Any) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray | None]:
     """Validation feeds, labels, and the PyTorch reference outputs (the build's cached step)."""
-    from mscompile.passes.check_accuracy import load_reference
+    from mscompile.accuracy import load_reference
 
     from .build import assemble
     from .cache import Cache
@@ -377,7 +377,7 @@ def _check(
     opts: CheckOptions,
 ) -> tuple[dict[str, Any], list[str]]:
     """Replay `feeds` over every protocol and gate the answers; (per protocol, failures)."""
-    from mscompile.passes.check_accuracy import evaluate
+    from mscompile.accuracy import evaluate
 
     served = _served_config(control, name, version)
     results: dict[str, Any] = {}
@@ -490,7 +490,7 @@ def deploy(cfg: Any, state: Any, opts: CheckOptions) -> dict[str, Any]:
     version, _ = _served_version(repo, name, opts.version)
     unit = [(name, version)]
     if cfg.pipeline is not None and name == cfg.name:
-        from .ensemble import ensemble_name, step_names
+        from .config import ensemble_name, step_names
 
         # the ensemble's latest version pins its members: deploy exactly those
         ens = ensemble_name(cfg)

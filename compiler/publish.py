@@ -57,7 +57,8 @@ def preflight(cfg: ModelConfig) -> None:
     names = [n for n, _ in deployment_names(cfg, [t.name for t in cfg.targets])]
     units = {n: "model" for n in names}
     if cfg.pipeline is not None:
-        from .ensemble import step_sources, unit_names
+        from .config import unit_names
+        from .ensemble import step_sources
 
         units.update({n: role for role, n in unit_names(cfg) if role != "model"})
         for label in ("preprocess", "postprocess"):  # the files it would publish, before any work

@@ -261,7 +261,7 @@ def serve_check_rayserve(
     """Replay the validation set against the Ray Serve app and gate the answers."""
     import numpy as np
     import yaml
-    from mscompile.passes.check_accuracy import evaluate
+    from mscompile.accuracy import evaluate
 
     from .errors import ServeLoadError
     from .handoff import _reference

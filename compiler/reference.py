@@ -33,7 +33,7 @@ def _cell(text: Any) -> str:
 
 
 def markdown() -> str:
-    from .config import json_schema
+    from .tasks import json_schema
 
     schema = json_schema()
     defs = schema["$defs"]

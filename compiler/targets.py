@@ -1,5 +1,6 @@
 """Walks a backend's recipe: in a build (run_recipe) and in a plan (plan_recipe),
-over the same steps in the same order, so the two cannot drift apart.
+over the same steps in the same order, so the two cannot drift apart; and a target a farm node ran, replayed
+from the shared cache here (farm_outcome).
 
 prepare -> gates on the prepared graph -> deployable -> gates on it; or
 prepare -> the backend's search (INT8 tries). Every step goes through the
@@ -12,6 +13,8 @@ from typing import Any
 
 from .artifacts import Artifact, ParityReport
 from .backends import Recipe, RecipeRunner, TargetOutcome
+from .errors import FarmTaskError
+from .instruments import Instruments
 from .pipeline import Driver, Status, Step, StepRecord
 
 
@@ -116,3 +119,81 @@ def plan_rows(driver: Driver, recipe: Recipe, base: Artifact | None, backend: An
             | {"target": target.name, "reason": reason}
         )
     return rows
+
+
+# -- a target a farm node ran: replayed from the shared cache -------------------------
+
+
+def farm_fingerprints(remote: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {n: r["fingerprint"] for n, r in remote.items() if r.get("fingerprint") and r["status"] in ("OK", "FAIL")}
+
+
+def farm_outcome(
+    driver: Driver,
+    model: str,
+    target: str,
+    r: dict[str, Any],
+    recipe: Any,
+    base: Artifact,
+    instruments: Instruments,
+    rebuild: Any = None,
+) -> TargetOutcome:
+    """A target a farm node ran: its error or SKIPPED as the node said, else the recipe
+    replayed from the shared cache (a step that has to run here means the cache is not
+    shared: said, not hidden)."""
+    where = f" (farm node {r['host']})" if r.get("host") else ""
+    if r["status"] == "ERROR":
+        raise FarmTaskError(f"{model}/{target}{where}: {r.get('error')}", int(r.get("exit_code") or 1))
+    if r["status"] == "SKIPPED":
+        return TargetOutcome(Status.SKIPPED, reason=f"{r.get('reason')}{where}")
+    if r.get("kinds"):
+        return _farm_kinds(driver, model, target, r["kinds"], rebuild or (lambda _fp: recipe), base, instruments)
+    before = set(driver.records)
+    out = run_recipe(driver, recipe, base)
+    ran = [
+        k
+        for k, rec in driver.records.items()
+        if k not in before and not rec.cached and rec.status is not Status.SKIPPED
+    ]
+    if ran:
+        instruments.warn(
+            f"{target}: {len(ran)} step(s) the farm ran were not in the cache here and ran on the driver "
+            f"({', '.join(ran)}); is the cache folder shared by every node?"
+        )
+    return out
+
+
+def _farm_kinds(
+    driver: Driver,
+    model: str,
+    target: str,
+    kinds: list[dict[str, Any]],
+    rebuild: Any,
+    base: Artifact,
+    instruments: Instruments,
+) -> TargetOutcome:
+    """A target built on several GPU kinds: each kind's recipe replayed from the cache with
+    that node's fingerprint; every kind must pass its gate; the engines go out as one
+    model (cc_model_filenames), keyed by compute capability."""
+    outs: list[tuple[dict[str, Any], TargetOutcome]] = []
+    for k in kinds:
+        rec = rebuild(k["fingerprint"])  # device-bound steps keyed with this kind's node
+        outs.append((k, farm_outcome(driver, model, target, dict(k, kinds=None), rec, base, instruments)))
+    bad = [(k, o) for k, o in outs if o.status is not Status.OK]
+    if bad:
+        k, o = bad[0]
+        o.reason = f"on {k['kind']}: {o.reason}"
+        return o
+    first = outs[0][1]
+    first.engines = {}
+    for k, o in outs:
+        cc = str(k["fingerprint"].get("compute_capability") or "")
+        if not cc or o.model is None:
+            raise FarmTaskError(f"{model}/{target}@{k['kind']}: the node reported no compute capability")
+        if cc in first.engines:
+            raise FarmTaskError(
+                f"{model}/{target}: GPU kinds with the same compute capability {cc} "
+                f"({', '.join(x['kind'] for x in kinds)}): one engine per capability; list one of them"
+            )
+        first.engines[cc] = o.model
+    return first

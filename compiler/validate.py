@@ -4,20 +4,19 @@ plus a forward pass of the model on the declared shapes; nothing is written."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .config import load_config
 from .data import describe_dataset, load_validation
 from .loading import describe_source, load_module
 
 MAX_PROBE_BYTES = 1 << 30
 
 
-def validate_all(config_path: Path) -> list[str]:
+def validate_all(cfg: Any, config_path: Path) -> list[str]:
     from mscompile.passes.load_checkpoint import reference_outputs
 
-    cfg = load_config(config_path)
     lines = [f"{config_path}: configuration is valid ({len(cfg.targets)} target(s))"]
     source = describe_source(cfg.source)
     lines.append(f"checkpoint: {source.path} (sha256 {source.meta['checkpoint_sha256'][:12]}...)")

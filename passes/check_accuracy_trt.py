@@ -7,9 +7,10 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from mscompile.accuracy import check_batch, load_reference
 from mscompile.artifacts import ParityReport, TorchModel, TrtEngine
 from mscompile.data import batches
-from mscompile.passes.check_accuracy import CheckConfig, check_batch, load_reference, make_report
+from mscompile.passes.check_accuracy import CheckConfig, make_report
 from mscompile.pipeline import Pass, PassContext, PassResult, Status
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mscompile.artifacts import HfModel, HfSource, ParityReport, ProfileReport
+from mscompile.data import read_lines
 from mscompile.llm.sections import LlmTolerance
 from mscompile.pipeline import Pass, PassContext, PassResult, Status
 from mscompile.sections import Section
@@ -32,13 +33,6 @@ CHECKPOINT_FILES = (
     "merges.txt",
     "tokenizer.model",
 )
-
-
-def read_lines(path: str) -> list[str]:
-    p = Path(path)
-    if p.suffix == ".jsonl":
-        return [json.loads(ln)["text"] for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    return [ln for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
 
 
 def copy_checkpoint(src: Path, dst: Path) -> None:

@@ -114,14 +114,3 @@ class ProfileOpenVino(Profile):
     name = "profile_openvino"
     input_type = OpenVinoModel  # type: ignore[assignment]
     libraries = ("openvino", "numpy")
-
-
-def preferred_batch(rows: list[dict[str, Any]], gain: float = 1.10) -> int:
-    """The batch size where throughput stops growing by more than `gain` per step."""
-    rows = sorted(rows, key=lambda r: r["batch"])
-    best = rows[0]
-    for r in rows[1:]:
-        if r["throughput"] < best["throughput"] * gain:
-            break
-        best = r
-    return int(best["batch"])

@@ -109,7 +109,7 @@ class QuantizeNncf(Pass[OpenVinoModel, OpenVinoModel]):
         return PassResult(path=ctx.workdir, meta=meta, metrics=metrics)
 
     def _accuracy_control(self, nncf: Any, model: Any, calibration: Any, cfg: NncfConfig, ctx: PassContext, kwargs):
-        from mscompile.passes.check_accuracy import load_reference
+        from mscompile.accuracy import load_reference
 
         val, labels = ctx.data("validation")
         first = cfg.io.outputs[0].name

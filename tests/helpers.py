@@ -88,7 +88,7 @@ def make_driver(root: Path, force: bool = False, plan=None):
 def tiny_steps(cfg_dict: dict):
     """The real shared pipeline (load, export, optimize) for a config dict."""
     from mscompile.build import assemble
-    from mscompile.config import parse_config
+    from mscompile.tasks import parse_config
 
     cfg = parse_config(cfg_dict)
     return cfg, assemble(cfg)

@@ -3,8 +3,9 @@ import json
 import pytest
 import yaml
 from helpers import REPO
-from mscompile.config import ModelConfig, json_schema, load_config, parse_config
+from mscompile.config import ModelConfig
 from mscompile.errors import ConfigError
+from mscompile.tasks import json_schema, load_config, parse_config
 
 
 def base() -> dict:

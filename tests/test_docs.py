@@ -13,7 +13,7 @@ from helpers import REPO
 
 
 def test_readme_is_short_and_its_model_yaml_is_valid():
-    from mscompile.config import parse_config
+    from mscompile.tasks import parse_config
 
     text = (REPO / "README.md").read_text()
     assert len(text.encode()) <= 10 * 1024

@@ -139,8 +139,8 @@ def test_engines_for_several_gpu_kinds_are_one_model_with_cc_model_filenames(tmp
     the version folder's layout are checked)."""
     from mscompile.artifacts import TrtEngine
     from mscompile.backends import get
-    from mscompile.config import load_config
     from mscompile.farm import merge
+    from mscompile.tasks import load_config
     from mscompile.tritonrepo.config import parse, to_text
 
     (_, trt_yaml) = _configs(tmp_path)

@@ -4,8 +4,8 @@ failed before its fix."""
 import pytest
 import yaml
 from helpers import REPO
-from mscompile.config import parse_config
 from mscompile.errors import ConfigError, MscompileError
+from mscompile.tasks import parse_config
 
 
 def _trt_with_pipeline() -> dict:

@@ -158,8 +158,8 @@ def test_retention_keeps_what_the_policy_serves(tmp_path):
     ],
 )
 def test_retention_conflicting_with_the_policy_is_refused(tmp_path, policy, keep, message):
-    from mscompile.config import parse_config
     from mscompile.errors import ConfigError
+    from mscompile.tasks import parse_config
 
     cfg = make_tiny_project(tmp_path)
     cfg["triton"].update(version_policy=policy, retention={"keep_last": keep})

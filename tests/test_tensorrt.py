@@ -10,10 +10,10 @@ import pytest
 import yaml
 from helpers import REPO, run_cli, write_config
 from mscompile.backends.tensorrt import trt_profiles
-from mscompile.config import parse_config
 from mscompile.device import tensorrt_status
 from mscompile.passes.build_tensorrt import TrtBuildConfig, reproduce_script, timing_cache_path
 from mscompile.publish import model_config
+from mscompile.tasks import parse_config
 from mscompile.tritonrepo.config import parse, to_text
 
 TRT_OK, TRT_REASON = tensorrt_status()

@@ -9,6 +9,7 @@ import functools
 import importlib
 import importlib.metadata
 
+from .. import device
 from ..registry import discover
 from .base import (
     Backend,
@@ -36,6 +37,7 @@ __all__ = [
     "TargetOutcome",
     "all_backends",
     "backends_of",
+    "doctor",
     "get",
     "parity_step",
     "profile_step",
@@ -64,3 +66,12 @@ def get(name: str) -> Backend:
 def backends_of(task: str) -> dict[str, Backend]:
     """The backends that build models of `task` (their targets form its config's union)."""
     return {n: b for n, b in all_backends().items() if b.task == task}
+
+
+def doctor() -> list[tuple[str, str, str]]:
+    """`mscompile doctor`'s rows: the machine's, then each backend's, judged by the rule
+    its builds use."""
+    rows = device.doctor()
+    for b in all_backends().values():
+        rows.extend(b.doctor())
+    return rows

@@ -125,7 +125,7 @@ class TensorRTLLMBackend(Backend):
     def export_settings(self, cfg: Any, t: TrtLlmTarget) -> Any:
         from mscompile.passes.trtllm import TrtllmExportConfig
 
-        from ..llm.config import text_file
+        from ..data import text_file
 
         texts: list[str] = []
         max_tokens = 256

@@ -101,7 +101,7 @@ class VllmBackend(Backend):
 
         from mscompile.passes.llm import LlmCompressorConfig
 
-        from ..llm.config import text_file
+        from ..data import text_file
 
         if t.quantization not in CALIBRATED:
             return LlmCompressorConfig(scheme=t.quantization, calibration="", calibration_sha256="", samples=0)

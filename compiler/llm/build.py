@@ -11,9 +11,10 @@ from typing import Any
 
 from ..artifacts import HfSource, sha256_path, walk_files
 from ..backends import get
+from ..data import text_file
 from ..errors import ConfigError
 from ..pipeline import Step
-from .config import LlmModelConfig, text_file
+from .config import LlmModelConfig
 
 
 def _sha(path: Path) -> str:
@@ -150,7 +151,7 @@ def publish_served(
 
 def validate_llm(cfg: LlmModelConfig, config_path: Path) -> list[str]:
     """The checkpoint folder, the text files and the tokenizer, without building."""
-    from mscompile.passes.llm import read_lines
+    from mscompile.data import read_lines
 
     lines = [f"{config_path}: configuration is valid ({len(cfg.targets)} target(s), task text-generation)"]
     source = describe_checkpoint(cfg)

@@ -3,7 +3,6 @@ and LLM targets (the backends whose task is text-generation: vllm, tensorrtllm).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import Discriminator, Field, Tag
@@ -35,23 +34,3 @@ class LlmModelConfig(Section):
     triton: LlmTritonConfig = Field(default_factory=LlmTritonConfig)
     profile: LlmProfile = Field(default_factory=LlmProfile)
     mlflow: MlflowConfig | None = None
-
-
-def text_file(key: str, value: str) -> tuple[Path, list[str]]:
-    """A text file of model.yaml (validation.text, validation.prompts, calibration.text):
-    its path and passages, or ConfigError naming the key and what to fix."""
-    from mscompile.passes.llm import read_lines
-
-    from ..config import resolve_path
-    from ..errors import ConfigError
-
-    p = resolve_path(value)
-    if not p.is_file():
-        raise ConfigError(f"{key}: {p} not found; check the path (relative paths start at the working directory)")
-    try:
-        lines = read_lines(str(p))
-    except (ValueError, KeyError) as exc:
-        raise ConfigError(f"{key}: {p} is not one passage per line (or JSON lines with a 'text' key): {exc}") from None
-    if not lines:
-        raise ConfigError(f"{key}: {p} holds no text")
-    return p, lines

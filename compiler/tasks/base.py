@@ -48,7 +48,7 @@ class Task:
         """The one build (build.py) walks this task's hooks below."""
         from ..build import build
 
-        return build(cfg, config_path, opts)
+        return build(self, cfg, config_path, opts)
 
     # -- the hooks the one build calls, in its order --------------------------------------
 
@@ -80,7 +80,7 @@ class Task:
         """The one plan (build.py) walks prepare() and the hooks below."""
         from ..build import plan
 
-        return plan(cfg, opts)
+        return plan(self, cfg, opts)
 
     def plan_io(self, cfg: Any, base: Any) -> tuple[dict[str, Any], str]:  # pragma: no cover
         """The I/O signature `plan` shows configs for (from the cached shared output `base`

@@ -22,8 +22,9 @@ class TensorTask(Task):
 
     def problems(self, cfg: Any, where: str) -> list[str]:
         from ..config import semantic_problems
+        from ..rayserve import problems as rayserve_problems
 
-        return semantic_problems(cfg, where)
+        return semantic_problems(cfg, where) + rayserve_problems(cfg, where)
 
     def preflight(self, cfg: Any) -> None:
         from ..publish import preflight
@@ -132,7 +133,7 @@ class TensorTask(Task):
     def validate(self, cfg: Any, config_path: Path) -> list[str]:
         from ..validate import validate_all
 
-        return validate_all(config_path)
+        return validate_all(cfg, config_path)
 
     def shared_steps(self, cfg: Any, state: Any, stamp: str, force: bool) -> tuple[Any, Any, Any]:
         from ..build import assemble

@@ -88,7 +88,6 @@ def base_model_config(
     real graph's signature, batching, instances, version policy and warm-up, from
     the `triton` section. `profile` (the variant's latency profile) gives the
     preferred batch size when model.yaml does not. A backend adds its own fields."""
-    from mscompile.passes.profile import preferred_batch
 
     pb = _pb()
     t = cfg.triton
@@ -141,3 +140,14 @@ def to_text(mc: Any) -> str:
 def parse(text: str) -> Any:
     """Parse config.pbtxt text into a ModelConfig (raises on any unknown field)."""
     return text_format.Parse(text, _pb().ModelConfig())
+
+
+def preferred_batch(rows: list[dict[str, Any]], gain: float = 1.10) -> int:
+    """The batch size where throughput stops growing by more than `gain` per step."""
+    rows = sorted(rows, key=lambda r: r["batch"])
+    best = rows[0]
+    for r in rows[1:]:
+        if r["throughput"] < best["throughput"] * gain:
+            break
+        best = r
+    return int(best["batch"])

@@ -12,8 +12,8 @@ import yaml
 from helpers import REPO, hidden_modules_env, requires, run_cli, write_config
 from mscompile.artifacts import OnnxModel
 from mscompile.backends import RecipeInputs, all_backends, get
-from mscompile.config import parse_config
 from mscompile.data import describe_dataset
+from mscompile.tasks import parse_config
 from mscompile.tritonrepo.config import parse, to_text
 
 # the tensor backends (ONNX pipeline); the LLM backends (task: text-generation) have their own contract cases below
@@ -263,7 +263,7 @@ def test_an_option_of_another_backend_is_refused_by_the_schema():
 
 
 def test_schema_shows_one_shape_per_backend():
-    from mscompile.config import json_schema
+    from mscompile.tasks import json_schema
 
     s = json.dumps(json_schema())
     for b in all_backends().values():

@@ -195,9 +195,9 @@ def _engine_fixture(tmp_path: Path):
 
 def test_published_repository_steps_load_and_tokenize_in_triton(tmp_path):
     from mscompile.backends import get
-    from mscompile.config import load_config
     from mscompile.handoff import LocalServer
     from mscompile.llm.build import publish_served
+    from mscompile.tasks import load_config
     from triton_harness import triton
 
     tri = triton()

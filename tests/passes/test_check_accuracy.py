@@ -2,8 +2,8 @@ import re
 
 import numpy as np
 import pytest
+from mscompile.accuracy import apply_gate, compare
 from mscompile.config import Tolerance
-from mscompile.passes.check_accuracy import apply_gate, compare
 
 
 def test_metrics_on_known_arrays():

@@ -99,9 +99,9 @@ def mlp(tmp_path, monkeypatch):
 @requires("sklearn")
 def test_equalization_is_float_exact_and_balances_the_rescaled_units(tmp_path, mlp):
     import onnx
-    from mscompile.build import BuildOptions, build
-    from mscompile.config import parse_config
+    from mscompile.build import BuildOptions
     from mscompile.passes.equalize_graph import _channel_range, equalize
+    from mscompile.tasks import build, parse_config
     from onnx import numpy_helper
 
     cfg, _ = mlp
@@ -122,8 +122,8 @@ def test_equalization_is_float_exact_and_balances_the_rescaled_units(tmp_path, m
 
 @requires("sklearn")
 def test_outlier_net_passes_static_int8_after_equalization_with_no_tensor_in_float(tmp_path, mlp):
-    from mscompile.build import BuildOptions, build
-    from mscompile.config import parse_config
+    from mscompile.build import BuildOptions
+    from mscompile.tasks import build, parse_config
 
     cfg, acc = mlp
     result = build(parse_config(cfg), tmp_path / "m.yaml", BuildOptions(cache_dir=tmp_path / "cache", quiet=True))
@@ -142,8 +142,8 @@ def test_tensor_level_recovery_keeps_the_damaged_tensor_in_float(tmp_path, monke
     """A unit that always outputs 1000 (and is ignored): equalization has nothing to
     balance, so recovery keeps the damaged activation itself in float (its
     consumers read float), and every try changes the graph."""
-    from mscompile.build import BuildOptions, build
-    from mscompile.config import parse_config
+    from mscompile.build import BuildOptions
+    from mscompile.tasks import build, parse_config
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -241,8 +241,8 @@ def ln_outlier_net(root, scale=300.0):
 
 @requires("sklearn")
 def test_smoothing_folds_into_layernorm_and_int8_keeps_99_percent(tmp_path, monkeypatch):
-    from mscompile.build import BuildOptions, build
-    from mscompile.config import parse_config
+    from mscompile.build import BuildOptions
+    from mscompile.tasks import build, parse_config
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -263,10 +263,10 @@ def test_smoothing_folds_into_layernorm_and_int8_keeps_99_percent(tmp_path, monk
 @requires("sklearn")
 def test_smoothing_rewrite_is_float_exact_and_balances_channels(tmp_path, monkeypatch):
     import onnx
-    from mscompile.build import BuildOptions, build
-    from mscompile.config import parse_config
+    from mscompile.build import BuildOptions
     from mscompile.passes.equalize_graph import SMOOTH_MARK, _channel_max, smooth
     from mscompile.runtimes import onnxruntime_session
+    from mscompile.tasks import build, parse_config
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -297,8 +297,8 @@ def test_smoothing_rewrite_is_float_exact_and_balances_channels(tmp_path, monkey
 def test_dead_unit_passes_with_default_recovery_by_smoothing(tmp_path, monkeypatch):
     """The unit every later weight ignores: smoothing scales it down freely (its weight
     row is zero), so static INT8 passes with the default budget and nothing in float."""
-    from mscompile.build import BuildOptions, build
-    from mscompile.config import parse_config
+    from mscompile.build import BuildOptions
+    from mscompile.tasks import build, parse_config
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -7,10 +7,9 @@ from html.parser import HTMLParser
 import pytest
 import yaml
 from helpers import REPO, run_cli, write_config
-from mscompile.config import parse_config
-from mscompile.passes.profile import preferred_batch
 from mscompile.publish import model_config
-from mscompile.tritonrepo.config import parse, to_text
+from mscompile.tasks import parse_config
+from mscompile.tritonrepo.config import parse, preferred_batch, to_text
 
 
 def test_preferred_batch_is_where_throughput_stops_growing():

@@ -10,11 +10,11 @@ import onnxruntime as ort
 import pytest
 import yaml
 from helpers import REPO, make_driver, requires, tiny_steps
-from mscompile.build import BuildOptions, build
-from mscompile.config import parse_config
+from mscompile.build import BuildOptions
 from mscompile.passes.quantize_int8 import Int8Config, QuantizeInt8
 from mscompile.passes.quantize_modelopt import ModelOptConfig, QuantizeModelOpt
 from mscompile.pipeline import Step
+from mscompile.tasks import build, parse_config
 
 
 @pytest.fixture

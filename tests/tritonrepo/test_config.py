@@ -2,9 +2,9 @@ import pytest
 import yaml
 from google.protobuf import text_format
 from helpers import REPO
-from mscompile.config import parse_config
 from mscompile.errors import ConfigError
 from mscompile.publish import model_config
+from mscompile.tasks import parse_config
 from mscompile.tritonrepo.config import parse, to_text
 from tritonclient.grpc import model_config_pb2
 

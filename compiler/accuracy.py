@@ -1,0 +1,135 @@
+"""The accuracy judge: compare a variant's outputs with the PyTorch reference and apply
+a target's tolerance. One judge for every place that gates: the check passes (on the
+step's session), the ensemble's end-to-end gate and the serve-checks (on a real
+server's answers)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from .artifacts import TorchModel
+from .data import batches
+from .errors import ConfigError
+from .sections import IOSpec, Tolerance
+
+
+def compare(out: np.ndarray, ref: np.ndarray, classes: bool = True) -> dict[str, float]:
+    """Parity metrics of one output against its reference (samples on axis 0).
+    Cosine only where a sample has more than one value (on one value it is always
+    +-1 and checks nothing); top-1 agreement only for class scores (`classes`)."""
+    a = out.astype(np.float64).reshape(out.shape[0], -1) if out.ndim > 0 else out.astype(np.float64).reshape(1, -1)
+    b = ref.astype(np.float64).reshape(a.shape)
+    diff = np.abs(a - b)
+    scale = float(np.abs(b).max()) or 1.0
+    m = {
+        "max_abs": float(diff.max()) if diff.size else 0.0,
+        "mean_abs": float(diff.mean()) if diff.size else 0.0,
+        "max_rel": float(diff.max() / scale) if diff.size else 0.0,
+        "nonfinite": int((~np.isfinite(out)).sum()),
+    }
+    if a.shape[1] > 1:
+        na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+        denom = na * nb
+        # two all-zero rows are identical; one zero row against a non-zero one is orthogonal
+        cos = np.where(
+            denom > 0,
+            (a * b).sum(axis=1) / np.where(denom > 0, denom, 1.0),
+            np.where(na + nb == 0, 1.0, 0.0),
+        )
+        m.update(cosine=float(cos.mean()), cosine_min=float(cos.min()))
+    if classes and out.ndim == 2 and out.shape[1] > 1:
+        m["top1_agreement"] = float((out.argmax(axis=1) == ref.argmax(axis=1)).mean())
+    return m
+
+
+def per_sample(out: np.ndarray, ref: np.ndarray, cap: int = 2000) -> dict[str, list[float]]:
+    """Per-sample max |error| and cosine of the first output (for the report's histograms)."""
+    a = out[:cap].astype(np.float64).reshape(min(len(out), cap), -1)
+    b = ref[:cap].astype(np.float64).reshape(a.shape)
+    denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    cos = np.where(denom > 0, (a * b).sum(axis=1) / np.where(denom > 0, denom, 1.0), 1.0)
+    return {"max_abs": [float(x) for x in np.abs(a - b).max(axis=1)], "cosine": [float(x) for x in cos]}
+
+
+UPPER = ("max_abs", "max_rel", "accuracy_drop")  # gates that hold a maximum
+LOWER = ("cosine", "cosine_min", "top1_agreement")  # gates that hold a minimum
+WHY_NOT = {
+    "accuracy_drop": "it needs integer labels: set validation.labels",
+    "cosine": "every output has one value per sample, where cosine is always +-1",
+    "cosine_min": "every output has one value per sample, where cosine is always +-1",
+    "top1_agreement": "no output holds class scores (a 2-D output, with validation.labels or "
+    "tolerance.top1_agreement naming it so)",
+}
+
+
+def apply_gate(per_output: dict[str, dict[str, Any]], tol: Tolerance, task: dict[str, Any] | None = None) -> list[str]:
+    """Each failed gate as a line naming the output; empty when the variant passes.
+    `task`: accuracy metrics over the first output (accuracy_drop). A gate no output
+    can be checked by is refused (ConfigError): it would pass while checking nothing."""
+    fails = []
+    for name, m in per_output.items():
+        if m.get("nonfinite", 0):
+            fails.append(f"{name}: {m['nonfinite']} non-finite output values (NaN/inf)")
+    for k in UPPER + LOWER:
+        limit = getattr(tol, k)
+        if limit is None:
+            continue
+        scope = {"(task)": task} if k == "accuracy_drop" else per_output
+        applicable = {n: m for n, m in scope.items() if m is not None and k in m}
+        if not applicable:
+            raise ConfigError(f"tolerance.{k}: checks nothing for this model ({WHY_NOT[k]}); remove it")
+        for n, m in applicable.items():
+            bad = m[k] > limit if k in UPPER else m[k] < limit
+            if bad:
+                where = "" if n == "(task)" else f"{n}: "
+                fails.append(f"{where}{k} {m[k]:.6g} {'>' if k in UPPER else '<'} {limit:g}")
+    return fails
+
+
+def evaluate(
+    outs: dict[str, np.ndarray], ref: dict[str, np.ndarray], labels: np.ndarray | None, io: IOSpec, tol: Tolerance
+) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """Per-output metrics, their worst values over all outputs, and the gate's failures."""
+    first = io.outputs[0].name
+    # class scores: the labelled output, or every 2-D output when the gate asks for top-1
+    classes = {n: (n == first and labels is not None) or tol.top1_agreement is not None for n in outs}
+    per_output = {n: compare(outs[n], ref[n], classes[n]) for n in outs}
+    agg: dict[str, Any] = {}
+    for m in per_output.values():
+        for k, v in m.items():
+            worse = max if k in ("max_abs", "mean_abs", "max_rel", "nonfinite") else min
+            agg[k] = v if k not in agg else worse(agg[k], v)
+    task = None
+    if labels is not None:
+        acc = float((outs[first].argmax(axis=-1) == labels).mean() * 100.0)
+        ref_acc = float((ref[first].argmax(axis=-1) == labels).mean() * 100.0)
+        task = {"accuracy": acc, "reference_accuracy": ref_acc, "accuracy_drop": max(0.0, ref_acc - acc)}
+        agg.update(task)
+    return agg, per_output, apply_gate(per_output, tol, task)
+
+
+def check_batch(io: IOSpec, batch: int) -> int:
+    """The validation batch size, within every input's range."""
+    maxes = [i.range.max[0] for i in io.inputs if i.range is not None and io.has_batch_axis()]
+    return min(batch, *maxes) if maxes else batch
+
+
+def load_reference(reference: TorchModel) -> dict[str, np.ndarray]:
+    with np.load(reference.path / "reference.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+def run_model(infer: Any, io: IOSpec, feeds: dict[str, np.ndarray], batch: int) -> tuple[dict[str, np.ndarray], float]:
+    """The declared outputs of a model over `feeds`, in batches, through the session
+    `infer`; and the seconds it took."""
+    names = [o.name for o in io.outputs]
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    t0 = time.perf_counter()
+    for feed in batches(feeds, batch) if io.has_batch_axis() else [feeds]:
+        for n, r in zip(names, infer(feed), strict=True):
+            parts[n].append(r)
+    seconds = time.perf_counter() - t0
+    return {n: np.concatenate(v, axis=0) if io.has_batch_axis() else v[0] for n, v in parts.items()}, seconds

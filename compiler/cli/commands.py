@@ -1,0 +1,397 @@
+"""The commands: each parses its options, loads the config, calls the layer below
+(jobs, the config's task, the registries) and hands the answer to render. Exit codes
+come from app.run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..backends import doctor as doctor_rows
+from ..build import BuildOptions
+from ..config import resolve_path
+from ..errors import AccuracyGateError, ConfigError, MscompileError, TargetSkippedError
+from ..handoff import dumps
+from ..jobs import Tracking, build_many, build_one, tracking_settings
+from ..rayserve import serve_check_rayserve
+from ..reference import markdown as reference_page
+from ..report import latest_manifest, write_report
+from ..state import State
+from ..tasks import json_schema, load_config, task_of
+from ..tracking import flush, list_runs, preflight, resolve
+from . import render
+from .app import CACHE_DIR_OPT, CONFIG_ARG, json_stdout, main, run, server_options, warn
+
+__all__ = ["main"]
+
+
+@main.command()
+@click.argument("configs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="CONFIG...")
+@click.option("--force", is_flag=True, help="Re-run every pass, ignoring cached results.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="local",
+    default=None,
+    metavar="[ADDRESS|auto]",
+    help="Build the targets as tasks on a Ray cluster: ADDRESS joins it, auto the one this machine "
+    "belongs to, nothing starts a local one. The cache folder must be shared by its nodes.",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Cache location (default .mscompile/cache, or $MSCOMPILE_HOME/cache).",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
+@click.option(
+    "--require-all-targets", is_flag=True, help="Fail (exit 1) when a target is SKIPPED, e.g. TensorRT absent."
+)
+@click.option(
+    "--tracking-uri",
+    default=None,
+    help="MLflow tracking URI (default: model.yaml, $MLFLOW_TRACKING_URI, .mscompile/mlflow.db).",
+)
+@click.option(
+    "--experiment", default=None, help="MLflow experiment (default: model.yaml mlflow.experiment, mscompile/<name>)."
+)
+@click.option(
+    "--no-mlflow",
+    is_flag=True,
+    envvar="MSCOMPILE_NO_MLFLOW",
+    help="Do not record the build in MLflow ($MSCOMPILE_NO_MLFLOW=1 too).",
+)
+@click.option("--mlflow-optional", is_flag=True, help="Warn and build anyway when the tracking store is unreachable.")
+@click.option("--mlflow-sync", is_flag=True, help="Log to MLflow before exiting (default when $CI is set).")
+@click.option(
+    "--serve-check",
+    "serve_check",
+    is_flag=True,
+    help="After publishing, run serve-check (a tritonserver on loopback, or --url/--grpc-url).",
+)
+@server_options
+@click.pass_context
+def build(
+    ctx: click.Context,
+    configs: tuple[Path, ...],
+    force: bool,
+    as_json: bool,
+    ray_address: str | None,
+    cache_dir: Path | None,
+    quiet: bool,
+    require_all_targets: bool,
+    tracking_uri: str | None,
+    experiment: str | None,
+    no_mlflow: bool,
+    mlflow_optional: bool,
+    mlflow_sync: bool,
+    serve_check: bool,
+    **server: Any,
+) -> None:
+    """Build every target of each CONFIG and publish the deployed variant to the Triton repository.
+    The build is recorded as an MLflow run unless --no-mlflow. Several CONFIGs build one
+    after another, or, with --ray, as one farm."""
+    tracking = None if no_mlflow else Tracking(tracking_uri, experiment, mlflow_optional, mlflow_sync)
+    opts = BuildOptions(
+        cache_dir=cache_dir.resolve() if cache_dir else None,
+        force=force,
+        quiet=quiet or as_json,
+        require_all_targets=require_all_targets,
+    )
+    if len(configs) > 1 or ray_address is not None:
+
+        def many() -> None:
+            if serve_check:
+                raise ConfigError("--serve-check: check one model at a time (mscompile serve-check CONFIG)")
+            _build_many(ctx, list(configs), opts, ray_address, tracking, as_json)
+
+        run(ctx, many)
+        return
+    config = configs[0]
+
+    def go() -> None:
+        cfg = load_config(config)
+        settings = None if tracking is None else tracking_settings(cfg, opts.state.root, tracking, warn)
+        sync = tracking is not None and tracking.synchronous()
+        with json_stdout(as_json) as emit:
+            try:
+                outcome = build_one(cfg, config, opts, settings, sync, warn)
+            except (AccuracyGateError, TargetSkippedError) as exc:
+                if exc.result is not None:  # the gates that ran, then the error
+                    if as_json:
+                        emit(json.dumps(dict(exc.result.to_json(), error=str(exc)), indent=2))
+                    else:
+                        render.print_summary(exc.result)
+                raise
+            checked = None
+            if serve_check:
+                say = (lambda m: None) if as_json else (lambda m: click.echo(f"  {m}", err=True))
+                try:
+                    checked = task_of(cfg).serve_check(cfg, opts.state, None, say, server)
+                except MscompileError as exc:
+                    if as_json:
+                        emit(
+                            json.dumps(
+                                dict(outcome.to_json(), serve_check=exc.summary, error=str(exc)), indent=2, default=str
+                            )
+                        )
+                    else:
+                        render.print_summary(outcome.result)
+                        render.print_check(exc.summary or {"model": cfg.name, "version": "?"})
+                    raise
+        if as_json:
+            out = outcome.to_json()
+            if checked is not None:
+                out["serve_check"] = checked
+            click.echo(json.dumps(out, indent=2, default=str))
+            return
+        render.print_summary(outcome.result)
+        if outcome.tracked is not None:
+            click.echo(render.mlflow_line(outcome.tracked))
+        if checked is not None:
+            render.print_check(checked)
+            click.echo("serve-check: OK, the server answers within the gate")
+
+    run(ctx, go)
+
+
+def _build_many(
+    ctx: click.Context,
+    configs: list[Path],
+    opts: BuildOptions,
+    ray_address: str | None,
+    tracking: Tracking | None,
+    as_json: bool,
+) -> None:
+    """Several models, or a farm (jobs.build_many): one summary each as it ends, then the
+    farm's line; the exit code is the worst of the models' (2, 1, 3, 0)."""
+    quiet = opts.quiet
+    say = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
+    with json_stdout(as_json) as emit:
+        many = build_many(
+            configs, opts, ray_address, tracking, say, warn, done=(lambda o: None) if as_json else render.print_outcome
+        )
+        if as_json:
+            emit(json.dumps(many.to_json(), indent=2, default=str))
+        elif many.farm is not None:
+            click.echo(render.farm_line(many.farm))
+    if many.exit_code:
+        ctx.exit(many.exit_code)
+
+
+@main.command()
+@CONFIG_ARG
+@click.pass_context
+def validate(ctx: click.Context, config: Path) -> None:
+    """Check CONFIG, its files, the factory and the declared shapes, without building."""
+
+    def go() -> None:
+        cfg = load_config(config)
+        for line in task_of(cfg).validate(cfg, config):
+            click.echo(line)
+
+    run(ctx, go)
+
+
+@main.command()
+@CONFIG_ARG
+@click.option("--force", is_flag=True, help="Plan as if nothing were cached.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def plan(ctx: click.Context, config: Path, force: bool, cache_dir: Path | None, as_json: bool) -> None:
+    """Dry run: which passes would run, which come from the cache, and per target
+    the TensorRT profiles and the config.pbtxt it would write."""
+
+    def go() -> None:
+        cfg = load_config(config)
+        opts = BuildOptions(cache_dir=cache_dir.resolve() if cache_dir else None, force=force)
+        with json_stdout(as_json):
+            result = task_of(cfg).plan(cfg, opts)
+        if as_json:
+            click.echo(json.dumps(result, indent=2))
+        else:
+            render.print_plan(result)
+
+    run(ctx, go)
+
+
+@main.command()
+@CONFIG_ARG
+@click.option("--tracking-uri", default=None)
+@click.option("--experiment", default=None)
+@click.option("-n", "--limit", default=10, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@CACHE_DIR_OPT
+@click.pass_context
+def runs(
+    ctx: click.Context,
+    config: Path,
+    tracking_uri: str | None,
+    experiment: str | None,
+    limit: int,
+    as_json: bool,
+    cache_dir: Path | None,
+) -> None:
+    """Recent builds of CONFIG's model from MLflow: version, status, headline metrics."""
+
+    def go() -> None:
+        cfg = load_config(config)
+        state = State.resolve(cache_dir).root
+        settings = resolve(cfg, state, tracking_uri, experiment)
+        preflight(settings)
+        flush(state, warn=warn)
+        rows = list_runs(settings, cfg.name, limit)
+        if as_json:
+            click.echo(json.dumps(rows, indent=2))
+        elif not rows:
+            click.echo(f"no builds of {cfg.name} in experiment {settings.experiment!r} ({settings.uri})")
+        else:
+            render.print_runs(rows)
+
+    run(ctx, go)
+
+
+@main.command()
+@CONFIG_ARG
+@click.option("--version", "version", type=int, default=None, help="Published version (default: the latest).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Where to write the HTML page.")
+@click.option("--model", "model_name", default=None, help="Triton model name (default: the config's name).")
+@CACHE_DIR_OPT
+@click.pass_context
+def report(
+    ctx: click.Context,
+    config: Path,
+    version: int | None,
+    out: Path | None,
+    model_name: str | None,
+    cache_dir: Path | None,
+) -> None:
+    """Write the HTML report of CONFIG's published build (variants, latency plots,
+    parity distributions, excluded layers, pass timings)."""
+
+    def go() -> None:
+        cfg = load_config(config)
+        name = model_name or cfg.name
+        manifest, path = latest_manifest(resolve_path(cfg.triton.repository), name, version)
+        dest = out or State.resolve(cache_dir).reports / name / f"v{manifest['version']}.html"
+        click.echo(f"report of {path.parent}: {write_report(manifest, dest)}")
+
+    run(ctx, go)
+
+
+def _checked(as_json: bool, check: Any, after: Any, lines_on_failure: bool) -> None:
+    """Run a serve-check or deploy; its summary as JSON or lines (a failed one's too: as
+    JSON always, as lines when `lines_on_failure`)."""
+    with json_stdout(as_json) as emit:
+        try:
+            out = check()
+        except MscompileError as exc:
+            if as_json and exc.summary:
+                emit(dumps(dict(exc.summary, error=str(exc))))
+            elif exc.summary and lines_on_failure:
+                render.print_check(exc.summary)
+            raise
+    if as_json:
+        click.echo(dumps(out))
+    else:
+        after(out)
+
+
+@main.command("serve-check")
+@CONFIG_ARG
+@server_options
+@click.option("--version", "version", type=int, default=None, help="Published version (default: the latest).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@click.option(
+    "--rayserve",
+    is_flag=True,
+    help="Check the Ray Serve app instead of Triton: `serve run` on loopback, or --url of a running Serve proxy.",
+)
+@CACHE_DIR_OPT
+@click.pass_context
+def serve_check_cmd(
+    ctx: click.Context,
+    config: Path,
+    version: int | None,
+    as_json: bool,
+    rayserve: bool,
+    cache_dir: Path | None,
+    **kw: Any,
+) -> None:
+    """Prove that a Triton server serves CONFIG's published model as the gate measured:
+    load it (explicit mode), replay the validation set over gRPC and HTTP, compare with
+    the PyTorch reference under the deployed target's tolerance, report latency,
+    throughput and Triton's statistics, unload it. Exit 0: within the gate; 3: wrong
+    answers; 1: it does not load (the server's message); 2: bad arguments."""
+
+    def go() -> None:
+        cfg = load_config(config)
+        state = State.resolve(cache_dir)
+        say = (lambda m: None) if as_json else (lambda m: click.echo(f"  {m}", err=True))
+
+        def check() -> Any:
+            if rayserve:
+                return serve_check_rayserve(cfg, state, kw.get("url"), version, kw["concurrency"], say)
+            return task_of(cfg).serve_check(cfg, state, version, say, kw)
+
+        def ok(out: dict[str, Any]) -> None:
+            render.print_check(out)
+            click.echo("serve-check: OK, the server answers within the gate")
+
+        _checked(as_json, check, ok, lines_on_failure=True)
+
+    run(ctx, go)
+
+
+@main.command()
+@CONFIG_ARG
+@server_options
+@click.option("--version", "version", type=int, default=None, help="Published version to deploy (default: the latest).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@CACHE_DIR_OPT
+@click.pass_context
+def deploy(
+    ctx: click.Context, config: Path, version: int | None, as_json: bool, cache_dir: Path | None, **kw: Any
+) -> None:
+    """Hand CONFIG's published version to a running explicit-mode Triton server that
+    reads the same repository (--url/--grpc-url): load it, serve-check it, and when
+    either fails put back the versions it served before (exit 1 or 3)."""
+
+    def go() -> None:
+        if not (kw.get("url") or kw.get("grpc_url")):
+            raise ConfigError("deploy: give --url and/or --grpc-url of the running server that reads this repository")
+        cfg = load_config(config)
+        state = State.resolve(cache_dir)
+        say = (lambda m: None) if as_json else (lambda m: click.echo(f"  {m}", err=True))
+
+        def ok(out: dict[str, Any]) -> None:
+            render.print_check(out["check"])
+            click.echo(
+                f"deploy: {out['model']} version {out['version']} serves (before: {out['served_before'] or 'nothing'})"
+            )
+
+        _checked(as_json, lambda: task_of(cfg).deploy(cfg, state, version, say, kw), ok, lines_on_failure=False)
+
+    run(ctx, go)
+
+
+@main.command()
+def doctor() -> None:
+    """What this machine offers: libraries, ONNX Runtime providers, GPU, TensorRT."""
+    render.print_doctor(doctor_rows())
+
+
+@main.command()
+@click.option("--markdown", is_flag=True, help="The reference page (docs/reference/model-yaml.md) instead.")
+def schema(markdown: bool) -> None:
+    """Print the JSON Schema of model.yaml, every task's (for editors)."""
+    if markdown:
+        click.echo(reference_page(), nl=False)
+    else:
+        click.echo(json.dumps(json_schema(), indent=2))
