@@ -208,3 +208,46 @@ def requires(*modules: str):
 
     gone = [m for m in modules if importlib.util.find_spec(m) is None]
     return pytest.mark.skipif(bool(gone), reason=f"needs {', '.join(gone)} (an optional extra: see README)")
+
+
+def message_fragments(source: str) -> list[list[str]]:
+    """The literal pieces of every message a problems() source appends (`out.append(...)`)."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(textwrap.dedent(source))):
+        if isinstance(node, ast.Call) and ast.unparse(node.func) == "out.append" and node.args:
+            parts = [
+                n.value for n in ast.walk(node.args[0]) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+            ]
+            pieces = [p.strip() for p in parts if len(p.strip()) >= 10]
+            if pieces:
+                found.append(pieces)
+    return found
+
+
+def backend_sources(backend_cls: type) -> list[str]:
+    """The source of a backend class and of its module's functions (its problems' helpers)."""
+    import inspect
+
+    module = inspect.getmodule(backend_cls)
+    return [inspect.getsource(backend_cls)] + [
+        inspect.getsource(f) for f in vars(module).values() if inspect.isfunction(f) and f.__module__ == module.__name__
+    ]
+
+
+def uncovered(sources: list[str], cases: list) -> list[str]:
+    """Messages appended in `sources` that no case's (change, message) produces: the first
+    literal piece of each."""
+    import difflib
+
+    def shared(a: str, b: str) -> int:
+        return difflib.SequenceMatcher(None, a, b, autojunk=False).find_longest_match().size
+
+    expected = [m for _, m in cases]
+    return [
+        pieces[0]
+        for src in sources
+        for pieces in message_fragments(src)
+        if not any(shared(p, m) >= min(20, len(p)) for p in pieces for m in expected)
+    ]

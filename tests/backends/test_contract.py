@@ -9,7 +9,7 @@ import typing
 
 import pytest
 import yaml
-from helpers import REPO, hidden_modules_env, requires, run_cli, write_config
+from helpers import REPO, backend_sources, hidden_modules_env, requires, run_cli, uncovered, write_config
 from mscompile.artifacts import OnnxModel
 from mscompile.backends import RecipeInputs, all_backends, get
 from mscompile.data import describe_dataset
@@ -191,49 +191,10 @@ def assert_problem(d: dict, change, message: str) -> None:
     assert any(message in p for p in e.value.problems), e.value.problems
 
 
-def message_fragments(source: str) -> list[list[str]]:
-    """The literal pieces of every message a problems() source appends (`out.append(...)`)."""
-    import ast
-    import textwrap
-
-    found = []
-    for node in ast.walk(ast.parse(textwrap.dedent(source))):
-        if isinstance(node, ast.Call) and ast.unparse(node.func) == "out.append" and node.args:
-            parts = [
-                n.value for n in ast.walk(node.args[0]) if isinstance(n, ast.Constant) and isinstance(n.value, str)
-            ]
-            pieces = [p.strip() for p in parts if len(p.strip()) >= 10]
-            if pieces:
-                found.append(pieces)
-    return found
-
-
-def uncovered(backend_cls: type, cases: list) -> list[str]:
-    """Messages of the backend's problems() (and its module's helpers) no case produces."""
-    import inspect
-
-    module = inspect.getmodule(backend_cls)
-    sources = [inspect.getsource(backend_cls)] + [
-        inspect.getsource(f) for f in vars(module).values() if inspect.isfunction(f) and f.__module__ == module.__name__
-    ]
-    import difflib
-
-    def shared(a: str, b: str) -> int:
-        return difflib.SequenceMatcher(None, a, b, autojunk=False).find_longest_match().size
-
-    expected = [m for _, m in cases]
-    return [
-        pieces[0]
-        for src in sources
-        for pieces in message_fragments(src)
-        if not any(shared(p, m) >= min(20, len(p)) for p in pieces for m in expected)
-    ]
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_every_problem_message_has_a_case(backend):
     """A new check in a backend's problems() needs a case above whose message has its text."""
-    assert not uncovered(type(get(backend)), PROBLEMS.get(backend, [])), backend
+    assert not uncovered(backend_sources(type(get(backend))), PROBLEMS.get(backend, [])), backend
 
 
 def test_the_coverage_check_sees_a_message_without_a_case():
@@ -243,8 +204,8 @@ def test_the_coverage_check_sees_a_message_without_a_case():
             out.append(f"{key}.shiny: needs polish")
             return out
 
-    assert ".shiny: needs polish" in uncovered(Probe, [])
-    assert ".shiny: needs polish" not in uncovered(Probe, [(None, "targets[0].shiny: needs polish")])
+    assert ".shiny: needs polish" in uncovered(backend_sources(Probe), [])
+    assert ".shiny: needs polish" not in uncovered(backend_sources(Probe), [(None, "targets[0].shiny: needs polish")])
 
 
 def test_an_option_of_another_backend_is_refused_by_the_schema():
@@ -512,4 +473,4 @@ def test_every_llm_problem_is_reported_with_its_key(backend, change, message):
 
 @pytest.mark.parametrize("backend", LLM_BACKENDS)
 def test_every_llm_problem_message_has_a_case(backend):
-    assert not uncovered(type(get(backend)), LLM_PROBLEMS[backend]), backend
+    assert not uncovered(backend_sources(type(get(backend))), LLM_PROBLEMS[backend]), backend
