@@ -15,16 +15,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from mscompile.passes.export_onnx import ExportOnnx, ExportPassConfig
+from mscompile.passes.load_checkpoint import LoadCheckpoint, LoadConfig
+from mscompile.passes.optimize_graph import OptimizeGraph
+
 from . import __version__
 from .artifacts import Artifact, Dataset, ParityReport, TorchSource, size_of
 from .backends import Recipe, RecipeInputs, TargetOutcome, get
 from .cache import Cache
 from .config import ModelConfig
-from .data import describe_dataset
+from .data import DataStore, describe_dataset, load_calibration, load_validation
 from .errors import AccuracyGateError, ConfigError, TargetSkippedError
 from .instruments import Instruments
 from .loading import describe_source
 from .pipeline import Driver, Pipeline, Status, Step, StepRecord, tracked_libraries
+from .report import write_report
 from .state import State
 from .targets import farm_fingerprints, farm_outcome, plan_rows, run_recipe
 
@@ -158,8 +163,6 @@ def _check_calibration_once(cfg: ModelConfig, calibration: Dataset, state: State
     import hashlib
     import json
 
-    from .data import load_calibration
-
     io = json.dumps(cfg.io.model_dump(mode="json"), sort_keys=True)
     key = hashlib.sha256(f"{calibration.digest}\n{io}".encode()).hexdigest()
     marker = state.checked / key
@@ -175,10 +178,6 @@ def assemble(cfg: ModelConfig, state: State | None = None, devices: dict[str, An
     """Describe the inputs (digests), check the calibration set, and build the
     type-checked pipelines and every target's recipe. Raises ConfigError for bad
     input before any work."""
-    from mscompile.passes.export_onnx import ExportOnnx, ExportPassConfig
-    from mscompile.passes.load_checkpoint import LoadCheckpoint, LoadConfig
-    from mscompile.passes.optimize_graph import OptimizeGraph
-
     state = state or State.resolve()
     source = describe_source(cfg.source)
     validation = describe_dataset(cfg.validation, "validation")
@@ -213,7 +212,6 @@ def assemble(cfg: ModelConfig, state: State | None = None, devices: dict[str, An
         recipe = get(t.backend).recipe(cfg, t, inputs)
         recipe.typecheck(common.output_type)
         recipes[t.name] = recipe
-    from .data import DataStore, load_calibration, load_validation
 
     # each set is read once per build, when a pass first asks for it, and checked
     # against the digest the cache keys were computed from
@@ -318,7 +316,6 @@ def build(task: Any, cfg: Any, config_path: Path, opts: BuildOptions) -> BuildRe
             instruments.warn(w)
     result.seconds = time.perf_counter() - t0
     result.manifest = manifest
-    from .report import write_report
 
     first = result.published[0]
     page = dict(manifest, model=first.model, version=first.version, deployed_variant=deployments[0].target)

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, field_validator
 
+from .backends import all_backends, backends_of, get
 from .errors import ConfigError
 from .sections import (  # noqa: F401  (re-exported: passes and tests import them from here)
     FACTORY_PATTERN,
@@ -63,8 +64,6 @@ def _backend_of(value: Any) -> str | None:
 
 
 def _target_union() -> Any:
-    from .backends import backends_of
-
     members = tuple(Annotated[b.Target, Tag(name)] for name, b in backends_of("tensor").items())
     return Annotated[Union[members], Discriminator(_backend_of)]  # noqa: UP007 - built at run time
 
@@ -334,7 +333,6 @@ def semantic_problems(cfg: ModelConfig, where: str) -> list[str]:
         out.append(
             f"{where}: calibration.data: the calibration set must differ from validation.data (the gate must see unseen data)"
         )
-    from .backends import get
 
     for i, t in enumerate(cfg.targets):
         out.extend(get(t.backend).problems(cfg, t, f"{where}: targets[{i}]"))
@@ -348,8 +346,6 @@ def semantic_problems(cfg: ModelConfig, where: str) -> list[str]:
 def _split_tags(loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], str | None]:
     """pydantic puts the union tag (the backend) after targets[i]; take it out of the
     key path, and return it."""
-    from .backends import all_backends
-
     if len(loc) >= 3 and loc[0] == "targets" and isinstance(loc[1], int) and loc[2] in all_backends():
         return (loc[0], loc[1], *loc[3:]), str(loc[2])
     return loc, None
@@ -367,8 +363,6 @@ def _loc_to_path(loc: tuple[Any, ...]) -> str:
 
 def _section_at(loc: tuple[Any, ...], backend: str | None) -> type[BaseModel] | None:
     """The pydantic model class that holds the last key of `loc` (tags removed)."""
-    from .backends import get
-
     cls: Any = ModelConfig
     items = loc[:-1]
     if backend is not None:
@@ -397,8 +391,6 @@ def _inner_model(annotation: Any) -> Any:
 
 
 def _describe(err: dict[str, Any], where: str) -> str:
-    from .backends import all_backends
-
     loc, backend = _split_tags(tuple(err["loc"]))
     path = _loc_to_path(loc)
     if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
@@ -443,8 +435,6 @@ def _validated(model: Any, data: dict[str, Any], where: str) -> Any:
 
 def llm_problems(cfg: Any, where: str) -> list[str]:
     """Cross-field checks of a text-generation config; each names its key."""
-    from .backends import get
-
     problems = []
     names = [t.name for t in cfg.targets]
     for i, t in enumerate(cfg.targets):

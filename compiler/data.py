@@ -22,7 +22,7 @@ import numpy as np
 from .artifacts import Dataset, folder_digest, sha256_path, size_of, walk_files
 from .errors import ConfigError, InputDataError
 from .loading import code_digest, factory_file, get_factory
-from .sections import CalibrationConfig, DataSource, IOSpec, ValidationConfig, resolve_path
+from .sections import MAX_VALIDATION_SAMPLES, CalibrationConfig, DataSource, IOSpec, ValidationConfig, resolve_path
 
 
 class Arrays(NamedTuple):
@@ -129,8 +129,6 @@ def read_source(src: DataSource, key: str, expect: str | None = None) -> dict[st
     """All arrays of a data source (inputs, and labels where present). `expect`: the
     digest of the data file(s) recorded when the build started (Dataset meta 'content')."""
     if src.generator is not None:
-        from .sections import MAX_VALIDATION_SAMPLES
-
         gen = get_factory(src.generator, f"{key}.generator")
         # a generator need not end: take batches until `samples` (or the sample limit) is reached
         want = src.samples or MAX_VALIDATION_SAMPLES + 1
@@ -318,8 +316,6 @@ def load_calibration(io: IOSpec, c: CalibrationConfig, dataset: Dataset | None =
 
 
 def _bounded(n: int, src: DataSource, section: str) -> None:
-    from .sections import MAX_VALIDATION_SAMPLES
-
     if n > MAX_VALIDATION_SAMPLES and not src.samples:
         raise InputDataError(
             f"{_where(src)}: holds {n} samples, above the {MAX_VALIDATION_SAMPLES} limit; "

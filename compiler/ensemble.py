@@ -22,9 +22,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from mscompile.accuracy import evaluate
 
-from .config import ensemble_name, step_names
+from .backends import get
+from .config import ensemble_name, resolve_path, step_names
 from .errors import ConfigError, MscompileError, TargetSkippedError
+from .loading import _cwd_on_path, as_output_list, load_module, resolve_checkpoint, resolve_shipped_file
+from .runtimes import RuntimeUnavailableError
+from .sections import IOSpec, OutputSpec
+from .tritonrepo.config import TRITON_DTYPES, _pb
 
 if TYPE_CHECKING:
     from .config import ModelConfig
@@ -52,8 +58,6 @@ RESERVED_FILES = ("model.py", "build_manifest.json", "members.json")
 
 def step_sources(step: PipelineStep, key: str) -> dict[str, Path]:
     """File name in the version folder -> source: the function's module and its files."""
-    from .loading import _cwd_on_path, resolve_shipped_file
-
     module, _, _fn = step.function.partition(":")
     with _cwd_on_path():
         spec = importlib.util.find_spec(module)
@@ -97,8 +101,6 @@ def load_function(folder: Path, module_file: str, function: str, label: str) -> 
 
 
 def raw_validation(pc: PipelineConfig) -> dict[str, np.ndarray]:
-    from .config import resolve_path
-
     path = resolve_path(pc.validation)
     if not path.is_file():
         raise ConfigError(f"pipeline.validation: {path} not found; check the path")
@@ -193,8 +195,6 @@ class Chain:
 def torch_model(cfg: ModelConfig) -> Any:
     import torch
 
-    from .loading import as_output_list, load_module, resolve_checkpoint
-
     module = load_module(cfg.source, resolve_checkpoint(cfg.source.checkpoint))
 
     def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -209,9 +209,6 @@ def torch_model(cfg: ModelConfig) -> Any:
 def variant_model(cfg: ModelConfig, target: Any, artifact: Any) -> tuple[Any, str]:
     """The deployed variant as a function of feeds, on the runtime its backend serves it
     with; and that runtime's name."""
-    from .backends import get
-    from .runtimes import RuntimeUnavailableError
-
     backend = get(target.backend)
     session = backend.session(target)
     if session is None:
@@ -232,10 +229,6 @@ def variant_model(cfg: ModelConfig, target: Any, artifact: Any) -> tuple[Any, st
 def chain_gate(cfg: ModelConfig, target: Any, artifact: Any, progress: Any = None) -> dict[str, Any]:
     """The end-to-end gate: the published chain with the deployed variant against the
     chain with the PyTorch model. Returns the report (passed, metrics, failures)."""
-    from mscompile.accuracy import evaluate
-
-    from .sections import IOSpec, OutputSpec
-
     pc = cfg.pipeline
     assert pc is not None
     raw = raw_validation(pc)
@@ -339,8 +332,6 @@ class TritonPythonModel:
 
 
 def _tensor(msg: Any, name: str, dtype: str, dims: list[int]) -> None:
-    from .tritonrepo.config import _pb
-
     t = msg.add()
     t.name = name
     t.data_type = _pb().DataType.Value(dtype)
@@ -351,7 +342,6 @@ def _model_io(
     cfg: ModelConfig, io_sig: dict[str, Any]
 ) -> tuple[dict[str, tuple[str, list[int]]], dict[str, tuple[str, list[int]]]]:
     """The deployed model's inputs and outputs as Triton sees them (dtype, dims without batch)."""
-    from .tritonrepo.config import TRITON_DTYPES
 
     def conv(specs: list[dict[str, Any]]) -> dict[str, tuple[str, list[int]]]:
         return {
@@ -367,8 +357,6 @@ def served_models(
 ) -> tuple[list[tuple[str, Any, dict[str, Path]]], tuple[str, Any, dict[str, Path]]]:
     """The step models (name, ModelConfig, files) and the ensemble's, its steps pinned to
     `model_version` of the model; the step versions are filled in by `pin_steps`."""
-    from .tritonrepo.config import _pb
-
     pc = cfg.pipeline
     assert pc is not None
     pb = _pb()

@@ -28,9 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts import Artifact
+from .backends import get
+from .build import BuildOptions
 from .errors import ConfigError, MscompileError
 from .pipeline import Driver, Status
 from .targets import run_recipe
+from .tasks import load_config, task_of
 
 RETRIES = 3  # a task whose worker process or node dies is run again up to this many times
 
@@ -92,8 +95,6 @@ def _options(res: dict[str, Any], kind: str | None) -> dict[str, Any]:
 
 
 def tasks_for(cfg: Any, config: Path) -> list[FarmTask]:
-    from .backends import get
-
     out = []
     for t in cfg.targets:
         backend = get(t.backend)
@@ -135,10 +136,6 @@ def _node_info() -> dict[str, Any]:
 def run_target_here(config: str, target: str, kind: str | None, cache_dir: str, force: bool) -> dict[str, Any]:
     """One target of one model, on this node, through the shared cache: the shared steps
     are found there (the driver ran them), the target's recipe and profile run here."""
-    from .backends import get
-    from .build import BuildOptions
-    from .tasks import load_config
-
     t0 = time.perf_counter()
     cfg = load_config(config)
     opts = BuildOptions(cache_dir=Path(cache_dir), force=force, quiet=True)
@@ -340,15 +337,11 @@ def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
 def shared_steps(cfg: Any, state: Any, stamp: str, force: bool) -> tuple[Driver, Artifact | None, Any]:
     """A model's shared steps through the cache (its task's: load, export, optimize; or
     load_llm): (the driver that ran them, their output, target -> its recipe)."""
-    from .tasks import task_of
-
     return task_of(cfg).shared_steps(cfg, state, stamp, force)
 
 
 def run_shared(cfg: Any, path: Path, opts: Any, say: Any) -> None:
     """The model's shared steps, here, into the cache the farm's nodes read."""
-    from .tasks import task_of
-
     task_of(cfg).preflight(cfg)
     stamp = time.strftime("%Y%m%d-%H%M%S") + "-farm-shared"
     driver, _, _ = shared_steps(cfg, opts.state, stamp, force=opts.force)

@@ -29,10 +29,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from mscompile.accuracy import evaluate, load_reference
 
+from .build import assemble
+from .cache import Cache
+from .config import ensemble_name, resolve_path, step_names
+from .ensemble import chain_reference
 from .errors import ConfigError, MscompileError, ServeLoadError
+from .instruments import Instruments
+from .pipeline import Driver
+from .report import latest_manifest
+from .sections import IOSpec, OutputSpec
 from .serving.check import Replay, deployed_target, replay, verdict
 from .serving.process import LocalProcess, free_port
+from .tritonrepo.writer import roll_back, serve_only
 
 
 def find_tritonserver(given: str | None) -> Path:
@@ -141,21 +151,12 @@ class CheckOptions:
 
 
 def _served_version(repo: Path, name: str, version: int | None) -> tuple[int, dict[str, Any]]:
-    from .report import latest_manifest
-
     manifest, _ = latest_manifest(repo, name, version)
     return int(manifest["version"]), manifest
 
 
 def _reference(cfg: Any, state: Any) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray | None]:
     """Validation feeds, labels, and the PyTorch reference outputs (the build's cached step)."""
-    from mscompile.accuracy import load_reference
-
-    from .build import assemble
-    from .cache import Cache
-    from .instruments import Instruments
-    from .pipeline import Driver
-
     plan = assemble(cfg, state)
     log_dir = state.build_logs(cfg.name, "serve-check-" + time.strftime("%Y%m%d-%H%M%S"))
     driver = Driver(
@@ -302,8 +303,6 @@ def serve_check(cfg: Any, state: Any, opts: CheckOptions) -> dict[str, Any]:
     """Load, replay, compare, report, unload. Raises ServeLoadError (exit 1) when the
     model does not load or a request fails, ServedWrongError (exit 3) when the answers
     miss the gate; returns the summary otherwise (and inside the error as `.summary`)."""
-    from .config import resolve_path
-
     repo = resolve_path(cfg.triton.repository)
     name = opts.model_name or cfg.name
     version, manifest = _served_version(repo, name, opts.version)
@@ -377,8 +376,6 @@ def _check(
     opts: CheckOptions,
 ) -> tuple[dict[str, Any], list[str]]:
     """Replay `feeds` over every protocol and gate the answers; (per protocol, failures)."""
-    from mscompile.accuracy import evaluate
-
     served = _served_config(control, name, version)
     results: dict[str, Any] = {}
     failures: list[str] = []
@@ -406,9 +403,6 @@ def _check_pipeline(
 ) -> dict[str, Any]:
     """The ensemble: raw inputs in (e.g. strings), the chain's outputs out, against the
     PyTorch chain under pipeline.tolerance."""
-    from .ensemble import chain_reference, ensemble_name
-    from .sections import IOSpec, OutputSpec
-
     name = ensemble_name(cfg)
     version, _ = _served_version(repo, name, None)
     load_s = _load(control, name, version, opts, loaded)  # Triton loads the members with it
@@ -482,16 +476,11 @@ def deploy(cfg: Any, state: Any, opts: CheckOptions) -> dict[str, Any]:
     """Serve the latest published version on a running explicit-mode server that reads
     this repository; check it; on failure put back what the server served before.
     With a pipeline, the model, the step models and the ensemble go as one unit."""
-    from .config import resolve_path
-    from .tritonrepo.writer import roll_back, serve_only
-
     repo = resolve_path(cfg.triton.repository)
     name = opts.model_name or cfg.name
     version, _ = _served_version(repo, name, opts.version)
     unit = [(name, version)]
     if cfg.pipeline is not None and name == cfg.name:
-        from .config import ensemble_name, step_names
-
         # the ensemble's latest version pins its members: deploy exactly those
         ens = ensemble_name(cfg)
         ens_version, _ = _served_version(repo, ens, None)

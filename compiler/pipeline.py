@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from . import __version__
 from .artifacts import Artifact
 from .cache import Cache, cache_key
+from .data import DataStore
 from .errors import MscompileError, PassError, PipelineTypeError
 from .faults import point
 
@@ -223,8 +224,6 @@ class Driver:
         log_dir: Path,
         datasets: Any = None,
     ) -> None:
-        from .data import DataStore
-
         self.cache = cache
         self.instruments = instruments
         self.force = force

@@ -14,7 +14,10 @@ from typing import Any
 
 from .artifacts import Artifact
 from .backends import ServedModel, get
-from .config import ModelConfig, resolve_path
+from .config import ModelConfig, resolve_path, unit_names
+from .ensemble import members_file, pin_steps, step_sources
+from .ensemble import served_models as ensemble_models
+from .errors import ConfigError
 from .tritonrepo.config import to_text
 from .tritonrepo.writer import MANIFEST, Published, publish, versions
 
@@ -43,8 +46,6 @@ def served_models(cfg: ModelConfig, d: Deployment) -> list[ServedModel]:
 
 def preflight(cfg: ModelConfig) -> None:
     """Where the build will publish, checked before any work (exit 2)."""
-    from .errors import ConfigError
-
     repo = resolve_path(cfg.triton.repository)
     key = "triton.repository"
     if repo.exists() and not repo.is_dir():
@@ -57,9 +58,6 @@ def preflight(cfg: ModelConfig) -> None:
     names = [n for n, _ in deployment_names(cfg, [t.name for t in cfg.targets])]
     units = {n: "model" for n in names}
     if cfg.pipeline is not None:
-        from .config import unit_names
-        from .ensemble import step_sources
-
         units.update({n: role for role, n in unit_names(cfg) if role != "model"})
         for label in ("preprocess", "postprocess"):  # the files it would publish, before any work
             step = getattr(cfg.pipeline, label)
@@ -144,9 +142,6 @@ def publish_pipeline(cfg: ModelConfig, main: Published, d: Deployment, manifest:
     the members first, so the ensemble's switch is the last (atomic) step."""
     import tempfile
     from pathlib import Path
-
-    from .ensemble import members_file, pin_steps
-    from .ensemble import served_models as ensemble_models
 
     repo = resolve_path(cfg.triton.repository)
     t = cfg.triton

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .tasks import json_schema
+
 
 def _type(spec: dict[str, Any]) -> str:
     if "$ref" in spec:
@@ -33,8 +35,6 @@ def _cell(text: Any) -> str:
 
 
 def markdown() -> str:
-    from .tasks import json_schema
-
     schema = json_schema()
     defs = schema["$defs"]
     roots = [r["$ref"].rpartition("/")[2] for r in schema["oneOf"]]

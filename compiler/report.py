@@ -10,6 +10,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
+from .tritonrepo.writer import MANIFEST, versions
+
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 
 
@@ -206,9 +209,6 @@ def write_report(manifest: dict[str, Any], out: Path) -> Path:
 
 
 def latest_manifest(repo: Path, name: str, version: int | None = None) -> tuple[dict[str, Any], Path]:
-    from .errors import ConfigError
-    from .tritonrepo.writer import MANIFEST, versions
-
     d = repo / name
     vs = versions(d)
     if not vs:

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from .device import tensorrt_status
+
 Session = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
 _ORT_TYPES = {"tensor(float16)": np.float16, "tensor(float)": np.float32, "tensor(double)": np.float64}
@@ -61,8 +63,6 @@ def tensorrt_session(
 ) -> Session:
     """A TensorRT engine (model.plan) through Polygraphy's TrtRunner, first optimization
     profile. Needs TensorRT and an NVIDIA GPU."""
-    from .device import tensorrt_status
-
     ok, why = tensorrt_status()
     if not ok:
         raise RuntimeUnavailableError(why)

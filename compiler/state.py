@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import ConfigError
+
 
 @dataclass(frozen=True)
 class State:
@@ -22,8 +24,6 @@ class State:
         if cache_dir is not None:
             cache = Path(cache_dir).expanduser().resolve()
             if cache.exists() and not cache.is_dir():
-                from .errors import ConfigError
-
                 raise ConfigError(f"--cache-dir: {cache} is a file; give a folder (it is created if missing)")
             return State(root=cache.parent, cache=cache)
         root = Path(os.environ.get("MSCOMPILE_HOME", ".mscompile")).expanduser().resolve()

@@ -32,8 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .build import passes_ran
+from .child import module_argv, safe_env
 from .errors import ConfigError
 from .faults import point
+from .pipeline import tracked_libraries
 
 CI_VARIABLES = (
     "CI",
@@ -151,8 +154,6 @@ def _metric_name(*parts: str) -> str:
 def make_record(
     settings: TrackingSettings, cfg: Any, config_path: Path, result: Any, error: BaseException | None, started: float
 ) -> dict[str, Any]:
-    from .pipeline import tracked_libraries
-
     # the versions the build recorded (its passes' libraries); the core's when it ended early
     libraries = (getattr(result, "manifest", None) or {}).get("libraries") or tracked_libraries([])
     tags = {
@@ -186,7 +187,6 @@ def make_record(
     for r in result.records:
         m[_metric_name("pass", r.id, "seconds")] = r.seconds
         m[_metric_name("pass", r.id, "cache_hit")] = 1.0 if r.cached else 0.0
-    from .build import passes_ran
 
     m["passes_run"], m["passes_cached"] = passes_ran(result.records)
     m["build_seconds"] = result.seconds
@@ -244,8 +244,6 @@ def submit(record: dict[str, Any], state_dir: Path, sync: bool) -> dict[str, Any
 def spawn_logger(path: Path) -> subprocess.Popen:
     """The detached logger for one spooled record; it imports nothing from the
     working directory (-P)."""
-    from .child import module_argv, safe_env
-
     with open(path.with_suffix(".log"), "ab") as out:
         return subprocess.Popen(
             module_argv("mscompile.tracking", str(path)),

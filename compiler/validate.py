@@ -7,16 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from mscompile.passes.load_checkpoint import reference_outputs
 
-from .data import describe_dataset, load_validation
+from .data import describe_dataset, load_calibration, load_validation
 from .loading import describe_source, load_module
 
 MAX_PROBE_BYTES = 1 << 30
 
 
 def validate_all(cfg: Any, config_path: Path) -> list[str]:
-    from mscompile.passes.load_checkpoint import reference_outputs
-
     lines = [f"{config_path}: configuration is valid ({len(cfg.targets)} target(s))"]
     source = describe_source(cfg.source)
     lines.append(f"checkpoint: {source.path} (sha256 {source.meta['checkpoint_sha256'][:12]}...)")
@@ -28,8 +27,6 @@ def validate_all(cfg: Any, config_path: Path) -> list[str]:
         + (f", labels {cfg.validation.labels!r}" if labels is not None else "")
     )
     if cfg.calibration is not None:
-        from .data import load_calibration
-
         cal = load_calibration(cfg.io, cfg.calibration, describe_dataset(cfg.calibration, "calibration"))
         lines.append(f"calibration data: {next(iter(cal.values())).shape[0]} samples")
     module = load_module(cfg.source, source.path)
@@ -60,8 +57,6 @@ def validate_all(cfg: Any, config_path: Path) -> list[str]:
 def probe_io(cfg) -> dict:
     """The graph's inputs and outputs as the exporter would write them, from two
     forward passes of the PyTorch model (dimensions that change are dynamic)."""
-    from mscompile.passes.load_checkpoint import reference_outputs
-
     source = describe_source(cfg.source)
     module = load_module(cfg.source, source.path)
     feeds, _ = load_validation(cfg.io, cfg.validation)

@@ -18,6 +18,7 @@ import math
 
 from mscompile.artifacts import Artifact, OnnxModel
 from mscompile.instruments import capture_output
+from mscompile.passes.quantize_int8 import _Reader, pre_process
 from mscompile.pipeline import Pass, PassContext, PassResult
 from mscompile.sections import IOSpec, Section
 
@@ -45,7 +46,6 @@ class AnalyzeQuantization(Pass[OnnxModel, QuantAnalysis]):
 
     def run(self, inp: OnnxModel, cfg: AnalyzeConfig, ctx: PassContext) -> PassResult[QuantAnalysis]:
         import onnx
-        from mscompile.passes.quantize_int8 import _Reader, pre_process
         from onnxruntime.quantization.qdq_loss_debug import (
             collect_activations,
             compute_activation_error,

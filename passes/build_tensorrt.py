@@ -23,6 +23,7 @@ from typing import Literal
 from mscompile import __version__
 from mscompile.artifacts import OnnxModel, TrtEngine
 from mscompile.child import safe_env
+from mscompile.device import gpu_fingerprint, tensorrt_status
 from mscompile.pipeline import Pass, PassContext, PassResult, Status
 from mscompile.sections import IOSpec, RangeConfig, Section
 from pydantic import Field
@@ -130,8 +131,6 @@ class BuildTensorRT(Pass[OnnxModel, TrtEngine]):
     device_dependent = True
 
     def run(self, inp: OnnxModel, cfg: TrtBuildConfig, ctx: PassContext) -> PassResult[TrtEngine]:
-        from mscompile.device import gpu_fingerprint, tensorrt_status
-
         ok, reason = tensorrt_status()
         if not ok:
             return PassResult(status=Status.SKIPPED, reason=reason)

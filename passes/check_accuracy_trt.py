@@ -10,6 +10,7 @@ import numpy as np
 from mscompile.accuracy import check_batch, load_reference
 from mscompile.artifacts import ParityReport, TorchModel, TrtEngine
 from mscompile.data import batches
+from mscompile.device import tensorrt_status
 from mscompile.passes.check_accuracy import CheckConfig, make_report
 from mscompile.pipeline import Pass, PassContext, PassResult, Status
 
@@ -25,8 +26,6 @@ class CheckAccuracyTrt(Pass[TrtEngine, ParityReport]):
     device_dependent = True
 
     def run(self, inp: TrtEngine, cfg: CheckConfig, ctx: PassContext) -> PassResult[ParityReport]:
-        from mscompile.device import tensorrt_status
-
         ok, reason = tensorrt_status()
         if not ok:
             return PassResult(status=Status.SKIPPED, reason=reason)

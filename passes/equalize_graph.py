@@ -33,6 +33,7 @@ import numpy as np
 from mscompile import onnx_utils
 from mscompile.artifacts import OnnxModel
 from mscompile.pipeline import Pass, PassContext, PassResult
+from mscompile.runtimes import onnxruntime_session
 from mscompile.sections import IOSpec, Section
 
 LINEAR = ("Gemm", "MatMul", "Conv")
@@ -198,7 +199,6 @@ def _channel_max(model: Any, tensors: list[str], feeds: dict[str, np.ndarray]) -
     from pathlib import Path
 
     import onnx
-    from mscompile.runtimes import onnxruntime_session
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -380,7 +380,6 @@ class EqualizeGraph(Pass[OnnxModel, OnnxModel]):
 
     def run(self, inp: OnnxModel, cfg: EqualizeConfig, ctx: PassContext) -> PassResult[OnnxModel]:
         import onnx
-        from mscompile.runtimes import onnxruntime_session
 
         model = onnx.load(str(inp.onnx_file))
         pairs, biggest = equalize(model, cfg.sweeps)

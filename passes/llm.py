@@ -19,6 +19,7 @@ from typing import Any
 
 from mscompile.artifacts import HfModel, HfSource, ParityReport, ProfileReport
 from mscompile.data import read_lines
+from mscompile.llm.runner import LLMC_WORKER, run_llmcompressor, run_worker
 from mscompile.llm.sections import LlmTolerance
 from mscompile.pipeline import Pass, PassContext, PassResult, Status
 from mscompile.sections import Section
@@ -215,8 +216,6 @@ class CheckLlmVllm(Pass[HfModel, ParityReport]):
     extra_inputs = ("reference",)
 
     def run(self, inp: HfModel, cfg: VllmConfig, ctx: PassContext) -> PassResult[ParityReport]:
-        from mscompile.llm.runner import run_worker
-
         ref = reference(ctx)
         ctx.note(
             f"vLLM ({cfg.dtype}{', ' + cfg.quantization if cfg.quantization else ''}): "
@@ -239,8 +238,6 @@ class ProfileLlmVllm(Pass[HfModel, ProfileReport]):
     device_dependent = True
 
     def run(self, inp: HfModel, cfg: VllmConfig, ctx: PassContext) -> PassResult[ProfileReport]:
-        from mscompile.llm.runner import run_worker
-
         ref = reference(ctx)
         ctx.note(f"vLLM tokens/s at batch {', '.join(map(str, cfg.batches))}")
         req = engine_request(
@@ -369,8 +366,6 @@ class LlmCompressorConfig(Section):
 def write_llmc_reproduce(folder: Path, req: dict[str, Any]) -> None:
     """reproduce/: the worker, its request and reproduce.sh, which reruns the quantization
     under a Python with llmcompressor ($PYTHON) into a folder of your choice."""
-    from mscompile.llm.runner import LLMC_WORKER
-
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(LLMC_WORKER, folder / "llmc_worker.py")
     (folder / "request.json").write_text(json.dumps(req, indent=2))
@@ -400,8 +395,6 @@ class QuantizeLlmCompressor(Pass[HfModel, HfModel]):
     libraries = ()
 
     def run(self, inp: HfModel, cfg: LlmCompressorConfig, ctx: PassContext) -> PassResult[HfModel]:
-        from mscompile.llm.runner import run_llmcompressor
-
         texts = read_lines(cfg.calibration)[: cfg.samples] if cfg.calibration else []
         what = {"w8a8-sq-gptq": "SmoothQuant + GPTQ W8A8", "w4a16-gptq": "GPTQ W4A16", "fp8-dynamic": "FP8 dynamic"}
         ctx.note(

@@ -20,8 +20,9 @@ from mscompile import onnx_utils
 from mscompile.artifacts import OnnxModel
 from mscompile.data import batches
 from mscompile.instruments import capture_output
-from mscompile.passes.equalize_graph import SMOOTH_MARK
+from mscompile.passes.equalize_graph import SMOOTH_MARK, _attr, _layer
 from mscompile.pipeline import Pass, PassContext, PassResult
+from mscompile.runtimes import onnxruntime_session
 from mscompile.sections import IOSpec, Section
 
 
@@ -131,7 +132,6 @@ def keep_float(model, tensors: set[str]) -> list[str]:
 
 def _biased_layers(model) -> list[tuple[str, str, str, str, str]]:
     """(node, input, weight, bias, kind) for Gemm/Conv with a constant bias and MatMul + Add(bias)."""
-    from mscompile.passes.equalize_graph import _attr, _layer
     from onnx import numpy_helper
 
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
@@ -196,7 +196,6 @@ def correct_biases(pre: Path, qdq: Path, feeds: dict[str, np.ndarray], batch: in
     corrected float graph to `dst` (to be quantized again: W_q does not change);
     returns {"layers": n, "max_shift": largest |shift| relative to the bias range}."""
     import onnx
-    from mscompile.runtimes import onnxruntime_session
     from onnx import numpy_helper
 
     model = onnx.load(str(pre))

@@ -14,6 +14,7 @@ from collections import Counter
 from typing import Any, Literal
 
 import numpy as np
+from mscompile.accuracy import load_reference
 from mscompile.artifacts import OpenVinoModel
 from mscompile.data import batches
 from mscompile.instruments import capture_output
@@ -109,8 +110,6 @@ class QuantizeNncf(Pass[OpenVinoModel, OpenVinoModel]):
         return PassResult(path=ctx.workdir, meta=meta, metrics=metrics)
 
     def _accuracy_control(self, nncf: Any, model: Any, calibration: Any, cfg: NncfConfig, ctx: PassContext, kwargs):
-        from mscompile.accuracy import load_reference
-
         val, labels = ctx.data("validation")
         first = cfg.io.outputs[0].name
         ref = load_reference(ctx.extras["reference"])[first]  # type: ignore[arg-type]

@@ -22,8 +22,12 @@ from typing import Any
 
 from mscompile import __version__
 from mscompile.artifacts import HfModel, ParityReport, ProfileReport, TrtllmCheckpoint, TrtllmEngine
-from mscompile.child import safe_env
+from mscompile.child import run_child, safe_env
+from mscompile.device import gpu_fingerprint, nvidia_gpus
+from mscompile.errors import ConfigError
+from mscompile.llm.runner import run_trtllm
 from mscompile.llm.sections import LlmTolerance
+from mscompile.passes.llm import score
 from mscompile.pipeline import Pass, PassContext, PassResult, Status
 from mscompile.sections import Section
 
@@ -62,8 +66,6 @@ TRTLLM_MISSING = (
 def decoder_type(model_dir: Path) -> str:
     model_type = json.loads((model_dir / "config.json").read_text()).get("model_type", "?")
     if model_type not in DECODER_TYPES:
-        from mscompile.errors import ConfigError
-
         raise ConfigError(
             f"source.checkpoint: a tensorrtllm target needs a model ModelOpt can export; "
             f"ModelOpt's TensorRT-LLM export has no decoder type for model_type {model_type!r} "
@@ -74,8 +76,6 @@ def decoder_type(model_dir: Path) -> str:
 
 def trtllm_status(quantization: str = "none") -> tuple[bool, str]:
     """(available, reason): TensorRT-LLM importable and an NVIDIA GPU that runs the format."""
-    from mscompile.device import nvidia_gpus
-
     if importlib.util.find_spec("tensorrt_llm") is None:
         return False, TRTLLM_MISSING
     gpus = nvidia_gpus()
@@ -226,7 +226,6 @@ def simulate_in_child(model_dir: str, state: str, reference: str, out: str) -> N
     (ModelOpt fake quantization) on the float model, scored like the reference."""
     import modelopt.torch.opt as mto
     import torch
-    from mscompile.passes.llm import score
     from transformers import AutoModelForCausalLM
 
     ref = json.loads(Path(reference).read_text())
@@ -252,8 +251,6 @@ class CheckLlmSimulated(Pass[TrtllmCheckpoint, ParityReport]):
     extra_inputs = ("reference",)
 
     def run(self, inp: TrtllmCheckpoint, cfg: SimulatedGateConfig, ctx: PassContext) -> PassResult[ParityReport]:
-        from mscompile.child import run_child
-
         state = inp.path / "modelopt_state.pt"
         if not state.is_file():
             return PassResult(status=Status.SKIPPED, reason="not quantized: nothing to simulate")
@@ -360,7 +357,6 @@ class BuildTrtllmEngine(Pass[TrtllmCheckpoint, TrtllmEngine]):
             tail = Path(ctx.log_path).read_text(errors="replace").strip().splitlines()[-5:]
             raise RuntimeError(f"trtllm-build failed (exit {proc.returncode}): {' | '.join(tail)}; rerun {script}")
         shutil.copytree(inp.path / "tokenizer", ctx.workdir / "tokenizer")
-        from mscompile.device import gpu_fingerprint
 
         size = sum(p.stat().st_size for p in engine.glob("*.engine"))
         meta = dict(
@@ -397,8 +393,6 @@ class CheckLlmTrtllm(Pass[TrtllmEngine, ParityReport]):
     device_dependent = True
 
     def run(self, inp: TrtllmEngine, cfg: TrtllmRunConfig, ctx: PassContext) -> PassResult[ParityReport]:
-        from mscompile.llm.runner import run_trtllm
-
         ok, why = trtllm_status()
         if not ok:
             return PassResult(status=Status.SKIPPED, reason=why)
@@ -420,8 +414,6 @@ class ProfileLlmTrtllm(Pass[TrtllmEngine, ProfileReport]):
     device_dependent = True
 
     def run(self, inp: TrtllmEngine, cfg: TrtllmRunConfig, ctx: PassContext) -> PassResult[ProfileReport]:
-        from mscompile.llm.runner import run_trtllm
-
         ok, why = trtllm_status()
         if not ok:
             return PassResult(status=Status.SKIPPED, reason=why)

@@ -84,3 +84,29 @@ def test_the_architecture_page_shows_the_contract_layers():
     items = re.split(r"\n\d+\. ", section)[1:]
     shown = [re.findall(r"`(mscompile(?:\.\w+)*)`", item) for item in items]
     assert shown == _layers()
+
+
+def _imports_inside_functions(source: str) -> list[str]:
+    import ast
+
+    tree = ast.parse(source)
+    found = []
+    for fn in ast.walk(tree):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for n in ast.walk(fn):
+                if isinstance(n, ast.ImportFrom) and (n.level > 0 or (n.module or "").startswith("mscompile")):
+                    found.append(f"line {n.lineno}: {ast.unparse(n)}")
+    return found
+
+
+def test_project_imports_sit_at_module_level():
+    """With the layers acyclic, an import inside a function only hides a dependency:
+    functions import heavy third-party libraries (torch, onnx, runtimes), never the project."""
+    found = {
+        str(p.relative_to(REPO)): hits
+        for root in ("compiler", "passes")
+        for p in sorted((REPO / root).rglob("*.py"))
+        if (hits := _imports_inside_functions(p.read_text()))
+    }
+    assert not found, found
+    assert _imports_inside_functions("def f():\n    from .build import build\n") == ["line 2: from .build import build"]

@@ -16,7 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from ..artifacts import Artifact, Dataset, ParityReport
+from mscompile.passes.check_accuracy import CheckAccuracy, CheckConfig
+from mscompile.passes.profile import Profile, ProfilingConfig
+
+from ..artifacts import Artifact, Dataset, ParityReport, ProfileReport
+from ..device import cpu_fingerprint
 from ..pipeline import Pipeline, Status, Step
 from ..sections import TargetBase
 
@@ -155,8 +159,6 @@ class Recipe:
 def is_report(step: Step) -> bool:
     """Reports (parity, profile) describe the model before them; they are not the
     next step's input."""
-    from ..artifacts import ProfileReport
-
     return issubclass(step.pass_cls.output_type, (ParityReport, ProfileReport))
 
 
@@ -314,8 +316,6 @@ class Backend:
 
     def fingerprint(self, target: Any) -> dict[str, Any]:
         """What this backend's device-bound results (engines, latency profiles) depend on."""
-        from ..device import cpu_fingerprint
-
         return cpu_fingerprint()
 
     def device(self, target: Any, inputs: RecipeInputs) -> dict[str, Any]:
@@ -366,8 +366,6 @@ def parity_step(
 ) -> Step:
     """A check of the step's input against the PyTorch reference under t.tolerance, run
     by `session` (a runtimes.py function: the runtime the backend gates on)."""
-    from mscompile.passes.check_accuracy import CheckAccuracy, CheckConfig
-
     pass_cls = pass_cls or CheckAccuracy
     return Step(
         step_id,
@@ -393,7 +391,6 @@ def profile_step(
     """Latency and throughput of the deployable where it is served (None: profiling is off)."""
     if not cfg.profile.enabled:
         return None
-    from mscompile.passes.profile import Profile, ProfilingConfig
 
     pc = ProfilingConfig(
         io=cfg.io,

@@ -14,12 +14,18 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from mscompile.passes.analyze_quantization import AnalyzeConfig, AnalyzeQuantization
+from mscompile.passes.convert_fp16 import ConvertFp16, Fp16Config
+from mscompile.passes.equalize_graph import EqualizeConfig, EqualizeGraph
+from mscompile.passes.fuse_transformer import FuseTransformer, FusionConfig
+from mscompile.passes.quantize_int8 import Int8Config, QuantizeInt8
 from pydantic import Field
 
 from ..artifacts import Artifact, OnnxModel, ParityReport
 from ..pipeline import Status, Step
 from ..runtimes import onnxruntime_session, openvino_session
 from ..sections import RecoveryConfig, Section, TargetBase
+from ..tritonrepo.config import base_model_config, fp16_io
 from .base import (
     Backend,
     Gate,
@@ -129,9 +135,6 @@ class OnnxRuntimeBackend(Backend):
         return files, "model.onnx"
 
     def recipe(self, cfg: ModelConfig, t: OnnxRuntimeTarget, inputs: RecipeInputs) -> Recipe:
-        from mscompile.passes.convert_fp16 import ConvertFp16, Fp16Config
-        from mscompile.passes.fuse_transformer import FuseTransformer, FusionConfig
-
         prepare: list[Step] = []
         if t.graph_fusion != "none":
             prepare.append(Step(f"{t.name}/fuse_transformer", FuseTransformer, FusionConfig(model_type=t.graph_fusion)))
@@ -188,8 +191,6 @@ class OnnxRuntimeBackend(Backend):
         artifact: Artifact | None,
         profile: dict[str, Any] | None = None,
     ) -> list[ServedModel]:
-        from ..tritonrepo.config import base_model_config, fp16_io
-
         if artifact is None and t.precision == "fp16" and not t.keep_io_types:
             io_sig = fp16_io(io_sig)
         mc = base_model_config(
@@ -253,8 +254,6 @@ class Int8Search:
     def quantize_step(
         self, mode: str, excluded: list[str], prefix: str, float_tensors: list[str] = (), bias_correction: bool = False
     ) -> Step:
-        from mscompile.passes.quantize_int8 import Int8Config, QuantizeInt8
-
         t = self.t
         qcfg = Int8Config(
             mode=mode,  # type: ignore[arg-type]
@@ -275,8 +274,6 @@ class Int8Search:
         return parity_step(self.cfg, self.t, f"{prefix}/check_accuracy", self.inputs, session=onnxruntime_session)
 
     def equalize_step(self, prefix: str) -> Step:
-        from mscompile.passes.equalize_graph import EqualizeConfig, EqualizeGraph
-
         return Step(
             f"{prefix}/equalize_graph",
             EqualizeGraph,
@@ -307,8 +304,6 @@ class Int8Search:
         return ids
 
     def analyze_step(self, prefix: str, base: Artifact) -> Step:
-        from mscompile.passes.analyze_quantization import AnalyzeConfig, AnalyzeQuantization
-
         return Step(
             f"{prefix}/analyze_quantization",
             AnalyzeQuantization,

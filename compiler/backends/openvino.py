@@ -16,12 +16,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from mscompile.artifacts import ParityReport
+from mscompile.passes.check_accuracy import CheckAccuracyOpenVino
+from mscompile.passes.convert_openvino import ConvertOpenVino, ConvertOvConfig
+from mscompile.passes.profile import ProfileOpenVino
+from mscompile.passes.quantize_nncf import NncfConfig, QuantizeNncf
 from pydantic import Field
 
 from ..artifacts import Artifact
 from ..pipeline import Status, Step
 from ..runtimes import openvino_session
 from ..sections import Section, TargetBase
+from ..tritonrepo.config import base_model_config
 from .base import (
     Backend,
     Gate,
@@ -121,10 +127,6 @@ class OpenVinoBackend(Backend):
         return files, artifact.model_file.name
 
     def recipe(self, cfg: ModelConfig, t: OpenVinoTarget, inputs: RecipeInputs) -> Recipe:
-        from mscompile.passes.check_accuracy import CheckAccuracyOpenVino
-        from mscompile.passes.convert_openvino import ConvertOpenVino, ConvertOvConfig
-        from mscompile.passes.profile import ProfileOpenVino
-
         convert = Step(
             f"{t.name}/convert_openvino",
             ConvertOpenVino,
@@ -166,8 +168,6 @@ class OpenVinoBackend(Backend):
         artifact: Artifact | None,
         profile: dict[str, Any] | None = None,
     ) -> list[ServedModel]:
-        from ..tritonrepo.config import base_model_config
-
         mc = base_model_config(
             cfg, name, io_sig, backend="openvino", filename="model.xml", on_gpu=False, profile=profile
         )
@@ -194,8 +194,6 @@ class NncfSearch:
         self.cfg, self.t, self.inputs = cfg, t, inputs
 
     def quantize_step(self, k: int, accuracy_control: bool) -> Step:
-        from mscompile.passes.quantize_nncf import NncfConfig, QuantizeNncf
-
         t, cfg = self.t, self.cfg
         metric, max_drop = self.metric()
         qc = NncfConfig(
@@ -227,8 +225,6 @@ class NncfSearch:
         return "cosine", r.max_drop or (max(1.0 - cos, 1e-5) if cos is not None else 0.01)
 
     def check_step(self, k: int) -> Step:
-        from mscompile.passes.check_accuracy import CheckAccuracyOpenVino
-
         return parity_step(
             self.cfg,
             self.t,
@@ -248,8 +244,6 @@ class NncfSearch:
         return [self.quantize_step(2, True).id, self.check_step(2).id]
 
     def run(self, runner: RecipeRunner, graph: Artifact) -> TargetOutcome:
-        from mscompile.artifacts import ParityReport
-
         tries: list[dict[str, Any]] = []
         modes = [False, True] if self.t.recovery.enabled else [False]
         out: TargetOutcome | None = None

@@ -13,13 +13,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from mscompile.passes.build_tensorrt import ProfileConfig, TensorRTConfig
+from mscompile.passes.autocast import AutoCast, AutoCastConfig
+from mscompile.passes.build_tensorrt import BuildTensorRT, ProfileConfig, TensorRTConfig, TrtBuildConfig
+from mscompile.passes.check_accuracy_trt import CheckAccuracyTrt
+from mscompile.passes.quantize_modelopt import ModelOptConfig, QuantizeModelOpt
 from pydantic import Field
 
 from ..artifacts import Artifact
+from ..device import gpu_fingerprint, tensorrt_status
 from ..pipeline import Step
 from ..runtimes import onnxruntime_session, tensorrt_session
 from ..sections import RangeConfig, TargetBase, is_dynamic
+from ..tritonrepo.config import base_model_config
 from .base import Backend, Gate, Recipe, RecipeInputs, Requirement, ServedModel, parity_step
 
 if TYPE_CHECKING:
@@ -108,26 +113,18 @@ class TensorRTBackend(Backend):
         ok, why = super().available(t)
         if not ok:
             return ok, why
-        from ..device import tensorrt_status
 
         return tensorrt_status()  # the rule the engine build and its gate check again when they run
 
     def fingerprint(self, t: TensorRTTarget) -> dict[str, Any]:
-        from ..device import gpu_fingerprint
-
         return gpu_fingerprint()
 
     def session(self, t: TensorRTTarget) -> Any:
         return tensorrt_session
 
     def recipe(self, cfg: ModelConfig, t: TensorRTTarget, inputs: RecipeInputs) -> Recipe:
-        from mscompile.passes.build_tensorrt import BuildTensorRT, TrtBuildConfig
-        from mscompile.passes.check_accuracy_trt import CheckAccuracyTrt
-
         prepare: list[Step] = []
         if t.precision in ("fp16", "bf16"):
-            from mscompile.passes.autocast import AutoCast, AutoCastConfig
-
             # strongly typed network: the graph carries the precision
             prepare.append(
                 Step(
@@ -137,8 +134,6 @@ class TensorRTBackend(Backend):
                 )
             )
         if t.precision in ("int8", "fp8"):
-            from mscompile.passes.quantize_modelopt import ModelOptConfig, QuantizeModelOpt
-
             prepare.append(
                 Step(
                     f"{t.name}/quantize_modelopt",
@@ -198,8 +193,6 @@ class TensorRTBackend(Backend):
     ) -> list[ServedModel]:
         """One engine (model.plan), or one per GPU kind (`engines`: compute capability ->
         engine, from a farm build): model.sm<cc>.plan each, mapped by cc_model_filenames."""
-        from ..tritonrepo.config import base_model_config
-
         mc = base_model_config(
             cfg,
             name,

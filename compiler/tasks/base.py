@@ -6,6 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ..build import build, plan
+from ..config import _validated
+from ..errors import ConfigError
+
 
 class Task:
     """Subclass per task; register by defining `TASK = MyTask()` in a module of
@@ -24,9 +28,6 @@ class Task:
     def parse(self, data: dict[str, Any], where: str) -> Any:
         """Validate a model.yaml mapping: the config, or ConfigError listing every problem
         (the schema's, then the task's cross-field checks)."""
-        from ..config import _validated
-        from ..errors import ConfigError
-
         cfg = _validated(self.config_model(), data, where)
         problems = self.problems(cfg, where)
         if problems:
@@ -46,8 +47,6 @@ class Task:
 
     def build(self, cfg: Any, config_path: Path, opts: Any) -> Any:
         """The one build (build.py) walks this task's hooks below."""
-        from ..build import build
-
         return build(self, cfg, config_path, opts)
 
     # -- the hooks the one build calls, in its order --------------------------------------
@@ -78,8 +77,6 @@ class Task:
 
     def plan(self, cfg: Any, opts: Any) -> dict[str, Any]:
         """The one plan (build.py) walks prepare() and the hooks below."""
-        from ..build import plan
-
         return plan(self, cfg, opts)
 
     def plan_io(self, cfg: Any, base: Any) -> tuple[dict[str, Any], str]:  # pragma: no cover

@@ -8,6 +8,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..backends import get
+from ..build import Prepared, assemble, choose, selection_note
+from ..cache import Cache
+from ..config import ModelConfig, resolve_path, semantic_problems
+from ..ensemble import chain_gate
+from ..errors import AccuracyGateError
+from ..handoff import CheckOptions, LocalServer, ServeLoadError, deploy, find_tritonserver, serve_check
+from ..instruments import Instruments
+from ..pipeline import Driver, Status
+from ..publish import Deployment, deployment_names, preflight, write_repository
+from ..rayserve import problems as rayserve_problems
+from ..rayserve import servable, write_app
+from ..tritonrepo.config import to_text
+from ..validate import probe_io, validate_all
 from .base import Task
 
 
@@ -16,24 +30,15 @@ class TensorTask(Task):
     description = "tensor models through ONNX: onnxruntime, openvino, tensorrt targets"
 
     def config_model(self) -> Any:
-        from ..config import ModelConfig
-
         return ModelConfig
 
     def problems(self, cfg: Any, where: str) -> list[str]:
-        from ..config import semantic_problems
-        from ..rayserve import problems as rayserve_problems
-
         return semantic_problems(cfg, where) + rayserve_problems(cfg, where)
 
     def preflight(self, cfg: Any) -> None:
-        from ..publish import preflight
-
         preflight(cfg)
 
     def prepare(self, cfg: Any, state: Any, devices: dict[str, Any]) -> Any:
-        from ..build import Prepared, assemble
-
         plan = assemble(cfg, state, devices=devices)
         sources = {
             "checkpoint": {"path": str(plan.source.path), **plan.source.meta, "digest": plan.source.digest},
@@ -42,10 +47,6 @@ class TensorTask(Task):
         return Prepared(plan.source, plan.common, plan.recipes, plan.inputs, plan.datasets, {"sources": sources})
 
     def choose(self, cfg: Any, variants: list[Any]) -> tuple[list[str], str | None]:
-        from ..build import choose, selection_note
-        from ..errors import AccuracyGateError
-        from ..pipeline import Status
-
         passing = [v.target for v in variants if v.status is Status.OK]
         wanted = cfg.deployed_targets()
         if wanted is None:
@@ -63,8 +64,6 @@ class TensorTask(Task):
         return [w for w in wanted if w in passing], None
 
     def deployments(self, cfg: Any, chosen: list[Any]) -> list[Any]:
-        from ..publish import Deployment, deployment_names
-
         by_name = {v.target: v for v in chosen}
         return [
             Deployment(name, t, by_name[t].model, by_name[t].profile, by_name[t].engines or None)
@@ -74,12 +73,8 @@ class TensorTask(Task):
     def before_publish(self, cfg: Any, deployments: list[Any], result: Any, instruments: Any) -> None:
         """The ensemble's end-to-end gate on the deployed variant, and whether the Ray Serve
         app can serve it."""
-        from ..errors import AccuracyGateError
-
         deployed = next(t for t in cfg.targets if t.name == deployments[0].target)
         if cfg.pipeline is not None:
-            from ..ensemble import chain_gate
-
             rep = chain_gate(cfg, deployed, deployments[0].model, instruments.say)
             result.pipeline = rep
             instruments.say(
@@ -94,20 +89,14 @@ class TensorTask(Task):
                 err.result = result
                 raise err
         if cfg.rayserve is not None:
-            from ..rayserve import servable
-
             servable(cfg, deployed)
 
     def manifest_extras(self, cfg: Any, prep: Any, result: Any) -> dict[str, Any]:
         return {"pipeline": result.pipeline} if result.pipeline is not None else {}
 
     def publish(self, cfg: Any, deployments: list[Any], manifest: dict, result: Any, instruments: Any) -> list:
-        from ..publish import write_repository
-
         published = write_repository(cfg, deployments, manifest)
         if cfg.rayserve is not None:
-            from ..rayserve import write_app
-
             d = deployments[0]
             target = next(t for t in cfg.targets if t.name == d.target)
             result.rayserve = str(write_app(cfg, target, d.model, published[0].version, manifest))
@@ -117,30 +106,18 @@ class TensorTask(Task):
     def plan_io(self, cfg: Any, base: Any) -> tuple[dict[str, Any], str]:
         if base is not None and "io" in base.meta:  # the shared graph is cached
             return base.meta["io"], "the cached ONNX graph"
-        from ..validate import probe_io
 
         return probe_io(cfg), "a PyTorch forward pass (no cached graph yet)"
 
     def plan_served(self, cfg: Any, target: Any, io_sig: dict[str, Any]) -> dict[str, Any]:
-        from ..backends import get
-        from ..publish import deployment_names
-        from ..tritonrepo.config import to_text
-
         names = {t: n for n, t in deployment_names(cfg, [t.name for t in cfg.targets])}
         served = get(target.backend).serving(cfg, target, names.get(target.name, cfg.name), io_sig, None)
         return {"config_pbtxt": to_text(served[0].config), "models": {m.name: to_text(m.config) for m in served}}
 
     def validate(self, cfg: Any, config_path: Path) -> list[str]:
-        from ..validate import validate_all
-
         return validate_all(cfg, config_path)
 
     def shared_steps(self, cfg: Any, state: Any, stamp: str, force: bool) -> tuple[Any, Any, Any]:
-        from ..build import assemble
-        from ..cache import Cache
-        from ..instruments import Instruments
-        from ..pipeline import Driver
-
         log_dir = state.build_logs(cfg.name, stamp)
         plan = assemble(cfg, state)
         driver = Driver(
@@ -152,9 +129,6 @@ class TensorTask(Task):
 
     def serve_check(self, cfg: Any, state: Any, version: int | None, say: Any, server: dict[str, Any]) -> dict:
         """Against --url/--grpc-url, or a tritonserver started on loopback for it."""
-        from ..config import resolve_path
-        from ..handoff import LocalServer, ServeLoadError, find_tritonserver, serve_check
-
         if server.get("url") or server.get("grpc_url"):
             return serve_check(cfg, state, check_options(server, version, say))
         binary = find_tritonserver(server.get("tritonserver"))
@@ -172,15 +146,11 @@ class TensorTask(Task):
             return out
 
     def deploy(self, cfg: Any, state: Any, version: int | None, say: Any, server: dict[str, Any]) -> dict:
-        from ..handoff import deploy
-
         return deploy(cfg, state, check_options(server, version, say))
 
 
 def check_options(server: dict[str, Any], version: int | None, say: Any) -> Any:
     """The CLI's server options as the check's."""
-    from ..handoff import CheckOptions
-
     protocol = server.get("protocol", "both")
     return CheckOptions(
         http_url=server.get("url") if protocol in ("both", "http") else None,

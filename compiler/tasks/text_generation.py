@@ -6,7 +6,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..artifacts import HfModel, HfSource
+from ..backends import RecipeInputs, get
+from ..build import Prepared
+from ..cache import Cache
+from ..config import llm_problems, resolve_path
 from ..errors import ConfigError
+from ..instruments import Instruments
+from ..llm.build import describe_checkpoint, load_step, publish_served, validate_llm
+from ..llm.config import LlmModelConfig
+from ..llm.serve import serve_check_llm
+from ..llm.trtllm_repo import check_wiring
+from ..pipeline import Driver, Pipeline, Status
+from ..publish import Deployment
+from ..tritonrepo.config import to_text
+from ..tritonrepo.writer import versions
 from .base import Task
 
 
@@ -17,13 +31,9 @@ class TextGenerationTask(Task):
     config_hint = "an LLM model.yaml: source.checkpoint a Hugging Face folder, validation text and prompts"
 
     def config_model(self) -> Any:
-        from ..llm.config import LlmModelConfig
-
         return LlmModelConfig
 
     def problems(self, cfg: Any, where: str) -> list[str]:
-        from ..config import llm_problems
-
         return llm_problems(cfg, where)
 
     def precision(self, target: Any) -> str:
@@ -31,19 +41,11 @@ class TextGenerationTask(Task):
         return quantization if quantization != "none" else str(getattr(target, "dtype", ""))
 
     def preflight(self, cfg: Any) -> None:
-        from ..config import resolve_path
-
         repo = resolve_path(cfg.triton.repository)
         if repo.exists() and not repo.is_dir():
             raise ConfigError(f"triton.repository: {repo} is a file, not a folder")
 
     def prepare(self, cfg: Any, state: Any, devices: dict[str, Any]) -> Any:
-        from ..artifacts import HfModel, HfSource
-        from ..backends import RecipeInputs, get
-        from ..build import Prepared
-        from ..llm.build import describe_checkpoint, load_step
-        from ..pipeline import Pipeline
-
         source = describe_checkpoint(cfg, state)
         step = load_step(cfg)
         inputs = RecipeInputs(None, None, reference=step.id, devices=devices)  # type: ignore[arg-type]
@@ -58,9 +60,6 @@ class TextGenerationTask(Task):
     def choose(self, cfg: Any, variants: list[Any]) -> tuple[list[str], str | None]:
         """A named target, or the fastest passing one by its backend's figure (tokens/s at
         its best batch), or the first that passed."""
-        from ..backends import get
-        from ..pipeline import Status
-
         ok = [v for v in variants if v.status is Status.OK]
         want = cfg.triton.deploy
         if not ok:
@@ -78,8 +77,6 @@ class TextGenerationTask(Task):
         return [ok[0].target], None
 
     def deployments(self, cfg: Any, chosen: list[Any]) -> list[Any]:
-        from ..publish import Deployment
-
         v = chosen[0]
         return [Deployment(cfg.name, v.target, v.model, v.profile)]
 
@@ -91,10 +88,6 @@ class TextGenerationTask(Task):
     def publish(self, cfg: Any, deployments: list[Any], manifest: dict, result: Any, instruments: Any) -> list:
         """What the deployed variant's backend serves (an ensemble last, its members.json
         recording the member versions published with it)."""
-        from ..backends import get
-        from ..config import resolve_path
-        from ..llm.build import publish_served
-
         d = deployments[0]
         target = next(t for t in cfg.targets if t.name == d.target)
         served = get(target.backend).serving(cfg, target, cfg.name, {}, d.model, d.profile)
@@ -108,12 +101,6 @@ class TextGenerationTask(Task):
     def plan_served(self, cfg: Any, target: Any, io_sig: dict[str, Any]) -> dict[str, Any]:
         """Each model's config as the next version would have it (configs and files that
         name their own version folder filled in), the files' text, and the wiring check."""
-        from ..backends import get
-        from ..config import resolve_path
-        from ..llm.trtllm_repo import check_wiring
-        from ..tritonrepo.config import to_text
-        from ..tritonrepo.writer import versions
-
         repo = resolve_path(cfg.triton.repository)
         server_repo = cfg.triton.server_repository or str(repo)
         files, configs = {}, {}
@@ -131,17 +118,9 @@ class TextGenerationTask(Task):
         }
 
     def validate(self, cfg: Any, config_path: Path) -> list[str]:
-        from ..llm.build import validate_llm
-
         return validate_llm(cfg, config_path)
 
     def shared_steps(self, cfg: Any, state: Any, stamp: str, force: bool) -> tuple[Any, Any, Any]:
-        from ..backends import RecipeInputs, get
-        from ..cache import Cache
-        from ..instruments import Instruments
-        from ..llm.build import describe_checkpoint, load_step
-        from ..pipeline import Driver
-
         log_dir = state.build_logs(cfg.name, stamp)
         step = load_step(cfg)
         driver = Driver(
@@ -157,7 +136,6 @@ class TextGenerationTask(Task):
                 "serve-check --url: checking an LLM on a running Triton vllm backend is not built yet; "
                 "without --url, serve-check serves the published checkpoint with vLLM's OpenAI server on loopback"
             )
-        from ..llm.serve import serve_check_llm
 
         return serve_check_llm(
             cfg, state, version, server.get("concurrency", 8), say, load_timeout=server.get("load_timeout", 300.0)

@@ -27,6 +27,7 @@ from typing import Any
 from ..artifacts import sha256_file
 from ..errors import ConfigError, RepositoryError, UnsafePathError
 from ..faults import point
+from .config import parse, to_text
 
 MANIFEST = "build_manifest.json"
 LOCK = ".mscompile.lock"
@@ -64,8 +65,6 @@ def served_versions(config_text: str | None, existing: list[int]) -> set[int]:
         return set()
     policy = None
     if config_text:
-        from .config import parse
-
         try:
             policy = parse(config_text).version_policy
         except Exception:  # noqa: BLE001 - a hand-broken config: assume Triton's default
@@ -284,8 +283,6 @@ def _write_config(model_dir: Path, text: str) -> None:
 
 
 def _policy_kind(text: str) -> str | None:
-    from .config import parse
-
     try:
         return parse(text).version_policy.WhichOneof("policy_choice")
     except Exception:  # noqa: BLE001 - an unreadable config: no rule to keep
@@ -295,8 +292,6 @@ def _policy_kind(text: str) -> str | None:
 def _pinned(config_text: str, available: list[int], name: str, only: set[int] | None = None) -> str:
     """`config_text` with its version policy replaced by the explicit list of the
     versions it serves among `available`."""
-    from .config import parse, to_text
-
     mc = parse(config_text)
     served = sorted(only if only is not None else served_versions(config_text, available))
     if not served:
