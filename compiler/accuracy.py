@@ -5,6 +5,7 @@ server's answers)."""
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -133,3 +134,35 @@ def run_model(infer: Any, io: IOSpec, feeds: dict[str, np.ndarray], batch: int) 
             parts[n].append(r)
     seconds = time.perf_counter() - t0
     return {n: np.concatenate(v, axis=0) if io.has_batch_axis() else v[0] for n, v in parts.items()}, seconds
+
+
+def compare_llm(
+    ref: dict[str, Any], nll: list[list[float]], greedy: list[list[int]], tol: Any
+) -> tuple[dict, list[str]]:
+    """A language model's variant against the reference: perplexity from its per-passage
+    NLL (sum, count), greedy-token agreement and first divergence per prompt; and the
+    gate's failures."""
+    ppl = math.exp(sum(n for n, _ in nll) / max(1, sum(c for _, c in nll)))
+    increase = (ppl / ref["perplexity"] - 1.0) * 100.0
+    exact, firsts = 0, []
+    for a, b in zip(ref["greedy"], greedy, strict=True):
+        first = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+        firsts.append(first)
+        exact += int(a == b)
+    n = max(1, len(firsts))
+    metrics = {
+        "perplexity": round(ppl, 4),
+        "reference_perplexity": round(ref["perplexity"], 4),
+        "perplexity_increase": round(increase, 4),
+        "token_agreement": round(exact / n, 4),
+        "first_divergence": round(sum(firsts) / n, 3),
+        "prompts": len(firsts),
+    }
+    fails = []
+    if tol.perplexity_increase is not None and increase > tol.perplexity_increase:
+        fails.append(f"perplexity_increase {increase:.3f}% > {tol.perplexity_increase:g}%")
+    if tol.token_agreement is not None and exact / n < tol.token_agreement:
+        fails.append(f"token_agreement {exact / n:.3f} < {tol.token_agreement:g}")
+    if tol.first_divergence is not None and sum(firsts) / n < tol.first_divergence:
+        fails.append(f"first_divergence {sum(firsts) / n:.2f} < {tol.first_divergence:g}")
+    return metrics, fails

@@ -424,7 +424,7 @@ def _describe(err: dict[str, Any], where: str) -> str:
     return f"{where}: {path}: {msg}{shown}"
 
 
-def _validated(model: Any, data: dict[str, Any], where: str) -> Any:
+def validated(model: Any, data: dict[str, Any], where: str) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -27,10 +27,10 @@ from mscompile.accuracy import evaluate
 from .backends import get
 from .config import ensemble_name, resolve_path, step_names
 from .errors import ConfigError, MscompileError, TargetSkippedError
-from .loading import _cwd_on_path, as_output_list, load_module, resolve_checkpoint, resolve_shipped_file
+from .loading import as_output_list, cwd_on_path, load_module, resolve_checkpoint, resolve_shipped_file
 from .runtimes import RuntimeUnavailableError
 from .sections import IOSpec, OutputSpec
-from .tritonrepo.config import TRITON_DTYPES, _pb
+from .tritonrepo.config import TRITON_DTYPES, triton_pb
 
 if TYPE_CHECKING:
     from .config import ModelConfig
@@ -59,7 +59,7 @@ RESERVED_FILES = ("model.py", "build_manifest.json", "members.json")
 def step_sources(step: PipelineStep, key: str) -> dict[str, Path]:
     """File name in the version folder -> source: the function's module and its files."""
     module, _, _fn = step.function.partition(":")
-    with _cwd_on_path():
+    with cwd_on_path():
         spec = importlib.util.find_spec(module)
     if spec is None or not spec.origin or not spec.origin.endswith(".py"):
         raise ConfigError(f"{key}.function: module {module!r} is not an importable .py file; fix the module path")
@@ -334,7 +334,7 @@ class TritonPythonModel:
 def _tensor(msg: Any, name: str, dtype: str, dims: list[int]) -> None:
     t = msg.add()
     t.name = name
-    t.data_type = _pb().DataType.Value(dtype)
+    t.data_type = triton_pb().DataType.Value(dtype)
     t.dims.extend(dims)
 
 
@@ -359,7 +359,7 @@ def served_models(
     `model_version` of the model; the step versions are filled in by `pin_steps`."""
     pc = cfg.pipeline
     assert pc is not None
-    pb = _pb()
+    pb = triton_pb()
     ins, outs = _model_io(cfg, io_sig)
     mbs = cfg.max_batch_size()
     names = step_names(cfg)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from mscompile.accuracy import evaluate, load_reference
+from mscompile.accuracy import load_reference
 
 from .build import assemble
 from .cache import Cache
@@ -40,7 +40,7 @@ from .instruments import Instruments
 from .pipeline import Driver
 from .report import latest_manifest
 from .sections import IOSpec, OutputSpec
-from .serving.check import Replay, deployed_target, replay, verdict
+from .serving.check import Replay, check_clients, deployed_target, tensor_judge, verdict
 from .serving.process import LocalProcess, free_port
 from .tritonrepo.writer import roll_back, serve_only
 
@@ -155,7 +155,9 @@ def _served_version(repo: Path, name: str, version: int | None) -> tuple[int, di
     return int(manifest["version"]), manifest
 
 
-def _reference(cfg: Any, state: Any) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray | None]:
+def validation_reference(
+    cfg: Any, state: Any
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray | None]:
     """Validation feeds, labels, and the PyTorch reference outputs (the build's cached step)."""
     plan = assemble(cfg, state)
     log_dir = state.build_logs(cfg.name, "serve-check-" + time.strftime("%Y%m%d-%H%M%S"))
@@ -238,50 +240,74 @@ def _served_config(client: Any, name: str, version: int) -> dict[str, Any]:
     return client.get_model_config(name, str(version))
 
 
-def _replay(
-    lib: Any,
-    url: str,
-    name: str,
-    version: int,
-    served: dict[str, Any],
-    feeds: dict[str, np.ndarray],
-    concurrency: int,
-    proto: str,
-) -> tuple[dict[str, np.ndarray], Replay]:
-    """One request per validation sample (the server's batcher may merge them), from
-    `concurrency` client threads; outputs in sample order, latencies, wall seconds."""
-    from tritonclient.utils import triton_to_np_dtype
+class TritonClient:
+    """Triton over one protocol (tritonclient's gRPC or HTTP module): one request per
+    validation sample (the server's batcher may merge them), a client per thread; the
+    row gets Triton's own statistics of the requests."""
 
-    batching = int(served.get("max_batch_size", 0)) > 0
-    n = int(next(iter(feeds.values())).shape[0]) if batching else 1
-    inputs = [(i["name"], i["data_type"].replace("TYPE_", "")) for i in served.get("input", [])]
-    outputs = [o["name"] for o in served.get("output", [])]
-    missing = [k for k, _ in inputs if k not in feeds]
-    if missing:
-        raise ConfigError(f"the served model's inputs {missing} are not in the validation set")
-    local = threading.local()
-    dtypes = {k: ("BYTES" if t == "STRING" else t) for k, t in inputs}
+    prefix_failures = True
 
-    def one(i: int) -> list[np.ndarray]:
-        if not hasattr(local, "client"):
-            local.client = lib.InferenceServerClient(url)
+    def __init__(
+        self,
+        lib: Any,
+        url: str,
+        control: Any,
+        name: str,
+        version: int,
+        served: dict[str, Any],
+        feeds: dict[str, np.ndarray],
+        proto: str,
+    ) -> None:
+        self.protocol, self.lib, self.url, self.control = proto, lib, url, control
+        self.name, self.version, self.feeds = name, version, feeds
+        self.batching = int(served.get("max_batch_size", 0)) > 0
+        inputs = [(i["name"], i["data_type"].replace("TYPE_", "")) for i in served.get("input", [])]
+        self.outputs = [o["name"] for o in served.get("output", [])]
+        missing = [k for k, _ in inputs if k not in feeds]
+        if missing:
+            raise ConfigError(f"the served model's inputs {missing} are not in the validation set")
+        self.dtypes = {k: ("BYTES" if t == "STRING" else t) for k, t in inputs}
+        self.local = threading.local()
+        self.before: dict[str, int] = {}
+
+    @property
+    def requests(self) -> int:
+        return int(next(iter(self.feeds.values())).shape[0]) if self.batching else 1
+
+    def send(self, i: int) -> list[np.ndarray]:
+        from tritonclient.utils import triton_to_np_dtype
+
+        if not hasattr(self.local, "client"):
+            self.local.client = self.lib.InferenceServerClient(self.url)
         reqs = []
-        for k, t in dtypes.items():
-            x = feeds[k][i : i + 1] if batching else feeds[k]
+        for k, t in self.dtypes.items():
+            x = self.feeds[k][i : i + 1] if self.batching else self.feeds[k]
             x = x.astype(triton_to_np_dtype(t)) if t != "BYTES" else x
-            r = lib.InferInput(k, list(x.shape), t)
+            r = self.lib.InferInput(k, list(x.shape), t)
             r.set_data_from_numpy(x)
             reqs.append(r)
-        outs = [lib.InferRequestedOutput(o) for o in outputs]
-        res = local.client.infer(name, reqs, model_version=str(version), outputs=outs)
-        return [res.as_numpy(o) for o in outputs]
+        outs = [self.lib.InferRequestedOutput(o) for o in self.outputs]
+        res = self.local.client.infer(self.name, reqs, model_version=str(self.version), outputs=outs)
+        return [res.as_numpy(o) for o in self.outputs]
 
-    def failed(exc: Exception) -> MscompileError:
-        return ServeLoadError(f"{name} version {version} loaded but a {proto} request failed: {_triton_error(exc)}")
+    def failed(self, exc: Exception) -> MscompileError:
+        return ServeLoadError(
+            f"{self.name} version {self.version} loaded but a {self.protocol} request failed: {_triton_error(exc)}"
+        )
 
-    done = replay(one, n, concurrency, failed)
-    got = {o: np.concatenate([r[j] for r in done.answers], axis=0) for j, o in enumerate(outputs)}
-    return got, done
+    def begin(self) -> None:
+        self.before = _stats(self.control, self.name, self.version)
+
+    def end(self, done: Replay) -> dict[str, Any]:
+        after = _stats(self.control, self.name, self.version)
+        deadline = time.monotonic() + 10.0
+        while after["success"] - self.before["success"] < len(done.latencies) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the server records a request's statistics just after its response
+            after = _stats(self.control, self.name, self.version)
+        return {"triton": _per_request(self.before, after)}
+
+    def answers(self, answers: list[list[np.ndarray]]) -> dict[str, np.ndarray]:
+        return {o: np.concatenate([r[j] for r in answers], axis=0) for j, o in enumerate(self.outputs)}
 
 
 def _per_request(before: dict[str, int], after: dict[str, int]) -> dict[str, Any]:
@@ -314,7 +340,7 @@ def serve_check(cfg: Any, state: Any, opts: CheckOptions) -> dict[str, Any]:
     failures: list[str] = []
     try:
         summary["load_seconds"] = _load(control, name, version, opts, loaded)
-        feeds, ref, labels = _reference(cfg, state)
+        feeds, ref, labels = validation_reference(cfg, state)
         results, fails = _check(libs, control, name, version, feeds, ref, labels, cfg.io, target.tolerance, opts)
         failures += fails
         gate = next((v for v in manifest.get("variants", []) if v.get("name") == target_name), {})
@@ -377,25 +403,15 @@ def _check(
 ) -> tuple[dict[str, Any], list[str]]:
     """Replay `feeds` over every protocol and gate the answers; (per protocol, failures)."""
     served = _served_config(control, name, version)
-    results: dict[str, Any] = {}
-    failures: list[str] = []
-    for proto, lib in libs.items():
-        url = opts.grpc_url if proto == "grpc" else opts.http_url
-        before = _stats(control, name, version)
-        opts.progress(f"{name} {proto}: {len(next(iter(feeds.values())))} requests, concurrency {opts.concurrency}")
-        outs, done = _replay(lib, url, name, version, served, feeds, opts.concurrency, proto)  # type: ignore[arg-type]
-        after = _stats(control, name, version)
-        deadline = time.monotonic() + 10.0
-        while after["success"] - before["success"] < len(done.latencies) and time.monotonic() < deadline:
-            time.sleep(0.05)  # the server records a request's statistics just after its response
-            after = _stats(control, name, version)
-        outs = {k: v.astype(np.float32) if v.dtype != np.float32 else v for k, v in outs.items() if k in ref}
-        metrics, per_output, fails = evaluate(outs, ref, labels, io, tolerance)
-        failures += [f"{proto}: {f}" for f in fails]
-        results[proto] = done.row(
-            opts.concurrency, metrics=metrics, per_output=per_output, failures=fails, triton=_per_request(before, after)
-        )
-    return results, failures
+    clients = [
+        TritonClient(
+            lib, opts.grpc_url if proto == "grpc" else opts.http_url, control, name, version, served, feeds, proto
+        )  # type: ignore[arg-type]
+        for proto, lib in libs.items()
+    ]
+    return check_clients(
+        clients, clients[0].requests, opts.concurrency, tensor_judge(ref, labels, io, tolerance), opts.progress, name
+    )
 
 
 def _check_pipeline(

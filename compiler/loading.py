@@ -111,7 +111,7 @@ def resolve_shipped_file(spec: str, key: str) -> Path:
 
 
 @contextmanager
-def _cwd_on_path():
+def cwd_on_path():
     cwd = os.getcwd()
     added = cwd not in sys.path
     if added:
@@ -126,7 +126,7 @@ def _cwd_on_path():
 def factory_file(spec: str, key: str = "source.factory") -> Path:
     """The source file of the factory's module, found without running it."""
     module, _, _ = spec.partition(":")
-    with _cwd_on_path():
+    with cwd_on_path():
         try:
             found = importlib.util.find_spec(module)
         except (ImportError, ValueError) as exc:
@@ -142,7 +142,7 @@ def factory_file(spec: str, key: str = "source.factory") -> Path:
 
 def get_factory(spec: str, key: str = "source.factory") -> Any:
     module_name, _, attr = spec.partition(":")
-    with _cwd_on_path():
+    with cwd_on_path():
         try:
             module = importlib.import_module(module_name)
         except Exception as exc:  # any failure while importing user code is the user's to fix
@@ -174,7 +174,7 @@ def _module_file(name: str) -> Path | None:
     """The .py file of a module of a local top-level package or module, found
     without importing anything (a library's modules are never looked at)."""
     top, _, rest = name.partition(".")
-    with _cwd_on_path():
+    with cwd_on_path():
         try:
             spec = importlib.util.find_spec(top)  # a top-level lookup imports nothing
         except (ImportError, ValueError):

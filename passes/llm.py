@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from mscompile.accuracy import compare_llm
 from mscompile.artifacts import HfModel, HfSource, ParityReport, ProfileReport
 from mscompile.data import read_lines
 from mscompile.llm.runner import LLMC_WORKER, run_llmcompressor, run_worker
@@ -115,36 +116,6 @@ def reference(ctx: PassContext) -> dict[str, Any]:
     return json.loads((ctx.extras["reference"].path / "reference.json").read_text())
 
 
-def compare(
-    ref: dict[str, Any], nll: list[list[float]], greedy: list[list[int]], tol: LlmTolerance
-) -> tuple[dict, list[str]]:
-    """Metrics of a variant against the reference, and the gate's failures."""
-    ppl = math.exp(sum(n for n, _ in nll) / max(1, sum(c for _, c in nll)))
-    increase = (ppl / ref["perplexity"] - 1.0) * 100.0
-    exact, firsts = 0, []
-    for a, b in zip(ref["greedy"], greedy, strict=True):
-        first = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
-        firsts.append(first)
-        exact += int(a == b)
-    n = max(1, len(firsts))
-    metrics = {
-        "perplexity": round(ppl, 4),
-        "reference_perplexity": round(ref["perplexity"], 4),
-        "perplexity_increase": round(increase, 4),
-        "token_agreement": round(exact / n, 4),
-        "first_divergence": round(sum(firsts) / n, 3),
-        "prompts": len(firsts),
-    }
-    fails = []
-    if tol.perplexity_increase is not None and increase > tol.perplexity_increase:
-        fails.append(f"perplexity_increase {increase:.3f}% > {tol.perplexity_increase:g}%")
-    if tol.token_agreement is not None and exact / n < tol.token_agreement:
-        fails.append(f"token_agreement {exact / n:.3f} < {tol.token_agreement:g}")
-    if tol.first_divergence is not None and sum(firsts) / n < tol.first_divergence:
-        fails.append(f"first_divergence {sum(firsts) / n:.2f} < {tol.first_divergence:g}")
-    return metrics, fails
-
-
 def gate_result(
     runtime: str,
     ref: dict[str, Any],
@@ -156,7 +127,7 @@ def gate_result(
     **extra: Any,
 ) -> PassResult[ParityReport]:
     """The gate's report (report.json) and pass result for a variant run on `runtime`."""
-    metrics, failures = compare(ref, nll, greedy, tol)
+    metrics, failures = compare_llm(ref, nll, greedy, tol)
     report = {
         "runtime": runtime,
         "metrics": metrics,

@@ -159,7 +159,10 @@ def _mini(d):
 
 
 CORE_PROBLEMS = [
-    (lambda d: d["targets"][1].update(name="fp32"), "targets[1].name: 'fp32' is used twice; target names must be unique"),
+    (
+        lambda d: d["targets"][1].update(name="fp32"),
+        "targets[1].name: 'fp32' is used twice; target names must be unique",
+    ),
     (lambda d: d["inputs"].append(dict(d["inputs"][0])), "inputs[1].name: 'images' is declared twice"),
     (
         lambda d: d["inputs"][0]["range"].update(min=[1, 1, 8]),

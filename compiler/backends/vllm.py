@@ -27,7 +27,7 @@ from ..device import cpu_fingerprint, nvidia_gpus
 from ..llm.runner import llmcompressor_python, vllm_python
 from ..llm.sections import LlmTargetBase
 from ..pipeline import Step
-from ..tritonrepo.config import _pb
+from ..tritonrepo.config import triton_pb
 from .base import TOKENS_PER_S, Backend, Gate, Recipe, RecipeInputs, Requirement, ServedModel
 
 if TYPE_CHECKING:
@@ -156,7 +156,7 @@ class VllmBackend(Backend):
         artifact: Artifact | None,
         profile: dict[str, Any] | None = None,
     ) -> list[ServedModel]:
-        pb = _pb()
+        pb = triton_pb()
         mc = pb.ModelConfig()
         mc.name = name
         mc.backend = "vllm"

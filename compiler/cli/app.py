@@ -46,7 +46,13 @@ def server_options(f: Any) -> Any:
             ),
             click.option("--protocol", type=click.Choice(["both", "grpc", "http"]), default="both", show_default=True),
             click.option("--concurrency", type=click.IntRange(1, 256), default=8, show_default=True),
-            click.option("--load-timeout", type=click.FloatRange(1, 3600), default=120.0, show_default=True),
+            click.option(
+                "--load-timeout",
+                type=click.FloatRange(1, 3600),
+                default=None,
+                help="Seconds the server may take to load the model or start: Triton 120, vLLM and Ray Serve 300 "
+                "(they start a server process) unless given.",
+            ),
             click.option("--model", "model_name", default=None, help="Triton model name (default: the config's name)."),
         ]
     ):

@@ -16,7 +16,6 @@ from ..config import resolve_path
 from ..errors import AccuracyGateError, ConfigError, MscompileError, TargetSkippedError
 from ..handoff import dumps
 from ..jobs import Tracking, build_many, build_one, tracking_settings
-from ..rayserve import serve_check_rayserve
 from ..reference import markdown as reference_page
 from ..report import latest_manifest, write_report
 from ..state import State
@@ -336,9 +335,7 @@ def serve_check_cmd(
         say = (lambda m: None) if as_json else (lambda m: click.echo(f"  {m}", err=True))
 
         def check() -> Any:
-            if rayserve:
-                return serve_check_rayserve(cfg, state, kw.get("url"), version, kw["concurrency"], say)
-            return task_of(cfg).serve_check(cfg, state, version, say, kw)
+            return task_of(cfg).serve_check(cfg, state, version, say, dict(kw, rayserve=rayserve))
 
         def ok(out: dict[str, Any]) -> None:
             render.print_check(out)

@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from mscompile.passes.llm import compare
+from mscompile.accuracy import compare_llm
 
 from ..backends import get
 from ..cache import Cache
@@ -23,7 +23,7 @@ from ..errors import ConfigError, ServeLoadError
 from ..instruments import Instruments
 from ..pipeline import Driver
 from ..report import latest_manifest
-from ..serving.check import replay, verdict
+from ..serving.check import Replay, check_clients, verdict
 from ..serving.process import LocalProcess, free_port
 from .build import describe_checkpoint, load_step
 from .runner import vllm_python
@@ -61,6 +61,61 @@ def vllm_server(
     ), url
 
 
+class CompletionsClient:
+    """vLLM's OpenAI completions API: the gate's prompts as token ids, greedy, the
+    reference's number of new tokens, token ids back."""
+
+    protocol = "http"
+    prefix_failures = False
+
+    def __init__(self, url: str, ref: dict[str, Any]) -> None:
+        self.url, self.ref = url, ref
+        self.new = len(ref["greedy"][0]) if ref["greedy"] else 16
+        self.tokens = 0
+
+    def send(self, i: int) -> list[int]:
+        out = _post(
+            f"{self.url}/v1/completions",
+            {
+                "model": "model",
+                "prompt": self.ref["prompts"][i],
+                "max_tokens": self.new,
+                "temperature": 0.0,
+                "ignore_eos": True,
+                "return_tokens_as_token_ids": True,
+                "logprobs": 0,
+            },
+        )
+        return [int(t.split(":", 1)[1]) for t in out["choices"][0]["logprobs"]["tokens"]]
+
+    def failed(self, exc: Exception) -> ServeLoadError:
+        return ServeLoadError(f"the vLLM server did not answer a completion: {exc}")
+
+    def begin(self) -> None:
+        pass
+
+    def end(self, done: Replay) -> dict[str, Any]:
+        tokens = sum(len(g) for g in done.answers)
+        return {"throughput_tokens_per_s": round(tokens / done.wall, 1) if done.wall > 0 else None}
+
+    def answers(self, answers: list[list[int]]) -> list[list[int]]:
+        return answers
+
+
+def greedy_judge(ref: dict[str, Any], tolerance: Any) -> Any:
+    """The greedy part of the build's gate (the HTTP API gives no prompt log-probabilities,
+    so perplexity stays the build's)."""
+
+    def judge(greedy: list[list[int]]) -> tuple[dict[str, Any], list[str]]:
+        metrics, failures = compare_llm(
+            ref, ref["nll"], greedy, tolerance.model_copy(update={"perplexity_increase": None})
+        )
+        metrics.pop("perplexity_increase", None), metrics.pop("perplexity", None)
+        return {"metrics": metrics}, failures
+
+    return judge
+
+
 def serve_check_llm(
     cfg: Any, state: Any, version: int | None, concurrency: int, progress: Any, load_timeout: float = 300.0
 ) -> dict[str, Any]:
@@ -86,47 +141,16 @@ def serve_check_llm(
     dtype = str(model_json.get("dtype", "auto"))
     server, url = vllm_server(python, version_dir, dtype, log_dir / "vllm-server.log", timeout=load_timeout)
     with server:
-        new = len(ref["greedy"][0]) if ref["greedy"] else 16
-
-        def ask(i: int) -> list[int]:
-            out = _post(
-                f"{url}/v1/completions",
-                {
-                    "model": "model",
-                    "prompt": ref["prompts"][i],
-                    "max_tokens": new,
-                    "temperature": 0.0,
-                    "ignore_eos": True,
-                    "return_tokens_as_token_ids": True,
-                    "logprobs": 0,
-                },
-            )
-            return [int(t.split(":", 1)[1]) for t in out["choices"][0]["logprobs"]["tokens"]]
-
-        def failed(exc: Exception) -> ServeLoadError:
-            return ServeLoadError(f"the vLLM server did not answer a completion: {exc}")
-
-        progress(f"{len(ref['prompts'])} prompts over HTTP, concurrency {concurrency}")
-        done = replay(ask, len(ref["prompts"]), concurrency, failed)
-    greedy = done.answers
-    # perplexity is the build's (the HTTP API gives no prompt log-probabilities): only the greedy part is checked here
-    metrics, failures = compare(
-        ref, ref["nll"], greedy, target.tolerance.model_copy(update={"perplexity_increase": None})
-    )
-    metrics.pop("perplexity_increase", None), metrics.pop("perplexity", None)
-    tokens = sum(len(g) for g in greedy)
-    row = done.row(
-        concurrency,
-        throughput_tokens_per_s=round(tokens / done.wall, 1) if done.wall > 0 else None,
-        metrics=metrics,
-        failures=failures,
-    )
+        client = CompletionsClient(url, ref)
+        rows, failures = check_clients(
+            [client], len(ref["prompts"]), concurrency, greedy_judge(ref, target.tolerance), progress, "prompts over"
+        )
     summary = {
         "model": cfg.name,
         "version": manifest["version"],
         "variant": target.name,
         "server": "vLLM OpenAI-compatible API (loopback)",
-        "protocols": {"http": row},
+        "protocols": rows,
     }
     return verdict(
         summary, failures, f"{cfg.name} version {manifest['version']} served by vLLM misses the gate of {target.name!r}"

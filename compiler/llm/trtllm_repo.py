@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..tritonrepo.config import _pb
+from ..tritonrepo.config import triton_pb
 
 # The parameter keys the tensorrtllm backend reads from the tensorrt_llm model's config
 # (model_instance_state.cc); anything else would be ignored silently.
@@ -194,7 +194,7 @@ def names(model: str) -> Names:
 
 
 def _io(msg: Any, name: str, dtype: str, dims: list[int], optional: bool = False, **extra: Any) -> Any:
-    pb = _pb()
+    pb = triton_pb()
     t = msg.add()
     t.name = name
     t.data_type = pb.DataType.Value(dtype)
@@ -215,7 +215,7 @@ def _params(mc: Any, values: dict[str, str]) -> None:
 
 def _python_step(name: str, t: Any, params: dict[str, str]) -> Any:
     """A pre/postprocessing model: python backend, CPU instances, its parameters."""
-    pb = _pb()
+    pb = triton_pb()
     mc = pb.ModelConfig(name=name, backend="python", max_batch_size=t.max_batch_size)
     _params(mc, params)
     mc.instance_group.add(kind=pb.ModelInstanceGroup.KIND_CPU, count=t.step_instances)
@@ -268,7 +268,7 @@ def backend_parameters(t: Any, engine_dir: str) -> dict[str, str]:
 
 
 def tensorrt_llm_config(n: Names, t: Any, engine_dir: str) -> Any:
-    pb = _pb()
+    pb = triton_pb()
     s = t.serving
     mc = pb.ModelConfig(name=n.tensorrt_llm, backend="tensorrtllm", max_batch_size=t.max_batch_size)
     mc.model_transaction_policy.decoupled = s.streaming
@@ -330,7 +330,7 @@ WIRING = {
 
 
 def ensemble_config(n: Names, t: Any) -> Any:
-    pb = _pb()
+    pb = triton_pb()
     mc = pb.ModelConfig(name=n.ensemble, platform="ensemble", max_batch_size=t.max_batch_size)
     _io(mc.input, "text_input", "TYPE_STRING", [1])
     _io(mc.input, "max_tokens", "TYPE_INT32", [1])
@@ -355,7 +355,7 @@ def check_wiring(models: dict[str, Any]) -> list[str]:
     """Problems in an ensemble's wiring against its members' configs: unknown
     members or tensors, dtype mismatches, required member inputs left unfed,
     ensemble outputs nobody produces. Empty when consistent."""
-    pb = _pb()
+    pb = triton_pb()
     problems: list[str] = []
     for ens in (m for m in models.values() if m.platform == "ensemble"):
         known = {i.name: (i.data_type, i.optional) for i in ens.input}

@@ -1,9 +1,13 @@
-"""The replay-and-gate skeleton every serve-check shares (Triton over gRPC and HTTP,
+"""The replay-and-gate skeleton every serve-check runs (Triton over gRPC and HTTP,
 vLLM's OpenAI API, a Ray Serve app over HTTP): the published version's deployed
-target, one request per sample from client threads with the answers kept in
-request order, a row per protocol in one shape, and the verdict (the summary, or
-ServedWrongError carrying it). The latency figures are the check's own, measured
-by its client threads: a by-product of checking answers, not a capacity figure."""
+target; per client, one request per sample from client threads with the answers
+kept in request order, judged against the reference, a row in one shape; and the
+verdict (the summary, or ServedWrongError carrying it).
+
+A server's check supplies only its Client (how one request is sent, what a failed
+request means, what the server adds to its row) and its judge (the tensor gate, or
+the LLM's greedy-token gate). The latency figures are the check's own, measured by
+its client threads: a by-product of checking answers, not a capacity figure."""
 
 from __future__ import annotations
 
@@ -11,8 +15,11 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
+
+from ..accuracy import evaluate
 from ..errors import ConfigError, MscompileError, ServedWrongError, ServeLoadError
 
 
@@ -36,8 +43,6 @@ class Replay:
     def row(self, concurrency: int, **fields: Any) -> dict[str, Any]:
         """One protocol's summary row: requests, the check's client-side latency and
         throughput, then `fields` (metrics, failures, ...); `passed` from `failures`."""
-        import numpy as np
-
         ms = np.asarray(self.latencies or [0.0]) * 1000.0
         n = len(self.latencies)
         row: dict[str, Any] = {
@@ -74,6 +79,60 @@ def replay(
     return Replay([r[0] for r in results], [r[1] for r in results], time.perf_counter() - t0)
 
 
+class Client(Protocol):
+    """One way of asking a server: a protocol's row in the summary."""
+
+    protocol: str  # the row's key: grpc, http
+    prefix_failures: bool  # name the protocol in each failure (a server asked several ways)
+
+    def send(self, i: int) -> Any:
+        """Request i's answer (called from several threads)."""
+
+    def failed(self, exc: Exception) -> MscompileError:
+        """A request that raised: the error that says which server and why (exit 1)."""
+
+    def begin(self) -> None:
+        """Before the requests (e.g. the server's statistics so far)."""
+
+    def end(self, done: Replay) -> dict[str, Any]:
+        """After them: fields the client adds to the row (e.g. the server's own statistics)."""
+
+    def answers(self, answers: list[Any]) -> Any:
+        """The answers in request order as the judge takes them (e.g. arrays per output)."""
+
+
+Judge = Callable[[Any], tuple[dict[str, Any], list[str]]]  # answers -> (row fields, failures)
+
+
+def check_clients(
+    clients: list[Client], n: int, concurrency: int, judge: Judge, progress: Callable[[str], None], label: str
+) -> tuple[dict[str, Any], list[str]]:
+    """Every client replays the n requests and its answers are judged: (row per protocol,
+    every failure)."""
+    rows: dict[str, Any] = {}
+    failures: list[str] = []
+    for c in clients:
+        progress(f"{label} {c.protocol}: {n} requests, concurrency {concurrency}")
+        c.begin()
+        done = replay(c.send, n, concurrency, c.failed)
+        extra = c.end(done)
+        fields, fails = judge(c.answers(done.answers))
+        failures += [f"{c.protocol}: {f}" if c.prefix_failures else f for f in fails]
+        rows[c.protocol] = done.row(concurrency, **fields, failures=fails, **extra)
+    return rows, failures
+
+
+def tensor_judge(ref: dict[str, Any], labels: Any, io: Any, tolerance: Any) -> Judge:
+    """The build's gate over arrays per output (compared in float32, as the build did)."""
+
+    def judge(outs: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        outs = {k: v.astype(np.float32) if v.dtype != np.float32 else v for k, v in outs.items() if k in ref}
+        metrics, per_output, fails = evaluate(outs, ref, labels, io, tolerance)
+        return {"metrics": metrics, "per_output": per_output}, fails
+
+    return judge
+
+
 def verdict(summary: dict[str, Any], failures: list[str], what: str) -> dict[str, Any]:
     """The summary with passed/failures; ServedWrongError (exit 3) carrying it when any
     answer missed the gate: '<what>: <failures>'."""
@@ -85,4 +144,14 @@ def verdict(summary: dict[str, Any], failures: list[str], what: str) -> dict[str
     return summary
 
 
-__all__ = ["Replay", "ServeLoadError", "deployed_target", "replay", "verdict"]
+__all__ = [
+    "Client",
+    "Judge",
+    "Replay",
+    "ServeLoadError",
+    "check_clients",
+    "deployed_target",
+    "replay",
+    "tensor_judge",
+    "verdict",
+]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..build import build, plan
-from ..config import _validated
+from ..config import validated
 from ..errors import ConfigError
 
 
@@ -28,7 +28,7 @@ class Task:
     def parse(self, data: dict[str, Any], where: str) -> Any:
         """Validate a model.yaml mapping: the config, or ConfigError listing every problem
         (the schema's, then the task's cross-field checks)."""
-        cfg = _validated(self.config_model(), data, where)
+        cfg = validated(self.config_model(), data, where)
         problems = self.problems(cfg, where)
         if problems:
             raise ConfigError(problems[0], problems=problems)

@@ -19,7 +19,7 @@ from ..instruments import Instruments
 from ..pipeline import Driver, Status
 from ..publish import Deployment, deployment_names, preflight, write_repository
 from ..rayserve import problems as rayserve_problems
-from ..rayserve import servable, write_app
+from ..rayserve import servable, serve_check_rayserve, write_app
 from ..tritonrepo.config import to_text
 from ..validate import probe_io, validate_all
 from .base import Task
@@ -128,7 +128,18 @@ class TensorTask(Task):
         return driver, base, lambda t: plan.recipes[t.name]
 
     def serve_check(self, cfg: Any, state: Any, version: int | None, say: Any, server: dict[str, Any]) -> dict:
-        """Against --url/--grpc-url, or a tritonserver started on loopback for it."""
+        """Against --url/--grpc-url, or a tritonserver started on loopback for it; with
+        `rayserve`, the Ray Serve app (--url of a running proxy, or serve run here)."""
+        if server.get("rayserve"):
+            return serve_check_rayserve(
+                cfg,
+                state,
+                server.get("url"),
+                version,
+                server.get("concurrency", 8),
+                say,
+                start_timeout=server.get("load_timeout") or 300.0,
+            )
         if server.get("url") or server.get("grpc_url"):
             return serve_check(cfg, state, check_options(server, version, say))
         binary = find_tritonserver(server.get("tritonserver"))
@@ -158,7 +169,7 @@ def check_options(server: dict[str, Any], version: int | None, say: Any) -> Any:
         model_name=server.get("model_name"),
         version=version,
         concurrency=server.get("concurrency", 8),
-        load_timeout=server.get("load_timeout", 120.0),
+        load_timeout=server.get("load_timeout") or 120.0,
         progress=say,
     )
 

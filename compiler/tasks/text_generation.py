@@ -131,14 +131,18 @@ class TextGenerationTask(Task):
         return driver, base, lambda t: get(t.backend).recipe(cfg, t, inputs)
 
     def serve_check(self, cfg: Any, state: Any, version: int | None, say: Any, server: dict[str, Any]) -> dict:
+        if server.get("rayserve"):
+            raise ConfigError(
+                "serve-check --rayserve: Ray Serve apps are written for tensor models; a text-generation model "
+                "is checked on vLLM's OpenAI server (serve-check without --rayserve)"
+            )
         if server.get("url") or server.get("grpc_url"):
             raise ConfigError(
                 "serve-check --url: checking an LLM on a running Triton vllm backend is not built yet; "
                 "without --url, serve-check serves the published checkpoint with vLLM's OpenAI server on loopback"
             )
-
         return serve_check_llm(
-            cfg, state, version, server.get("concurrency", 8), say, load_timeout=server.get("load_timeout", 300.0)
+            cfg, state, version, server.get("concurrency", 8), say, load_timeout=server.get("load_timeout") or 300.0
         )
 
     def deploy(self, cfg: Any, state: Any, version: int | None, say: Any, server: dict[str, Any]) -> dict:

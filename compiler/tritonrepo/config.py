@@ -31,7 +31,7 @@ TRITON_DTYPES = {
 }
 
 
-def _pb() -> Any:
+def triton_pb() -> Any:
     from tritonclient.grpc import model_config_pb2
 
     return model_config_pb2
@@ -50,7 +50,7 @@ def _dims(spec: dict[str, Any], batched: bool, where: str) -> list[int]:
 
 
 def _dtype(spec: dict[str, Any]) -> Any:
-    pb = _pb()
+    pb = triton_pb()
     name = TRITON_DTYPES.get(spec["dtype"])
     if name is None:
         raise ConfigError(f"tensor {spec['name']!r} has dtype {spec['dtype']}, which Triton cannot serve")
@@ -89,7 +89,7 @@ def base_model_config(
     the `triton` section. `profile` (the variant's latency profile) gives the
     preferred batch size when model.yaml does not. A backend adds its own fields."""
 
-    pb = _pb()
+    pb = triton_pb()
     t = cfg.triton
     mbs = cfg.max_batch_size()
     batched = mbs > 0
@@ -139,7 +139,7 @@ def to_text(mc: Any) -> str:
 
 def parse(text: str) -> Any:
     """Parse config.pbtxt text into a ModelConfig (raises on any unknown field)."""
-    return text_format.Parse(text, _pb().ModelConfig())
+    return text_format.Parse(text, triton_pb().ModelConfig())
 
 
 def preferred_batch(rows: list[dict[str, Any]], gain: float = 1.10) -> int:

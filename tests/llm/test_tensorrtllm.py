@@ -90,7 +90,6 @@ def test_plan_shows_the_inflight_batcher_configs_filled_and_wired(tmp_path):
 def test_wiring_check_finds_broken_ensembles():
     from mscompile.backends.tensorrtllm import TrtLlmTarget
     from mscompile.llm import trtllm_repo as r
-    from mscompile.tritonrepo.config import _pb
 
     t = TrtLlmTarget(name="x", backend="tensorrtllm")
     n = r.names("m")
@@ -101,7 +100,7 @@ def test_wiring_check_finds_broken_ensembles():
         n.ensemble: r.ensemble_config(n, t),
     }
     assert r.check_wiring(models) == []
-    pb = _pb()
+    pb = r.triton_pb()
     broken = {k: type(v).FromString(v.SerializeToString()) for k, v in models.items()}
     broken[n.ensemble].input[1].data_type = pb.DataType.Value("TYPE_UINT32")  # max_tokens
     del broken[n.ensemble].ensemble_scheduling.step[1].input_map["input_lengths"]

@@ -51,3 +51,49 @@ def test_a_version_built_from_a_target_model_yaml_no_longer_has_is_a_usage_error
     assert deployed_target(Cfg, "m", 2, "fp32").name == "fp32"
     with pytest.raises(ConfigError, match="m version 2 was built from target 'int8', which model.yaml no longer has"):
         deployed_target(Cfg, "m", 2, "int8")
+
+
+class _Client:
+    """A client of the skeleton, as Triton's, vLLM's and Ray Serve's are."""
+
+    def __init__(self, protocol, prefix, wrong=()):
+        self.protocol, self.prefix_failures, self.wrong, self.calls = protocol, prefix, set(wrong), []
+
+    def send(self, i):
+        return -1.0 if i in self.wrong else float(i)
+
+    def failed(self, exc):
+        return ServeLoadError(str(exc))
+
+    def begin(self):
+        self.calls.append("begin")
+
+    def end(self, done):
+        self.calls.append("end")
+        return {"server_stats": {"requests": len(done.answers)}}
+
+    def answers(self, answers):
+        import numpy as np
+
+        return {"y": np.asarray(answers, dtype=np.float32)[:, None]}
+
+
+def test_every_client_is_replayed_and_judged_in_one_row_shape():
+    import numpy as np
+    from mscompile.sections import IOSpec, Tolerance
+    from mscompile.serving.check import check_clients, tensor_judge
+
+    io = IOSpec.model_validate(
+        {"inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 1]}], "outputs": [{"name": "y"}]}
+    )
+    ref = {"y": np.arange(6, dtype=np.float32)[:, None]}
+    judge = tensor_judge(ref, None, io, Tolerance(max_abs=0.5))
+    good, bad = _Client("grpc", True), _Client("http", True, wrong={4})
+    said = []
+    rows, failures = check_clients([good, bad], 6, 3, judge, said.append, "m")
+    assert good.calls == ["begin", "end"] and said == ["m grpc: 6 requests, concurrency 3", "m http: 6 requests, concurrency 3"]
+    assert rows["grpc"]["passed"] and rows["grpc"]["server_stats"] == {"requests": 6}
+    assert not rows["http"]["passed"] and rows["http"]["metrics"]["max_abs"] == 5.0
+    assert failures == ["http: y: max_abs 5 > 0.5"]
+    _, unprefixed = check_clients([_Client("http", False, wrong={4})], 6, 2, judge, said.append, "m")
+    assert unprefixed == ["y: max_abs 5 > 0.5"]
