@@ -19,15 +19,23 @@ def write_config(cfg: dict, path: Path) -> Path:
     return path
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    """The real console entry point in a child process (exit codes included)."""
+def cli_argv(*args: str) -> list[str]:
+    """The command line of the real console entry point (for Popen and kills)."""
+    return [sys.executable, "-m", "mscompile.cli", *args]
+
+
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """The real console entry point in a child process (exit codes included); `env` adds
+    to this process's environment. In-process tests use click's runner (tests/cli/)."""
     return subprocess.run(
-        [sys.executable, "-m", "mscompile.cli", *args],
+        cli_argv(*args),
         cwd=cwd or REPO,
         capture_output=True,
         text=True,
         env={**os.environ, **(env or {})},
-        timeout=600,
+        timeout=timeout,
     )
 
 

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import onnxruntime as ort
 import torch
-from helpers import REPO, run_cli, write_config
+from helpers import REPO, cli_argv, run_cli, write_config
 from mscompile.tritonrepo.config import parse
 
 
@@ -104,7 +104,7 @@ def test_killed_build_resumes_from_the_last_finished_pass(tmp_path, digits_confi
     cfg = write_config(digits_config, tmp_path / "model.yaml")
     # killed by SIGKILL as the second pass (the export) starts: a named fault point, no timing
     env = {**os.environ, "MSCOMPILE_HOME": str(home), "MSCOMPILE_KILL_AT": "step:start#2"}
-    killed = subprocess.run([sys.executable, "-m", "mscompile.cli", "build", str(cfg), "-q"], cwd=REPO, env=env)
+    killed = subprocess.run(cli_argv("build", str(cfg), "-q"), cwd=REPO, env=env)
     assert killed.returncode == -signal.SIGKILL
     assert not (tmp_path / "repo/digits/1").exists()
     r, out = _build(cfg, env={"MSCOMPILE_HOME": str(home)})

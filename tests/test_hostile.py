@@ -8,7 +8,6 @@ import os
 import shutil
 import struct
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -20,14 +19,7 @@ from helpers import make_tiny_project, run_cli, tree, write_config
 def _cli(tmp, cfg, command, *extra, timeout=120):
     """`mscompile <command> model.yaml <extra>` in a child process, in the project folder."""
     path = write_config(cfg, tmp / "model.yaml")
-    return subprocess.run(
-        [sys.executable, "-m", "mscompile.cli", command, str(path), *extra],
-        cwd=tmp,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "MSCOMPILE_HOME": str(tmp / "home")},
-        timeout=timeout,
-    )
+    return run_cli(command, str(path), *extra, cwd=tmp, env={"MSCOMPILE_HOME": str(tmp / "home")}, timeout=timeout)
 
 
 def _errors(r):

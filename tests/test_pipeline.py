@@ -1,13 +1,12 @@
 import pytest
+from helpers import make_driver
 from mscompile.artifacts import OnnxModel, ParityReport, TorchModel, TorchSource
-from mscompile.cache import Cache
 from mscompile.config import OptimizeConfig
 from mscompile.errors import PassError, PipelineTypeError
-from mscompile.instruments import Instruments
 from mscompile.passes.check_accuracy import CheckAccuracy
 from mscompile.passes.convert_fp16 import ConvertFp16, Fp16Config
 from mscompile.passes.optimize_graph import OptimizeGraph
-from mscompile.pipeline import Driver, Pass, PassResult, Pipeline, Step
+from mscompile.pipeline import Pass, PassResult, Pipeline, Step
 from pydantic import BaseModel, ConfigDict
 
 
@@ -68,37 +67,28 @@ def test_step_checks_side_inputs_and_config_type():
         Step("opt", OptimizeGraph, Fp16Config())
 
 
-def _driver(tmp_path, force=False):
-    return Driver(
-        Cache(tmp_path / "cache"),
-        Instruments(tmp_path / "events.jsonl", quiet=True),
-        force=force,
-        log_dir=tmp_path / "logs",
-    )
-
-
 def test_driver_caches_and_rekeys(tmp_path):
     src = tmp_path / "in.bin"
     src.write_bytes(b"ab")
     inp = TorchSource.of(src)
     Double.runs = 0
-    r1 = _driver(tmp_path).run_step(Step("d", Double, Cfg()), inp)
+    r1 = make_driver(tmp_path).run_step(Step("d", Double, Cfg()), inp)
     assert not r1.cached and (r1.output.path / "out.bin").read_bytes() == b"abab"
-    r2 = _driver(tmp_path).run_step(Step("d", Double, Cfg()), inp)
+    r2 = make_driver(tmp_path).run_step(Step("d", Double, Cfg()), inp)
     assert r2.cached and r2.output.digest == r1.output.digest and Double.runs == 1
-    r3 = _driver(tmp_path).run_step(Step("d", Double, Cfg(factor=2)), inp)
+    r3 = make_driver(tmp_path).run_step(Step("d", Double, Cfg(factor=2)), inp)
     assert not r3.cached and Double.runs == 2
-    r4 = _driver(tmp_path, force=True).run_step(Step("d", Double, Cfg()), inp)
+    r4 = make_driver(tmp_path, force=True).run_step(Step("d", Double, Cfg()), inp)
     assert not r4.cached and Double.runs == 3
     src.write_bytes(b"xy")
-    r5 = _driver(tmp_path).run_step(Step("d", Double, Cfg()), TorchSource.of(src))
+    r5 = make_driver(tmp_path).run_step(Step("d", Double, Cfg()), TorchSource.of(src))
     assert not r5.cached and (r5.output.path / "out.bin").read_bytes() == b"xyxy"
 
 
 def test_failure_names_the_pass_and_those_before_it(tmp_path):
     src = tmp_path / "in.bin"
     src.write_bytes(b"ab")
-    d = _driver(tmp_path)
+    d = make_driver(tmp_path)
     d.run_step(Step("first", Double, Cfg()), TorchSource.of(src))
     with pytest.raises(PassError, match=r"pass 'second' failed: ValueError: boom \(passes run before it: first\)"):
         d.run_step(Step("second", Double, Cfg(fail=True)), TorchSource.of(src))

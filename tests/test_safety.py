@@ -1,33 +1,23 @@
 """Repository and cache safety: builds killed at random points, parallel builds,
 retention. Each test adds its measured figures to the run's closing summary."""
 
-import os
 import random
 import re
 import signal
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnxruntime as ort
 import pytest
-from helpers import check_cache, check_repository, make_tiny_project, write_config
+from helpers import check_cache, check_repository, make_tiny_project, run_cli, write_config
 from mscompile.tritonrepo.config import parse
 from mscompile.tritonrepo.writer import publish, versions
 
 
 def _build(cwd, cfg_path, home, *extra, timeout=300, env=None):
-    env = {**os.environ, "MSCOMPILE_HOME": str(home), "MSCOMPILE_NO_MLFLOW": "1", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "mscompile.cli", "build", str(cfg_path), "-q", *extra],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    env = {"MSCOMPILE_HOME": str(home), "MSCOMPILE_NO_MLFLOW": "1", **(env or {})}
+    return run_cli("build", str(cfg_path), "-q", *extra, cwd=cwd, env=env, timeout=timeout)
 
 
 # named points a build passes (compiler/faults.py); '#n' is the n-th time

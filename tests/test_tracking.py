@@ -10,7 +10,7 @@ import time
 import urllib.request
 
 import pytest
-from helpers import run_cli, write_config
+from helpers import cli_argv, run_cli, write_config
 from mlflow.tracking import MlflowClient
 
 
@@ -222,7 +222,7 @@ def test_two_builds_on_a_fresh_sqlite_store_are_both_recorded(tmp_path):
     env = {**os.environ, "MSCOMPILE_HOME": str(home), "CI": "true"}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "mscompile.cli", "build", str(p), "-q"],
+            cli_argv("build", str(p), "-q"),
             cwd=p.parent,
             env=env,
             stdout=subprocess.PIPE,

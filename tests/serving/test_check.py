@@ -91,7 +91,10 @@ def test_every_client_is_replayed_and_judged_in_one_row_shape():
     good, bad = _Client("grpc", True), _Client("http", True, wrong={4})
     said = []
     rows, failures = check_clients([good, bad], 6, 3, judge, said.append, "m")
-    assert good.calls == ["begin", "end"] and said == ["m grpc: 6 requests, concurrency 3", "m http: 6 requests, concurrency 3"]
+    assert good.calls == ["begin", "end"] and said == [
+        "m grpc: 6 requests, concurrency 3",
+        "m http: 6 requests, concurrency 3",
+    ]
     assert rows["grpc"]["passed"] and rows["grpc"]["server_stats"] == {"requests": 6}
     assert not rows["http"]["passed"] and rows["http"]["metrics"]["max_abs"] == 5.0
     assert failures == ["http: y: max_abs 5 > 0.5"]
