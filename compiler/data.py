@@ -177,14 +177,20 @@ def read_source(src: DataSource, key: str, expect: str | None = None) -> dict[st
     return load_arrays(snap[""], path, f"{key}.data")
 
 
+def _check_npy_header(f: Any, size: int) -> None:
+    """An .npy header's shape against the bytes that follow it (`size` in all): numpy
+    allocates what the header declares before reading, so 10**12 samples in a 200-byte
+    file would be 10 TiB. ValueError when it declares more than the file holds."""
+    version = np.lib.format.read_magic(f)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read_header(f)  # the header only: nothing allocated yet
+    if int(np.prod(shape, dtype=np.float64)) * dtype.itemsize > size:
+        raise ValueError(f"its header declares {shape} {dtype}, more than the file's {size} bytes hold")
+
+
 def _load_npy(data: bytes, p: Path, key: str) -> np.ndarray:
     try:
-        f = _io.BytesIO(data)
-        version = np.lib.format.read_magic(f)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _, dtype = read_header(f)  # the header only: nothing allocated yet
-        if int(np.prod(shape, dtype=np.float64)) * dtype.itemsize > len(data):
-            raise ValueError(f"its header declares {shape} {dtype}, more than the file's {len(data)} bytes hold")
+        _check_npy_header(_io.BytesIO(data), len(data))
     except (ValueError, OSError, EOFError) as exc:
         raise InputDataError(f"{key}.data: cannot read {p} ({exc})") from None
     try:
@@ -208,10 +214,20 @@ def _concat(parts: list, where: str) -> dict[str, np.ndarray]:
 
 def _check_inflated(data: bytes | Path, path: Path, key: str) -> None:
     """The sizes an .npz declares, checked before anything is inflated (10 MB of
-    zeros compress to a 9.5 GiB array)."""
+    zeros compress to a 9.5 GiB array), and each member's array header against its
+    own size (a header claiming 10**12 samples)."""
     try:
         with zipfile.ZipFile(_io.BytesIO(data) if isinstance(data, bytes) else data) as z:
             total = sum(i.file_size for i in z.infolist())
+            for info in z.infolist():
+                if info.filename.endswith(".npy") and total <= MAX_DATA_BYTES:
+                    with z.open(info) as member:
+                        try:
+                            _check_npy_header(member, info.file_size)
+                        except ValueError as exc:
+                            raise InputDataError(
+                                f"{key}: cannot read {path}: member {info.filename} ({exc}); save it with numpy.savez"
+                            ) from None
     except (zipfile.BadZipFile, OSError, EOFError):
         return  # np.load reports a bad file with its own message
     if total > MAX_DATA_BYTES:

@@ -285,10 +285,12 @@ def _check_members(path: Path, names: list[str]) -> None:
 
 
 def load_module(src: SourceConfig, checkpoint: Path) -> Any:
-    """Re-create the nn.Module in eval mode. Pickles only with trust_pickle."""
+    """Re-create the nn.Module in eval mode. Pickles only with trust_pickle. `checkpoint`
+    may be the load pass's copy: errors name the user's file (source.checkpoint)."""
     import torch
 
     fmt = detect_format(checkpoint)
+    shown = src.checkpoint or checkpoint
     key = "source.checkpoint"
     try:
         if fmt == "torchscript":
@@ -298,7 +300,7 @@ def load_module(src: SourceConfig, checkpoint: Path) -> Any:
             if not src.trust_pickle:
                 # .pt2 archives hold pickled constants; torch.export.load has no weights_only mode
                 raise CheckpointError(
-                    f"{key}: {checkpoint} is a torch.export archive, which unpickles data on load; "
+                    f"{key}: {shown} is a torch.export archive, which unpickles data on load; "
                     "set source.trust_pickle: true if you trust its origin, or give a state_dict/safetensors file"
                 )
             return torch.export.load(str(checkpoint)).module()
@@ -314,7 +316,7 @@ def load_module(src: SourceConfig, checkpoint: Path) -> Any:
         text = str(exc)
         if "Unsupported global" in text or "GLOBAL" in text:  # a pickle that names Python classes
             raise CheckpointError(
-                f"{key}: {checkpoint} holds pickled Python objects beyond tensors (e.g. a whole nn.Module), "
+                f"{key}: {shown} holds pickled Python objects beyond tensors (e.g. a whole nn.Module), "
                 "and loading it could run arbitrary code. Save a state_dict instead "
                 "(torch.save(model.state_dict(), path)), or set source.trust_pickle: true if you trust its origin"
             ) from None
@@ -329,7 +331,7 @@ def load_module(src: SourceConfig, checkpoint: Path) -> Any:
             "",
         )
         raise CheckpointError(
-            f"{key}: cannot load {checkpoint} as a {fmt} checkpoint ({type(exc).__name__}: {detail}); "
+            f"{key}: cannot load {shown} as a {fmt} checkpoint ({type(exc).__name__}: {detail}); "
             "is it a torch.save / safetensors / TorchScript / torch.export file?"
         ) from None
 
@@ -338,19 +340,19 @@ def load_module(src: SourceConfig, checkpoint: Path) -> Any:
     if isinstance(obj, dict) and src.state_dict_key is not None:
         if src.state_dict_key not in obj:
             raise CheckpointError(
-                f"source.state_dict_key: {src.state_dict_key!r} not in {checkpoint}; "
+                f"source.state_dict_key: {src.state_dict_key!r} not in {shown}; "
                 f"its keys are {sorted(map(str, obj))[:10]}"
             )
         obj = obj[src.state_dict_key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         keys = sorted(map(str, obj))[:10] if isinstance(obj, dict) else type(obj).__name__
         raise CheckpointError(
-            f"{key}: {checkpoint} is not a state dict of tensors (found {keys}); "
+            f"{key}: {shown} is not a state dict of tensors (found {keys}); "
             "if the weights sit under a key, name it in source.state_dict_key"
         )
     if not src.factory:
         raise ConfigError(
-            f"source.factory: {checkpoint} holds only weights; name the module:callable that builds "
+            f"source.factory: {shown} holds only weights; name the module:callable that builds "
             "the nn.Module, e.g. factory: mypkg.model:Net"
         )
     factory = get_factory(src.factory)
@@ -358,6 +360,11 @@ def load_module(src: SourceConfig, checkpoint: Path) -> Any:
         module = factory(**src.factory_args)
     except TypeError as exc:
         raise ConfigError(f"source.factory_args: calling {src.factory} failed: {exc}") from None
+    except Exception as exc:  # the user's code raised: their error, named, exit 2
+        raise ConfigError(
+            f"source.factory: {src.factory}({_fmt_args(src.factory_args)}) raised {type(exc).__name__}: {exc}"
+            f"{_raised_at(exc)}; fix the factory (run it in Python to see the traceback)"
+        ) from None
     if not isinstance(module, torch.nn.Module):
         raise ConfigError(f"source.factory: {src.factory} returned {type(module).__name__}, not an nn.Module")
     try:
@@ -366,9 +373,17 @@ def load_module(src: SourceConfig, checkpoint: Path) -> Any:
         first = str(exc).splitlines()
         detail = " ".join(s.strip() for s in first[:3])
         raise CheckpointError(
-            f"{key}: the weights in {checkpoint} do not fit {src.factory}({_fmt_args(src.factory_args)}): {detail}"
+            f"{key}: the weights in {shown} do not fit {src.factory}({_fmt_args(src.factory_args)}): {detail}"
         ) from None
     return module.eval()
+
+
+def _raised_at(exc: BaseException) -> str:
+    """' at file:line' of the innermost frame of a user's exception."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return f" at {tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else ""
 
 
 def _fmt_args(args: dict[str, Any]) -> str:

@@ -19,6 +19,10 @@ DType = Literal["float32", "float16", "bfloat16", "int64", "int32", "int8", "uin
 
 MAX_VALIDATION_SAMPLES = 100_000
 
+# Triton's config fields are int32 (batch sizes, version counts) and int64 (version numbers)
+INT32_MAX = 2**31 - 1
+MAX_VERSION = 2**63 - 2
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -214,7 +218,7 @@ class ProfileSettings(Section):
     """How variants are profiled (latency and throughput per batch size)."""
 
     enabled: bool = True
-    batch_sizes: list[Annotated[int, Field(ge=1)]] | None = Field(
+    batch_sizes: list[Annotated[int, Field(ge=1, le=4096)]] | None = Field(
         default=None, description="default: 1 and the batch range's opt"
     )
     window: int = Field(default=10, ge=3, le=10_000, description="calls per timing window")
@@ -223,8 +227,8 @@ class ProfileSettings(Section):
 
 
 class DynamicBatching(Section):
-    preferred_batch_size: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
-    max_queue_delay_microseconds: int = Field(default=0, ge=0)
+    preferred_batch_size: list[Annotated[int, Field(ge=1, le=INT32_MAX)]] = Field(default_factory=list)
+    max_queue_delay_microseconds: int = Field(default=0, ge=0, le=3_600_000_000)
 
 
 class InstanceGroup(Section):
@@ -234,21 +238,21 @@ class InstanceGroup(Section):
 
 
 class VersionPolicy(Section):
-    latest: int | None = Field(default=None, ge=1)
+    latest: int | None = Field(default=None, ge=1, le=INT32_MAX)
     all: bool | None = None
-    specific: list[Annotated[int, Field(ge=1)]] | None = None
+    specific: list[Annotated[int, Field(ge=1, le=MAX_VERSION)]] | None = None
 
 
 class RetentionConfig(Section):
     """Prune old version folders after a successful publish; versions the
     version_policy serves are never pruned."""
 
-    keep_last: int = Field(ge=1)
+    keep_last: int = Field(ge=1, le=INT32_MAX)
 
 
 class RayServeAutoscaling(Section):
-    min_replicas: int = Field(default=1, ge=0)
-    max_replicas: int = Field(default=1, ge=1)
+    min_replicas: int = Field(default=1, ge=0, le=4096)
+    max_replicas: int = Field(default=1, ge=1, le=4096)
     target_ongoing_requests: float = Field(default=2.0, gt=0)
 
 
@@ -259,7 +263,7 @@ class RayServeConfig(Section):
     replicas: int = Field(default=1, ge=1, le=4096)
     autoscaling: RayServeAutoscaling | None = Field(default=None, description="instead of a fixed replica count")
     num_cpus: float = Field(default=1.0, gt=0, description="CPUs per replica (ray_actor_options)")
-    max_ongoing_requests: int = Field(default=16, ge=1)
+    max_ongoing_requests: int = Field(default=16, ge=1, le=100_000)
     host: str = Field(default="127.0.0.1", description="HTTP host of the Serve proxy (0.0.0.0 to listen on all)")
     port: int = Field(default=8000, ge=1, le=65535)
     route_prefix: str | None = Field(default=None, pattern=r"^/[A-Za-z0-9_./-]*$", description="default /<name>")
@@ -270,6 +274,7 @@ class TritonConfig(Section):
     max_batch_size: int | None = Field(
         default=None,
         ge=0,
+        le=INT32_MAX,
         description="defaults to the batch dimension's range max (0 when inputs have no batch axis)",
     )
     dynamic_batching: DynamicBatching | None = None

@@ -235,3 +235,62 @@ def test_rebuilding_a_pipeline_keeps_its_own_folders(tiny):
         assert r.returncode == 0, r.stderr
     assert {"tiny", "tiny_pipeline", "tiny_pipeline_postprocess"} <= {p.split("/")[0] for p in tree(tmp / "repo")}
     assert os.path.isfile(tmp / "repo" / "tiny_pipeline" / "config.pbtxt")
+
+
+# -- 4. round two's leftovers --------------------------------------------------------------
+
+
+def test_an_npz_member_whose_header_claims_a_trillion_samples_is_refused(tiny):
+    """numpy allocates what an .npy header declares before reading: 10 TiB for a 200-byte
+    member was a MemoryError (exit 1)."""
+    import io
+    import zipfile
+
+    import numpy as np
+
+    tmp, cfg = tiny
+    f = io.BytesIO()
+    np.save(f, np.zeros((4, 4), np.float32))
+    with zipfile.ZipFile(tmp / "val.npz", "w") as z:
+        z.writestr("x.npy", f.getvalue().replace(b"(4, 4)", b"(1000000000000, 4)"))
+    for command in ("validate", "build"):
+        r = _cli(tmp, cfg, command)
+        assert r.returncode == 2, r.stderr
+        (err,) = _errors(r)
+        assert "val.npz: member x.npy (its header declares (1000000000000, 4) float32" in err
+    assert not (tmp / "repo").exists()
+
+
+def test_a_version_folder_beyond_tritons_numbers_is_refused_before_any_work(tiny):
+    tmp, cfg = tiny
+    (tmp / "repo" / "tiny" / "99999999999999999999999").mkdir(parents=True)
+    r = _cli(tmp, cfg, "build")
+    assert r.returncode == 2, r.stderr
+    (err,) = _errors(r)
+    assert "version 99999999999999999999999 is beyond the 64-bit version numbers Triton serves" in err
+    assert tree(tmp / "repo") == ["tiny", "tiny/99999999999999999999999"]
+    assert not list((tmp / "home").glob("cache/*/manifest.json"))  # no pass ran
+
+
+def test_a_factory_that_raises_is_exit_2_naming_the_factory(tiny):
+    tmp, cfg = tiny
+    src = (tmp / "tinymodels.py").read_text()
+    (tmp / "tinymodels.py").write_text(src + "\n\ndef boom():\n    raise ValueError('needs a GPU to build')\n")
+    cfg["source"]["factory"] = "tinymodels:boom"
+    for command in ("validate", "build"):
+        r = _cli(tmp, cfg, command)
+        assert r.returncode == 2, (command, r.stderr)
+        (err,) = _errors(r)
+        assert "source.factory: tinymodels:boom() raised ValueError: needs a GPU to build at " in err
+        assert "tinymodels.py:" in err
+
+
+def test_a_bad_checkpoint_is_named_as_the_user_wrote_it(tiny):
+    """Errors named the load pass's copy (.mscompile/cache/tmp/load_checkpoint-*/output/checkpoint.pt)."""
+    tmp, cfg = tiny
+    (tmp / "tiny_0.pt").write_bytes(os.urandom(4096))
+    r = _cli(tmp, cfg, "build")
+    assert r.returncode == 2, r.stderr
+    (err,) = _errors(r)
+    assert "source.checkpoint: cannot load tiny_0.pt as a" in err
+    assert "tmp" not in err and "cache" not in err

@@ -27,6 +27,7 @@ from typing import Any
 from ..artifacts import sha256_file
 from ..errors import ConfigError, RepositoryError, UnsafePathError
 from ..faults import point
+from ..sections import MAX_VERSION
 from .config import parse, to_text
 
 MANIFEST = "build_manifest.json"
@@ -94,9 +95,17 @@ def prune(model_dir: Path, keep_last: int, protected: set[int]) -> list[int]:
 
 
 def versions(model_dir: Path) -> list[int]:
+    """The version folders of a model, in order; ConfigError (exit 2) naming a folder
+    whose number Triton cannot hold, before anything is written."""
     if not model_dir.is_dir():
         return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and _VERSION_RE.match(p.name))
+    found = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and _VERSION_RE.match(p.name))
+    if found and found[-1] > MAX_VERSION:
+        raise ConfigError(
+            f"{model_dir / str(found[-1])}: version {found[-1]} is beyond the 64-bit version numbers Triton serves "
+            f"(at most {MAX_VERSION}); rename or remove that folder"
+        )
+    return found
 
 
 def model_dir_for(repo: Path, name: str) -> Path:
