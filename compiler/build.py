@@ -30,6 +30,7 @@ from .instruments import Instruments
 from .loading import describe_source
 from .pipeline import Driver, Pipeline, Status, Step, StepRecord, tracked_libraries
 from .report import write_report
+from .sections import redact_url
 from .state import State
 from .targets import farm_fingerprints, farm_outcome, plan_rows, run_recipe
 
@@ -439,7 +440,7 @@ def build_manifest(cfg: Any, task: Any, config_path: Path, prep: Prepared, resul
         },
         "task": task.name,
         "config_file": str(config_path),
-        "config": cfg.model_dump(mode="json"),
+        "config": recorded_config(cfg),
         **prep.sources,
         **task.manifest_extras(cfg, prep, result),
         "libraries": tracked_libraries([*prep.shared.steps, *(s for r in prep.recipes.values() for s in r.planned())]),
@@ -497,3 +498,11 @@ def plan(task: Any, cfg: Any, opts: BuildOptions) -> dict[str, Any]:
         entry.update(served)
         targets[t.name] = entry
     return {"steps": rows, "targets": targets}
+
+
+def recorded_config(cfg: Any) -> dict[str, Any]:
+    """The config as a manifest records it: no credentials (an MLflow URI's user:password@)."""
+    out = cfg.model_dump(mode="json")
+    if (out.get("mlflow") or {}).get("tracking_uri"):
+        out["mlflow"]["tracking_uri"] = redact_url(out["mlflow"]["tracking_uri"])
+    return out

@@ -107,9 +107,9 @@ def record(
         if sync:
             flush(state, warn=warn)
         out = submit(rec, state, sync)
-        return {"tracking_uri": settings.uri, "experiment": settings.experiment, **out}
-    except Exception as exc:  # the build is done; say what went wrong with its record
-        warn(f"could not record the build in MLflow: {type(exc).__name__}: {exc}")
+        return {"tracking_uri": settings.shown, "experiment": settings.experiment, **out}
+    except Exception as exc:  # the build is done; say what went wrong with its record (no credentials)
+        warn(f"could not record the build in MLflow: {type(exc).__name__}: {exc}".replace(settings.uri, settings.shown))
         return None
 
 

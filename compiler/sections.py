@@ -5,6 +5,7 @@ module under mscompile.backends; mscompile.config assembles the whole file."""
 from __future__ import annotations
 
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -18,6 +19,23 @@ FACTORY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_]
 DType = Literal["float32", "float16", "bfloat16", "int64", "int32", "int8", "uint8", "bool"]
 
 MAX_VALIDATION_SAMPLES = 100_000
+
+
+def redact_url(url: str) -> str:
+    """A URL as it may be recorded or printed: the user and password of `user:pw@host`
+    and the values of its query (tokens) replaced by ***."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "***"
+    netloc = parts.netloc
+    if "@" not in netloc and not parts.query:
+        return url
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = "&".join(f"{k}=***" for k, _ in urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
 
 # Triton's config fields are int32 (batch sizes, version counts) and int64 (version numbers)
 INT32_MAX = 2**31 - 1

@@ -17,6 +17,7 @@ left behind (a killed or failed child) are logged by the next build or
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -25,6 +26,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from dataclasses import asdict, dataclass
@@ -37,6 +39,7 @@ from .child import module_argv, safe_env
 from .errors import ConfigError
 from .faults import point
 from .pipeline import tracked_libraries
+from .sections import redact_url
 
 CI_VARIABLES = (
     "CI",
@@ -66,6 +69,11 @@ class TrackingSettings:
     register: bool = False
     registered_model_name: str | None = None
 
+    @property
+    def shown(self) -> str:
+        """The URI as printed and recorded: credentials redacted."""
+        return redact_url(self.uri)
+
 
 def resolve(cfg: Any, state_dir: Path, cli_uri: str | None, cli_experiment: str | None) -> TrackingSettings:
     m = cfg.mlflow
@@ -89,26 +97,34 @@ def resolve(cfg: Any, state_dir: Path, cli_uri: str | None, cli_experiment: str 
 
 
 def preflight(s: TrackingSettings, timeout: float = 5.0) -> None:
-    """Fail fast, before any pass runs, when the tracking store is unusable."""
+    """Fail fast, before any pass runs, when the tracking store is unusable. A URI with
+    `user:password@` is asked with those as HTTP basic credentials (as MLflow's client
+    does), and never printed with them."""
     if s.uri.startswith(("http://", "https://")):
-        url = s.uri.rstrip("/") + "/health"
+        parts = urllib.parse.urlsplit(s.uri)
+        host = parts.netloc.rsplit("@", 1)[-1]
+        url = urllib.parse.urlunsplit((parts.scheme, host, parts.path.rstrip("/") + "/health", "", ""))
+        request = urllib.request.Request(url)
+        if parts.username is not None:
+            pair = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+            request.add_header("Authorization", "Basic " + base64.b64encode(pair.encode()).decode())
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - the user's tracking URL
+            with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 - the user's tracking URL
                 if resp.status != 200:
-                    raise TrackingError(f"MLflow tracking server {s.uri} answered {resp.status} on /health")
-        except (urllib.error.URLError, OSError) as exc:
+                    raise TrackingError(f"MLflow tracking server {s.shown} answered {resp.status} on /health")
+        except (urllib.error.URLError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
             raise TrackingError(
-                f"MLflow tracking server {s.uri} is unreachable ({reason}); start it, fix --tracking-uri / "
+                f"MLflow tracking server {s.shown} is unreachable ({reason}); start it, fix --tracking-uri / "
                 "mlflow.tracking_uri / MLFLOW_TRACKING_URI, or pass --no-mlflow (or --mlflow-optional to build anyway)"
             ) from None
     elif s.uri.startswith("sqlite:///"):
         db = Path(s.uri[len("sqlite:///") :])
         if not db.parent.is_dir() or not os.access(db.parent, os.W_OK):
-            raise TrackingError(f"MLflow store {s.uri}: folder {db.parent} is missing or not writable")
+            raise TrackingError(f"MLflow store {s.shown}: folder {db.parent} is missing or not writable")
     elif s.uri.startswith(("file:", "/")) or "://" not in s.uri:
         raise TrackingError(
-            f"MLflow tracking URI {s.uri!r}: mlflow 3 refuses plain folder stores; use sqlite:///path/mlflow.db "
+            f"MLflow tracking URI {s.shown!r}: mlflow 3 refuses plain folder stores; use sqlite:///path/mlflow.db "
             "or an http(s):// tracking server"
         )
 
@@ -226,14 +242,23 @@ def spool_dir(state_dir: Path) -> Path:
     return state_dir / "mlflow-spool"
 
 
-def submit(record: dict[str, Any], state_dir: Path, sync: bool) -> dict[str, Any]:
-    """Spool the record, then log it now (sync) or in a detached child process."""
+def spool_record(record: dict[str, Any], state_dir: Path) -> Path:
+    """Write the record into the spool, atomically. It holds the tracking URI the logger
+    connects with (credentials included): readable by this user only."""
     d = spool_dir(state_dir)
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"{record['id']}.json"
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, default=str))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(record, default=str))
     os.replace(tmp, path)
+    return path
+
+
+def submit(record: dict[str, Any], state_dir: Path, sync: bool) -> dict[str, Any]:
+    """Spool the record, then log it now (sync) or in a detached child process."""
+    path = spool_record(record, state_dir)
     if sync:
         run_id = log_spooled(path)
         return {"run_id": run_id, "pending": None}
@@ -264,10 +289,19 @@ def flush(state_dir: Path, warn: Any = None) -> int:
     for path in sorted(d.glob("*.json")) if d.is_dir() else []:
         try:
             n += log_spooled(path) is not None
-        except Exception as exc:  # keep the record; say why
+        except Exception as exc:  # keep the record; say why (never with its credentials)
             if warn:
-                warn(f"MLflow record {path.name} not logged yet: {type(exc).__name__}: {exc}")
+                warn(scrub(f"MLflow record {path.name} not logged yet: {type(exc).__name__}: {exc}", path))
     return n
+
+
+def scrub(text: str, record: Path) -> str:
+    """`text` without the credentials of the record's tracking URI."""
+    try:
+        uri = json.loads(record.read_text())["settings"]["uri"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return text
+    return text.replace(uri, redact_url(uri)) if uri != redact_url(uri) else text
 
 
 @contextlib.contextmanager
@@ -319,10 +353,22 @@ def log_spooled(path: Path) -> str | None:
 def log_record(rec: dict[str, Any]) -> str:
     """Write one build record as an MLflow run (+ one child run per variant).
     mlflow prints run links on stdout: they go to stderr, stdout is the build's."""
-    import contextlib
-
-    with contextlib.redirect_stdout(sys.stderr):
+    with contextlib.redirect_stdout(_Scrubbed(sys.stderr, str(rec["settings"]["uri"]))):
         return _log_record(rec)
+
+
+class _Scrubbed:
+    """A text stream that writes to `out` with the URI's credentials redacted (mlflow
+    prints run links built from the tracking URI)."""
+
+    def __init__(self, out: Any, uri: str) -> None:
+        self.out, self.uri, self.shown = out, uri, redact_url(uri)
+
+    def write(self, text: str) -> int:
+        return self.out.write(text.replace(self.uri.rstrip("/"), self.shown.rstrip("/")))
+
+    def flush(self) -> None:
+        self.out.flush()
 
 
 def _log_record(rec: dict[str, Any]) -> str:

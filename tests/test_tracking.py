@@ -170,6 +170,52 @@ def test_http_tracking_server(tmp_path, digits_config, mlflow_server):
     assert "triton/digits/1/model.onnx" in files
 
 
+def test_credentials_in_the_tracking_uri_are_used_and_never_recorded_or_printed(tmp_path, digits_config, mlflow_server):
+    """A tracking URI with user:password@ was copied into every build_manifest.json (0644)
+    and printed; the reachability check must still work with it."""
+    secret = "s3cret-pw"
+    uri = mlflow_server.replace("http://", f"http://alice:{secret}@")
+    digits_config["mlflow"] = {"experiment": "ci-creds", "tracking_uri": uri}
+    cfg = write_config(digits_config, tmp_path / "model.yaml")
+    home = tmp_path / "home"
+    r = run_cli("build", str(cfg), "--mlflow-sync", "--json", env={"MSCOMPILE_HOME": str(home)})
+    assert r.returncode == 0, r.stderr
+    assert secret not in r.stdout + r.stderr
+    assert json.loads(r.stdout)["mlflow"]["tracking_uri"] == mlflow_server.replace("http://", "http://***@")
+    manifest = (tmp_path / "repo/digits/1/build_manifest.json").read_text()
+    assert secret not in manifest and "***@" in manifest
+    client = MlflowClient(tracking_uri=mlflow_server)
+    assert len(_runs(client, "ci-creds")) == 1  # the server got the run
+    port = _free_port()  # an unreachable one: the error names it without the password
+    r = run_cli(
+        "build",
+        str(cfg),
+        "--tracking-uri",
+        f"http://alice:{secret}@127.0.0.1:{port}",
+        env={"MSCOMPILE_HOME": str(home)},
+    )
+    assert r.returncode == 2 and secret not in r.stderr
+    assert f"MLflow tracking server http://***@127.0.0.1:{port} is unreachable" in r.stderr
+
+
+def test_a_spooled_record_is_readable_by_its_user_only(tmp_path):
+    from mscompile.tracking import spool_record
+
+    path = spool_record({"id": "r1", "settings": {"uri": "http://u:p@h:1"}}, tmp_path)
+    assert path.stat().st_mode & 0o777 == 0o600 and json.loads(path.read_text())["id"] == "r1"
+
+
+def test_urls_are_redacted_of_credentials_and_tokens():
+    from mscompile.sections import redact_url
+
+    assert (
+        redact_url("https://u:p@mlflow.example:5000/x?token=abc&a=1")
+        == "https://***@mlflow.example:5000/x?token=***&a=***"
+    )
+    assert redact_url("sqlite:////tmp/m.db") == "sqlite:////tmp/m.db"
+    assert redact_url("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
 def test_unreachable_server_exits_2_unless_optional(tmp_path, digits_config):
     port = _free_port()  # nothing listens there
     home = tmp_path / "home"

@@ -249,7 +249,7 @@ def runs(
         if as_json:
             click.echo(json.dumps(rows, indent=2))
         elif not rows:
-            click.echo(f"no builds of {cfg.name} in experiment {settings.experiment!r} ({settings.uri})")
+            click.echo(f"no builds of {cfg.name} in experiment {settings.experiment!r} ({settings.shown})")
         else:
             render.print_runs(rows)
 
