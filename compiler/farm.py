@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -211,30 +212,66 @@ class Farm:
         self.say = say
         self.report = FarmReport(address or "local")
 
-    def _connect(self) -> Any:
+    def check_address(self, timeout: float = 10.0) -> None:
+        """Before any work: Ray is installed, and a given address answers as a Ray cluster's
+        GCS does (gRPC over HTTP/2 within `timeout`: a port that accepts and never answers
+        would hang ray.init without limit)."""
         try:
-            import ray
+            import grpc
+            import ray  # noqa: F401
         except ImportError:
             raise ConfigError("--ray: Ray is not installed: pip install 'mscompile[ray]'") from None
-        kwargs: dict[str, Any] = {"logging_level": "ERROR", "log_to_driver": False}
         addr = self.address_given or ""
-        if addr not in ("", "local", "auto"):
-            hostport = addr.split("://", 1)[-1]
-            host, _, port = hostport.rpartition(":")
-            try:
-                socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
-            except (OSError, ValueError) as exc:
-                raise ConfigError(
-                    f"--ray {addr}: cannot join the Ray cluster: nothing answers there ({exc}); give the head's "
-                    "address (host:port of its GCS, as `ray start --head` printed), auto, or nothing for a local one"
-                ) from None
+        if addr in ("", "local", "auto"):
+            return
+        hostport = addr.split("://", 1)[-1]
+        host, _, port = hostport.rpartition(":")
+        hint = "give the head's address (host:port of its GCS, as `ray start --head` printed), auto, or nothing for a local one"
         try:
-            if self.address_given in (None, "", "local"):
-                ray.init(address="local", include_dashboard=False, **kwargs)  # a new one, never another's
-            else:
-                ray.init(address=self.address_given, **kwargs)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise ConfigError(f"--ray {self.address_given}: cannot join the Ray cluster: {exc}") from None
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"--ray {addr}: cannot join the Ray cluster: nothing answers there ({exc}); {hint}"
+            ) from None
+        channel = grpc.insecure_channel(f"{host or '127.0.0.1'}:{port}")
+        try:
+            grpc.channel_ready_future(channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise ConfigError(
+                f"--ray {addr}: cannot join the Ray cluster: the port accepts connections but does not answer as "
+                f"a Ray GCS (gRPC) within {timeout:.0f} s; {hint}"
+            ) from None
+        finally:
+            channel.close()
+
+    def _connect(self, timeout: float = 300.0) -> Any:
+        """ray.init, bounded: a cluster that does not let us join within `timeout` is exit 2."""
+        self.check_address()
+        import ray
+
+        kwargs: dict[str, Any] = {"logging_level": "ERROR", "log_to_driver": False}
+        if self.address_given in (None, "", "local"):
+            kwargs.update(address="local", include_dashboard=False)  # a new one, never another's
+        else:
+            kwargs.update(address=self.address_given)
+        outcome: dict[str, Any] = {}
+
+        def init() -> None:
+            try:
+                ray.init(**kwargs)
+                outcome["ok"] = True
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=init, name="ray-init", daemon=True)
+        worker.start()
+        worker.join(timeout)
+        if "error" in outcome:
+            raise ConfigError(f"--ray {self.address_given}: cannot join the Ray cluster: {outcome['error']}")
+        if not outcome:
+            raise ConfigError(
+                f"--ray {self.address_given or 'local'}: Ray did not start or join within {timeout:.0f} s"
+            )
         self.report.address = ray.get_runtime_context().gcs_address
         return ray
 

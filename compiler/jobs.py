@@ -155,12 +155,16 @@ def build_many(
     settings: dict[str, Any] = {}
     if tracking is not None:  # every store is reachable before any work, as for one model
         settings = {cfg.name: tracking_settings(cfg, base.state.root, tracking, warn) for cfg, _ in loaded}
+    for cfg, _ in loaded:  # where each will publish and what it reads: before any work
+        task_of(cfg).preflight(cfg)
+    farm = Farm(ray_address, base.state.cache, say) if ray_address is not None else None
+    if farm is not None:
+        farm.check_address()
     results: dict = {}
     many = ManyOutcome()
-    if ray_address is not None:
+    if farm is not None:
         for cfg, path in loaded:
             run_shared(cfg, path, base, say)
-        farm = Farm(ray_address, base.state.cache, say)
         results = farm.run(loaded, base.force)
         many.farm = farm.report
     for cfg, path in loaded:

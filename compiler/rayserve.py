@@ -119,6 +119,13 @@ def problems(cfg: Any, where: str) -> list[str]:
         )
     if rs.autoscaling is not None and rs.autoscaling.min_replicas > rs.autoscaling.max_replicas:
         out.append(f"{where}: rayserve.autoscaling: min_replicas exceeds max_replicas")
+    apps, repo = resolve_path(rs.folder).resolve(), resolve_path(cfg.triton.repository).resolve()
+    if apps == repo or repo in apps.parents or apps in repo.parents:
+        out.append(
+            f"{where}: rayserve.folder: {rs.folder!r} and triton.repository {cfg.triton.repository!r} overlap "
+            "(the apps' version folders would be taken for Triton's, and Triton would load the apps); "
+            "give the Ray Serve apps a folder of their own"
+        )
     return out
 
 

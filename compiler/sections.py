@@ -280,7 +280,7 @@ class RayServeConfig(Section):
     folder: str = Field(default="rayserve", min_length=1, description="apps go to <folder>/<name>/<version>/")
     replicas: int = Field(default=1, ge=1, le=4096)
     autoscaling: RayServeAutoscaling | None = Field(default=None, description="instead of a fixed replica count")
-    num_cpus: float = Field(default=1.0, gt=0, description="CPUs per replica (ray_actor_options)")
+    num_cpus: float = Field(default=1.0, gt=0, le=1024, description="CPUs per replica (ray_actor_options)")
     max_ongoing_requests: int = Field(default=16, ge=1, le=100_000)
     host: str = Field(default="127.0.0.1", description="HTTP host of the Serve proxy (0.0.0.0 to listen on all)")
     port: int = Field(default=8000, ge=1, le=65535)

@@ -131,6 +131,37 @@ def test_ray_address_that_does_not_answer_is_a_usage_error(tmp_path):
     (digits, _) = _configs(tmp_path)
     r = run_cli("build", str(digits), "--ray", "127.0.0.1:9", env={"MSCOMPILE_HOME": str(tmp_path / "s")})
     assert r.returncode == 2 and "--ray 127.0.0.1:9: cannot join the Ray cluster" in r.stderr, r.stderr
+    assert not (tmp_path / "s" / "cache").exists()  # refused before the shared steps ran
+
+
+def test_a_ray_address_that_accepts_and_never_answers_is_refused_before_any_work(tmp_path):
+    """ray.init hung without limit on such a port (after a 5 s TCP probe passed)."""
+    import socket
+
+    if ray_missing():
+        pytest.skip(ray_missing())
+    (digits, _) = _configs(tmp_path)
+    with socket.socket() as mute:  # the kernel completes the handshake; nobody ever answers
+        mute.bind(("127.0.0.1", 0))
+        mute.listen(8)
+        port = mute.getsockname()[1]
+        r = run_cli("build", str(digits), "--ray", f"127.0.0.1:{port}", env={"MSCOMPILE_HOME": str(tmp_path / "s")})
+    assert r.returncode == 2, r.stderr
+    assert "does not answer as a Ray GCS (gRPC) within 10 s" in r.stderr
+    assert not (tmp_path / "s" / "cache").exists()
+
+
+def test_several_configs_are_all_checked_before_any_is_built(tmp_path):
+    """`build good.yaml bad.yaml` published good.yaml before refusing bad.yaml."""
+    good, bad = _configs(tmp_path)
+    other = yaml.safe_load(bad.read_text())
+    (tmp_path / "repo_file").write_text("not a folder")
+    other["triton"]["repository"] = str(tmp_path / "repo_file")
+    write_config(other, bad)
+    r = run_cli("build", str(good), str(bad), env={"MSCOMPILE_HOME": str(tmp_path / "s")})
+    assert r.returncode == 2, r.stderr
+    assert "is a file, not a folder" in r.stderr
+    assert not (tmp_path / "repo").exists() and not (tmp_path / "s" / "cache").exists()
 
 
 def test_engines_for_several_gpu_kinds_are_one_model_with_cc_model_filenames(tmp_path):

@@ -78,6 +78,21 @@ def test_rayserve_needs_an_onnxruntime_or_openvino_target(tmp_path):
     assert r.returncode == 2 and "rayserve: the app runs ONNX Runtime or OpenVINO" in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("folder", ["repo", "repo/apps", "."])
+def test_the_apps_folder_may_not_overlap_the_triton_repository(tmp_path, folder):
+    """rayserve.folder equal to triton.repository wrote no app (Triton's version folder was
+    taken for "already written"), and serve-check --rayserve then crashed (KeyError)."""
+    cfg = yaml.safe_load((REPO / "examples/digits/model.yaml").read_text())
+    cfg["triton"]["repository"] = str(tmp_path / "repo")
+    cfg["rayserve"] = {"folder": str(tmp_path / folder)}
+    path = write_config(cfg, tmp_path / "m.yaml")
+    for command in ("validate", "build"):
+        r = run_cli(command, str(path))
+        assert r.returncode == 2, r.stderr
+        assert "rayserve.folder: " in r.stderr and "overlap" in r.stderr
+    assert not (tmp_path / "repo").exists()
+
+
 def test_an_openvino_variant_is_served_by_openvino_in_the_app(tmp_path):
     if ray_missing():
         pytest.skip(ray_missing())
