@@ -53,7 +53,9 @@ class DataStore:
 
 
 MAX_DATA_BYTES = 2 << 30
-MAX_TEXT_LINES = 100_000
+MAX_TEXT_LINES = 100_000  # lines of a text file (data, prompts, passages)
+MAX_TEXT_BYTES = 64 << 20  # bytes of a text file
+MAX_LINE_CHARS = 100_000  # characters of one line: a passage, never a whole book
 
 
 def describe_dataset(src: DataSource, key: str) -> Dataset:
@@ -162,6 +164,12 @@ def read_source(src: DataSource, key: str, expect: str | None = None) -> dict[st
             raise InputDataError(f"{key}.data: {path} has no non-empty lines")
         if len(lines) > MAX_TEXT_LINES:
             raise InputDataError(f"{key}.data: {path} has {len(lines)} lines, above the {MAX_TEXT_LINES} limit")
+        long = next((i for i, ln in enumerate(lines) if len(ln) > MAX_LINE_CHARS), None)
+        if long is not None:
+            raise InputDataError(
+                f"{key}.data: {path}: line {long + 1} holds {len(lines[long])} characters, above the "
+                f"{MAX_LINE_CHARS} limit for one sample"
+            )
         tok = get_factory(src.tokenizer, f"{key}.tokenizer")  # type: ignore[arg-type]
         try:
             out = tok(lines, **src.tokenizer_args)
@@ -354,11 +362,26 @@ def batches(feeds: dict[str, np.ndarray], size: int):
 
 
 def read_lines(path: str) -> list[str]:
-    """The passages of a text file: one per non-blank line, or the `text` of each JSON line."""
+    """The passages of a text file: one per non-blank line, or the `text` of each JSON line.
+    ValueError when the file or a line is beyond the limits (the tokenizers hit the memory
+    cap with a 40 MB line)."""
     p = Path(path)
+    size = p.stat().st_size
+    if size > MAX_TEXT_BYTES:
+        raise ValueError(f"{size} bytes, above the {MAX_TEXT_BYTES >> 20} MiB limit for a text file")
+    raw = p.read_text(encoding="utf-8").splitlines()
     if p.suffix == ".jsonl":
-        return [json.loads(ln)["text"] for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    return [ln for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        lines = [json.loads(ln)["text"] for ln in raw if ln.strip()]
+        if not all(isinstance(t, str) for t in lines):
+            raise ValueError("a 'text' value is not a string")
+    else:
+        lines = [ln for ln in raw if ln.strip()]
+    if len(lines) > MAX_TEXT_LINES:
+        raise ValueError(f"{len(lines)} lines, above the {MAX_TEXT_LINES} limit")
+    long = next((i for i, ln in enumerate(lines) if len(ln) > MAX_LINE_CHARS), None)
+    if long is not None:
+        raise ValueError(f"line {long + 1} holds {len(lines[long])} characters, above the {MAX_LINE_CHARS} limit")
+    return lines
 
 
 def text_file(key: str, value: str) -> tuple[Path, list[str]]:
@@ -369,8 +392,10 @@ def text_file(key: str, value: str) -> tuple[Path, list[str]]:
         raise ConfigError(f"{key}: {p} not found; check the path (relative paths start at the working directory)")
     try:
         lines = read_lines(str(p))
-    except (ValueError, KeyError) as exc:
-        raise ConfigError(f"{key}: {p} is not one passage per line (or JSON lines with a 'text' key): {exc}") from None
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"{key}: {p} is not one passage per line (or JSON lines with a 'text' key) within the limits: {exc}"
+        ) from None
     if not lines:
         raise ConfigError(f"{key}: {p} holds no text")
     return p, lines

@@ -20,6 +20,7 @@ from typing import Any
 from mscompile.accuracy import compare_llm
 from mscompile.artifacts import HfModel, HfSource, ParityReport, ProfileReport
 from mscompile.data import read_lines
+from mscompile.errors import ConfigError
 from mscompile.llm.runner import LLMC_WORKER, run_llmcompressor, run_worker
 from mscompile.llm.sections import LlmTolerance
 from mscompile.pipeline import Pass, PassContext, PassResult, Status
@@ -97,12 +98,29 @@ class LoadLlm(Pass[HfSource, HfModel]):
 
         model_dir = ctx.workdir / "model"
         copy_checkpoint(inp.path, model_dir)
-        tok = AutoTokenizer.from_pretrained(str(model_dir))
+        try:  # never the checkpoint's own code (transformers would otherwise ask on a terminal)
+            tok = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(model_dir), dtype=torch.float32, trust_remote_code=False
+            ).eval()
+        except (ValueError, OSError, KeyError, ImportError) as exc:
+            raise ConfigError(
+                f"source.checkpoint: {inp.meta.get('checkpoint') or inp.path} does not load as a Hugging Face causal "
+                f"LM with its tokenizer ({type(exc).__name__}: {str(exc).splitlines()[0][:300]}); mscompile runs no "
+                "remote code: give a folder transformers knows (config.json model_type, tokenizer files)"
+            ) from None
         texts = [tok(t)["input_ids"][: cfg.max_tokens] for t in read_lines(cfg.texts)[: cfg.max_texts]]
         texts = [t for t in texts if len(t) >= 2]
         prompts = [tok(p)["input_ids"] for p in read_lines(cfg.prompts)[: cfg.max_prompts]]
+        context = getattr(model.config, "max_position_embeddings", None)
+        too_long = next((i for i, p in enumerate(prompts) if context and len(p) + cfg.new_tokens > context), None)
+        if too_long is not None:
+            raise ConfigError(
+                f"validation.prompts: prompt {too_long + 1} is {len(prompts[too_long])} tokens; with "
+                f"validation.new_tokens {cfg.new_tokens} that exceeds the model's context of {context} tokens "
+                "(max_position_embeddings); shorten the prompt or lower new_tokens"
+            )
         ctx.note(f"transformers reference: {len(texts)} passages, {len(prompts)} prompts x {cfg.new_tokens} tokens")
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
         nll, greedy = score(model, texts, prompts, cfg.new_tokens)
         ppl = math.exp(sum(n for n, _ in nll) / max(1, sum(c for _, c in nll)))
         ref = {"texts": texts, "prompts": prompts, "nll": nll, "greedy": greedy, "perplexity": ppl}

@@ -53,6 +53,38 @@ def test_llm_config_errors_name_the_key(tmp_path):
     assert r.returncode == 2 and "validation.prompts" in r.stderr and "not found" in r.stderr
 
 
+def test_llm_text_files_are_bounded_before_any_work(tmp_path):
+    """A validation text of one 40 MB line passed validate, then the tokenizer hit the
+    memory cap (SIGABRT); 300,000 lines were accepted where the docs say 100,000."""
+    cases = {
+        "long.txt": "x" * 100_001 + "\n",
+        "many.txt": "a line\n" * 100_001,
+    }
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+        cfg = yaml.safe_load(EXAMPLE.read_text())
+        cfg["validation"]["text"] = str(tmp_path / name)
+        path = write_config(cfg, tmp_path / f"{name}.yaml")
+        for command in ("validate", "build"):
+            r = run_cli(command, str(path), env={"MSCOMPILE_HOME": str(tmp_path / "home")})
+            assert r.returncode == 2, (name, command, r.stderr)
+            assert "validation.text: " in r.stderr and "within the limits" in r.stderr, r.stderr
+    assert "line 1 holds 100001 characters" in r.stderr or "100001 lines" in r.stderr
+    assert not (tmp_path / "home" / "cache").exists()
+
+
+@requires("transformers")
+def test_a_prompt_longer_than_the_context_is_a_usage_error(tmp_path):
+    (tmp_path / "prompts.txt").write_text(" ".join(["word"] * 600) + "\n")
+    path = _config(tmp_path)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["validation"]["prompts"] = str(tmp_path / "prompts.txt")
+    write_config(cfg, path)
+    r = run_cli("build", str(path), env={"MSCOMPILE_VLLM_PYTHON": str(tmp_path / "no-python")})
+    assert r.returncode == 2, r.stderr
+    assert "validation.prompts: prompt 1 is" in r.stderr and "exceeds the model's context of 512 tokens" in r.stderr
+
+
 def test_without_vllm_the_targets_are_skipped_with_the_reason(tmp_path):
     env = {"MSCOMPILE_VLLM_PYTHON": str(tmp_path / "no-python")}
     r = run_cli("build", str(_config(tmp_path)), "--json", env=env)
