@@ -26,7 +26,7 @@ from mscompile.accuracy import evaluate
 
 from .backends import get
 from .config import ensemble_name, resolve_path, step_names
-from .errors import ConfigError, MscompileError, TargetSkippedError
+from .errors import ConfigError, TargetSkippedError
 from .loading import as_output_list, cwd_on_path, load_module, resolve_checkpoint, resolve_shipped_file
 from .runtimes import RuntimeUnavailableError
 from .sections import IOSpec, OutputSpec
@@ -109,8 +109,18 @@ def raw_validation(pc: PipelineConfig) -> dict[str, np.ndarray]:
         assert pc.preprocess is not None
         data = {pc.preprocess.inputs[0].name: np.array(lines, dtype=object).reshape(-1, 1)}
     else:
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                data = {k: z[k] for k in z.files}
+        except (ValueError, OSError, EOFError) as exc:
+            raise ConfigError(f"pipeline.validation: cannot read {path} as .npz ({exc})") from None
+        wanted = [t.name for t in pc.preprocess.inputs] if pc.preprocess is not None else []
+        missing = [w for w in wanted if w not in data]
+        if missing or not data:
+            raise ConfigError(
+                f"pipeline.validation: {path} has no array named {(missing or ['(any)'])[0]!r}; it has "
+                f"{sorted(data)}, the pipeline's raw inputs are {wanted}"
+            )
     n = min(len(v) for v in data.values())
     if n == 0:
         raise ConfigError(f"pipeline.validation: {path} holds no samples")
@@ -121,8 +131,53 @@ def raw_validation(pc: PipelineConfig) -> dict[str, np.ndarray]:
 
 def _as_batch(out: Any, where: str) -> dict[str, np.ndarray]:
     if not isinstance(out, dict):
-        raise MscompileError(f"{where} returned {type(out).__name__}, not a dict of arrays")
-    return {k: np.asarray(v) for k, v in out.items()}
+        raise ConfigError(f"{where}: the function returned {type(out).__name__}, not a dict of arrays")
+    try:
+        return {k: np.asarray(v) for k, v in out.items()}
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{where}: the function returned values that are not arrays ({exc})") from None
+
+
+def _call(fn: Any, batch: dict[str, np.ndarray], where: str, function: str) -> dict[str, np.ndarray]:
+    """A step function on one request: its result, or ConfigError naming the step (the
+    user's code raised)."""
+    try:
+        out = fn(batch)
+    except Exception as exc:  # the step's code: its error, named, exit 2
+        raise ConfigError(f"{where}: {function} raised {type(exc).__name__}: {exc}") from None
+    return _as_batch(out, where)
+
+
+def _fits(value: np.ndarray, dims: list[Any]) -> bool:
+    """A request's array against declared dims (batch axis included): same rank, every
+    fixed dim equal (-1 or a name: any size)."""
+    return value.ndim == len(dims) and all(
+        not isinstance(d, int) or d < 0 or d == n for d, n in zip(dims, value.shape, strict=True)
+    )
+
+
+def _dtype_fits(value: np.ndarray, dtype: str) -> bool:
+    """Whether Triton's step can send `value` as the declared dtype (it casts numbers)."""
+    if dtype == "string":
+        return value.dtype.kind in "OUS"
+    return value.dtype.kind in "biuf"
+
+
+def _check_step_outputs(result: dict[str, np.ndarray], declared: list[Any], where: str) -> None:
+    """What a step returned, per request, against what its config declares (Triton would
+    refuse every response that does not match)."""
+    for t in declared:
+        v = result[t.name]
+        if not _dtype_fits(v, t.dtype):
+            raise ConfigError(
+                f"{where}.outputs: {t.name!r} is declared {t.dtype} but the function returned {v.dtype}; "
+                "fix the declaration or the function"
+            )
+        if not _fits(v, [1, *t.shape]):
+            raise ConfigError(
+                f"{where}.outputs: {t.name!r} is declared shape {t.shape} per request, but the function returned "
+                f"{list(v.shape[1:])} (batch {v.shape[0] if v.ndim else '-'}); fix the declaration or the function"
+            )
 
 
 def run_chain(
@@ -132,28 +187,42 @@ def run_chain(
     model: Any,
     raw: dict[str, np.ndarray],
 ) -> dict[str, np.ndarray]:
-    """raw -> pre -> model -> post, one request (sample) at a time; the final outputs."""
+    """raw -> pre -> model -> post, one request (sample) at a time; the final outputs. Each
+    step's result is checked against what the config declares for it."""
     pc = cfg.pipeline
     assert pc is not None
     n = len(next(iter(raw.values())))
     outs: dict[str, list[np.ndarray]] = {}
     for i in range(n):
         x = {k: v[i : i + 1] for k, v in raw.items()}
-        feeds = _as_batch(pre(x), "pipeline.preprocess") if pre is not None else x
+        if pre is not None:
+            assert pc.preprocess is not None
+            feeds = _call(pre, x, "pipeline.preprocess", pc.preprocess.function)
+        else:
+            feeds = x
         missing = [inp.name for inp in cfg.inputs if inp.name not in feeds]
         if missing:
             raise ConfigError(f"pipeline.preprocess: its result lacks the model inputs {missing}")
+        for inp in cfg.inputs:
+            v = feeds[inp.name]
+            if not _dtype_fits(v, inp.dtype) or not _fits(v, [1, *inp.shape[1:]]):
+                raise ConfigError(
+                    f"pipeline.preprocess: {inp.name!r} feeds the model input declared {inp.dtype} {inp.shape}, "
+                    f"but the function returned {v.dtype} {list(v.shape)} for one request; fix the function or "
+                    "inputs:"
+                )
         feeds = {inp.name: feeds[inp.name].astype(inp.dtype) for inp in cfg.inputs}
         y = dict(zip([o.name for o in cfg.outputs], model(feeds), strict=True))
         if post is not None:
             assert pc.postprocess is not None
             names = pc.postprocess.inputs or [o.name for o in cfg.outputs]
             avail = {**feeds, **y}
-            result = _as_batch(post({k: avail[k] for k in names}), "pipeline.postprocess")
+            result = _call(post, {k: avail[k] for k in names}, "pipeline.postprocess", pc.postprocess.function)
             wanted = [t.name for t in pc.postprocess.outputs]
             lacking = [w for w in wanted if w not in result]
             if lacking:
                 raise ConfigError(f"pipeline.postprocess: its result lacks the declared outputs {lacking}")
+            _check_step_outputs(result, pc.postprocess.outputs, "pipeline.postprocess")
             y = {w: result[w] for w in wanted}
         for k, v in y.items():
             outs.setdefault(k, []).append(v)

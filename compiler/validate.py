@@ -9,7 +9,9 @@ from typing import Any
 import numpy as np
 from mscompile.passes.load_checkpoint import reference_outputs
 
+from .config import ensemble_name
 from .data import describe_dataset, load_calibration, load_validation
+from .ensemble import chain_reference
 from .loading import describe_source, load_module
 
 MAX_PROBE_BYTES = 1 << 30
@@ -50,6 +52,12 @@ def validate_all(cfg: Any, config_path: Path) -> list[str]:
             synthetic = {i.name: np.zeros(getattr(i.range, bound), dtype=i.dtype) for i in cfg.inputs}
             reference_outputs(module, cfg.io, synthetic, 1 << 30)
             lines.append(f"forward pass at range {bound}: ok")
+    if cfg.pipeline is not None:  # the chain build gates: its steps, on the raw validation set
+        raw, outs = chain_reference(cfg)
+        lines.append(
+            f"pipeline {ensemble_name(cfg)}: {len(next(iter(raw.values())))} raw samples through the steps and the "
+            "PyTorch model: " + ", ".join(f"{name}{tuple(a.shape)}" for name, a in outs.items())
+        )
     lines.append("ok: nothing was written")
     return lines
 

@@ -294,3 +294,76 @@ def test_a_bad_checkpoint_is_named_as_the_user_wrote_it(tiny):
     (err,) = _errors(r)
     assert "source.checkpoint: cannot load tiny_0.pt as a" in err
     assert "tmp" not in err and "cache" not in err
+
+
+# -- 8. ensemble steps return what their config declares ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("declared", "message"),
+    [
+        (
+            {"shape": [10]},
+            "pipeline.postprocess.outputs: 'scores' is declared shape [10] per request, but the function returned [3]",
+        ),
+        (
+            {"dtype": "string"},
+            "pipeline.postprocess.outputs: 'scores' is declared string but the function returned float32",
+        ),
+    ],
+)
+def test_a_postprocess_output_unlike_its_declaration_fails_the_build(tiny, declared, message):
+    """A postprocess returning float32 (1, 3) where outputs declares [10] passed the gate (the
+    same function on both sides) and was published; Triton would fail every request."""
+    tmp, cfg = tiny
+    _with_pipeline(tmp, cfg, [])
+    cfg["pipeline"]["postprocess"]["outputs"][0].update(declared)
+    r = _cli(tmp, cfg, "build")
+    assert r.returncode == 2, r.stderr
+    (err,) = _errors(r)
+    assert message in err
+    assert tree(tmp / "repo") == []
+
+
+def test_a_preprocess_returning_the_wrong_shape_or_raising_is_exit_2_naming_it(tiny):
+    tmp, cfg = tiny
+    _with_pipeline(tmp, cfg, [])
+    (tmp / "tinypre.py").write_text(
+        "def pre(batch):\n    return {'x': batch['raw'][:, :2]}\n\ndef boom(batch):\n    raise KeyError('vocab')\n"
+    )
+    import numpy as np
+
+    np.savez(tmp / "raw.npz", raw=np.ones((4, 4), np.float32))
+    cfg["pipeline"]["preprocess"] = {"function": "tinypre:pre", "inputs": [{"name": "raw", "shape": [4]}]}
+    r = _cli(tmp, cfg, "build")
+    assert r.returncode == 2, r.stderr
+    (err,) = _errors(r)
+    assert (
+        "pipeline.preprocess: 'x' feeds the model input declared float32 [-1, 4], but the function returned float32 [1, 2]"
+        in err
+    )
+    cfg["pipeline"]["preprocess"]["function"] = "tinypre:boom"
+    r = _cli(tmp, cfg, "build")
+    assert r.returncode == 2, r.stderr
+    assert "pipeline.preprocess: tinypre:boom raised KeyError: 'vocab'" in _errors(r)[0]
+    np.savez(tmp / "raw.npz", other=np.ones((4, 4), np.float32))  # the raw input is missing
+    cfg["pipeline"]["preprocess"]["function"] = "tinypre:pre"
+    r = _cli(tmp, cfg, "build")
+    assert r.returncode == 2, r.stderr
+    assert "pipeline.validation: " in _errors(r)[0] and "has no array named 'raw'" in _errors(r)[0]
+    assert tree(tmp / "repo") == []
+
+
+def test_validate_checks_the_pipeline_as_build_does(tiny):
+    """validate ignored pipeline: (a missing module, a step that raises, wrong shapes): 0."""
+    tmp, cfg = tiny
+    _with_pipeline(tmp, cfg, [])
+    r = _cli(tmp, cfg, "validate")
+    assert r.returncode == 0, r.stderr
+    assert "pipeline tiny_pipeline: 4 raw samples through the steps and the PyTorch model: scores(4, 3)" in r.stdout
+    cfg["pipeline"]["postprocess"]["outputs"][0]["shape"] = [10]
+    r = _cli(tmp, cfg, "validate")
+    assert r.returncode == 2 and "is declared shape [10] per request" in _errors(r)[0]
+    cfg["pipeline"]["postprocess"]["function"] = "nosuchmodule:post"
+    r = _cli(tmp, cfg, "validate")
+    assert r.returncode == 2 and "pipeline.postprocess.function" in _errors(r)[0], r.stderr
