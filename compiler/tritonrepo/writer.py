@@ -214,13 +214,18 @@ def publish(
             except (OSError, ValueError):
                 prior = None
             if prior == digests:
-                text = _pinned(config_for(existing[-1]), existing, name)
+                wanted = config_for(existing[-1])
+                _, served, dropped = _matching(model_dir, wanted, existing, name, new=existing[-1])
+                text = _pinned(wanted, existing, name, only=served or None)
                 if before != text:
                     _write_config(model_dir, text)
                 # nothing new: nothing to prune
-                return Published(name, existing[-1], latest, reused=True, warnings=warnings)
+                return Published(name, existing[-1], latest, reused=True, warnings=warnings + dropped)
         version = (existing[-1] + 1) if existing else 1
-        text = _pinned(config_for(version), [*existing, version], name)
+        wanted = config_for(version)
+        sig, served, dropped = _matching(model_dir, wanted, [*existing, version], name, new=version)
+        text = _pinned(wanted, [*existing, version], name, only=served or None)
+        warnings += dropped
         if before is not None and served_before and _policy_kind(before) != "specific":
             # a config that serves by rule (latest N) would serve the new folder the
             # moment it appears: pin what it serves now first (same versions, same model)
@@ -231,7 +236,7 @@ def publish(
                 shutil.copyfile(src, staging / rel)
             for rel, render in (templates or {}).items():  # files that name their own version
                 (staging / rel).write_text(render(version))
-            full = dict(manifest, model=name, version=version, files=digests, config_sha256=_sha(text))
+            full = dict(manifest, model=name, version=version, files=digests, config_sha256=_sha(text), io_sha256=sig)
             (staging / MANIFEST).write_text(json.dumps(full, indent=2, default=str))
             for f in staging.iterdir():
                 with open(f, "rb") as fh:
@@ -312,6 +317,53 @@ def _pinned(config_text: str, available: list[int], name: str, only: set[int] | 
     mc.ClearField("version_policy")
     mc.version_policy.specific.versions.extend(served)
     return to_text(mc)
+
+
+def io_signature(config_text: str) -> str:
+    """What a client and the model agree on, from a config: max_batch_size and every
+    input's and output's name, type and dims (sha256 of them). A config serves only the
+    versions published with the same signature."""
+    mc = parse(config_text)
+
+    def tensors(ts: Any) -> list[Any]:
+        return sorted([t.name, int(t.data_type), list(t.dims), list(t.reshape.shape)] for t in ts)
+
+    return _sha(json.dumps([int(mc.max_batch_size), tensors(mc.input), tensors(mc.output)]))
+
+
+def _io_of(model_dir: Path, version: int) -> str | None:
+    """The I/O signature a version was published with (None: an older mscompile's)."""
+    try:
+        return json.loads((model_dir / str(version) / MANIFEST).read_text()).get("io_sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _matching(
+    model_dir: Path, config_text: str, existing: list[int], name: str, new: int
+) -> tuple[str, set[int], list[str]]:
+    """(the config's I/O signature, the versions it serves: those its policy names that
+    were published with that signature, `new` (this config's own) always; a warning
+    naming those it leaves out). A policy that names only such versions is a ConfigError."""
+    sig = io_signature(config_text)
+    wanted = served_versions(config_text, existing)
+    same = {v for v in wanted if v == new or _io_of(model_dir, v) == sig}
+    dropped = sorted(wanted - same)
+    if dropped and not same:
+        raise ConfigError(
+            f"triton.version_policy: version(s) {', '.join(map(str, dropped))} of {name} were published with other "
+            "inputs/outputs than this build's config declares (or by an older mscompile); Triton would answer "
+            "with the wrong tensors. Name a version of this build's I/O, or use latest"
+        )
+    warning = (
+        [
+            f"{name}: version(s) {', '.join(map(str, dropped))} were published with other inputs/outputs (or by "
+            "an older mscompile): the new config.pbtxt does not serve them"
+        ]
+        if dropped
+        else []
+    )
+    return sig, same, warning
 
 
 def _sha(text: str) -> str:

@@ -155,3 +155,34 @@ def test_deploys_rollback_undoes_only_what_deploy_wrote(tmp_path):
     theirs = config.read_text()
     assert not roll_back(repo, "m", wrote, previous, None)
     assert config.read_text() == theirs and parse(theirs).max_batch_size == 32
+
+
+def _config(output: str, policy: str = "latest { num_versions: 2 }") -> str:
+    return (
+        f'name: "m"\nmax_batch_size: 8\ninput {{ name: "x" data_type: TYPE_FP32 dims: [ 4 ] }}\n'
+        f'output {{ name: "{output}" data_type: TYPE_FP32 dims: [ 3 ] }}\nversion_policy {{ {policy} }}\n'
+    )
+
+
+def _served(repo):
+    from mscompile.tritonrepo.config import parse
+
+    return list(parse((repo / "m/config.pbtxt").read_text()).version_policy.specific.versions)
+
+
+def test_a_config_serves_only_versions_published_with_its_io(tmp_path):
+    """Output logits renamed scores: the config declared scores while serving v1, whose
+    model outputs logits (Triton would fail its requests)."""
+    repo = tmp_path / "repo"
+    publish(repo, "m", _files(tmp_path, b"a"), _config("logits"), {})
+    p2 = publish(repo, "m", _files(tmp_path, b"b"), _config("scores"), {})
+    assert _served(repo) == [2]
+    assert p2.warnings == [
+        "m: version(s) 1 were published with other inputs/outputs (or by an older mscompile): "
+        "the new config.pbtxt does not serve them"
+    ]
+    p3 = publish(repo, "m", _files(tmp_path, b"c"), _config("scores"), {})
+    assert _served(repo) == [2, 3] and p3.warnings == []
+    with pytest.raises(Exception, match=r"version\(s\) 1 of m were published with other inputs/outputs"):
+        publish(repo, "m", _files(tmp_path, b"d"), _config("scores", "specific { versions: [ 1 ] }"), {})
+    assert _served(repo) == [2, 3] and versions(repo / "m") == [1, 2, 3]  # the refusal changed nothing
