@@ -34,9 +34,13 @@ LLMC_MISSING = (
 
 
 def _tool_python(var: str, module: str, label: str, missing: str) -> tuple[str | None, str]:
-    """(the Python to run `module` with, or None; why): $var, or this Python."""
+    """(the Python to run `module` with, or None; why): $var, or this Python. $var must be
+    an absolute path: a relative one would name another interpreter in every folder the
+    build runs from."""
     env = os.environ.get(var)
     if env:
+        if not Path(env).is_absolute():
+            return None, f"${var}={env} is a relative path; give the absolute path of that Python"
         if not Path(env).is_file():
             return None, f"${var}={env} is not a file"
         return env, f"${var} ({env})"

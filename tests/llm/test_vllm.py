@@ -265,3 +265,14 @@ def test_w4a16_needs_16_bit_activations_and_calibration(tmp_path):
     cfg.pop("calibration")
     r = run_cli("validate", str(write_config(cfg, tmp_path / "nocal.yaml")))
     assert r.returncode == 2 and "w4a16-gptq is calibrated" in r.stderr
+
+
+def test_a_relative_tool_python_is_refused_with_the_reason(tmp_path, monkeypatch):
+    """A relative $MSCOMPILE_VLLM_PYTHON resolved against whatever folder the build ran from."""
+    from mscompile.llm.runner import vllm_python
+
+    monkeypatch.setenv("MSCOMPILE_VLLM_PYTHON", "venv/bin/python")
+    assert vllm_python() == (
+        None,
+        "$MSCOMPILE_VLLM_PYTHON=venv/bin/python is a relative path; give the absolute path of that Python",
+    )
