@@ -7,9 +7,12 @@ torch is imported inside the functions that need it, so `mscompile --help`,
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import importlib
+import importlib.metadata
 import importlib.util
+import json
 import os
 import sys
 import sysconfig
@@ -157,17 +160,47 @@ def get_factory(spec: str, key: str = "source.factory") -> Any:
     return obj
 
 
-def _library_roots() -> list[Path]:
+@functools.lru_cache(maxsize=1)
+def _library_roots() -> tuple[Path, ...]:
     paths = sysconfig.get_paths()
     roots = {Path(paths[k]).resolve() for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
     roots |= {Path(sys.base_prefix).resolve() / "lib", Path(sys.prefix).resolve() / "lib"}
-    return sorted(roots)
+    return tuple(sorted(roots))
 
 
 def _is_local(path: Path) -> bool:
     """User code: a .py file outside the interpreter's standard library and site-packages."""
     path = path.resolve()
     return path.suffix == ".py" and not any(r == path or r in path.parents for r in _library_roots())
+
+
+@functools.lru_cache(maxsize=1)
+def _installed_tops() -> dict[str, bool]:
+    """Top-level import names of installed distributions -> whether every distribution
+    providing it is an editable install (the user's own code: it counts as local)."""
+    editable: dict[str, bool] = {}
+    for top, dists in importlib.metadata.packages_distributions().items():
+        editable[top] = all(_is_editable(d) for d in dists)
+    return editable
+
+
+@functools.cache
+def _is_editable(dist: str) -> bool:
+    try:
+        text = importlib.metadata.distribution(dist).read_text("direct_url.json")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    try:
+        return bool(text and json.loads(text).get("dir_info", {}).get("editable"))
+    except ValueError:
+        return False
+
+
+def _is_library(top: str) -> bool:
+    """An installed distribution's package, wherever it lies (site-packages, --target,
+    --user, a .pth or PYTHONPATH folder): its modules are never crawled, unless it lies in
+    the project (the working directory) or is an editable install: the user's code."""
+    return _installed_tops().get(top) is False
 
 
 def _module_file(name: str) -> Path | None:
@@ -181,6 +214,10 @@ def _module_file(name: str) -> Path | None:
             return None
     if spec is None:
         return None
+    where = Path(next(iter(spec.submodule_search_locations))) if spec.submodule_search_locations else None
+    where = where or (Path(spec.origin) if spec.origin not in (None, "built-in", "frozen") else None)
+    if where is not None and _is_library(top) and Path.cwd().resolve() not in where.resolve().parents:
+        return None  # an installed library outside the project, wherever it is installed
     if spec.submodule_search_locations:
         base = Path(next(iter(spec.submodule_search_locations)))
         if not rest:

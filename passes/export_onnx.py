@@ -9,6 +9,7 @@ declared ones."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -158,7 +159,7 @@ class ExportOnnx(Pass[TorchModel, OnnxModel]):
                     _export(module, args, cfg.io, cfg.export, path, exporter)
                 _check(path, cfg.io)
             except Exception as exc:
-                reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+                reason = why_export_failed(exc)
                 attempts.append(
                     {
                         "exporter": exporter,
@@ -186,3 +187,25 @@ class ExportOnnx(Pass[TorchModel, OnnxModel]):
         if len(attempts) > 1:
             metrics["fallback_reason"] = attempts[0]["reason"]
         return PassResult(path=ctx.workdir, meta=meta, metrics=metrics)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def why_export_failed(exc: BaseException) -> str:
+    """One line that says why an exporter failed: torch.onnx's own summary (the cause
+    under '## Exception summary', and the user's line that raised it), without the
+    terminal colours and the boilerplate first line ('This is step 1/3 ...')."""
+    text = _ANSI.sub("", str(exc)).strip()
+    lines = [ln.strip() for ln in text.splitlines()]
+    cause = ""
+    if "## Exception summary" in lines:
+        after = lines[lines.index("## Exception summary") + 1 :]
+        cause = next((ln for ln in after if ln), "")
+        cause = re.sub(r"^<class '(?:[\w.]+\.)?(\w+)'>:", r"\1:", cause)
+    where = ""
+    if "The following call raised this error:" in lines:
+        after = lines[lines.index("The following call raised this error:") + 1 :]
+        where = next((ln for ln in after if ln.startswith("File ")), "")
+    head = cause or next((ln for ln in lines if ln), "")
+    return f"{type(exc).__name__}: {head}" + (f" ({where})" if where else "")

@@ -114,18 +114,17 @@ def build(
     config = configs[0]
 
     def go() -> None:
-        cfg = load_config(config)
-        settings = None if tracking is None else tracking_settings(cfg, opts.state.root, tracking, warn)
-        sync = tracking is not None and tracking.synchronous()
         with json_stdout(as_json) as emit:
             try:
+                cfg = load_config(config)
+                settings = None if tracking is None else tracking_settings(cfg, opts.state.root, tracking, warn)
+                sync = tracking is not None and tracking.synchronous()
                 outcome = build_one(cfg, config, opts, settings, sync, warn)
-            except (AccuracyGateError, TargetSkippedError) as exc:
-                if exc.result is not None:  # the gates that ran, then the error
-                    if as_json:
-                        emit(json.dumps(dict(exc.result.to_json(), error=str(exc)), indent=2))
-                    else:
-                        render.print_summary(exc.result)
+            except MscompileError as exc:
+                if as_json:  # what ran before the error (the gates that passed), then the error
+                    emit(json.dumps(error_json(exc, exc.result), indent=2, default=str))
+                elif isinstance(exc, (AccuracyGateError, TargetSkippedError)) and exc.result is not None:
+                    render.print_summary(exc.result)
                 raise
             checked = None
             if serve_check:
@@ -134,11 +133,8 @@ def build(
                     checked = task_of(cfg).serve_check(cfg, opts.state, None, say, server)
                 except MscompileError as exc:
                     if as_json:
-                        emit(
-                            json.dumps(
-                                dict(outcome.to_json(), serve_check=exc.summary, error=str(exc)), indent=2, default=str
-                            )
-                        )
+                        out = dict(error_json(exc, outcome.result), serve_check=exc.summary)
+                        emit(json.dumps(out, indent=2, default=str))
                     else:
                         render.print_summary(outcome.result)
                         render.print_check(exc.summary or {"model": cfg.name, "version": "?"})
@@ -159,6 +155,16 @@ def build(
     run(ctx, go)
 
 
+def error_json(exc: MscompileError, result: Any) -> dict[str, Any]:
+    """--json's answer when a build ends in an error: the build's summary so far (the
+    variants whose gates ran), the error, its problems and the exit code."""
+    out = result.to_json() if result is not None else {}
+    out.update(error=str(exc), exit_code=exc.exit_code)
+    if getattr(exc, "problems", None) and len(exc.problems) > 1:
+        out["problems"] = exc.problems
+    return out
+
+
 def _build_many(
     ctx: click.Context,
     configs: list[Path],
@@ -172,9 +178,20 @@ def _build_many(
     quiet = opts.quiet
     say = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
     with json_stdout(as_json) as emit:
-        many = build_many(
-            configs, opts, ray_address, tracking, say, warn, done=(lambda o: None) if as_json else render.print_outcome
-        )
+        try:
+            many = build_many(
+                configs,
+                opts,
+                ray_address,
+                tracking,
+                say,
+                warn,
+                done=(lambda o: None) if as_json else render.print_outcome,
+            )
+        except MscompileError as exc:  # before any model was built (a config, the farm's address)
+            if as_json:
+                emit(json.dumps(dict(error_json(exc, None), models=[]), indent=2))
+            raise
         if as_json:
             emit(json.dumps(many.to_json(), indent=2, default=str))
         elif many.farm is not None:

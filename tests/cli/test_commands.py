@@ -60,3 +60,19 @@ def test_several_models_exit_with_the_worst_code_in_the_order_2_1_3(codes, expec
         many.outcomes.append(Outcome(type("Cfg", (), {"name": f"m{i}"})(), REPO, error=errors[c]("x") if c else None))
     assert [o.exit_code for o in many.outcomes] == list(codes)
     assert many.exit_code == expected and many.to_json()["exit_code"] == expected
+
+
+def test_json_says_why_a_build_failed_on_stdout(tmp_path):
+    """`--json` printed nothing on exit 1 or 2: the error was only on stderr."""
+    from helpers import make_tiny_project, run_cli, write_config
+
+    cfg = make_tiny_project(tmp_path)
+    cfg["targets"][0]["tolerance"] = {"max_abs": 1e-4, "cosine_min": 2.0}  # a value no metric can meet: exit 2
+    r = run_cli("build", str(write_config(cfg, tmp_path / "m.yaml")), "--json", "--no-mlflow", cwd=tmp_path)
+    assert r.returncode == 2
+    out = json.loads(r.stdout)
+    assert out["exit_code"] == 2 and "cosine_min" in out["error"]
+    r = run_cli("build", str(tmp_path / "nope.yaml"), "--json")
+    assert r.returncode == 2 and json.loads(r.stdout)["error"].endswith(
+        "model config not found; pass the path of your model.yaml"
+    )

@@ -48,6 +48,10 @@ def test_auto_falls_back_and_records_why(tiny_project):
     assert [a["exporter"] for a in rec.metrics["attempts"]] == ["dynamo", "torchscript"]
     assert rec.metrics["attempts"][0]["ok"] is False and rec.metrics["fallback_reason"]
     assert (rec.output.path / "model.onnx").is_file()
+    # the reason is torch.export's cause and the user's line, not a colour-coded "step 1/3" banner
+    why = rec.metrics["fallback_reason"]
+    assert "\x1b" not in why and "step 1/3" not in why, why
+    assert "data-dependent" in why and "tinymodels" in why and "in forward" in why, why
 
 
 def test_cached_export_is_not_rerun(tiny_project):
