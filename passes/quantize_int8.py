@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from mscompile import onnx_utils
@@ -46,6 +46,55 @@ def quantizable_nodes(model, mode: str) -> list[str]:
 
     ops = set(QDQRegistry) if mode == "static" else set(IntegerOpsRegistry)
     return [n.name for n in model.graph.node if n.op_type in ops and n.name]
+
+
+# ONNX's integer element types (TensorProto codes): INT8..UINT64, BOOL
+_INT_TYPES = {2, 3, 4, 5, 6, 7, 9, 12, 13}
+_FLOAT_TYPES = {1, 10, 11, 16}
+
+
+def index_path_nodes(model) -> set[str]:
+    """Float nodes that compute integers: from a Cast of integers to float, through float
+    ops fed by nothing but that path, constants and integers, to a Cast back to integers
+    (T5's relative-position buckets: Cast, Div, Log, Mul, Cast, then a Gather's indices).
+    Quantizing them moves the indices (a Gather then reads index -9.2e18): they stay float."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - a graph shape inference cannot read: nothing to exclude
+        return set()
+    g = inferred.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*g.input, *g.value_info, *g.output]}
+    types.update({t.name: t.data_type for t in g.initializer})
+    constant = {t.name for t in g.initializer} | {o for n in g.node if n.op_type == "Constant" for o in n.output}
+    derived: set[str] = set()  # float tensors computed from integers only
+    path: dict[str, Any] = {}
+    for n in g.node:  # nodes are in topological order
+        ins = [i for i in n.input if i]
+        if n.op_type == "Cast" and _attr(n, "to", 0) in _FLOAT_TYPES and ins and types.get(ins[0]) in _INT_TYPES:
+            derived.update(n.output)
+            path[n.name] = n
+            continue
+        if (
+            ins
+            and any(i in derived for i in ins)
+            and all(i in derived or i in constant or types.get(i) in _INT_TYPES for i in ins)
+        ):
+            derived.update(o for o in n.output if types.get(o) in _FLOAT_TYPES or n.op_type == "Cast")
+            path[n.name] = n
+    # only the part that ends in a Cast to integers
+    ends = [n for n in path.values() if n.op_type == "Cast" and _attr(n, "to", 0) in _INT_TYPES]
+    producer = {o: n for n in path.values() for o in n.output}
+    keep: set[str] = set()
+    stack = [i for n in ends for i in n.input]
+    while stack:
+        node = producer.get(stack.pop())
+        if node is None or node.name in keep:
+            continue
+        keep.add(node.name)
+        stack.extend(node.input)
+    return {name for name in keep if name}
 
 
 def even_batch(n: int, batch: int) -> int:
@@ -261,7 +310,7 @@ def pre_process(src: str, dst: str) -> str:
 
 class QuantizeInt8(Pass[OnnxModel, OnnxModel]):
     name = "quantize_int8"
-    version = 10
+    version = 11
     input_type = OnnxModel
     output_type = OnnxModel
     Config = Int8Config
@@ -288,12 +337,15 @@ class QuantizeInt8(Pass[OnnxModel, OnnxModel]):
         src_model = onnx.load(str(pre if cfg.mode == "static" else inp.onnx_file), load_external_data=False)
         # smoothing's scaling Muls are not part of the model: always float, never counted
         helpers = {n.name for n in src_model.graph.node if SMOOTH_MARK in n.name}
+        index_nodes = index_path_nodes(src_model)
+        helpers |= index_nodes  # integer arithmetic in float: never quantized, not the search's exclusions
         candidates = [c for c in quantizable_nodes(src_model, cfg.mode) if c not in helpers]
         names = {n.name for n in src_model.graph.node}
         unknown = sorted(set(cfg.exclude_nodes) - names)
         excluded = (set(cfg.exclude_nodes) & names) | {
             n.name for n in src_model.graph.node if n.op_type in cfg.exclude_op_types
         }
+
         with capture_output(ctx.log_path):
             if cfg.mode == "static":
                 feeds, _ = ctx.data("calibration")
@@ -403,6 +455,7 @@ class QuantizeInt8(Pass[OnnxModel, OnnxModel]):
             "quantized_nodes": len(quantized),
             "quantized_node_names": quantized,
             "unknown_excluded_nodes": unknown,
+            "index_nodes_in_float": sorted(index_nodes),
             "qdq_nodes": ops.get("QuantizeLinear", 0) + ops.get("DequantizeLinear", 0),
             "integer_ops": sum(
                 v

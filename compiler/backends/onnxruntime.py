@@ -22,6 +22,7 @@ from mscompile.passes.quantize_int8 import Int8Config, QuantizeInt8
 from pydantic import Field
 
 from ..artifacts import Artifact, OnnxModel, ParityReport
+from ..errors import PassError
 from ..pipeline import Status, Step
 from ..runtimes import onnxruntime_session, openvino_session
 from ..sections import RecoveryConfig, Section, TargetBase
@@ -325,7 +326,11 @@ class Int8Search:
             while used < attempts:
                 k += 1
                 prefix = f"{t.name}/{mode}#{k}"
-                q = runner.run(self.quantize_step(mode, excluded, prefix, floated, corrected), graph)
+                try:
+                    q = runner.run(self.quantize_step(mode, excluded, prefix, floated, corrected), graph)
+                except PassError as exc:  # this try failed, not the build: record it, try the next mode
+                    last = _failed_try(tries, mode, why, f"quantization failed: {_first_line(exc.cause)}")
+                    break
                 skip = False
                 if q.output.digest in seen and tries:  # type: ignore[union-attr]
                     if why != "bias correction":
@@ -335,7 +340,13 @@ class Int8Search:
                 if not skip:
                     used += 1
                     seen.add(q.output.digest)  # type: ignore[union-attr]
-                    c = runner.run(self.check_step(prefix), q.output)  # type: ignore[arg-type]
+                    try:
+                        c = runner.run(self.check_step(prefix), q.output)  # type: ignore[arg-type]
+                    except PassError as exc:  # the quantized graph does not run: a failed try
+                        last = _failed_try(
+                            tries, mode, why, f"ONNX Runtime cannot run the quantized graph: {_first_line(exc.cause)}"
+                        )
+                        break
                     outcome = _outcome(c, q.output)
                     report = outcome.report
                     tries.append(
@@ -443,6 +454,36 @@ def _more_tensors(
     if chosen == floated:
         return floated, f"no more activations to keep in float ({len(floated)} tried, budget {target_n} node(s))"
     return chosen, None
+
+
+def _first_line(cause: Any) -> str:
+    text = " ".join(str(cause).split("\n")[0].split())
+    return text[:300] + (" ..." if len(text) > 300 else "")
+
+
+def _failed_try(tries: list[dict[str, Any]], mode: str, remedy: str, why: str) -> TargetOutcome:
+    """A try whose quantization or gate raised (e.g. ONNX Runtime cannot run the graph):
+    recorded with the reason, and the search goes on to its next mode."""
+    tries.append(
+        {
+            "try": len(tries) + 1,
+            "mode": mode,
+            "remedy": remedy or "none",
+            "passed": False,
+            "failures": [why],
+            "metrics": {},
+            "equalized": False,
+            "bias_corrected": False,
+            "excluded_nodes": [],
+            "float_tensors": [],
+            "nodes_in_float": 0,
+            "excluded_fraction": 0.0,
+            "model_digest": None,
+            "onnxruntime_seconds": None,
+            "stopped": "the try raised: no recovery on a graph that does not run",
+        }
+    )
+    return TargetOutcome(Status.FAIL, reason=f"{mode} INT8: {why}")
 
 
 def _outcome(rec: StepRecord, model: Artifact | None) -> TargetOutcome:
