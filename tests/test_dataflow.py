@@ -88,9 +88,10 @@ def test_editing_a_module_the_factory_imports_rebuilds(tmp_path):
 
 
 def test_force_replaces_a_poisoned_entry(tmp_path):
+    from helpers import make_driver as _driver
     from mscompile.artifacts import TorchSource, sha256_path
     from mscompile.pipeline import Step
-    from test_pipeline import Cfg, Double, _driver
+    from test_pipeline import Cfg, Double
 
     src = tmp_path / "in.bin"
     src.write_bytes(b"ab")
