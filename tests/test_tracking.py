@@ -170,19 +170,23 @@ def test_http_tracking_server(tmp_path, digits_config, mlflow_server):
     assert "triton/digits/1/model.onnx" in files
 
 
-def test_credentials_in_the_tracking_uri_are_used_and_never_recorded_or_printed(tmp_path, digits_config, mlflow_server):
+def test_credentials_in_the_tracking_uri_are_used_and_never_recorded_or_printed(tmp_path, mlflow_server):
     """A tracking URI with user:password@ was copied into every build_manifest.json (0644)
     and printed; the reachability check must still work with it."""
+    from helpers import make_tiny_project
+
     secret = "s3cret-pw"
     uri = mlflow_server.replace("http://", f"http://alice:{secret}@")
-    digits_config["mlflow"] = {"experiment": "ci-creds", "tracking_uri": uri}
-    cfg = write_config(digits_config, tmp_path / "model.yaml")
+    tiny = make_tiny_project(tmp_path)
+    tiny["targets"] = tiny["targets"][:1]
+    tiny["mlflow"] = {"experiment": "ci-creds", "tracking_uri": uri}
+    cfg = write_config(tiny, tmp_path / "model.yaml")
     home = tmp_path / "home"
-    r = run_cli("build", str(cfg), "--mlflow-sync", "--json", env={"MSCOMPILE_HOME": str(home)})
+    r = run_cli("build", str(cfg), "--mlflow-sync", "--json", cwd=tmp_path, env={"MSCOMPILE_HOME": str(home)})
     assert r.returncode == 0, r.stderr
     assert secret not in r.stdout + r.stderr
     assert json.loads(r.stdout)["mlflow"]["tracking_uri"] == mlflow_server.replace("http://", "http://***@")
-    manifest = (tmp_path / "repo/digits/1/build_manifest.json").read_text()
+    manifest = (tmp_path / "repo/tiny/1/build_manifest.json").read_text()
     assert secret not in manifest and "***@" in manifest
     client = MlflowClient(tracking_uri=mlflow_server)
     assert len(_runs(client, "ci-creds")) == 1  # the server got the run
