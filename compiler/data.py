@@ -162,14 +162,10 @@ def read_source(src: DataSource, key: str, expect: str | None = None) -> dict[st
         lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
         if not lines:
             raise InputDataError(f"{key}.data: {path} has no non-empty lines")
-        if len(lines) > MAX_TEXT_LINES:
-            raise InputDataError(f"{key}.data: {path} has {len(lines)} lines, above the {MAX_TEXT_LINES} limit")
-        long = next((i for i, ln in enumerate(lines) if len(ln) > MAX_LINE_CHARS), None)
-        if long is not None:
-            raise InputDataError(
-                f"{key}.data: {path}: line {long + 1} holds {len(lines[long])} characters, above the "
-                f"{MAX_LINE_CHARS} limit for one sample"
-            )
+        try:
+            check_text_lines(lines)
+        except ValueError as exc:
+            raise InputDataError(f"{key}.data: {path}: {exc}") from None
         tok = get_factory(src.tokenizer, f"{key}.tokenizer")  # type: ignore[arg-type]
         try:
             out = tok(lines, **src.tokenizer_args)
@@ -376,12 +372,18 @@ def read_lines(path: str) -> list[str]:
             raise ValueError("a 'text' value is not a string")
     else:
         lines = [ln for ln in raw if ln.strip()]
+    check_text_lines(lines)
+    return lines
+
+
+def check_text_lines(lines: list[str]) -> None:
+    """ValueError when a text file's lines are beyond the limits: count, and length of one
+    line (a passage or a sample, never a whole book: tokenizers hit the memory cap)."""
     if len(lines) > MAX_TEXT_LINES:
         raise ValueError(f"{len(lines)} lines, above the {MAX_TEXT_LINES} limit")
     long = next((i for i, ln in enumerate(lines) if len(ln) > MAX_LINE_CHARS), None)
     if long is not None:
         raise ValueError(f"line {long + 1} holds {len(lines[long])} characters, above the {MAX_LINE_CHARS} limit")
-    return lines
 
 
 def text_file(key: str, value: str) -> tuple[Path, list[str]]:

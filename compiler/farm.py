@@ -211,6 +211,7 @@ class Farm:
         self.cache_dir = cache_dir
         self.say = say
         self.report = FarmReport(address or "local")
+        self.address_checked = False
 
     def check_address(self, timeout: float = 10.0) -> None:
         """Before any work: Ray is installed, and a given address answers as a Ray cluster's
@@ -222,7 +223,7 @@ class Farm:
         except ImportError:
             raise ConfigError("--ray: Ray is not installed: pip install 'mscompile[ray]'") from None
         addr = self.address_given or ""
-        if addr in ("", "local", "auto"):
+        if self.address_checked or addr in ("", "local", "auto"):
             return
         hostport = addr.split("://", 1)[-1]
         host, _, port = hostport.rpartition(":")
@@ -243,10 +244,11 @@ class Farm:
             ) from None
         finally:
             channel.close()
+        self.address_checked = True
 
     def _connect(self, timeout: float = 300.0) -> Any:
         """ray.init, bounded: a cluster that does not let us join within `timeout` is exit 2."""
-        self.check_address()
+        self.check_address()  # once: jobs.build_many checked it before any work
         import ray
 
         kwargs: dict[str, Any] = {"logging_level": "ERROR", "log_to_driver": False}

@@ -16,7 +16,7 @@ from .build import BuildOptions
 from .errors import ConfigError, MscompileError
 from .farm import Farm, FarmReport, merge, run_shared
 from .tasks import load_config, task_of
-from .tracking import TrackingError, TrackingSettings, flush, make_record, preflight, resolve, submit
+from .tracking import TrackingError, TrackingSettings, flush, make_record, preflight, resolve, scrub_uri, submit
 
 # the exit code of several models: the first of these any model ended with, else 0
 EXIT_PRIORITY = (2, 1, 3)
@@ -53,12 +53,24 @@ class Outcome:
         return self.error.exit_code if self.error is not None else 0
 
     def to_json(self) -> dict[str, Any]:
-        out = self.result.to_json() if self.result is not None else {"model": self.cfg.name}
+        if self.error is not None:
+            out = error_summary(self.error, self.result)
+        else:
+            out = self.result.to_json() if self.result is not None else {}
+        out.setdefault("model", self.cfg.name)
         if self.tracked is not None:
             out["mlflow"] = self.tracked
-        if self.error is not None:
-            out["error"] = str(self.error)
         return out
+
+
+def error_summary(exc: MscompileError, result: Any) -> dict[str, Any]:
+    """A build that ended in an error, as --json says it: the summary so far (the variants
+    whose gates ran), the error, its problems and the exit code."""
+    out = result.to_json() if result is not None else {}
+    out.update(error=str(exc), exit_code=exc.exit_code)
+    if len(getattr(exc, "problems", None) or []) > 1:
+        out["problems"] = exc.problems
+    return out
 
 
 @dataclass
@@ -109,7 +121,7 @@ def record(
         out = submit(rec, state, sync)
         return {"tracking_uri": settings.shown, "experiment": settings.experiment, **out}
     except Exception as exc:  # the build is done; say what went wrong with its record (no credentials)
-        warn(f"could not record the build in MLflow: {type(exc).__name__}: {exc}".replace(settings.uri, settings.shown))
+        warn(scrub_uri(f"could not record the build in MLflow: {type(exc).__name__}: {exc}", settings.uri))
         return None
 
 

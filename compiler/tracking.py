@@ -296,12 +296,19 @@ def flush(state_dir: Path, warn: Any = None) -> int:
 
 
 def scrub(text: str, record: Path) -> str:
-    """`text` without the credentials of the record's tracking URI."""
+    """`text` without the credentials of the spooled record's tracking URI."""
     try:
         uri = json.loads(record.read_text())["settings"]["uri"]
     except (OSError, ValueError, KeyError, TypeError):
         return text
-    return text.replace(uri, redact_url(uri)) if uri != redact_url(uri) else text
+    return scrub_uri(text, uri)
+
+
+def scrub_uri(text: str, uri: str) -> str:
+    """`text` with every mention of `uri` (with or without a trailing /) redacted: what
+    mlflow and its errors print is built from the URI, credentials included."""
+    bare = uri.rstrip("/")
+    return text.replace(bare, redact_url(bare)) if bare != redact_url(bare) else text
 
 
 @contextlib.contextmanager
@@ -342,7 +349,9 @@ def log_spooled(path: Path) -> str | None:
             with _flock(_store_lock(record, path.parent), blocking=True):
                 run_id = log_record(record)
         except Exception as exc:
-            path.with_suffix(".error").write_text(f"{type(exc).__name__}: {exc}\n")
+            path.with_suffix(".error").write_text(
+                scrub_uri(f"{type(exc).__name__}: {exc}\n", record["settings"]["uri"])
+            )
             raise
         path.unlink()
         for suffix in (".error", ".log", ".lock"):
@@ -362,10 +371,10 @@ class _Scrubbed:
     prints run links built from the tracking URI)."""
 
     def __init__(self, out: Any, uri: str) -> None:
-        self.out, self.uri, self.shown = out, uri, redact_url(uri)
+        self.out, self.uri = out, uri
 
     def write(self, text: str) -> int:
-        return self.out.write(text.replace(self.uri.rstrip("/"), self.shown.rstrip("/")))
+        return self.out.write(scrub_uri(text, self.uri))
 
     def flush(self) -> None:
         self.out.flush()

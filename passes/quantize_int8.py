@@ -60,6 +60,8 @@ def index_path_nodes(model) -> set[str]:
     Quantizing them moves the indices (a Gather then reads index -9.2e18): they stay float."""
     import onnx
 
+    if not any(n.op_type == "Cast" and _attr(n, "to", 0) in _INT_TYPES for n in model.graph.node):
+        return set()  # no float result becomes an integer: nothing to infer (most graphs)
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
     except Exception:  # noqa: BLE001 - a graph shape inference cannot read: nothing to exclude

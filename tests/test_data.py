@@ -91,3 +91,10 @@ def test_mismatches_name_the_array(project, arrays, message):
     with pytest.raises(InputDataError) as e:
         load_calibration(IO, CalibrationConfig(data="bad.npz"))
     assert message in str(e.value)
+
+
+def test_a_text_sample_beyond_the_line_limit_is_refused_before_the_tokenizer(project):
+    (project / "long.txt").write_text("ok\n" + "x" * 100_001 + "\n")
+    c = CalibrationConfig(data="long.txt", tokenizer="tok:tokenize", tokenizer_args={"width": 4})
+    with pytest.raises(InputDataError, match=r"calibration\.data: .*long\.txt: line 2 holds 100001 characters"):
+        load_calibration(IO, c)

@@ -73,6 +73,11 @@ def warn(message: str) -> None:
     click.echo(f"warning: {message}", err=True)
 
 
+def progress(silent: bool, indent: str = "  ") -> Callable[[str], None]:
+    """Where long work says what it does: stderr (stdout is the result's), or nowhere."""
+    return (lambda _m: None) if silent else (lambda m: click.echo(f"{indent}{m}", err=True))
+
+
 def fail(exc: BaseException, debug: bool) -> None:
     if debug:
         traceback.print_exception(exc)

@@ -15,14 +15,14 @@ from ..build import BuildOptions
 from ..config import resolve_path
 from ..errors import AccuracyGateError, ConfigError, MscompileError, TargetSkippedError
 from ..handoff import dumps
-from ..jobs import Tracking, build_many, build_one, tracking_settings
+from ..jobs import Tracking, build_many, build_one, error_summary, tracking_settings
 from ..reference import markdown as reference_page
 from ..report import latest_manifest, write_report
 from ..state import State
 from ..tasks import json_schema, load_config, task_of
 from ..tracking import flush, list_runs, preflight, resolve
 from . import render
-from .app import CACHE_DIR_OPT, CONFIG_ARG, json_stdout, main, run, server_options, warn
+from .app import CACHE_DIR_OPT, CONFIG_ARG, json_stdout, main, progress, run, server_options, warn
 
 __all__ = ["main"]
 
@@ -122,18 +122,18 @@ def build(
                 outcome = build_one(cfg, config, opts, settings, sync, warn)
             except MscompileError as exc:
                 if as_json:  # what ran before the error (the gates that passed), then the error
-                    emit(json.dumps(error_json(exc, exc.result), indent=2, default=str))
+                    emit(json.dumps(error_summary(exc, exc.result), indent=2, default=str))
                 elif isinstance(exc, (AccuracyGateError, TargetSkippedError)) and exc.result is not None:
                     render.print_summary(exc.result)
                 raise
             checked = None
             if serve_check:
-                say = (lambda m: None) if as_json else (lambda m: click.echo(f"  {m}", err=True))
+                say = progress(as_json)
                 try:
                     checked = task_of(cfg).serve_check(cfg, opts.state, None, say, server)
                 except MscompileError as exc:
                     if as_json:
-                        out = dict(error_json(exc, outcome.result), serve_check=exc.summary)
+                        out = dict(error_summary(exc, outcome.result), serve_check=exc.summary)
                         emit(json.dumps(out, indent=2, default=str))
                     else:
                         render.print_summary(outcome.result)
@@ -155,16 +155,6 @@ def build(
     run(ctx, go)
 
 
-def error_json(exc: MscompileError, result: Any) -> dict[str, Any]:
-    """--json's answer when a build ends in an error: the build's summary so far (the
-    variants whose gates ran), the error, its problems and the exit code."""
-    out = result.to_json() if result is not None else {}
-    out.update(error=str(exc), exit_code=exc.exit_code)
-    if getattr(exc, "problems", None) and len(exc.problems) > 1:
-        out["problems"] = exc.problems
-    return out
-
-
 def _build_many(
     ctx: click.Context,
     configs: list[Path],
@@ -175,8 +165,7 @@ def _build_many(
 ) -> None:
     """Several models, or a farm (jobs.build_many): one summary each as it ends, then the
     farm's line; the exit code is the worst of the models' (2, 1, 3, 0)."""
-    quiet = opts.quiet
-    say = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
+    say = progress(opts.quiet, indent="")
     with json_stdout(as_json) as emit:
         try:
             many = build_many(
@@ -190,7 +179,7 @@ def _build_many(
             )
         except MscompileError as exc:  # before any model was built (a config, the farm's address)
             if as_json:
-                emit(json.dumps(dict(error_json(exc, None), models=[]), indent=2))
+                emit(json.dumps(dict(error_summary(exc, None), models=[]), indent=2))
             raise
         if as_json:
             emit(json.dumps(many.to_json(), indent=2, default=str))
@@ -349,7 +338,7 @@ def serve_check_cmd(
     def go() -> None:
         cfg = load_config(config)
         state = State.resolve(cache_dir)
-        say = (lambda m: None) if as_json else (lambda m: click.echo(f"  {m}", err=True))
+        say = progress(as_json)
 
         def check() -> Any:
             return task_of(cfg).serve_check(cfg, state, version, say, dict(kw, rayserve=rayserve))
@@ -382,7 +371,7 @@ def deploy(
             raise ConfigError("deploy: give --url and/or --grpc-url of the running server that reads this repository")
         cfg = load_config(config)
         state = State.resolve(cache_dir)
-        say = (lambda m: None) if as_json else (lambda m: click.echo(f"  {m}", err=True))
+        say = progress(as_json)
 
         def ok(out: dict[str, Any]) -> None:
             render.print_check(out["check"])

@@ -216,7 +216,7 @@ def publish(
             if prior == digests:
                 wanted = config_for(existing[-1])
                 _, served, dropped = _matching(model_dir, wanted, existing, name, new=existing[-1])
-                text = _pinned(wanted, existing, name, only=served or None)
+                text = _pinned(wanted, existing, name, only=served)
                 if before != text:
                     _write_config(model_dir, text)
                 # nothing new: nothing to prune
@@ -224,7 +224,7 @@ def publish(
         version = (existing[-1] + 1) if existing else 1
         wanted = config_for(version)
         sig, served, dropped = _matching(model_dir, wanted, [*existing, version], name, new=version)
-        text = _pinned(wanted, [*existing, version], name, only=served or None)
+        text = _pinned(wanted, [*existing, version], name, only=served)
         warnings += dropped
         if before is not None and served_before and _policy_kind(before) != "specific":
             # a config that serves by rule (latest N) would serve the new folder the

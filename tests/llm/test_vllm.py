@@ -57,10 +57,10 @@ def test_llm_text_files_are_bounded_before_any_work(tmp_path):
     """A validation text of one 40 MB line passed validate, then the tokenizer hit the
     memory cap (SIGABRT); 300,000 lines were accepted where the docs say 100,000."""
     cases = {
-        "long.txt": "x" * 100_001 + "\n",
-        "many.txt": "a line\n" * 100_001,
+        "long.txt": ("x" * 100_001 + "\n", "line 1 holds 100001 characters, above the 100000 limit"),
+        "many.txt": ("a line\n" * 100_001, "100001 lines, above the 100000 limit"),
     }
-    for name, text in cases.items():
+    for name, (text, reason) in cases.items():
         (tmp_path / name).write_text(text)
         cfg = yaml.safe_load(EXAMPLE.read_text())
         cfg["validation"]["text"] = str(tmp_path / name)
@@ -69,6 +69,7 @@ def test_llm_text_files_are_bounded_before_any_work(tmp_path):
             r = run_cli(command, str(path), env={"MSCOMPILE_HOME": str(tmp_path / "home")})
             assert r.returncode == 2, (name, command, r.stderr)
             assert "validation.text: " in r.stderr and "within the limits" in r.stderr, r.stderr
+            assert reason in r.stderr, r.stderr
     assert "line 1 holds 100001 characters" in r.stderr or "100001 lines" in r.stderr
     assert not (tmp_path / "home" / "cache").exists()
 
