@@ -100,3 +100,11 @@ def test_every_client_is_replayed_and_judged_in_one_row_shape():
     assert failures == ["http: y: max_abs 5 > 0.5"]
     _, unprefixed = check_clients([_Client("http", False, wrong={4})], 6, 2, judge, said.append, "m")
     assert unprefixed == ["y: max_abs 5 > 0.5"]
+
+
+def test_the_triton_check_waits_120_s_for_a_load_unless_told(tmp_path):
+    from mscompile.tasks.tensor import check_options
+
+    assert check_options({"url": "h:1"}, None, print).load_timeout == 120.0
+    assert check_options({"url": "h:1", "load_timeout": None}, None, print).load_timeout == 120.0
+    assert check_options({"url": "h:1", "load_timeout": 7.0}, None, print).load_timeout == 7.0

@@ -186,3 +186,13 @@ def test_a_config_serves_only_versions_published_with_its_io(tmp_path):
     with pytest.raises(Exception, match=r"version\(s\) 1 of m were published with other inputs/outputs"):
         publish(repo, "m", _files(tmp_path, b"d"), _config("scores", "specific { versions: [ 1 ] }"), {})
     assert _served(repo) == [2, 3] and versions(repo / "m") == [1, 2, 3]  # the refusal changed nothing
+
+
+def test_a_version_without_a_signature_is_not_served_under_a_new_config(tmp_path):
+    """Versions published by an older mscompile record no io_sha256: their I/O is unknown."""
+    repo = tmp_path / "repo"
+    publish(repo, "m", _files(tmp_path, b"a"), _config("scores"), {})
+    man = repo / "m/1/build_manifest.json"
+    man.write_text(json.dumps({k: v for k, v in json.loads(man.read_text()).items() if k != "io_sha256"}))
+    p2 = publish(repo, "m", _files(tmp_path, b"b"), _config("scores"), {})
+    assert _served(repo) == [2] and "version(s) 1 were published with other inputs/outputs" in p2.warnings[0]
