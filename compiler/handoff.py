@@ -257,10 +257,17 @@ class TritonClient:
         served: dict[str, Any],
         feeds: dict[str, np.ndarray],
         proto: str,
+        batch_axis: bool = True,
     ) -> None:
         self.protocol, self.lib, self.url, self.control = proto, lib, url, control
         self.name, self.version, self.feeds = name, version, feeds
-        self.batching = int(served.get("max_batch_size", 0)) > 0
+        # one request per sample where the server takes a batch dimension: Triton's own
+        # (max_batch_size > 0), or the model's batch axis left variable in a config
+        # without batching (its model runs each request at its own shape)
+        first = [list(i.get("dims", []))[:1] for i in served.get("input", [])]
+        self.batching = int(served.get("max_batch_size", 0)) > 0 or (
+            batch_axis and bool(first) and all(d in (["-1"], [-1]) for d in first)
+        )
         inputs = [(i["name"], i["data_type"].replace("TYPE_", "")) for i in served.get("input", [])]
         self.outputs = [o["name"] for o in served.get("output", [])]
         missing = [k for k, _ in inputs if k not in feeds]
@@ -405,7 +412,15 @@ def _check(
     served = _served_config(control, name, version)
     clients = [
         TritonClient(
-            lib, opts.grpc_url if proto == "grpc" else opts.http_url, control, name, version, served, feeds, proto
+            lib,
+            opts.grpc_url if proto == "grpc" else opts.http_url,
+            control,
+            name,
+            version,
+            served,
+            feeds,
+            proto,
+            batch_axis=io.has_batch_axis(),
         )  # type: ignore[arg-type]
         for proto, lib in libs.items()
     ]
@@ -453,7 +468,15 @@ def why_not_loaded(client: Any, name: str, exc: BaseException, opts: CheckOption
                 text = line.split("] ", 1)[-1].strip().strip('"')
                 if text not in parts:
                     parts.append(text)
-    return "; ".join(parts[:4])
+    text = "; ".join(parts[:4])
+    if "unknown Execution Accelerator 'openvino'" in text:
+        text += (
+            " (this Triton's onnxruntime backend was built without ONNX Runtime's OpenVINO execution provider: "
+            "use a backend built with it (cmake -DTRITON_ENABLE_ONNXRUNTIME_OPENVINO=ON), "
+            "drop cpu.accelerator, or serve the IR with a backend: openvino target; the build gated this variant "
+            "on ONNX Runtime and on the OpenVINO runtime directly, not through that provider)"
+        )
+    return text
 
 
 def _ready(client: Any, name: str, version: int) -> bool:

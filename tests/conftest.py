@@ -9,12 +9,22 @@ import onnxruntime.transformers.onnx_model  # noqa: F401
 import pytest
 import yaml
 from helpers import REPO, TINY_MODEL_SRC
+from triton_harness import triton
 
 # onnxruntime.transformers appends its own folder to sys.path on first import (its
 # modules import each other as top-level modules). Imported inside a test that uses
 # monkeypatch.syspath_prepend, that entry would vanish when sys.path is restored,
 # and later fp16 conversions in this process fail (No module named
 # 'shape_infer_helper'): import it once, before any test.
+
+
+@pytest.fixture(scope="session")
+def tri():
+    """A real Triton server (with the stand-in backends), or a skip with the reason."""
+    t = triton()
+    if isinstance(t, str):
+        pytest.skip(t)
+    return t
 
 
 @pytest.fixture(autouse=True)

@@ -10,19 +10,11 @@ import numpy as np
 import onnx
 import pytest
 from helpers import REPO, make_tiny_project, requires, run_cli, write_config
-from triton_harness import triton
-
-
-@pytest.fixture(scope="session")
-def tri():
-    t = triton()
-    if isinstance(t, str):
-        pytest.skip(t)
-    return t
+from triton_harness import server_args
 
 
 def _server_args(tri) -> list[str]:
-    return ["--tritonserver", str(tri.binary), f"--tritonserver-arg=--backend-directory={tri.backends}"]
+    return server_args(tri)
 
 
 @pytest.fixture

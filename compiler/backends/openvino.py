@@ -26,7 +26,7 @@ from pydantic import Field
 from ..artifacts import Artifact
 from ..pipeline import Status, Step
 from ..runtimes import openvino_session
-from ..sections import Section, TargetBase
+from ..sections import Section, TargetBase, is_dynamic
 from ..tritonrepo.config import base_model_config
 from .base import (
     Backend,
@@ -46,7 +46,22 @@ if TYPE_CHECKING:
 
 
 class OpenVinoServing(Section):
-    """Parameters of Triton's OpenVINO backend (config.pbtxt `parameters`)."""
+    """Parameters of Triton's OpenVINO backend (config.pbtxt `parameters`) and how
+    the config batches.
+
+    The backend's rules (its src/openvino.cc): with `max_batch_size` > 0 it
+    reshapes the model to a static batch of exactly `max_batch_size` and refuses
+    every execution of another total batch, unless `ENABLE_BATCH_PADDING` is YES,
+    which zero-fills the rest (every execution then computes a full batch). With
+    `max_batch_size: 0` the model keeps its dynamic shapes and each request runs
+    as sent, which is what the gate measured."""
+
+    batching: Literal["none", "pad"] = Field(
+        default="none",
+        description="none: max_batch_size 0, each request runs at its own shape (as gated); "
+        "pad: max_batch_size from triton:, requests batched by Triton and zero-padded to it "
+        "(ENABLE_BATCH_PADDING; every execution computes a full batch; needs static non-batch dims)",
+    )
 
     performance_hint: Literal["LATENCY", "THROUGHPUT"] = Field(
         default="LATENCY", description="LATENCY for few concurrent clients, THROUGHPUT for many"
@@ -102,6 +117,21 @@ class OpenVinoBackend(Backend):
             for k in INT8_KEYS:
                 if k in t.model_fields_set:
                     out.append(f"{key}.{k}: only applies to precision: int8 (this target is {t.precision})")
+        if cfg.pipeline is not None and t.openvino.batching == "none" and cfg.max_batch_size() > 0:
+            out.append(
+                f"{key}.openvino.batching: none serves without batching (max_batch_size 0), which a Triton "
+                "ensemble that batches cannot contain; set openvino.batching: pad (needs static non-batch dims) "
+                "or serve the pipeline with another backend's target"
+            )
+        if t.openvino.batching == "pad":
+            dynamic = [f"{i.name}[{a}]" for i in cfg.inputs for a, d in enumerate(i.shape) if a > 0 and is_dynamic(d)]
+            if not cfg.has_batch_axis() or cfg.max_batch_size() == 0:
+                out.append(f"{key}.openvino.batching: pad needs a batch dimension and triton.max_batch_size > 0")
+            elif dynamic:
+                out.append(
+                    f"{key}.openvino.batching: pad needs every non-batch dimension static, but {', '.join(dynamic)} "
+                    "vary (Triton's OpenVINO backend pads into the compiled shape); use batching: none"
+                )
         gpu_groups = [i for i, g in enumerate(cfg.triton.instance_group) if g.kind == "KIND_GPU"]
         if gpu_groups:
             out.append(
@@ -168,10 +198,25 @@ class OpenVinoBackend(Backend):
         artifact: Artifact | None,
         profile: dict[str, Any] | None = None,
     ) -> list[ServedModel]:
-        mc = base_model_config(
-            cfg, name, io_sig, backend="openvino", filename="model.xml", on_gpu=False, profile=profile
-        )
         o = t.openvino
+        pad = o.batching == "pad"
+        mc = base_model_config(
+            cfg,
+            name,
+            io_sig,
+            backend="openvino",
+            filename="model.xml",
+            on_gpu=False,
+            profile=profile,
+            max_batch_size=None if pad else 0,
+        )
+        if pad:
+            mc.parameters["ENABLE_BATCH_PADDING"].string_value = "YES"
+            db = cfg.triton.dynamic_batching
+            if mc.HasField("dynamic_batching") and not (db and db.preferred_batch_size):
+                # only a full batch wastes nothing: let the batcher aim for it
+                del mc.dynamic_batching.preferred_batch_size[:]
+                mc.dynamic_batching.preferred_batch_size.append(mc.max_batch_size)
         mc.parameters["PERFORMANCE_HINT"].string_value = o.performance_hint
         if o.num_streams is not None:
             mc.parameters["NUM_STREAMS"].string_value = str(o.num_streams)

@@ -57,11 +57,12 @@ def _dtype(spec: dict[str, Any]) -> Any:
     return pb.DataType.Value(name)
 
 
-def _opt_dims(io: IOSpec, name: str) -> tuple[int, list[int]]:
-    """Warm-up batch and dims from the range's opt shape (1 for unbounded dynamic dims)."""
+def _opt_dims(io: IOSpec, name: str, batched: bool = True) -> tuple[int, list[int]]:
+    """Warm-up batch and dims from the range's opt shape (1 for unbounded dynamic dims);
+    a config without batching (max_batch_size 0) gets the whole shape as its dims."""
     inp = next(i for i in io.inputs if i.name == name)
     shape = list(inp.range.opt) if inp.range else [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
-    if io.has_batch_axis():
+    if io.has_batch_axis() and batched:
         return shape[0], shape[1:]
     return 1, shape
 
@@ -83,15 +84,18 @@ def base_model_config(
     platform: str = "",
     on_gpu: bool = False,
     profile: dict[str, Any] | None = None,
+    max_batch_size: int | None = None,
 ) -> Any:
     """The part of a ModelConfig every backend shares: inputs and outputs from the
     real graph's signature, batching, instances, version policy and warm-up, from
     the `triton` section. `profile` (the variant's latency profile) gives the
-    preferred batch size when model.yaml does not. A backend adds its own fields."""
+    preferred batch size when model.yaml does not. `max_batch_size` overrides the
+    section's where a backend's batching rules need another (0: no batching, the
+    batch dimension is then part of every tensor's dims). A backend adds its own fields."""
 
     pb = triton_pb()
     t = cfg.triton
-    mbs = cfg.max_batch_size()
+    mbs = cfg.max_batch_size() if max_batch_size is None else max_batch_size
     batched = mbs > 0
     mc = pb.ModelConfig(
         name=model_name, platform=platform, backend=backend, max_batch_size=mbs, default_model_filename=filename
@@ -124,7 +128,7 @@ def base_model_config(
     if t.warmup:
         w = mc.model_warmup.add(name="mscompile_opt_shape")
         for spec in io_sig["inputs"]:
-            batch, dims = _opt_dims(cfg.io, spec["name"])
+            batch, dims = _opt_dims(cfg.io, spec["name"], batched)
             w.batch_size = batch if batched else 0
             w.inputs[spec["name"]].data_type = _dtype(spec)
             w.inputs[spec["name"]].dims.extend(dims)

@@ -78,7 +78,10 @@ def test_serving_parses_as_tritons_model_config(backend, precision):
         mc = parse(to_text(m.config))
         assert mc.name == m.name and (mc.backend or mc.platform)
         assert [i.name for i in mc.input] == ["images"] and [o.name for o in mc.output] == ["logits"]
-        assert mc.max_batch_size == 64 and list(mc.input[0].dims) == [1, 8, 8]
+        if backend == "openvino":  # its backend reshapes a batching config to a static batch: none
+            assert mc.max_batch_size == 0 and list(mc.input[0].dims) == [-1, 1, 8, 8]
+        else:
+            assert mc.max_batch_size == 64 and list(mc.input[0].dims) == [1, 8, 8]
 
 
 # every message a backend's problems() (and the core's cross-field checks) can give,
@@ -164,6 +167,36 @@ PROBLEMS = {
                 d["triton"].update(instance_group=[{"kind": "KIND_GPU"}]),
             ),
             "triton.instance_group[0].kind: KIND_GPU cannot serve openvino target 'o'",
+        ),
+        (
+            lambda d: (
+                d["targets"].append({"name": "o", "backend": "openvino", "openvino": {"batching": "pad"}}),
+                d["triton"].update(max_batch_size=0, dynamic_batching=None),
+            ),
+            "targets[3].openvino.batching: pad needs a batch dimension and triton.max_batch_size > 0",
+        ),
+        (
+            lambda d: (
+                d["targets"].append({"name": "o", "backend": "openvino", "openvino": {"batching": "pad"}}),
+                d["inputs"][0].update(shape=[-1, 1, -1, 8]),
+            ),
+            "targets[3].openvino.batching: pad needs every non-batch dimension static, but images[2] vary",
+        ),
+        (
+            lambda d: (
+                d["targets"].append({"name": "o", "backend": "openvino"}),
+                d.update(
+                    pipeline={
+                        "preprocess": {
+                            "function": "examples.minilm.pipeline:preprocess",
+                            "inputs": [{"name": "text", "dtype": "string", "shape": [1]}],
+                        },
+                        "validation": "calibration_data/minilm_val.txt",
+                    }
+                ),
+            ),
+            "targets[3].openvino.batching: none serves without batching (max_batch_size 0), which a Triton "
+            "ensemble that batches cannot contain",
         ),
     ],
 }

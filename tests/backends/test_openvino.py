@@ -4,12 +4,14 @@ runtime, profiles, the Triton OpenVINO backend's config, and the recovery try
 
 import importlib.util
 import json
+import shutil
 
 import numpy as np
 import pytest
 import yaml
 from helpers import REPO, run_cli, write_config
-from mscompile.tritonrepo.config import parse
+from mscompile.tritonrepo.config import parse, to_text
+from triton_harness import server_args
 
 MISSING = [m for m in ("openvino", "nncf") if importlib.util.find_spec(m) is None]
 pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"needs {', '.join(MISSING)} (pip install 'mscompile[openvino]')")
@@ -22,18 +24,28 @@ def ov_config(tmp_path) -> dict:
     return cfg
 
 
-def test_openvino_variants_are_gated_on_openvino_and_published_for_its_backend(tmp_path, ov_config):
+@pytest.fixture(scope="module")
+def ov_build(tmp_path_factory):
+    """examples/digits/model_openvino.yaml built once for this module: (folder, config path, summary)."""
+    tmp_path = tmp_path_factory.mktemp("ov")
+    cfg = yaml.safe_load((REPO / "examples/digits/model_openvino.yaml").read_text())
+    cfg["triton"]["repository"] = str(tmp_path / "repo")
+    path = write_config(cfg, tmp_path / "model.yaml")
+    r = run_cli("build", str(path), "--json", env={"MSCOMPILE_HOME": str(tmp_path / "home")})
+    assert r.returncode == 0, r.stderr
+    return tmp_path, path, json.loads(r.stdout)
+
+
+def test_openvino_variants_are_gated_on_openvino_and_published_for_its_backend(ov_build):
     import openvino as ov
 
-    path = write_config(ov_config, tmp_path / "model.yaml")
+    tmp_path, path, out = ov_build
     home = {"MSCOMPILE_HOME": str(tmp_path / "home")}
-    r = run_cli("build", str(path), "--json", env=home)
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout)
     v = {x["name"]: x for x in out["variants"]}
     assert v["ov_fp32"]["gated_on"] == ["openvino"] and v["ov_int8"]["gated_on"] == ["openvino"]
     # served through ONNX Runtime's OpenVINO accelerator: gated on both runtimes
     assert v["ort_ov"]["gated_on"] == ["onnxruntime", "openvino"]
+    assert "not through ONNX Runtime's OpenVINO execution provider" in v["ort_ov"]["served_by"]
     assert v["ov_int8"]["quantization"]["quantizer"] == "nncf.quantize"
     assert v["ov_int8"]["quantization"]["fake_quantize_nodes"] > 0
     assert v["ov_int8"]["metrics"]["accuracy_drop"] <= 0.5
@@ -71,3 +83,69 @@ def test_int8_that_misses_its_gate_tries_nncf_accuracy_control_then_fails_with_e
     assert "cosine_min" in v["reason"] and "after 2 NNCF tries" in v["reason"]
     assert v["quantization"]["quantizer"] == "nncf.quantize_with_accuracy_control"
     assert not (tmp_path / "repo").exists()
+
+
+def test_every_openvino_variant_serves_the_gates_answers_on_triton(tri, ov_build):
+    """On Triton with the openvino stand-in, which refuses what Triton's C++ OpenVINO
+    backend refuses (see triton_harness.py), every published variant loads and answers
+    one request per sample (batch 1) with what its gate measured."""
+    tmp_path, path, out = ov_build
+    for variant in ("ov_fp32", "ov_int8", "ort_ov"):
+        name = f"digits_ov_{variant}"
+        mc = parse((tmp_path / "repo" / name / "config.pbtxt").read_text())
+        if mc.backend == "openvino":
+            # the backend reshapes a batching config to a static batch: none here
+            assert mc.max_batch_size == 0 and list(mc.input[0].dims) == [-1, 1, 8, 8]
+            assert not mc.HasField("dynamic_batching")
+        r = run_cli("serve-check", str(path), "--model", name, *server_args(tri), "--json")
+        assert r.returncode == 0, (variant, r.stderr)
+        s = json.loads(r.stdout)
+        gate = next(v for v in out["variants"] if v["name"] == variant)["metrics"]
+        for proto in ("grpc", "http"):
+            p = s["protocols"][proto]
+            assert p["requests"] == 360 and p["passed"], (variant, proto, p)
+            assert p["metrics"]["accuracy"] == pytest.approx(gate["accuracy"]), (variant, proto)
+
+
+def test_openvino_stand_in_refuses_a_batch_the_real_backend_refuses(tri, ov_build, tmp_path):
+    """A config as mscompile wrote it before (max_batch_size 64, dynamic batching, no
+    padding) loads READY and then fails every batch-1 request, as on the real backend;
+    with ENABLE_BATCH_PADDING it serves."""
+    src, path, _ = ov_build
+    cfg = yaml.safe_load(path.read_text())
+    cfg["triton"]["repository"] = str(tmp_path / "repo")
+    shutil.copytree(src / "repo", tmp_path / "repo")
+    new = write_config(cfg, tmp_path / "model.yaml")
+    pbtxt = tmp_path / "repo" / "digits_ov_ov_fp32" / "config.pbtxt"
+    mc = parse(pbtxt.read_text())
+    mc.max_batch_size = 64
+    for io in (*mc.input, *mc.output):
+        del io.dims[0]
+    mc.dynamic_batching.max_queue_delay_microseconds = 500
+    del mc.model_warmup[:]
+    pbtxt.write_text(to_text(mc))
+    args = ("serve-check", str(new), "--model", "digits_ov_ov_fp32", *server_args(tri), "--protocol", "grpc")
+    r = run_cli(*args)
+    assert r.returncode == 1, r.stderr
+    assert "expected requests with batch size '64', got '1'" in r.stderr, r.stderr
+    mc.parameters["ENABLE_BATCH_PADDING"].string_value = "YES"
+    pbtxt.write_text(to_text(mc))
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+
+
+def test_onnxruntime_openvino_accelerator_needs_a_backend_with_openvinos_provider(tri, ov_build):
+    """Where Triton's onnxruntime backend was built without ONNX Runtime's OpenVINO
+    execution provider the config does not load; serve-check says what it needs."""
+    _, path, _ = ov_build
+    r = run_cli(
+        "serve-check",
+        str(path),
+        "--model",
+        "digits_ov_ort_ov",
+        *server_args(tri),
+        env={"MSCOMPILE_TEST_ORT_WITHOUT_OPENVINO": "1"},
+    )
+    assert r.returncode == 1, r.stderr
+    assert "unknown Execution Accelerator 'openvino'" in r.stderr, r.stderr
+    assert "OpenVINO execution provider" in r.stderr and "backend: openvino" in r.stderr, r.stderr

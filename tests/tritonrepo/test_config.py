@@ -95,3 +95,50 @@ def test_every_generated_config_parses_back_unchanged():
             assert "${" not in text and "{{" not in text
             assert parse(text) == m.config, name
     assert all_backends()
+
+
+def _ov_cfg(batching: str | None, example: str = "digits/model.yaml", preferred=None):
+    d = yaml.safe_load((REPO / "examples" / example).read_text())
+    if preferred is not None:
+        d["triton"]["dynamic_batching"]["preferred_batch_size"] = preferred
+    t = {"name": "ov", "backend": "openvino", "precision": "fp32"}
+    if batching:
+        t["openvino"] = {"batching": batching}
+    d["targets"] = [t]
+    return parse_config(d)
+
+
+def test_openvino_config_without_batching_by_default():
+    """Triton's OpenVINO backend refuses any batch but max_batch_size unless it pads:
+    by default the config does not batch and each request runs at its own shape."""
+    mc = parse(to_text(model_config(_ov_cfg(None), "digits", DIGITS_IO)))
+    assert mc.backend == "openvino" and mc.max_batch_size == 0
+    assert list(mc.input[0].dims) == [-1, 1, 8, 8] and list(mc.output[0].dims) == [-1, 10]
+    assert not mc.HasField("dynamic_batching") and "ENABLE_BATCH_PADDING" not in mc.parameters
+    w = mc.model_warmup[0]
+    assert w.batch_size == 0 and list(w.inputs["images"].dims) == [8, 1, 8, 8]
+
+
+def test_openvino_padding_batches_to_full_executions():
+    mc = parse(to_text(model_config(_ov_cfg("pad", preferred=[]), "digits", DIGITS_IO)))
+    assert mc.max_batch_size == 64 and list(mc.input[0].dims) == [1, 8, 8]
+    assert mc.parameters["ENABLE_BATCH_PADDING"].string_value == "YES"
+    assert list(mc.dynamic_batching.preferred_batch_size) == [64]  # only a full batch wastes nothing
+    # sizes model.yaml gives are kept
+    mc = parse(to_text(model_config(_ov_cfg("pad"), "digits", DIGITS_IO)))
+    assert list(mc.dynamic_batching.preferred_batch_size) == [8, 16]
+
+
+def test_openvino_padding_refused_with_dynamic_non_batch_dims():
+    with pytest.raises(ConfigError) as e:
+        _ov_cfg("pad", "minilm/model.yaml")
+    assert "openvino.batching: pad needs every non-batch dimension static" in str(e.value)
+    assert "input_ids[1]" in str(e.value) and "batching: none" in str(e.value)
+
+
+def test_openvino_without_batching_refused_inside_a_batching_ensemble():
+    d = yaml.safe_load((REPO / "examples/minilm/model.yaml").read_text())
+    d["targets"] = [{"name": "ov", "backend": "openvino", "precision": "fp32"}]
+    with pytest.raises(ConfigError) as e:
+        parse_config(d)
+    assert "a Triton ensemble that batches cannot contain" in str(e.value)
