@@ -33,18 +33,36 @@ CHECKPOINT_FILES = (
     "tokenizer_config.json",
     "special_tokens_map.json",
     "vocab.json",
+    "vocab.txt",
     "merges.txt",
     "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "added_tokens.json",
+    # transformers 5 writes a tokenizer's chat template here, not in tokenizer_config.json
+    "chat_template.jinja",
+    "chat_template.json",
+    "preprocessor_config.json",
+    "processor_config.json",
 )
+TEMPLATES_DIR = "additional_chat_templates"  # named chat templates, one .jinja file each
 
 
 def copy_checkpoint(src: Path, dst: Path) -> None:
+    """The weights and every file a tokenizer or processor reads (chat templates
+    included); never the checkpoint's own code."""
     dst.mkdir(parents=True, exist_ok=True)
     for f in sorted(src.iterdir()):
         if f.is_file() and (
             f.name in CHECKPOINT_FILES or f.suffix == ".safetensors" or f.name.endswith(".safetensors.index.json")
         ):
             shutil.copyfile(f, dst / f.name)
+    templates = src / TEMPLATES_DIR
+    if templates.is_dir():
+        (dst / TEMPLATES_DIR).mkdir(exist_ok=True)
+        for f in sorted(templates.glob("*.jinja")):
+            if f.is_file():
+                shutil.copyfile(f, dst / TEMPLATES_DIR / f.name)
 
 
 def score(model: Any, texts: list[list[int]], prompts: list[list[int]], new_tokens: int) -> tuple[list, list]:
@@ -86,7 +104,7 @@ class LoadLlmConfig(Section):
 
 class LoadLlm(Pass[HfSource, HfModel]):
     name = "load_llm"
-    version = 2
+    version = 3
     input_type = HfSource
     output_type = HfModel
     Config = LoadLlmConfig
@@ -178,6 +196,11 @@ class VllmConfig(Section):
     dtype: str = "float32"
     quantization: str | None = None
     max_model_len: int = 512
+    # the engine arguments the published model.json carries, so the gate and the
+    # profile run the engine the server runs
+    enforce_eager: bool = True
+    gpu_memory_utilization: float = 0.9
+    kv_cache_memory_bytes: int | None = None
     tolerance: LlmTolerance = LlmTolerance()
     new_tokens: int = 32
     batches: tuple[int, ...] = (1, 8)
@@ -191,6 +214,9 @@ def engine_request(mode: str, inp: HfModel, cfg: VllmConfig, **rest: Any) -> dic
         "dtype": cfg.dtype,
         "quantization": cfg.quantization,
         "max_model_len": cfg.max_model_len,
+        "enforce_eager": cfg.enforce_eager,
+        "gpu_memory_utilization": cfg.gpu_memory_utilization,
+        "kv_cache_memory_bytes": cfg.kv_cache_memory_bytes,
         **rest,
     }
 

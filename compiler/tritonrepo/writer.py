@@ -233,6 +233,7 @@ def publish(
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
         try:
             for rel, src in files.items():
+                (staging / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src, staging / rel)
             for rel, render in (templates or {}).items():  # files that name their own version
                 (staging / rel).write_text(render(version))

@@ -26,6 +26,11 @@ HERE = Path(__file__).resolve().parent
 MODEL = HERE / "model"
 DATA = HERE / "data"
 VOCAB = 2048
+# a plain chat template, so the checkpoint carries one as real chat models do
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<s>assistant: {% endif %}"
+)
 CONTEXT = 128
 
 
@@ -74,6 +79,7 @@ def main() -> None:
     tok.train_from_iterator(train, trainer)
     MODEL.mkdir(parents=True, exist_ok=True)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    fast.chat_template = CHAT_TEMPLATE  # transformers 5 writes it to chat_template.jinja
     fast.save_pretrained(str(MODEL))
 
     ids = []

