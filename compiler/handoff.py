@@ -595,7 +595,9 @@ def summary_lines(s: dict[str, Any]) -> list[str]:
         )
         lines.append(
             f"  {proto:5} {'OK  ' if r['passed'] else 'FAIL'} {r['requests']} requests at concurrency "
-            f"{r['concurrency']}: " + ", ".join(f"{k} {v} ms" for k, v in lat.items()) + f", {speed}"
+            f"{r['concurrency']}: client-side "
+            + ", ".join(f"{k} {v} ms" for k, v in lat.items())
+            + f", {speed} (the check's own requests, not a capacity measurement)"
         )
         lines.append(f"        vs the reference: {shown}")
         t = r.get("triton")

@@ -106,3 +106,12 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("mscompile figures")
         for line in FIGURES:
             terminalreporter.write_line(line)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test under tests/llm is marked `llm` (the gpu_stack leg leaves them out:
+    they never load that stack's onnx or onnxruntime)."""
+    llm = REPO / "tests" / "llm"
+    for item in items:
+        if llm in item.path.parents:
+            item.add_marker(pytest.mark.llm)

@@ -24,6 +24,11 @@ def test_answers_come_back_in_request_order_from_many_threads():
     row = done.row(8, metrics={"cosine": 1.0}, failures=[])
     assert row["requests"] == 40 and row["passed"] and set(row["latency_ms"]) == {"p50", "p90", "p99"}
     assert "not a load test" in row["latency_measured_by"]
+    # the terminal labels them the same way
+    from mscompile.handoff import summary_lines
+
+    (line,) = [x for x in summary_lines({"model": "m", "version": 1, "protocols": {"grpc": row}}) if "p50" in x]
+    assert "client-side p50" in line and "not a capacity measurement" in line
 
 
 def test_a_failed_request_is_the_servers_error():
