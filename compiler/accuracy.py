@@ -14,7 +14,7 @@ import numpy as np
 from .artifacts import TorchModel
 from .data import batches
 from .errors import ConfigError
-from .sections import IOSpec, Tolerance
+from .sections import IOSpec, Tolerance, is_dynamic
 
 
 def compare(out: np.ndarray, ref: np.ndarray, classes: bool = True) -> dict[str, float]:
@@ -166,3 +166,55 @@ def compare_llm(
     if tol.first_divergence is not None and sum(firsts) / n < tol.first_divergence:
         fails.append(f"first_divergence {sum(firsts) / n:.2f} < {tol.first_divergence:g}")
     return metrics, fails
+
+
+def shape_coverage(io: IOSpec, feeds: dict[str, np.ndarray], batch_size: int) -> list[dict[str, Any]]:
+    """Per dynamic dimension of each input with a declared range: the sizes the gate ran
+    (the validation arrays' size there; for the batch dimension, the gate's batches) and
+    the declared points (range min/opt/max) no gate figure covers. Only non-batch
+    dimensions count as not gated: the batch dimension is reported, not judged."""
+    rows: list[dict[str, Any]] = []
+    for inp in io.inputs:
+        arr = feeds.get(inp.name)
+        if inp.range is None or arr is None:
+            continue
+        for axis, d in enumerate(inp.shape):
+            if not is_dynamic(d) or axis >= arr.ndim:
+                continue
+            batch = axis == 0 and io.has_batch_axis()
+            if batch:
+                n = int(arr.shape[0])
+                gated = sorted(
+                    {min(batch_size, n)} | ({n % batch_size} if n > batch_size and n % batch_size else set())
+                )
+            else:
+                gated = [int(arr.shape[axis])]
+            declared = {"min": inp.range.min[axis], "opt": inp.range.opt[axis], "max": inp.range.max[axis]}
+            rows.append(
+                {
+                    "input": inp.name,
+                    "axis": axis,
+                    "dim": io.dim_name(inp, axis),
+                    "batch": batch,
+                    "declared": declared,
+                    "gated": gated,
+                    "not_gated": {} if batch else {k: v for k, v in declared.items() if v not in gated},
+                }
+            )
+    return rows
+
+
+def coverage_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per dimension with declared sizes no gate covers (one line per named dim)."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for r in rows:
+        if not r["not_gated"] or r["dim"] in seen:
+            continue
+        seen.add(r["dim"])
+        sizes = ", ".join(f"{v} ({k})" for k, v in r["not_gated"].items())
+        out.append(
+            f"{r['input']}[{r['axis']}] ({r['dim']}): the validation data has size {r['gated'][0]} there, "
+            f"so no gate covers the declared {sizes}; add validation data at those sizes"
+        )
+    return out

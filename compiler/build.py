@@ -114,6 +114,7 @@ class BuildResult:
     selection: str | None = None
     pipeline: dict[str, Any] | None = None  # the end-to-end gate of the ensemble
     rayserve: str | None = None  # the Ray Serve app's version folder
+    shape_coverage: list[dict[str, Any]] | None = None  # declared dynamic sizes vs the sizes gated
 
     def to_json(self) -> dict[str, Any]:
         ran, cached = passes_ran(self.records)
@@ -139,6 +140,7 @@ class BuildResult:
             "selection": self.selection,
             "pipeline": self.pipeline,
             "rayserve": self.rayserve,
+            "shape_coverage": self.shape_coverage,
         }
 
 

@@ -65,7 +65,7 @@ def describe_dataset(src: DataSource, key: str) -> Dataset:
     labels). meta['content'] is the digest of the file(s) alone: loading checks it."""
     h = hashlib.sha256()
     meta: dict = {}
-    settings = src.model_dump(mode="json", exclude={"batch_size"})
+    settings = src.model_dump(mode="json", exclude={"batch_size", "shapes"})  # neither changes the arrays
     h.update(json.dumps(settings, sort_keys=True).encode())
     if src.data is not None:
         path = resolve_path(src.data)

@@ -173,6 +173,13 @@ def render(manifest: dict[str, Any]) -> str:
         for p in manifest.get("passes", [])
     ]
     libs = ", ".join(f"{k} {v}" for k, v in (manifest.get("libraries") or {}).items())
+    shapes = [
+        f"<tr><td>{_e(r['input'])}[{r['axis']}]</td><td>{_e(r['dim'])}</td>"
+        f"<td>{_e(', '.join(f'{k} {v}' for k, v in r['declared'].items()))}</td>"
+        f"<td>{_e(', '.join(str(g) for g in r['gated']))}</td>"
+        f"<td>{'batch: not judged' if r['batch'] else _e(', '.join(f'{v} ({k})' for k, v in r['not_gated'].items()) or 'none')}</td></tr>"
+        for r in manifest.get("shape_coverage") or []
+    ]
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>
 <style>
@@ -188,6 +195,8 @@ with mscompile {_e(manifest.get("mscompile", ""))}.</p>
 <h2>Variants</h2>
 <table><tr><th>variant</th><th>backend</th><th>precision</th><th>status</th><th>served by</th><th>gated on</th><th>size</th><th>parity vs PyTorch</th><th>p50 latency</th><th>notes</th></tr>
 {"".join(rows)}</table>
+<h2>Shapes the gates covered</h2>
+{("<table><tr><th>input dim</th><th>name</th><th>declared</th><th>gated at</th><th>never gated</th></tr>" + "".join(shapes) + "</table>") if shapes else "<p>No dynamic dimensions with a declared range (or not recorded for this task).</p>"}
 <h2>Latency and throughput vs batch size</h2>
 <div class="plots">{_line_chart(lat_series, "batch size", "p50 latency (ms)")}{_line_chart(thr_series, "batch size", "throughput (samples/s; LLMs: tokens/s)")}</div>
 <h2>Parity error distributions (first output, validation set)</h2>

@@ -186,6 +186,12 @@ class DataSource(Section):
 class ValidationConfig(DataSource):
     labels: str | None = Field(default=None, description="name of the array in `data` holding integer class labels")
     batch_size: int = Field(default=32, ge=1, le=4096)
+    shapes: Literal["report", "strict"] = Field(
+        default="report",
+        description="report: the summary, --json, the manifest and the report name every declared size "
+        "(range min/opt/max) of a dynamic non-batch dimension that the validation data never exercised, "
+        "so no gate figure covers it; strict: such a build fails (exit 3) and publishes nothing",
+    )
 
 
 class CalibrationConfig(DataSource):

@@ -8,10 +8,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..accuracy import coverage_lines, shape_coverage
 from ..backends import get
 from ..build import Prepared, assemble, choose, selection_note
 from ..cache import Cache
 from ..config import ModelConfig, resolve_path, semantic_problems
+from ..data import describe_dataset, load_validation
 from ..ensemble import chain_gate
 from ..errors import AccuracyGateError
 from ..handoff import CheckOptions, LocalServer, ServeLoadError, deploy, find_tritonserver, serve_check
@@ -74,6 +76,19 @@ class TensorTask(Task):
         """The ensemble's end-to-end gate on the deployed variant, and whether the Ray Serve
         app can serve it."""
         deployed = next(t for t in cfg.targets if t.name == deployments[0].target)
+        feeds, _ = load_validation(cfg.io, cfg.validation, describe_dataset(cfg.validation, "validation"))
+        result.shape_coverage = shape_coverage(cfg.io, feeds, cfg.validation.batch_size)
+        gaps = coverage_lines(result.shape_coverage)
+        for line in gaps:
+            instruments.warn(f"not gated: {line}")
+        if gaps and cfg.validation.shapes == "strict":
+            err = AccuracyGateError(
+                f"validation.shapes: strict, and {len(gaps)} declared size(s) were never gated: {gaps[0]}"
+                + (f" (and {len(gaps) - 1} more)" if len(gaps) > 1 else "")
+                + "; nothing was published"
+            )
+            err.result = result
+            raise err
         if cfg.pipeline is not None:
             rep = chain_gate(cfg, deployed, deployments[0].model, instruments.say)
             result.pipeline = rep
@@ -92,7 +107,10 @@ class TensorTask(Task):
             servable(cfg, deployed)
 
     def manifest_extras(self, cfg: Any, prep: Any, result: Any) -> dict[str, Any]:
-        return {"pipeline": result.pipeline} if result.pipeline is not None else {}
+        out: dict[str, Any] = {"shape_coverage": result.shape_coverage}
+        if result.pipeline is not None:
+            out["pipeline"] = result.pipeline
+        return out
 
     def publish(self, cfg: Any, deployments: list[Any], manifest: dict, result: Any, instruments: Any) -> list:
         published = write_repository(cfg, deployments, manifest)
