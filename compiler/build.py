@@ -25,7 +25,7 @@ from .backends import Recipe, RecipeInputs, TargetOutcome, get
 from .cache import Cache
 from .config import ModelConfig
 from .data import DataStore, describe_dataset, load_calibration, load_validation
-from .errors import AccuracyGateError, ConfigError, TargetSkippedError
+from .errors import AccuracyGateError, ConfigError, PassError, TargetSkippedError
 from .instruments import Instruments
 from .loading import describe_source
 from .pipeline import Driver, Pipeline, Status, Step, StepRecord, tracked_libraries
@@ -272,6 +272,7 @@ def build(task: Any, cfg: Any, config_path: Path, opts: BuildOptions) -> BuildRe
     base_model = common_rec.output
 
     variants: list[Variant] = []
+    crashed: dict[str, PassError] = {}  # targets whose passes raised
     for t in cfg.targets:
         recipe = prep.recipes[t.name]
         if t.name in remote:
@@ -294,10 +295,15 @@ def build(task: Any, cfg: Any, config_path: Path, opts: BuildOptions) -> BuildRe
                     "this build makes one engine, for the GPU here"
                 )
             ok, why = availability[t.name]
-            out = run_recipe(driver, recipe, base_model) if ok else TargetOutcome(Status.SKIPPED, reason=why)
+            try:
+                out = run_recipe(driver, recipe, base_model) if ok else TargetOutcome(Status.SKIPPED, reason=why)
+            except PassError as exc:  # this target's failure, not the build's: the others still run
+                crashed[t.name] = exc
+                instruments.warn(f"target {t.name}: {exc}")
+                out = TargetOutcome(Status.FAIL, reason=str(exc))
         variants.append(make_variant(driver, t, task.precision(t), out, recipe.served_by))
     result = BuildResult(cfg.name, variants, list(driver.records.values()))
-    stop_on_failures(result, opts, instruments, t0)
+    stop_on_failures(result, opts, instruments, t0, crashed)
 
     profile_variants(driver, prep.recipes, variants)
     result.records = list(driver.records.values())
@@ -349,16 +355,35 @@ def make_variant(driver: Driver, t: Any, precision: str, out: TargetOutcome, ser
     )
 
 
-def stop_on_failures(result: BuildResult, opts: BuildOptions, instruments: Instruments, t0: float) -> None:
+def stop_on_failures(
+    result: BuildResult,
+    opts: BuildOptions,
+    instruments: Instruments,
+    t0: float,
+    crashed: dict[str, PassError] | None = None,
+) -> None:
     """Say what was skipped or left out; raise when a variant missed its gate (on_fail:
-    error) or, with --require-all-targets, when a target was skipped: nothing is published."""
+    error), when a target's pass failed (on_fail: error; exit 1, after every other target
+    ran) or, with --require-all-targets, when a target was skipped: nothing is published."""
     variants = result.variants
+    crashed = crashed or {}
     for v in variants:
         if v.status is Status.SKIPPED:
             instruments.warn(f"target {v.target} SKIPPED: {v.reason}")
     for v in variants:
         if v.status is Status.FAIL and v.on_fail == "skip":
-            instruments.warn(f"variant {v.target} missed its gate and is left out (on_fail: skip): {v.reason}")
+            what = "failed while building" if v.target in crashed else "missed its gate"
+            instruments.warn(f"variant {v.target} {what} and is left out (on_fail: skip): {v.reason}")
+    broken = [v for v in variants if v.target in crashed and v.on_fail == "error"]
+    if broken:
+        result.seconds = time.perf_counter() - t0
+        exc = crashed[broken[0].target]
+        exc.result = result  # type: ignore[attr-defined]
+        exc.args = (
+            f"target {broken[0].target}: {exc} (the other targets ran: the summary lists them; set "
+            f"on_fail: skip on {broken[0].target} to publish without it)",
+        )
+        raise exc
     failed_hard = [v for v in variants if v.status is Status.FAIL and v.on_fail == "error"]
     if failed_hard:
         result.seconds = time.perf_counter() - t0

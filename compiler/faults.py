@@ -10,7 +10,11 @@ publish:renamed (version in place, retention not yet run). Without the
 variable a point costs one dictionary lookup.
 
 MSCOMPILE_KILL_ONCE=<marker file> limits the kill to the first process that gets
-there (it creates the marker): a retried task (a build farm's) then runs through."""
+there (it creates the marker): a retried task (a build farm's) then runs through.
+
+MSCOMPILE_RAISE_AT=<point> raises InjectedFault (a RuntimeError) there instead: a
+pass that fails on its input. Point: pass:<step id> (e.g. pass:fp16/convert_fp16),
+reached inside the pass's run, so the failure is reported as that pass's."""
 
 from __future__ import annotations
 
@@ -21,7 +25,14 @@ import signal
 _seen: dict[str, int] = {}
 
 
+class InjectedFault(RuntimeError):
+    """The failure MSCOMPILE_RAISE_AT asked for."""
+
+
 def point(name: str) -> None:
+    raise_at = os.environ.get("MSCOMPILE_RAISE_AT")
+    if raise_at and fnmatch.fnmatchcase(name, raise_at):
+        raise InjectedFault(f"fault injected at {name} (MSCOMPILE_RAISE_AT)")
     spec = os.environ.get("MSCOMPILE_KILL_AT")
     if not spec:
         return

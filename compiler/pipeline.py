@@ -312,6 +312,7 @@ class Driver:
         prior = [r.id for r in self.records.values()]
         point("step:start")
         try:
+            point(f"pass:{step.id}")
             result = step.pass_cls().run(inp, step.config, ctx)
         except MscompileError:
             _rmtree(entry_dir)
