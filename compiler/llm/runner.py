@@ -8,11 +8,13 @@ environment variable, or this Python when the package is importable here."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +134,22 @@ def check_engine_args(model_json: dict[str, Any], scratch: Path, log_path: Path)
     except RuntimeError as exc:
         return str(exc)
     return None
+
+
+@functools.lru_cache(maxsize=32)
+def vllm_has_op(python: str, op: str) -> bool:
+    """Whether the vLLM under `python` has the compiled kernel torch.ops._C.<op> (vLLM's
+    CPU builds differ per ISA: the AVX2 build lacks some). Asked once per process."""
+    probe = f"import vllm._C, torch; print(hasattr(torch.ops._C, {op!r}))"
+    try:
+        r = subprocess.run(
+            [python, "-c", probe],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=safe_env(),
+            cwd=tempfile.gettempdir(),
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0 and r.stdout.strip().endswith("True")

