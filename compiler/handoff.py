@@ -41,6 +41,7 @@ from .pipeline import Driver
 from .report import latest_manifest
 from .sections import IOSpec, OutputSpec
 from .serving.check import Replay, check_clients, deployed_target, tensor_judge, verdict
+from .serving.perf import PerfOptions, input_data, sweep, table_lines
 from .serving.process import LocalProcess, free_port
 from .tritonrepo.writer import roll_back, serve_only
 
@@ -148,6 +149,7 @@ class CheckOptions:
     load: bool = True  # ask the server to load (explicit mode); False: it must already serve it
     server_log: Callable[[], str] | None = None  # the log of a server started for the check
     progress: Callable[[str], None] = field(default=lambda _m: None)
+    perf: PerfOptions | None = None  # also measure capacity with perf_analyzer (serve-check --perf)
 
 
 def _served_version(repo: Path, name: str, version: int | None) -> tuple[int, dict[str, Any]]:
@@ -356,6 +358,8 @@ def serve_check(cfg: Any, state: Any, opts: CheckOptions) -> dict[str, Any]:
             tolerance=target.tolerance.model_dump(exclude_none=True),
             gate_metrics=gate.get("metrics", {}),
         )
+        if opts.perf is not None and not failures:  # capacity of a model that answers right
+            summary["capacity"] = capacity(control, name, version, feeds, cfg.io.has_batch_axis(), opts)
         if cfg.pipeline is not None and opts.model_name in (None, cfg.name):
             summary["pipeline"] = _check_pipeline(cfg, repo, libs, control, opts, loaded)
             failures += [f"{summary['pipeline']['model']}: {f}" for f in summary["pipeline"]["failures"]]
@@ -370,6 +374,32 @@ def serve_check(cfg: Any, state: Any, opts: CheckOptions) -> dict[str, Any]:
     return verdict(
         summary, failures, f"{name} version {version} serves answers outside the gate of target {target_name!r}"
     )
+
+
+def capacity(
+    control: Any, name: str, version: int, feeds: dict[str, np.ndarray], batch_axis: bool, opts: CheckOptions
+) -> dict[str, Any]:
+    """perf_analyzer's sweep of the loaded model over each protocol checked, on requests
+    made from the validation samples at the served shapes (serving/perf.py)."""
+    assert opts.perf is not None
+    served = _served_config(control, name, version)
+    dtypes = {i["name"]: i["data_type"].replace("TYPE_", "").replace("STRING", "BYTES") for i in served["input"]}
+    batched = int(served.get("max_batch_size", 0)) > 0
+    data = input_data(feeds, dtypes, batched, batch_axis, opts.perf.samples)
+    out: dict[str, Any] = {
+        "tool": "perf_analyzer",
+        "settings": {
+            "measurement_ms": opts.perf.measurement_ms,
+            "stability_percent": opts.perf.stability_percent,
+            "max_trials": opts.perf.max_trials,
+            "requests": f"batch 1, cycling through {len(data['data'])} validation samples",
+        },
+    }
+    for proto, url in (("grpc", opts.grpc_url), ("http", opts.http_url)):
+        if url:
+            stats = lambda: _stats(control, name, version)  # noqa: E731
+            out[proto] = sweep(name, version, url, proto, data, opts.perf, stats, opts.progress)
+    return out
 
 
 def _load(control: Any, name: str, version: int, opts: CheckOptions, loaded: list[str]) -> float | None:
@@ -609,6 +639,16 @@ def summary_lines(s: dict[str, Any]) -> list[str]:
             )
     if s.get("pipeline"):
         lines += summary_lines(s["pipeline"])
+    cap = s.get("capacity")
+    if cap:
+        st = cap["settings"]
+        for proto in ("grpc", "http"):
+            if proto in cap:
+                lines.append(
+                    f"  capacity over {proto} (perf_analyzer, {st['requests']}, windows of "
+                    f"{st['measurement_ms']} ms stable within {st['stability_percent']:g}%):"
+                )
+                lines += ["  " + x for x in table_lines(cap[proto])]
     if s.get("gate_metrics"):
         g = s["gate_metrics"]
         lines.append(

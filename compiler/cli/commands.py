@@ -318,6 +318,32 @@ def _checked(as_json: bool, check: Any, after: Any, lines_on_failure: bool) -> N
     is_flag=True,
     help="Check the Ray Serve app instead of Triton: `serve run` on loopback, or --url of a running Serve proxy.",
 )
+@click.option(
+    "--perf",
+    is_flag=True,
+    help="After the answers pass, measure capacity with NVIDIA's perf_analyzer: a concurrency sweep "
+    "(and a request-rate sweep with --perf-request-rate) per protocol, with Triton's statistics.",
+)
+@click.option(
+    "--perf-concurrency",
+    default="1,2,4,8",
+    show_default=True,
+    help="Concurrency points of the sweep (comma-separated).",
+)
+@click.option("--perf-request-rate", default="", help="Request rates (requests/s) to measure too, comma-separated.")
+@click.option(
+    "--perf-window",
+    type=click.IntRange(100, 600_000),
+    default=2000,
+    show_default=True,
+    help="perf_analyzer's measurement window (ms); an unstable point is measured again with twice the window.",
+)
+@click.option(
+    "--perf-analyzer",
+    "perf_analyzer",
+    default=None,
+    help="The perf_analyzer binary (or a wrapper); default: $MSCOMPILE_PERF_ANALYZER, else perf_analyzer on PATH.",
+)
 @CACHE_DIR_OPT
 @click.pass_context
 def serve_check_cmd(
@@ -333,7 +359,9 @@ def serve_check_cmd(
     load it (explicit mode), replay the validation set over gRPC and HTTP, compare with
     the PyTorch reference under the deployed target's tolerance, report latency,
     throughput and Triton's statistics, unload it. Exit 0: within the gate; 3: wrong
-    answers; 1: it does not load (the server's message); 2: bad arguments."""
+    answers; 1: it does not load (the server's message); 2: bad arguments (or --perf
+    without a perf_analyzer that runs here). Its latency columns are the check's own
+    client-side figures; --perf measures capacity with perf_analyzer."""
 
     def go() -> None:
         cfg = load_config(config)

@@ -15,13 +15,14 @@ from ..cache import Cache
 from ..config import ModelConfig, resolve_path, semantic_problems
 from ..data import describe_dataset, load_validation
 from ..ensemble import chain_gate
-from ..errors import AccuracyGateError
+from ..errors import AccuracyGateError, ConfigError
 from ..handoff import CheckOptions, LocalServer, ServeLoadError, deploy, find_tritonserver, serve_check
 from ..instruments import Instruments
 from ..pipeline import Driver, Status
 from ..publish import Deployment, deployment_names, preflight, write_repository
 from ..rayserve import problems as rayserve_problems
 from ..rayserve import servable, serve_check_rayserve, write_app
+from ..serving.perf import PerfOptions, find_perf_analyzer
 from ..tritonrepo.config import to_text
 from ..validate import probe_io, validate_all
 from .base import Task
@@ -149,6 +150,8 @@ class TensorTask(Task):
         """Against --url/--grpc-url, or a tritonserver started on loopback for it; with
         `rayserve`, the Ray Serve app (--url of a running proxy, or serve run here)."""
         if server.get("rayserve"):
+            if server.get("perf"):
+                raise ConfigError("--perf measures a Triton-served model (perf_analyzer); leave out --rayserve")
             return serve_check_rayserve(
                 cfg,
                 state,
@@ -178,6 +181,32 @@ class TensorTask(Task):
         return deploy(cfg, state, check_options(server, version, say))
 
 
+def _points(text: str, key: str, kind: type) -> tuple:
+    try:
+        values = tuple(kind(x) for x in str(text).split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"{key}: {text!r} is not a comma-separated list of numbers (e.g. 1,2,4,8)") from None
+    if any(v <= 0 or v > 100_000 for v in values):
+        raise ConfigError(f"{key}: every point must be above 0 and at most 100000 (got {text!r})")
+    return values
+
+
+def perf_options(server: dict[str, Any]) -> PerfOptions | None:
+    """serve-check --perf's settings, checked (exit 2 on a bad list)."""
+    if not server.get("perf"):
+        return None
+    conc = _points(server.get("perf_concurrency") or "1,2,4,8", "--perf-concurrency", int)
+    rates = _points(server.get("perf_request_rate") or "", "--perf-request-rate", float)
+    if not conc and not rates:
+        raise ConfigError("--perf: give at least one --perf-concurrency or --perf-request-rate point")
+    return PerfOptions(
+        concurrency=conc,
+        request_rate=rates,
+        measurement_ms=int(server.get("perf_window") or 2000),
+        binary=find_perf_analyzer(server.get("perf_analyzer")),  # before any load: exit 2 naming the fix
+    )
+
+
 def check_options(server: dict[str, Any], version: int | None, say: Any) -> Any:
     """The CLI's server options as the check's."""
     protocol = server.get("protocol", "both")
@@ -189,6 +218,7 @@ def check_options(server: dict[str, Any], version: int | None, say: Any) -> Any:
         concurrency=server.get("concurrency", 8),
         load_timeout=server.get("load_timeout") or 120.0,
         progress=say,
+        perf=perf_options(server),
     )
 
 

@@ -136,6 +136,11 @@ class TextGenerationTask(Task):
                 "serve-check --rayserve: Ray Serve apps are written for tensor models; a text-generation model "
                 "is checked on vLLM's OpenAI server (serve-check without --rayserve)"
             )
+        if server.get("perf"):
+            raise ConfigError(
+                "serve-check --perf: perf_analyzer capacity runs for tensor models on Triton; an LLM's profile "
+                "(tokens/s) comes from the build"
+            )
         if server.get("url") or server.get("grpc_url"):
             raise ConfigError(
                 "serve-check --url: checking an LLM on a running Triton vllm backend is not built yet; "
