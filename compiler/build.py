@@ -438,8 +438,37 @@ def choose(cfg: ModelConfig, passing: list[Variant]) -> list[str]:
         timed = [v for v in passing if selection_batch(cfg, v) is not None]
         if not timed:
             return [passing[0].target]
-        return [min(timed, key=lambda v: get(v.backend).speed.rank(selection_batch(cfg, v) or {})).target]
+        return [fastest(cfg, timed)[0].target]
     return [passing[0].target]
+
+
+NOISE_FLOOR = 0.05  # the profile's own agreement rule: closer figures are not told apart
+
+
+def _gap(speed: Any, row: dict[str, Any], best: dict[str, Any]) -> float:
+    """How much slower `row` measured than `best`, relative (0: as fast)."""
+    a, b = speed.value(row), speed.value(best)
+    if a is None or b is None or not a or not b:
+        return float("inf")
+    return (b - a) / a if speed.higher_is_better else (a - b) / b
+
+
+def fastest(cfg: ModelConfig, timed: list[Variant]) -> tuple[Variant, Variant, float, float]:
+    """(deployed, fastest by its figure, the gap between them, the noise margin): the
+    first variant in model.yaml order whose figure is within the measured noise of the
+    fastest (the larger of the two rows' noise, at least NOISE_FLOOR). A difference
+    inside the noise is a tie, and ties go to the order in model.yaml: the same host
+    and inputs choose the same variant."""
+    speed = get(timed[0].backend).speed
+    best = min(timed, key=lambda v: speed.rank(selection_batch(cfg, v) or {}))
+    best_row = selection_batch(cfg, best) or {}
+    for v in timed:
+        row = selection_batch(cfg, v) or {}
+        margin = max(NOISE_FLOOR, float(row.get("noise", 0.0)), float(best_row.get("noise", 0.0)))
+        gap = _gap(speed, row, best_row)
+        if gap <= margin:
+            return v, best, gap, margin
+    return best, best, 0.0, NOISE_FLOOR
 
 
 def selection_note(cfg: ModelConfig, variants: list[Variant], chosen: str) -> str:
@@ -452,8 +481,26 @@ def selection_note(cfg: ModelConfig, variants: list[Variant], chosen: str) -> st
         row = selection_batch(cfg, v) if v.status is Status.OK else None
         if row:
             speed = get(v.backend).speed
-            parts.append(f"{v.target} {speed.fmt(row)} ({speed.key}) at batch {row['batch']}")
-    return ", ".join(parts)
+            settled = "" if row.get("stable", True) else ", unsettled"
+            noise = f", noise {row['noise']:.1%}" if "noise" in row else ""
+            parts.append(f"{v.target} {speed.fmt(row)} ({speed.key}) at batch {row['batch']}{noise}{settled}")
+    timed = [v for v in variants if v.status is Status.OK and selection_batch(cfg, v) is not None]
+    note = ", ".join(parts)
+    if cfg.triton.deploy == "fastest" and len(timed) > 1:
+        picked, best, gap, margin = fastest(cfg, timed)
+        if picked is not best:
+            note += (
+                f"; {best.target} measured {gap:.1%} faster, within the noise margin {margin:.1%}: "
+                f"a tie, so the first listed, {picked.target}"
+            )
+        else:
+            speed = get(best.backend).speed
+            best_row = selection_batch(cfg, best) or {}
+            rows = [selection_batch(cfg, v) or {} for v in timed if v is not best]
+            near = min(rows, key=lambda r: _gap(speed, r, best_row))
+            m = max(NOISE_FLOOR, float(near.get("noise", 0.0)), float(best_row.get("noise", 0.0)))
+            note += f"; ahead by {_gap(speed, near, best_row):.1%}, beyond the noise margin {m:.1%}"
+    return note
 
 
 def build_manifest(cfg: Any, task: Any, config_path: Path, prep: Prepared, result: BuildResult) -> dict[str, Any]:
@@ -473,6 +520,7 @@ def build_manifest(cfg: Any, task: Any, config_path: Path, prep: Prepared, resul
         "libraries": tracked_libraries([*prep.shared.steps, *(s for r in prep.recipes.values() for s in r.planned())]),
         "passes": [r.to_json() for r in result.records],
         "variants": [v.to_json() for v in result.variants],
+        "selection": result.selection,
         "lineage": {r.id: r.key for r in result.records},
     }
 

@@ -248,6 +248,13 @@ class ProfileSettings(Section):
     window: int = Field(default=10, ge=3, le=10_000, description="calls per timing window")
     max_windows: int = Field(default=8, ge=2, le=100)
     agreement: float = Field(default=0.05, gt=0, le=1, description="p50 of two windows must agree within this")
+    budget_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=86_400,
+        description="seconds a variant's profile may take, shared by its batch sizes: a batch size whose "
+        "windows have not agreed when its share is spent is reported unsettled (stable: false)",
+    )
 
 
 class DynamicBatching(Section):

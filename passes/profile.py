@@ -3,7 +3,9 @@ throughput per batch size, on the runtime and thread settings of its target.
 
 Warm-up first; then windows of `window` calls are timed until the p50 of two
 consecutive windows agree within `agreement` (the stability rule), or
-`max_windows` is reached (the result says whether it settled). Inputs are
+`max_windows` is reached, or the batch size's share of `budget_s` is spent (the
+result says whether it settled, and its `noise`: how far the last two windows'
+p50 differ, relative; selection treats differences below it as ties). Inputs are
 validation samples tiled to each batch size at the range's opt shape.
 Depends on the machine: its key includes the device fingerprint (CPU model)."""
 
@@ -28,6 +30,7 @@ class ProfilingConfig(Section):
     window: int = 10
     max_windows: int = 8
     agreement: float = 0.05
+    budget_s: float = 60.0  # for all batch sizes together
 
 
 def feeds_for_batch(io: IOSpec, sample: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
@@ -51,12 +54,18 @@ def feeds_for_batch(io: IOSpec, sample: dict[str, np.ndarray], batch: int) -> di
     return out
 
 
-def measure(run: Any, feeds: dict[str, np.ndarray], cfg: ProfilingConfig) -> dict[str, Any]:
+def measure(
+    run: Any, feeds: dict[str, np.ndarray], cfg: ProfilingConfig, budget_s: float = float("inf")
+) -> dict[str, Any]:
+    start = time.perf_counter()
     for _ in range(cfg.warmup):
         run(feeds)
     windows: list[list[float]] = []
-    stable = False
+    stable = over_budget = False
     while len(windows) < cfg.max_windows:
+        if len(windows) >= 2 and time.perf_counter() - start > budget_s:
+            over_budget = True
+            break
         w = []
         for _ in range(cfg.window):
             t0 = time.perf_counter()
@@ -69,18 +78,26 @@ def measure(run: Any, feeds: dict[str, np.ndarray], cfg: ProfilingConfig) -> dic
                 stable = True
                 break
     last = np.array(windows[-2] + windows[-1] if len(windows) >= 2 else windows[-1])
+    if len(windows) >= 2:
+        a, b = float(np.median(windows[-2])), float(np.median(windows[-1]))
+        noise = abs(a - b) / max(min(a, b), 1e-9)
+    else:
+        noise = 1.0
     return {
         "p50_ms": float(np.percentile(last, 50)),
         "p95_ms": float(np.percentile(last, 95)),
         "p99_ms": float(np.percentile(last, 99)),
         "windows": len(windows),
         "stable": stable,
+        "noise": round(noise, 4),
+        "over_budget": over_budget,
+        "seconds": round(time.perf_counter() - start, 3),
     }
 
 
 class Profile(Pass[OnnxModel, ProfileReport]):
     name = "profile"
-    version = 2
+    version = 3
     input_type = OnnxModel
     output_type = ProfileReport
     Config = ProfilingConfig
@@ -98,7 +115,7 @@ class Profile(Pass[OnnxModel, ProfileReport]):
         for b in cfg.batch_sizes:
             ctx.note(f"{runtime}, batch {b}")
             feeds = {k: v.astype(casts.get(k, str(v.dtype))) for k, v in feeds_for_batch(cfg.io, sample, b).items()}
-            m = measure(run, feeds, cfg)
+            m = measure(run, feeds, cfg, cfg.budget_s / len(cfg.batch_sizes))
             m.update(batch=b, throughput=b / (m["p50_ms"] / 1000))
             rows.append(m)
         path = ctx.workdir / "profile.json"

@@ -400,6 +400,7 @@ def profile_step(
         window=cfg.profile.window,
         max_windows=cfg.profile.max_windows,
         agreement=cfg.profile.agreement,
+        budget_s=cfg.profile.budget_s,
     )
     return Step(
         f"{t.name}/profile",
