@@ -35,7 +35,7 @@ from .build import assemble
 from .cache import Cache
 from .config import ensemble_name, resolve_path, step_names
 from .ensemble import chain_reference
-from .errors import ConfigError, MscompileError, ServeLoadError
+from .errors import ConfigError, MscompileError, ServedWrongError, ServeLoadError
 from .instruments import Instruments
 from .pipeline import Driver
 from .report import latest_manifest
@@ -43,7 +43,9 @@ from .sections import IOSpec, OutputSpec
 from .serving.check import Replay, check_clients, deployed_target, tensor_judge, verdict
 from .serving.perf import PerfOptions, input_data, sweep, table_lines
 from .serving.process import LocalProcess, free_port
-from .tritonrepo.writer import roll_back, serve_only
+from .serving.tune import Candidate, pareto, score, search, start_point
+from .tritonrepo.config import parse, to_text, triton_pb
+from .tritonrepo.writer import replace_config, roll_back, serve_only
 
 
 def find_tritonserver(given: str | None) -> Path:
@@ -660,3 +662,176 @@ def summary_lines(s: dict[str, Any]) -> list[str]:
 
 def dumps(s: dict[str, Any]) -> str:
     return json.dumps(s, indent=2, default=str)
+
+
+# -- tune: the serving-config search on the real server -------------------------------
+
+
+@dataclass
+class TuneOptions:
+    p99_ms: float = 10.0
+    max_trials: int = 12
+    max_instances: int = 0  # 0: the host's CPU count, at most 4
+    write: bool = True  # publish the best config (False: --dry-run)
+
+
+def _candidate_config(base: Any, c: Candidate) -> Any:
+    """The published config with a candidate's batching and instances (I/O unchanged)."""
+    mc = type(base)()
+    mc.CopyFrom(base)
+    mc.instance_group[0].count = c.instances
+    if c.max_batch_size:
+        mc.max_batch_size = c.max_batch_size
+        db = mc.dynamic_batching
+        del db.preferred_batch_size[:]
+        db.max_queue_delay_microseconds = c.delay_us
+        db.SetInParent()
+        for w in mc.model_warmup:
+            w.batch_size = min(w.batch_size, c.max_batch_size)
+    return mc
+
+
+def tune(cfg: Any, state: Any, opts: CheckOptions, topts: TuneOptions) -> dict[str, Any]:
+    """Search max_batch_size, the queue delay and the instance count of the deployed
+    model's config on the server (each trial loaded with a config override, measured by
+    perf_analyzer), pick the highest throughput whose p99 meets the SLO, write it (the
+    replaced config kept beside it), reload it from the repository and check its answers."""
+    from google.protobuf import json_format
+
+    assert opts.perf is not None and opts.grpc_url
+    repo = resolve_path(cfg.triton.repository)
+    name = opts.model_name or cfg.name
+    version, manifest = _served_version(repo, name, opts.version)
+    target = deployed_target(cfg, name, version, manifest.get("deployed_variant"))
+    libs, control = _connect(opts, "tune")
+    if not _is_grpc(control):
+        raise ConfigError("tune loads each trial with a config override over gRPC: give --grpc-url (or no URL)")
+    published_text = (repo / name / "config.pbtxt").read_text()
+    base = parse(published_text)
+    if not base.instance_group:
+        base.instance_group.add(kind=triton_pb().ModelInstanceGroup.KIND_CPU, count=1)
+    feeds, ref, labels = validation_reference(cfg, state)
+    variant = next((v for v in manifest.get("variants", []) if v.get("name") == target.name), {})
+    batching = base.max_batch_size > 0
+    max_batch = base.max_batch_size if batching else 0
+    max_inst = topts.max_instances or min(4, os.cpu_count() or 1)
+    data = input_data(
+        feeds,
+        {i.name: triton_pb().DataType.Name(i.data_type).replace("TYPE_", "") for i in base.input},
+        batching,
+        cfg.io.has_batch_axis(),
+        opts.perf.samples,
+    )
+    stats = lambda: _stats(control, name, version)  # noqa: E731
+    loaded: list[str] = []
+
+    def load(mc: Any | None) -> None:
+        if mc is None:
+            control.load_model(name)
+        else:
+            control.load_model(name, config=json_format.MessageToJson(mc, preserving_proto_field_name=True))
+        loaded[:] = [name]
+        deadline = time.monotonic() + opts.load_timeout
+        while not _ready(control, name, version):
+            if time.monotonic() > deadline:
+                raise ServeLoadError(f"{name} version {version} was not READY within {opts.load_timeout:.0f} s")
+            time.sleep(0.2)
+
+    def measure(c: Candidate | None) -> list[dict[str, Any]]:
+        try:
+            load(None if c is None else _candidate_config(base, c))
+        except Exception as exc:  # noqa: BLE001 - a config the server refuses is a failed trial
+            return [{"mode": "load", "value": 0, "stable": False, "error": _triton_error(exc)}]
+        return sweep(name, version, opts.grpc_url, "grpc", data, opts.perf, stats, opts.progress)  # type: ignore[arg-type]
+
+    try:
+        opts.progress(f"trial 0: the published config of {name} version {version}")
+        baseline_points = measure(None)
+        baseline, _ = score(baseline_points, topts.p99_ms)
+        first = start_point(variant.get("profile"), max_batch, batching)
+        best, trials = search(
+            measure, first, max_batch, max_inst, topts.p99_ms, topts.max_trials, progress=opts.progress
+        )
+        best_trial = next(
+            t
+            for t in trials
+            if (t["max_batch_size"], t["max_queue_delay_microseconds"], t["instances"])
+            == (best.max_batch_size, best.delay_us, best.instances)
+        )
+        summary: dict[str, Any] = {
+            "model": name,
+            "version": version,
+            "variant": target.name,
+            "objective": {"maximize": "throughput", "slo": {"p99_ms": topts.p99_ms}},
+            "measured_by": "perf_analyzer over gRPC, " + data_note(data),
+            "published": {"throughput_under_slo": round(baseline, 2), "points": baseline_points},
+            "trials": trials,
+            "best": {"candidate": best.label(), **{k: best_trial[k] for k in best_trial if k != "points"}},
+            "speedup_vs_published": round(best_trial["throughput_under_slo"] / baseline, 3) if baseline else None,
+            "pareto": pareto(trials),
+        }
+        if best_trial["throughput_under_slo"] <= 0:
+            raise ConfigError(
+                f"tune: no configuration met p99 <= {topts.p99_ms} ms at any measured concurrency; "
+                "nothing was written (loosen --slo-p99-ms or check the server's load)"
+            )
+        text = to_text(_candidate_config(base, best))
+        summary["config_pbtxt"] = text
+        summary["model_yaml"] = model_yaml_lines(best)
+        if topts.write and best_trial["throughput_under_slo"] > baseline:
+            keep = replace_config(repo, name, published_text, text, cfg.triton.lock_timeout_s)
+            summary["written"] = {"config": str(repo / name / "config.pbtxt"), "replaced_kept_in": str(keep)}
+            load(None)  # from the repository, as a server restart would
+            results, failures = _check(libs, control, name, version, feeds, ref, labels, cfg.io, target.tolerance, opts)
+            summary["check"] = {"protocols": results, "passed": not failures, "failures": failures}
+            if failures:
+                raise ServedWrongError(f"the tuned config of {name} serves wrong answers: {'; '.join(failures)}")
+        else:
+            summary["written"] = None
+    finally:
+        if loaded and opts.unload:
+            try:
+                control.unload_model(name)
+            except Exception:  # noqa: BLE001 - best effort
+                pass
+    return summary
+
+
+def data_note(data: dict[str, Any]) -> str:
+    return f"batch-1 requests cycling through {len(data['data'])} validation samples"
+
+
+def model_yaml_lines(c: Candidate) -> str:
+    """The triton: settings that keep the tuned config in later builds."""
+    lines = ["triton:", f"  instance_group: [{{kind: KIND_CPU, count: {c.instances}}}]"]
+    if c.max_batch_size:
+        lines += [
+            f"  max_batch_size: {c.max_batch_size}",
+            f"  dynamic_batching: {{max_queue_delay_microseconds: {c.delay_us}}}",
+        ]
+    return "\n".join(lines)
+
+
+def tune_lines(s: dict[str, Any]) -> list[str]:
+    """The human summary of a tune."""
+    slo = s["objective"]["slo"]["p99_ms"]
+    out = [f"{s['model']} version {s['version']} (variant {s['variant']}): throughput with p99 <= {slo} ms"]
+    out.append(f"  published config: {s['published']['throughput_under_slo']} infer/s")
+    out.append(f"  {'trial':>5} {'max_batch':>9} {'delay us':>8} {'inst':>4} {'infer/s':>9}  at")
+    for t in s["trials"]:
+        at = (
+            f"concurrency {t['at']['concurrency']:g}, p99 {t['at']['p99_ms']} ms" if t["at"] else "no point met the SLO"
+        )
+        out.append(
+            f"  {t['trial']:>5} {t['max_batch_size']:>9} {t['max_queue_delay_microseconds']:>8} "
+            f"{t['instances']:>4} {t['throughput_under_slo']:>9}  {at}"
+        )
+    sp = s.get("speedup_vs_published")
+    out.append(f"  best: {s['best']['candidate']}" + (f", {sp}x the published config" if sp else ""))
+    if s.get("written"):
+        out.append(f"  written: {s['written']['config']} (the replaced one kept in {s['written']['replaced_kept_in']})")
+    out.append(
+        "  keep it in later builds with, in model.yaml:\n"
+        + "\n".join("    " + ln for ln in s["model_yaml"].split("\n"))
+    )
+    return out

@@ -14,7 +14,7 @@ from ..backends import doctor as doctor_rows
 from ..build import BuildOptions
 from ..config import resolve_path
 from ..errors import AccuracyGateError, ConfigError, MscompileError, TargetSkippedError
-from ..handoff import dumps
+from ..handoff import dumps, tune_lines
 from ..jobs import Tracking, build_many, build_one, error_summary, tracking_settings
 from ..reference import markdown as reference_page
 from ..report import latest_manifest, write_report
@@ -376,6 +376,54 @@ def serve_check_cmd(
             click.echo("serve-check: OK, the server answers within the gate")
 
         _checked(as_json, check, ok, lines_on_failure=True)
+
+    run(ctx, go)
+
+
+@main.command()
+@CONFIG_ARG
+@server_options
+@click.option("--version", "version", type=int, default=None, help="Published version (default: the latest).")
+@click.option(
+    "--slo-p99-ms",
+    type=click.FloatRange(0.001, 3_600_000),
+    required=True,
+    help="The latency objective: the highest throughput whose p99 (ms) stays at or under this.",
+)
+@click.option("--max-trials", type=click.IntRange(1, 200), default=12, show_default=True, help="Configs measured.")
+@click.option(
+    "--max-instances", type=click.IntRange(0, 64), default=0, help="Most instances tried (default: CPUs, at most 4)."
+)
+@click.option("--perf-concurrency", default="1,2,4,8", show_default=True, help="Concurrency points per trial.")
+@click.option("--perf-window", type=click.IntRange(100, 600_000), default=2000, show_default=True, help="ms")
+@click.option("--perf-analyzer", "perf_analyzer", default=None, help="The perf_analyzer binary (or a wrapper).")
+@click.option("--dry-run", is_flag=True, help="Search and report; do not write the config.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@CACHE_DIR_OPT
+@click.pass_context
+def tune(
+    ctx: click.Context, config: Path, version: int | None, as_json: bool, cache_dir: Path | None, **kw: Any
+) -> None:
+    """Search the deployed model's serving config on a real Triton server: max_batch_size,
+    the batcher's queue delay and the instance count, each trial loaded as a config
+    override and measured by perf_analyzer; the highest throughput whose p99 meets
+    --slo-p99-ms is written to config.pbtxt (the replaced one kept beside it), reloaded
+    and its answers checked. Every trial is reported. Exit 2: no perf_analyzer or no
+    config meets the SLO; 1: the server fails; 3: the tuned config answers wrongly."""
+
+    def go() -> None:
+        cfg = load_config(config)
+        state = State.resolve(cache_dir)
+        say = progress(as_json)
+        t = task_of(cfg)
+        if not hasattr(t, "tune"):
+            raise ConfigError(f"tune: {cfg.name} is a {t.name} model; tune searches Triton configs of tensor models")
+
+        def ok(out: dict[str, Any]) -> None:
+            for line in tune_lines(out):
+                click.echo(line)
+
+        _checked(as_json, lambda: t.tune(cfg, state, version, say, kw), ok, lines_on_failure=False)
 
     run(ctx, go)
 

@@ -16,7 +16,16 @@ from ..config import ModelConfig, resolve_path, semantic_problems
 from ..data import describe_dataset, load_validation
 from ..ensemble import chain_gate
 from ..errors import AccuracyGateError, ConfigError
-from ..handoff import CheckOptions, LocalServer, ServeLoadError, deploy, find_tritonserver, serve_check
+from ..handoff import (
+    CheckOptions,
+    LocalServer,
+    ServeLoadError,
+    TuneOptions,
+    deploy,
+    find_tritonserver,
+    serve_check,
+    tune,
+)
 from ..instruments import Instruments
 from ..pipeline import Driver, Status
 from ..publish import Deployment, deployment_names, preflight, write_repository
@@ -174,6 +183,26 @@ class TensorTask(Task):
             except ServeLoadError as exc:
                 exc.args = (f"{exc} (server log: {log})",)
                 raise
+            out["server"] = {"binary": str(binary), "log": str(log)}
+            return out
+
+    def tune(self, cfg: Any, state: Any, version: int | None, say: Any, server: dict[str, Any]) -> dict:
+        """The serving-config search, against --grpc-url or a tritonserver started here."""
+        topts = TuneOptions(
+            p99_ms=float(server["slo_p99_ms"]),
+            max_trials=int(server.get("max_trials") or 12),
+            max_instances=int(server.get("max_instances") or 0),
+            write=not server.get("dry_run"),
+        )
+        server = dict(server, perf=True, protocol="grpc")
+        if server.get("grpc_url"):
+            return tune(cfg, state, check_options(server, version, say), topts)
+        binary = find_tritonserver(server.get("tritonserver"))
+        log = state.logs / f"tritonserver-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        say(f"starting {binary} on loopback (explicit model control, no auto-complete); log {log}")
+        with LocalServer(binary, resolve_path(cfg.triton.repository), log, server.get("tritonserver_args", ())) as s:
+            opts = check_options(dict(server, url=s.http_url, grpc_url=s.grpc_url), version, say)
+            out = tune(cfg, state, opts, topts)
             out["server"] = {"binary": str(binary), "log": str(log)}
             return out
 

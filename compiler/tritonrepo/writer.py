@@ -289,6 +289,22 @@ def roll_back(
         return True
 
 
+def replace_config(repo: Path, name: str, expected: str, text: str, lock_timeout: float = 600.0) -> Path:
+    """Under the model's lock, replace config.pbtxt with `text` in one atomic rename, only
+    while it is still `expected` (a build that published meanwhile wins: ConfigError);
+    the replaced text is kept beside it. Returns the kept copy's path."""
+    model_dir = model_dir_for(repo, name)
+    with model_lock(model_dir, lock_timeout):
+        config_path = model_dir / "config.pbtxt"
+        current = config_path.read_text()
+        if current != expected:
+            raise ConfigError(f"{config_path} changed while tuning (a build published meanwhile): nothing was written")
+        keep = model_dir / f".config.pbtxt.before-tune-{time.strftime('%Y%m%d-%H%M%S')}"
+        write_atomic(keep, current)
+        _write_config(model_dir, text)
+        return keep
+
+
 CONFIG_SHA = ".mscompile-config.sha256"  # what the last publish wrote (to see a hand edit)
 
 

@@ -1,0 +1,157 @@
+"""The serving-config search of `mscompile tune`: max_batch_size, the dynamic
+batcher's queue delay and the instance count, measured on the real server with
+perf_analyzer, under a latency objective (the highest throughput whose p99 meets the
+SLO). A hill climb like Model Analyzer's quick search, started where the variant's
+own latency-vs-batch profile says throughput stops growing (so it needs few trials);
+every trial is kept. The search itself is here (pure: it asks `measure` for each
+candidate); handoff.tune runs it against a server."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+DELAYS_US = (0, 100, 500, 2000)
+NOISE = 0.05  # a neighbour must beat the current point by more than this to move
+
+
+@dataclass(frozen=True)
+class Candidate:
+    max_batch_size: int  # 0: the config does not batch (only instances are searched)
+    delay_us: int
+    instances: int
+
+    def label(self) -> str:
+        if self.max_batch_size == 0:
+            return f"no batching, {self.instances} instance(s)"
+        return f"max_batch {self.max_batch_size}, delay {self.delay_us} us, {self.instances} instance(s)"
+
+
+def score(points: list[dict[str, Any]], p99_ms: float) -> tuple[float, dict[str, Any] | None]:
+    """The highest throughput among the measured points whose p99 meets the SLO (0: none)."""
+    ok = [p for p in points if p.get("stable") and p["latency_ms"]["p99"] <= p99_ms]
+    if not ok:
+        return 0.0, None
+    best = max(ok, key=lambda p: p["throughput"])
+    return float(best["throughput"]), best
+
+
+def batch_sizes(limit: int) -> list[int]:
+    out, b = [], 1
+    while b <= limit:
+        out.append(b)
+        b *= 2
+    if limit not in out:
+        out.append(limit)
+    return out
+
+
+def neighbours(c: Candidate, max_batch: int, max_instances: int) -> list[Candidate]:
+    out = []
+    if c.max_batch_size:
+        sizes = batch_sizes(max_batch)
+        i = sizes.index(c.max_batch_size) if c.max_batch_size in sizes else 0
+        for j in (i - 1, i + 1):
+            if 0 <= j < len(sizes):
+                out.append(Candidate(sizes[j], c.delay_us, c.instances))
+        d = DELAYS_US.index(c.delay_us) if c.delay_us in DELAYS_US else 0
+        for j in (d - 1, d + 1):
+            if 0 <= j < len(DELAYS_US):
+                out.append(Candidate(c.max_batch_size, DELAYS_US[j], c.instances))
+    for n in (c.instances - 1, c.instances + 1):
+        if 1 <= n <= max_instances:
+            out.append(Candidate(c.max_batch_size, c.delay_us, n))
+    return out
+
+
+def start_point(profile: dict[str, Any] | None, max_batch: int, batching: bool) -> Candidate:
+    """Where the variant's profile says throughput stops growing by 10% per step."""
+    if not batching:
+        return Candidate(0, 0, 1)
+    rows = sorted((profile or {}).get("batches", []), key=lambda r: r["batch"])
+    best = rows[0]["batch"] if rows else 1
+    for prev, r in zip(rows, rows[1:], strict=False):
+        if r.get("throughput", 0) < prev.get("throughput", 0) * 1.10:
+            break
+        best = r["batch"]
+    sizes = batch_sizes(max_batch)
+    return Candidate(min(sizes, key=lambda s: abs(s - best)), 100, 1)
+
+
+def search(
+    measure: Callable[[Candidate], list[dict[str, Any]]],
+    first: Candidate,
+    max_batch: int,
+    max_instances: int,
+    p99_ms: float,
+    max_trials: int,
+    progress: Callable[[str], None] = lambda _m: None,
+) -> tuple[Candidate, list[dict[str, Any]]]:
+    """Hill-climb from `first`: measure every untried neighbour of the current point,
+    move to the best one when it beats the current by more than NOISE, stop when none
+    does or the trial budget is spent. Returns the best candidate and every trial."""
+    trials: list[dict[str, Any]] = []
+    seen: dict[Candidate, float] = {}
+
+    def trial(c: Candidate) -> float:
+        if c not in seen:
+            if len(trials) >= max_trials:
+                return -1.0
+            progress(f"trial {len(trials) + 1}/{max_trials}: {c.label()}")
+            points = measure(c)
+            s, at = score(points, p99_ms)
+            seen[c] = s
+            trials.append(
+                {
+                    "trial": len(trials) + 1,
+                    "max_batch_size": c.max_batch_size,
+                    "max_queue_delay_microseconds": c.delay_us,
+                    "instances": c.instances,
+                    "throughput_under_slo": round(s, 2),
+                    "at": {"concurrency": at["value"], "p99_ms": at["latency_ms"]["p99"]} if at else None,
+                    "points": points,
+                }
+            )
+        return seen[c]
+
+    current = first
+    trial(current)
+    while len(trials) < max_trials:
+        scored = [(trial(n), n) for n in neighbours(current, max_batch, max_instances)]
+        scored = [x for x in scored if x[0] >= 0]
+        if not scored:
+            break
+        s, best = max(scored, key=lambda x: x[0])
+        if s <= seen[current] * (1 + NOISE):
+            break
+        current = best
+    best = max(seen, key=lambda c: seen[c])
+    return best, trials
+
+
+def pareto(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every measured point (of every trial) that no other point beats on both
+    throughput and p99: the latency-throughput front."""
+    pts = [
+        {
+            "trial": t["trial"],
+            "concurrency": p["value"],
+            "throughput": p["throughput"],
+            "p99_ms": p["latency_ms"]["p99"],
+        }
+        for t in trials
+        for p in t["points"]
+        if p.get("stable")
+    ]
+    front = [
+        p
+        for p in pts
+        if not any(
+            q["throughput"] >= p["throughput"]
+            and q["p99_ms"] <= p["p99_ms"]
+            and (q["throughput"] > p["throughput"] or q["p99_ms"] < p["p99_ms"])
+            for q in pts
+        )
+    ]
+    return sorted(front, key=lambda p: p["p99_ms"])

@@ -1,0 +1,85 @@
+"""mscompile tune: the serving-config search. The hill climb itself on a known
+throughput surface (deterministic), and end to end on a real Triton with
+perf_analyzer: every trial recorded, the best config written atomically beside a
+kept copy, reloaded from the repository and its answers checked."""
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers import run_cli, write_config
+from mscompile.serving.tune import Candidate, neighbours, pareto, score, search, start_point
+from perf_harness import perf_analyzer, why
+from triton_harness import server_args
+
+
+def _points(throughput: float, p99: float) -> list[dict]:
+    return [{"mode": "concurrency", "value": 4.0, "stable": True, "throughput": throughput, "latency_ms": {"p99": p99}}]
+
+
+def test_hill_climb_finds_the_peak_under_the_slo_in_few_trials():
+    """Throughput peaks at max_batch 16, delay 500 us, 2 instances; max_batch 32 is faster
+    still but breaks the 10 ms p99: the search must stop at the peak under the SLO."""
+
+    def measure(c: Candidate) -> list[dict]:
+        t = 1000 - 40 * abs(c.max_batch_size - 16) - abs(c.delay_us - 500) / 5 - 300 * abs(c.instances - 2)
+        p99 = 25.0 if c.max_batch_size >= 32 else 4.0
+        return _points(t + (5000 if c.max_batch_size >= 32 else 0), p99)
+
+    first = start_point({"batches": [{"batch": 1, "throughput": 10}, {"batch": 4, "throughput": 30}]}, 64, True)
+    assert first == Candidate(4, 100, 1)
+    best, trials = search(measure, first, 64, 4, p99_ms=10, max_trials=40)
+    assert best == Candidate(16, 500, 2)
+    assert len(trials) < 4 * 7 * 4  # far fewer than the whole grid (Model Analyzer's brute search)
+    assert all(t["max_batch_size"] < 32 or t["throughput_under_slo"] == 0 for t in trials)
+    front = pareto(trials)
+    assert front and all(p["p99_ms"] <= 25.0 for p in front)
+
+
+def test_a_config_without_batching_searches_instances_only():
+    assert neighbours(Candidate(0, 0, 1), 0, 4) == [Candidate(0, 0, 2)]
+    assert start_point(None, 0, False) == Candidate(0, 0, 1)
+    assert score(_points(500, 11), p99_ms=10) == (0.0, None)
+
+
+@pytest.fixture(scope="module")
+def pa():
+    cmd = perf_analyzer()
+    if cmd is None:
+        pytest.skip(why())
+    return cmd
+
+
+def test_tune_on_triton_records_every_trial_and_writes_a_config_that_serves(tri, pa, tmp_path, digits_config):
+    cfg = digits_config
+    cfg["targets"] = [cfg["targets"][0]]
+    path = write_config(cfg, tmp_path / "model.yaml")
+    assert run_cli("build", str(path), "-q").returncode == 0
+    repo = Path(cfg["triton"]["repository"])
+    before = (repo / "digits/config.pbtxt").read_text()
+    args = [
+        "tune", str(path), *server_args(tri), "--json", "--perf-analyzer", pa, "--slo-p99-ms", "200",
+        "--perf-window", "500",
+    ]  # fmt: skip
+    r = run_cli(*args, "--dry-run", "--max-trials", "1", "--perf-concurrency", "4")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert len(out["trials"]) == 1 and out["written"] is None
+    assert (repo / "digits/config.pbtxt").read_text() == before  # a dry run writes nothing
+
+    r = run_cli(*args, "--max-trials", "3", "--perf-concurrency", "1,4")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert len(out["trials"]) == 3
+    for t in out["trials"]:
+        assert {p["value"] for p in t["points"]} == {1.0, 4.0} and t["throughput_under_slo"] > 0
+    assert out["best"]["throughput_under_slo"] == max(t["throughput_under_slo"] for t in out["trials"])
+    assert out["published"]["throughput_under_slo"] > 0 and out["pareto"]
+    assert "max_batch_size: " in out["model_yaml"]
+    if out["best"]["throughput_under_slo"] > out["published"]["throughput_under_slo"]:
+        written = (repo / "digits/config.pbtxt").read_text()
+        assert written == out["config_pbtxt"] != before
+        assert Path(out["written"]["replaced_kept_in"]).read_text() == before
+        assert out["check"]["passed"]  # reloaded from the repository, answers within the gate
+    else:  # the published config was already the best measured: left as it was
+        assert out["written"] is None and (repo / "digits/config.pbtxt").read_text() == before
