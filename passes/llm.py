@@ -277,15 +277,48 @@ def profile_result(runtime: str, res: dict[str, Any], ctx: PassContext) -> PassR
     )
 
 
-LINEAR_SUFFIXES = (
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-)
+def decoder_layers(model_dir: Path) -> tuple[list[str], list[str]]:
+    """The architecture's own modules, found structurally (the model built from its
+    config on the meta device, no weights read): (every torch Linear inside the decoder
+    blocks, i.e. under a numbered block of a module list, the output head excluded;
+    every transformers Conv1D there, GPT-2's layout)."""
+    import re
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=False)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    head = model.get_output_embeddings()
+    linears, conv1d = [], []
+    for name, m in model.named_modules():
+        if m is head or not re.search(r"\.\d+\.", f".{name}."):
+            continue
+        if isinstance(m, torch.nn.Linear):
+            linears.append(name)
+        elif type(m).__name__ == "Conv1D":
+            conv1d.append(name)
+    return linears, conv1d
+
+
+def target_patterns(names: list[str]) -> list[str]:
+    """compressed-tensors targets that match exactly `names`: one regex per position in
+    a block (the block index as \\d+) when every block has that layer, else the names."""
+    import re
+    from collections import defaultdict
+
+    by: dict[str, set[str]] = defaultdict(set)
+    for n in names:
+        by[re.sub(r"\.(\d+)\.", ".#.", n, count=1)].add(n)
+    blocks = {re.search(r"\.(\d+)\.", n).group(1) for n in names}  # type: ignore[union-attr]
+    out = []
+    for shape, members in sorted(by.items()):
+        if len(members) == len(blocks):
+            out.append("re:^" + re.escape(shape).replace("\\#", "#").replace("#", r"\d+") + "$")
+        else:
+            out += sorted(members)
+    return out
 
 
 class W8A8Config(Section):
@@ -295,12 +328,13 @@ class W8A8Config(Section):
 class QuantizeW8A8(Pass[HfModel, HfModel]):
     """W8A8 INT8 in the compressed-tensors format vLLM loads (`int-quantized`):
     per-output-channel symmetric INT8 weights by round-to-nearest (weight_scale =
-    max|row| / 127) for the decoder's Linear layers, activations quantized per token
-    at run time (dynamic, so no calibration data); embeddings, norms and lm_head stay
-    in float. The recipe is recorded in the artifact's meta (and the manifest)."""
+    max|row| / 127) for every Linear layer inside the decoder blocks, found from the
+    architecture itself (decoder_layers), activations quantized per token at run
+    time (dynamic, so no calibration data); embeddings, norms and the output head
+    stay in float, and the config's targets name exactly the layers written. The recipe is recorded in the artifact's meta (and the manifest)."""
 
     name = "quantize_w8a8"
-    version = 1
+    version = 2
     input_type = HfModel
     output_type = HfModel
     Config = W8A8Config
@@ -316,12 +350,28 @@ class QuantizeW8A8(Pass[HfModel, HfModel]):
         files = sorted(src.glob("*.safetensors"))
         if len(files) != 1:
             raise ValueError(f"quantize_w8a8 handles a single-file checkpoint; found {len(files)} safetensors files")
+        linears, conv1d = decoder_layers(dst)
+        if not linears:
+            if conv1d:
+                raise ValueError(
+                    f"quantize_w8a8: this architecture's decoder layers are transformers Conv1D ({conv1d[0]}, ...: "
+                    "GPT-2's layout), which quantize_w8a8 does not write (vLLM's loader transposes their weights; "
+                    "INT8 in that layout is not verified); use quantization: none, or dtype bfloat16"
+                )
+            raise ValueError("quantize_w8a8 found no Linear layers inside the model's decoder blocks to quantize")
         tensors = load_file(str(files[0]))
+        missing = [n for n in linears if f"{n}.weight" not in tensors]
+        if missing:
+            raise ValueError(
+                f"quantize_w8a8: the checkpoint has no weight for the decoder's Linear layer {missing[0]} "
+                f"(and {len(missing) - 1} more); are the checkpoint's names the architecture's?"
+            )
+        wanted = {f"{n}.weight" for n in linears}
         out: dict[str, torch.Tensor] = {}
         layers, worst = 0, 0.0
         for name, w in tensors.items():
             base = name[: -len(".weight")] if name.endswith(".weight") else None
-            if base is not None and base.rsplit(".", 1)[-1] in LINEAR_SUFFIXES and w.ndim == 2:
+            if name in wanted and w.ndim == 2 and base is not None:
                 wf = w.float()
                 scale = (wf.abs().amax(dim=1, keepdim=True) / 127.0).clamp(min=1e-12)
                 q = torch.round(wf / scale).clamp(-128, 127).to(torch.int8)
@@ -331,8 +381,6 @@ class QuantizeW8A8(Pass[HfModel, HfModel]):
                 layers += 1
             else:
                 out[name] = w.contiguous()
-        if layers == 0:
-            raise ValueError("quantize_w8a8 found no decoder Linear layers (q/k/v/o/gate/up/down_proj) to quantize")
         (dst / files[0].name).unlink()
         save_file(out, str(dst / files[0].name), metadata={"format": "pt"})
         config = json.loads((dst / "config.json").read_text())
@@ -342,7 +390,7 @@ class QuantizeW8A8(Pass[HfModel, HfModel]):
             "quantization_status": "compressed",
             "config_groups": {
                 "group_0": {
-                    "targets": ["Linear"],
+                    "targets": target_patterns(linears),  # exactly the layers written in INT8
                     "weights": {
                         "num_bits": 8,
                         "type": "int",
@@ -360,7 +408,7 @@ class QuantizeW8A8(Pass[HfModel, HfModel]):
                     "output_activations": None,
                 }
             },
-            "ignore": ["lm_head"],
+            "ignore": [],
         }
         config["quantization_config"] = recipe
         (dst / "config.json").write_text(json.dumps(config, indent=2) + "\n")
