@@ -317,7 +317,7 @@ def build(task: Any, cfg: Any, config_path: Path, opts: BuildOptions) -> BuildRe
         raise err2
     by_name = {v.target: v for v in variants}
     deployments = task.deployments(cfg, [by_name[c] for c in chosen])
-    task.before_publish(cfg, deployments, result, instruments)  # end-to-end gates, what else serves it
+    task.before_publish(cfg, deployments, result, instruments, prep)  # end-to-end gates, what else serves it
     manifest = build_manifest(cfg, task, config_path, prep, result)
     result.published = task.publish(cfg, deployments, manifest, result, instruments)
     for p in result.published:

@@ -65,7 +65,7 @@ class Task:
         """publish.Deployment per Triton model the chosen variants become."""
         raise NotImplementedError
 
-    def before_publish(self, cfg: Any, deployments: list[Any], result: Any, instruments: Any) -> None:
+    def before_publish(self, cfg: Any, deployments: list[Any], result: Any, instruments: Any, prep: Any = None) -> None:
         """Checks of what will be deployed that must pass before anything is published."""
 
     def manifest_extras(self, cfg: Any, prep: Any, result: Any) -> dict[str, Any]:

@@ -82,11 +82,14 @@ class TensorTask(Task):
             for name, t in deployment_names(cfg, [v.target for v in chosen])
         ]
 
-    def before_publish(self, cfg: Any, deployments: list[Any], result: Any, instruments: Any) -> None:
+    def before_publish(self, cfg: Any, deployments: list[Any], result: Any, instruments: Any, prep: Any = None) -> None:
         """The ensemble's end-to-end gate on the deployed variant, and whether the Ray Serve
         app can serve it."""
         deployed = next(t for t in cfg.targets if t.name == deployments[0].target)
-        feeds, _ = load_validation(cfg.io, cfg.validation, describe_dataset(cfg.validation, "validation"))
+        if prep is not None and prep.datasets is not None:  # the arrays the gates read, not read again
+            feeds, _ = prep.datasets.get(prep.inputs.validation)
+        else:
+            feeds, _ = load_validation(cfg.io, cfg.validation, describe_dataset(cfg.validation, "validation"))
         result.shape_coverage = shape_coverage(cfg.io, feeds, cfg.validation.batch_size)
         gaps = coverage_lines(result.shape_coverage)
         for line in gaps:
