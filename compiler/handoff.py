@@ -113,6 +113,9 @@ class LocalServer:
             "--grpc-address=127.0.0.1",
             f"--grpc-port={self.grpc_port}",
             "--allow-metrics=false",
+            # its requests are done when it is stopped: do not wait the default 30 s for the
+            # clients' idle keep-alive connections (a later --tritonserver-arg overrides it)
+            "--exit-timeout-secs=3",
             *self.extra_args,
         ]
         env = dict(os.environ)

@@ -108,10 +108,25 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(line)
 
 
+# server hand-off tests: real Triton / Ray / MLflow servers and perf_analyzer around
+# mscompile's own code; what they check does not change with the onnx/onnxruntime pins
+SERVER_FILES = {
+    "test_triton.py",
+    "test_rayserve.py",
+    "test_farm.py",
+    "test_tracking.py",
+    "test_perf.py",
+    "test_tune.py",
+}
+
+
 def pytest_collection_modifyitems(config, items):
-    """Every test under tests/llm is marked `llm` (the gpu_stack leg leaves them out:
-    they never load that stack's onnx or onnxruntime)."""
+    """Every test under tests/llm is marked `llm`, every test of SERVER_FILES `servers`
+    (the gpu_stack leg leaves both out: llm tests never load that stack's onnx or
+    onnxruntime, server tests exercise the hand-off, which the first leg runs)."""
     llm = REPO / "tests" / "llm"
     for item in items:
         if llm in item.path.parents:
             item.add_marker(pytest.mark.llm)
+        if item.path.name in SERVER_FILES:
+            item.add_marker(pytest.mark.servers)

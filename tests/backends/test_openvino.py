@@ -4,7 +4,6 @@ runtime, profiles, the Triton OpenVINO backend's config, and the recovery try
 
 import importlib.util
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -85,7 +84,18 @@ def test_int8_that_misses_its_gate_tries_nncf_accuracy_control_then_fails_with_e
     assert not (tmp_path / "repo").exists()
 
 
-def test_every_openvino_variant_serves_the_gates_answers_on_triton(tri, ov_build):
+@pytest.fixture(scope="module")
+def ov_server(tri, ov_build):
+    """One Triton (explicit model control, the stand-in backends) on the module's repository:
+    the serve-checks below load and unload on it (--url/--grpc-url)."""
+    from mscompile.handoff import LocalServer
+
+    tmp_path, _, _ = ov_build
+    with LocalServer(tri.binary, tmp_path / "repo", tmp_path / "triton.log", tri.args) as s:
+        yield ["--url", s.http_url, "--grpc-url", s.grpc_url]
+
+
+def test_every_openvino_variant_serves_the_gates_answers_on_triton(ov_server, ov_build):
     """On Triton with the openvino stand-in, which refuses what Triton's C++ OpenVINO
     backend refuses (see triton_harness.py), every published variant loads and answers
     one request per sample (batch 1) with what its gate measured."""
@@ -97,7 +107,7 @@ def test_every_openvino_variant_serves_the_gates_answers_on_triton(tri, ov_build
             # the backend reshapes a batching config to a static batch: none here
             assert mc.max_batch_size == 0 and list(mc.input[0].dims) == [-1, 1, 8, 8]
             assert not mc.HasField("dynamic_batching")
-        r = run_cli("serve-check", str(path), "--model", name, *server_args(tri), "--json")
+        r = run_cli("serve-check", str(path), "--model", name, *ov_server, "--json")
         assert r.returncode == 0, (variant, r.stderr)
         s = json.loads(r.stdout)
         gate = next(v for v in out["variants"] if v["name"] == variant)["metrics"]
@@ -107,31 +117,31 @@ def test_every_openvino_variant_serves_the_gates_answers_on_triton(tri, ov_build
             assert p["metrics"]["accuracy"] == pytest.approx(gate["accuracy"]), (variant, proto)
 
 
-def test_openvino_stand_in_refuses_a_batch_the_real_backend_refuses(tri, ov_build, tmp_path):
+def test_openvino_stand_in_refuses_a_batch_the_real_backend_refuses(ov_server, ov_build):
     """A config as mscompile wrote it before (max_batch_size 64, dynamic batching, no
     padding) loads READY and then fails every batch-1 request, as on the real backend;
     with ENABLE_BATCH_PADDING it serves."""
     src, path, _ = ov_build
-    cfg = yaml.safe_load(path.read_text())
-    cfg["triton"]["repository"] = str(tmp_path / "repo")
-    shutil.copytree(src / "repo", tmp_path / "repo")
-    new = write_config(cfg, tmp_path / "model.yaml")
-    pbtxt = tmp_path / "repo" / "digits_ov_ov_fp32" / "config.pbtxt"
-    mc = parse(pbtxt.read_text())
+    pbtxt = src / "repo" / "digits_ov_ov_fp32" / "config.pbtxt"
+    original = pbtxt.read_text()
+    mc = parse(original)
     mc.max_batch_size = 64
     for io in (*mc.input, *mc.output):
         del io.dims[0]
     mc.dynamic_batching.max_queue_delay_microseconds = 500
     del mc.model_warmup[:]
-    pbtxt.write_text(to_text(mc))
-    args = ("serve-check", str(new), "--model", "digits_ov_ov_fp32", *server_args(tri), "--protocol", "grpc")
-    r = run_cli(*args)
-    assert r.returncode == 1, r.stderr
-    assert "expected requests with batch size '64', got '1'" in r.stderr, r.stderr
-    mc.parameters["ENABLE_BATCH_PADDING"].string_value = "YES"
-    pbtxt.write_text(to_text(mc))
-    r = run_cli(*args)
-    assert r.returncode == 0, r.stderr
+    args = ("serve-check", str(path), "--model", "digits_ov_ov_fp32", *ov_server, "--protocol", "grpc")
+    try:
+        pbtxt.write_text(to_text(mc))
+        r = run_cli(*args)
+        assert r.returncode == 1, r.stderr
+        assert "expected requests with batch size '64', got '1'" in r.stderr, r.stderr
+        mc.parameters["ENABLE_BATCH_PADDING"].string_value = "YES"
+        pbtxt.write_text(to_text(mc))
+        r = run_cli(*args)
+        assert r.returncode == 0, r.stderr
+    finally:
+        pbtxt.write_text(original)
 
 
 def test_onnxruntime_openvino_accelerator_needs_a_backend_with_openvinos_provider(tri, ov_build):
