@@ -86,10 +86,12 @@ class Cluster:
         import signal
 
         for proc in reversed(self.procs):
-            for sig in (signal.SIGTERM, signal.SIGKILL):
+            # a head node can sit out SIGTERM for its 30 s grace period: a test cluster
+            # gets 5 s, then SIGKILL
+            for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 30)):
                 try:
                     os.killpg(proc.pid, sig)
-                    proc.wait(timeout=30)
+                    proc.wait(timeout=wait)
                     break
                 except ProcessLookupError:
                     break
