@@ -236,6 +236,13 @@ class RecoveryConfig(Section):
     max_excluded_fraction: float = Field(
         default=0.3, gt=0, le=1, description="most quantizable nodes that may be left in float"
     )
+    budget_s: float = Field(
+        default=1800.0,
+        ge=0,
+        le=86_400,
+        description="seconds of work the INT8 search may spend (steps served from the cache cost nothing); "
+        "when spent it stops before its next try and says which tries and modes it did not run",
+    )
 
 
 class ProfileSettings(Section):

@@ -248,3 +248,20 @@ def test_bias_correction_cancels_the_mean_shift_of_weight_quantization(digits_gr
         if bc:
             assert q.metrics["bias_correction"]["layers"] >= 2, q.metrics
     assert shifts[True] < 0.7 * shifts[False], shifts
+
+
+def test_int8_search_stops_at_its_time_budget_and_says_what_it_did_not_try(tmp_path, digits_config):
+    """A budget of 0 s: the first try runs (it costs time), nothing after it; the
+    variant's reason names the tries and the mode not run."""
+    digits_config["targets"] = [
+        {"name": "int8", "precision": "int8", "mode": "auto", "tolerance": {"cosine_min": 0.9999999},
+         "recovery": {"budget_s": 0}, "on_fail": "skip"},
+        digits_config["targets"][0],
+    ]  # fmt: skip
+    digits_config["profile"] = {"enabled": False}
+    result = build(
+        parse_config(digits_config), tmp_path / "m.yaml", BuildOptions(cache_dir=tmp_path / "cache", quiet=True)
+    )
+    v = next(x for x in result.variants if x.target == "int8")
+    assert v.status == "FAIL" and len(v.tries) == 1
+    assert "time budget spent" in v.reason and "not tried: static tries 2..4, dynamic INT8" in v.reason, v.reason
