@@ -9,6 +9,8 @@ import onnxruntime.transformers.onnx_model  # noqa: F401
 import pytest
 import yaml
 from helpers import REPO, TINY_MODEL_SRC
+from perf_harness import perf_analyzer
+from perf_harness import why as perf_why
 from triton_harness import triton
 
 # onnxruntime.transformers appends its own folder to sys.path on first import (its
@@ -25,6 +27,15 @@ def tri():
     if isinstance(t, str):
         pytest.skip(t)
     return t
+
+
+@pytest.fixture(scope="session")
+def pa():
+    """A perf_analyzer command that runs here (perf_harness.py), or a skip with the reason."""
+    cmd = perf_analyzer()
+    if cmd is None:
+        pytest.skip(perf_why())
+    return cmd
 
 
 @pytest.fixture(autouse=True)

@@ -8,16 +8,7 @@ from pathlib import Path
 
 import pytest
 from helpers import run_cli, write_config
-from perf_harness import perf_analyzer, why
 from triton_harness import server_args
-
-
-@pytest.fixture(scope="module")
-def pa():
-    cmd = perf_analyzer()
-    if cmd is None:
-        pytest.skip(why())
-    return cmd
 
 
 @pytest.fixture

@@ -6,10 +6,8 @@ kept copy, reloaded from the repository and its answers checked."""
 import json
 from pathlib import Path
 
-import pytest
 from helpers import run_cli, write_config
 from mscompile.serving.tune import Candidate, neighbours, pareto, score, search, start_point
-from perf_harness import perf_analyzer, why
 from triton_harness import server_args
 
 
@@ -40,14 +38,6 @@ def test_a_config_without_batching_searches_instances_only():
     assert neighbours(Candidate(0, 0, 1), 0, 4) == [Candidate(0, 0, 2)]
     assert start_point(None, 0, False) == Candidate(0, 0, 1)
     assert score(_points(500, 11), p99_ms=10) == (0.0, None)
-
-
-@pytest.fixture(scope="module")
-def pa():
-    cmd = perf_analyzer()
-    if cmd is None:
-        pytest.skip(why())
-    return cmd
 
 
 def test_tune_on_triton_records_every_trial_and_writes_a_config_that_serves(tri, pa, tmp_path, digits_config):

@@ -130,7 +130,18 @@ def test_openvino_stand_in_refuses_a_batch_the_real_backend_refuses(ov_server, o
         del io.dims[0]
     mc.dynamic_batching.max_queue_delay_microseconds = 500
     del mc.model_warmup[:]
-    args = ("serve-check", str(path), "--model", "digits_ov_ov_fp32", *ov_server, "--protocol", "grpc")
+    # one request in flight: the batcher has nothing to merge, every execution is batch 1
+    args = (
+        "serve-check",
+        str(path),
+        "--model",
+        "digits_ov_ov_fp32",
+        *ov_server,
+        "--protocol",
+        "grpc",
+        "--concurrency",
+        "1",
+    )
     try:
         pbtxt.write_text(to_text(mc))
         r = run_cli(*args)
