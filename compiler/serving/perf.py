@@ -160,7 +160,7 @@ def sweep(
     progress: Callable[[str], None],
 ) -> list[dict[str, Any]]:
     """Every point of the concurrency sweep, then of the request-rate sweep, over one protocol."""
-    binary = find_perf_analyzer(opts.binary)
+    binary = opts.binary or find_perf_analyzer(None)  # checked once when the options were made
     rows = []
     with tempfile.TemporaryDirectory(prefix="mscompile-perf-") as tmp:
         work = Path(tmp)

@@ -13,7 +13,6 @@ from ..backends import get
 from ..build import Prepared, assemble, choose, selection_note
 from ..cache import Cache
 from ..config import ModelConfig, resolve_path, semantic_problems
-from ..data import describe_dataset, load_validation
 from ..ensemble import chain_gate
 from ..errors import AccuracyGateError, ConfigError
 from ..handoff import (
@@ -86,10 +85,7 @@ class TensorTask(Task):
         """The ensemble's end-to-end gate on the deployed variant, and whether the Ray Serve
         app can serve it."""
         deployed = next(t for t in cfg.targets if t.name == deployments[0].target)
-        if prep is not None and prep.datasets is not None:  # the arrays the gates read, not read again
-            feeds, _ = prep.datasets.get(prep.inputs.validation)
-        else:
-            feeds, _ = load_validation(cfg.io, cfg.validation, describe_dataset(cfg.validation, "validation"))
+        feeds, _ = prep.datasets.get(prep.inputs.validation)  # the arrays the gates read, not read again
         result.shape_coverage = shape_coverage(cfg.io, feeds, cfg.validation.batch_size)
         gaps = coverage_lines(result.shape_coverage)
         for line in gaps:
@@ -175,19 +171,7 @@ class TensorTask(Task):
             )
         if server.get("url") or server.get("grpc_url"):
             return serve_check(cfg, state, check_options(server, version, say))
-        binary = find_tritonserver(server.get("tritonserver"))
-        log = state.logs / f"tritonserver-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
-        say(f"starting {binary} on loopback (explicit model control, no auto-complete); log {log}")
-        with LocalServer(binary, resolve_path(cfg.triton.repository), log, server.get("tritonserver_args", ())) as s:
-            opts = check_options(dict(server, url=s.http_url, grpc_url=s.grpc_url), version, say)
-            opts.server_log = lambda: s.log_tail(200)
-            try:
-                out = serve_check(cfg, state, opts)
-            except ServeLoadError as exc:
-                exc.args = (f"{exc} (server log: {log})",)
-                raise
-            out["server"] = {"binary": str(binary), "log": str(log)}
-            return out
+        return _on_local_server(cfg, state, server, version, say, serve_check)
 
     def tune(self, cfg: Any, state: Any, version: int | None, say: Any, server: dict[str, Any]) -> dict:
         """The serving-config search, against --grpc-url or a tritonserver started here."""
@@ -200,17 +184,28 @@ class TensorTask(Task):
         server = dict(server, perf=True, protocol="grpc")
         if server.get("grpc_url"):
             return tune(cfg, state, check_options(server, version, say), topts)
-        binary = find_tritonserver(server.get("tritonserver"))
-        log = state.logs / f"tritonserver-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
-        say(f"starting {binary} on loopback (explicit model control, no auto-complete); log {log}")
-        with LocalServer(binary, resolve_path(cfg.triton.repository), log, server.get("tritonserver_args", ())) as s:
-            opts = check_options(dict(server, url=s.http_url, grpc_url=s.grpc_url), version, say)
-            out = tune(cfg, state, opts, topts)
-            out["server"] = {"binary": str(binary), "log": str(log)}
-            return out
+        return _on_local_server(cfg, state, server, version, say, lambda c, st, o: tune(c, st, o, topts))
 
     def deploy(self, cfg: Any, state: Any, version: int | None, say: Any, server: dict[str, Any]) -> dict:
         return deploy(cfg, state, check_options(server, version, say))
+
+
+def _on_local_server(cfg: Any, state: Any, server: dict[str, Any], version: int | None, say: Any, work: Any) -> dict:
+    """`work(cfg, state, opts)` against a tritonserver started on loopback for it (its log
+    under the state folder; a load failure names it)."""
+    binary = find_tritonserver(server.get("tritonserver"))
+    log = state.logs / f"tritonserver-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    say(f"starting {binary} on loopback (explicit model control, no auto-complete); log {log}")
+    with LocalServer(binary, resolve_path(cfg.triton.repository), log, server.get("tritonserver_args", ())) as s:
+        opts = check_options(dict(server, url=s.http_url, grpc_url=s.grpc_url), version, say)
+        opts.server_log = lambda: s.log_tail(200)
+        try:
+            out = work(cfg, state, opts)
+        except ServeLoadError as exc:
+            exc.args = (f"{exc} (server log: {log})",)
+            raise
+        out["server"] = {"binary": str(binary), "log": str(log)}
+        return out
 
 
 def _points(text: str, key: str, kind: type) -> tuple:
