@@ -159,7 +159,7 @@ def minilm_bench_inputs() -> dict[str, np.ndarray]:
 
 
 def build(path: Path):
-    from mscompile.build import BuildOptions
+    from mscompile.builder import BuildOptions
     from mscompile.tasks import build as build_config
     from mscompile.tasks import load_config
 

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def fp32_graph() -> Path:
-    from mscompile.build import BuildOptions
+    from mscompile.builder import BuildOptions
     from mscompile.tasks import build, parse_config
 
     cfg = yaml.safe_load((ROOT / "examples/minilm/model.yaml").read_text())

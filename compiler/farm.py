@@ -30,7 +30,7 @@ from typing import Any
 
 from .artifacts import Artifact
 from .backends import get
-from .build import BuildOptions
+from .builder import BuildOptions
 from .errors import ConfigError, MscompileError
 from .pipeline import Driver, Status
 from .targets import run_recipe

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from mscompile.accuracy import load_reference
 
-from .build import assemble
+from .builder import assemble
 from .cache import Cache
 from .config import ensemble_name, resolve_path, step_names
 from .ensemble import chain_reference

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .build import BuildOptions
+from .builder import BuildOptions
 from .errors import ConfigError, MscompileError
 from .farm import Farm, FarmReport, merge, run_shared
 from .tasks import load_config, task_of

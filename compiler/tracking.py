@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .build import passes_ran
+from .builder import passes_ran
 from .child import module_argv, safe_env
 from .errors import ConfigError
 from .faults import point

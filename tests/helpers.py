@@ -95,7 +95,7 @@ def make_driver(root: Path, force: bool = False, plan=None):
 
 def tiny_steps(cfg_dict: dict):
     """The real shared pipeline (load, export, optimize) for a config dict."""
-    from mscompile.build import assemble
+    from mscompile.builder import assemble
     from mscompile.tasks import parse_config
 
     cfg = parse_config(cfg_dict)

@@ -113,7 +113,7 @@ def test_force_replaces_a_poisoned_entry(tmp_path):
 
 def test_validation_data_is_read_once_per_build(tmp_path, monkeypatch):
     from mscompile import data
-    from mscompile.build import BuildOptions
+    from mscompile.builder import BuildOptions
     from mscompile.tasks import build, parse_config
 
     cfg = make_tiny_project(tmp_path)

@@ -70,7 +70,7 @@ def test_every_module_is_in_one_layer():
     for p in (REPO / "compiler").rglob("*.py"):
         parts = p.relative_to(REPO / "compiler").with_suffix("").parts
         if parts[-1] == "__init__":
-            if "import" not in p.read_text():
+            if "import" not in p.read_text() or len(parts) == 1:  # the root: above every layer
                 continue
             parts = parts[:-1]
         modules.add(".".join(("mscompile", *parts)))
@@ -108,5 +108,8 @@ def test_project_imports_sit_at_module_level():
         for p in sorted((REPO / root).rglob("*.py"))
         if (hits := _imports_inside_functions(p.read_text()))
     }
+    # the one exception, named in the contract's ignore_imports: `import mscompile` stays light
+    # (the tool workers import it under other Pythons); mscompile.build/optimize load the API
+    assert found.pop("compiler/__init__.py", None) == ["line 16: from . import api"]
     assert not found, found
     assert _imports_inside_functions("def f():\n    from .build import build\n") == ["line 2: from .build import build"]

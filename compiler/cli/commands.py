@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from ..backends import doctor as doctor_rows
-from ..build import BuildOptions
+from ..builder import BuildOptions
 from ..config import resolve_path
 from ..errors import AccuracyGateError, ConfigError, MscompileError, TargetSkippedError
 from ..handoff import dumps, tune_lines

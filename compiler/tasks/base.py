@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..build import build, plan
+from ..builder import build, plan
 from ..config import validated
 from ..errors import ConfigError
 

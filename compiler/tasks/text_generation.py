@@ -8,7 +8,7 @@ from typing import Any
 
 from ..artifacts import HfModel, HfSource
 from ..backends import RecipeInputs, get
-from ..build import Prepared
+from ..builder import Prepared
 from ..cache import Cache
 from ..config import llm_problems, resolve_path
 from ..errors import ConfigError

@@ -1,6 +1,6 @@
 """The CLI's rendering, in process: what a user reads after a build."""
 
-from mscompile.build import BuildResult, Variant
+from mscompile.builder import BuildResult, Variant
 from mscompile.cli import print_summary
 from mscompile.pipeline import Status
 

@@ -99,7 +99,7 @@ def mlp(tmp_path, monkeypatch):
 @requires("sklearn")
 def test_equalization_is_float_exact_and_balances_the_rescaled_units(tmp_path, mlp):
     import onnx
-    from mscompile.build import BuildOptions
+    from mscompile.builder import BuildOptions
     from mscompile.passes.equalize_graph import _channel_range, equalize
     from mscompile.tasks import build, parse_config
     from onnx import numpy_helper
@@ -122,7 +122,7 @@ def test_equalization_is_float_exact_and_balances_the_rescaled_units(tmp_path, m
 
 @requires("sklearn")
 def test_outlier_net_passes_static_int8_after_equalization_with_no_tensor_in_float(tmp_path, mlp):
-    from mscompile.build import BuildOptions
+    from mscompile.builder import BuildOptions
     from mscompile.tasks import build, parse_config
 
     cfg, acc = mlp
@@ -142,7 +142,7 @@ def test_tensor_level_recovery_keeps_the_damaged_tensor_in_float(tmp_path, monke
     """A unit that always outputs 1000 (and is ignored): equalization has nothing to
     balance, so recovery keeps the damaged activation itself in float (its
     consumers read float), and every try changes the graph."""
-    from mscompile.build import BuildOptions
+    from mscompile.builder import BuildOptions
     from mscompile.tasks import build, parse_config
 
     monkeypatch.chdir(tmp_path)
@@ -241,7 +241,7 @@ def ln_outlier_net(root, scale=300.0):
 
 @requires("sklearn")
 def test_smoothing_folds_into_layernorm_and_int8_keeps_99_percent(tmp_path, monkeypatch):
-    from mscompile.build import BuildOptions
+    from mscompile.builder import BuildOptions
     from mscompile.tasks import build, parse_config
 
     monkeypatch.chdir(tmp_path)
@@ -263,7 +263,7 @@ def test_smoothing_folds_into_layernorm_and_int8_keeps_99_percent(tmp_path, monk
 @requires("sklearn")
 def test_smoothing_rewrite_is_float_exact_and_balances_channels(tmp_path, monkeypatch):
     import onnx
-    from mscompile.build import BuildOptions
+    from mscompile.builder import BuildOptions
     from mscompile.passes.equalize_graph import SMOOTH_MARK, _channel_max, smooth
     from mscompile.runtimes import onnxruntime_session
     from mscompile.tasks import build, parse_config
@@ -297,7 +297,7 @@ def test_smoothing_rewrite_is_float_exact_and_balances_channels(tmp_path, monkey
 def test_dead_unit_passes_with_default_recovery_by_smoothing(tmp_path, monkeypatch):
     """The unit every later weight ignores: smoothing scales it down freely (its weight
     row is zero), so static INT8 passes with the default budget and nothing in float."""
-    from mscompile.build import BuildOptions
+    from mscompile.builder import BuildOptions
     from mscompile.tasks import build, parse_config
 
     monkeypatch.chdir(tmp_path)

@@ -83,7 +83,7 @@ def t5like(tmp_path, monkeypatch):
 
 
 def _build(root):
-    from mscompile.build import BuildOptions
+    from mscompile.builder import BuildOptions
     from mscompile.tasks import build, load_config
 
     return build(

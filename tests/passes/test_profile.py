@@ -76,7 +76,7 @@ def _timed(name: str, p50: float, noise: float, stable: bool = True):
 def test_fastest_only_prefers_a_variant_beyond_the_measured_noise():
     """Reproducible selection: a difference inside the noise is a tie, and ties go to the
     order in model.yaml; a variant faster by more than the noise wins."""
-    from mscompile.build import fastest
+    from mscompile.builder import fastest
 
     cfg = parse_config(yaml.safe_load((REPO / "examples/digits/model.yaml").read_text()))
     # int8 3% faster, within the 5% floor: the first listed (fp32) is deployed

@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 import yaml
 from helpers import REPO, make_driver, requires, tiny_steps
-from mscompile.build import BuildOptions
+from mscompile.builder import BuildOptions
 from mscompile.passes.quantize_int8 import Int8Config, QuantizeInt8
 from mscompile.passes.quantize_modelopt import ModelOptConfig, QuantizeModelOpt
 from mscompile.pipeline import Step

@@ -69,6 +69,11 @@ class Variant:
     gated_on: list[str] = field(default_factory=list)
     engines: dict[str, Artifact] = field(default_factory=dict)  # compute capability -> engine (GPU kinds)
 
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """The gate's figures against PyTorch on the validation data (empty if no gate ran)."""
+        return self.report.meta.get("metrics", {}) if self.report else {}
+
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.target,
@@ -78,6 +83,8 @@ class Variant:
             "reason": self.reason,
             "metrics": self.report.meta.get("metrics", {}) if self.report else {},
             "failures": self.report.meta.get("failures", []) if self.report else [],
+            # the gate at each generated shape (validation.shapes: generate)
+            "buckets": self.report.meta.get("buckets", {}) if self.report else {},
             # what would ship (meta "bytes" where the artifact folder holds more, e.g. a checkpoint's
             # calibration state)
             "size_bytes": (self.model.meta.get("bytes") or size_of(self.model.path)) if self.model else None,
@@ -115,6 +122,13 @@ class BuildResult:
     pipeline: dict[str, Any] | None = None  # the end-to-end gate of the ensemble
     rayserve: str | None = None  # the Ray Serve app's version folder
     shape_coverage: list[dict[str, Any]] | None = None  # declared dynamic sizes vs the sizes gated
+    deployed: str | None = None  # the deployed variant (None when nothing was published)
+
+    def variant(self, name: str) -> Variant:
+        found = next((v for v in self.variants if v.target == name), None)
+        if found is None:
+            raise KeyError(f"no variant {name!r}; the variants are {[v.target for v in self.variants]}")
+        return found
 
     def to_json(self) -> dict[str, Any]:
         ran, cached = passes_ran(self.records)
@@ -138,6 +152,7 @@ class BuildResult:
             "seconds": round(self.seconds, 3),
             "report": str(self.report_path) if self.report_path else None,
             "selection": self.selection,
+            "deployed": self.deployed,
             "pipeline": self.pipeline,
             "rayserve": self.rayserve,
             "shape_coverage": self.shape_coverage,
@@ -194,7 +209,9 @@ def assemble(cfg: ModelConfig, state: State | None = None, devices: dict[str, An
             Step(
                 "load_checkpoint",
                 LoadCheckpoint,
-                LoadConfig(source=cfg.source, io=io, batch_size=cfg.validation.batch_size),
+                LoadConfig(
+                    source=cfg.source, io=io, batch_size=cfg.validation.batch_size, shapes=cfg.validation.gate_shapes()
+                ),
                 extras={"validation": validation},
             ),
             Step(
@@ -320,6 +337,7 @@ def build(task: Any, cfg: Any, config_path: Path, opts: BuildOptions) -> BuildRe
     task.before_publish(cfg, deployments, result, instruments, prep)  # end-to-end gates, what else serves it
     manifest = build_manifest(cfg, task, config_path, prep, result)
     result.published = task.publish(cfg, deployments, manifest, result, instruments)
+    result.deployed = deployments[0].target
     for p in result.published:
         for w in p.warnings:
             instruments.warn(w)
