@@ -168,9 +168,95 @@ def compare_llm(
     return metrics, fails
 
 
-def shape_coverage(io: IOSpec, feeds: dict[str, np.ndarray], batch_size: int) -> list[dict[str, Any]]:
+GENERATED_SAMPLES = 32  # samples per generated shape bucket (the first of the validation set)
+
+
+def _dynamic_dims(
+    io: IOSpec, feeds: dict[str, np.ndarray]
+) -> list[tuple[str, list[tuple[str, int]], dict[str, int], int]]:
+    """The dynamic non-batch dimensions with a declared range, as (label, members
+    [(input, axis)], declared {min, opt, max}, the data's size there). Inputs that name
+    the same dimension vary together; unnamed (-1) ones vary together when they sit on
+    the same axis with the same data size and range (input_ids and attention_mask
+    declared [-1, -1] must keep one length)."""
+    groups: dict[Any, tuple[str, list[tuple[str, int]], dict[str, int], int]] = {}
+    for inp in io.inputs:
+        arr = feeds.get(inp.name)
+        if inp.range is None or arr is None:
+            continue
+        for axis, d in enumerate(inp.shape):
+            if not is_dynamic(d) or axis >= arr.ndim or (axis == 0 and io.has_batch_axis()):
+                continue
+            declared = {"min": inp.range.min[axis], "opt": inp.range.opt[axis], "max": inp.range.max[axis]}
+            size = int(arr.shape[axis])
+            key = d if isinstance(d, str) else (axis, size, tuple(declared.values()))
+            if key not in groups:
+                groups[key] = (str(io.dim_name(inp, axis)), [], declared, size)
+            groups[key][1].append((inp.name, axis))
+    return list(groups.values())
+
+
+def _resize(a: np.ndarray, axis: int, size: int, across_samples: bool) -> np.ndarray:
+    """`a` cropped or tiled to `size` along `axis`. Tiling continues each sample with the
+    next ones (sample i, i+1, ...: a paragraph of sentences, not one sentence repeated)."""
+    cur = a.shape[axis]
+    if size > cur:
+        reps = -(-size // cur)
+        parts = [np.roll(a, -k, axis=0) if across_samples else a for k in range(reps)]
+        a = np.concatenate(parts, axis=axis)
+    return np.ascontiguousarray(np.take(a, np.arange(size), axis=axis))
+
+
+def shape_buckets(io: IOSpec, feeds: dict[str, np.ndarray]) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """`validation.shapes: generate`: for each declared size (range min/opt/max) of a
+    dynamic non-batch dimension that the validation data lacks, the first
+    GENERATED_SAMPLES samples cropped or tiled to that size there, named '<dim>=<size>'.
+    Deterministic: the reference pass and every gate make the same buckets."""
+    out: list[tuple[str, dict[str, np.ndarray]]] = []
+    batched = io.has_batch_axis()
+    base = {k: v[:GENERATED_SAMPLES] for k, v in feeds.items()} if batched else dict(feeds)
+    for label, members, declared, size in _dynamic_dims(io, feeds):
+        for want in sorted(set(declared.values()) - {size}):
+            bucket = dict(base)
+            for name, axis in members:
+                bucket[name] = _resize(base[name], axis, want, batched)
+            out.append((f"{label}={want}", bucket))
+    return out
+
+
+def bucket_key(output: str, bucket: str) -> str:
+    """The name of a generated bucket's reference array in reference.npz."""
+    return f"{output}@{bucket}"
+
+
+def evaluate_buckets(
+    buckets: dict[str, dict[str, np.ndarray]], ref: dict[str, np.ndarray], io: IOSpec, tol: Tolerance
+) -> tuple[dict[str, Any], list[str]]:
+    """The gate at each generated shape: per bucket its samples, metrics and failures;
+    and every failure, prefixed with the bucket. Labels belong to the data as given, so
+    accuracy_drop is judged there only."""
+    per_bucket: dict[str, Any] = {}
+    fails: list[str] = []
+    tol_b = tol.model_copy(update={"accuracy_drop": None})
+    for name, outs in buckets.items():
+        r = {o: ref[bucket_key(o, name)] for o in outs}
+        agg, _, f = evaluate(outs, r, None, io, tol_b)
+        per_bucket[name] = {
+            "samples": int(next(iter(outs.values())).shape[0]) if io.has_batch_axis() else 1,
+            "metrics": agg,
+            "failures": f,
+            "passed": not f,
+        }
+        fails.extend(f"at {name}: {line}" for line in f)
+    return per_bucket, fails
+
+
+def shape_coverage(
+    io: IOSpec, feeds: dict[str, np.ndarray], batch_size: int, generated: bool = False
+) -> list[dict[str, Any]]:
     """Per dynamic dimension of each input with a declared range: the sizes the gate ran
-    (the validation arrays' size there; for the batch dimension, the gate's batches) and
+    (the validation arrays' size there, and with `generated` the declared sizes, each gated
+    in its own bucket; for the batch dimension, the gate's batches) and
     the declared points (range min/opt/max) no gate figure covers. Only non-batch
     dimensions count as not gated: the batch dimension is reported, not judged."""
     rows: list[dict[str, Any]] = []
@@ -187,9 +273,10 @@ def shape_coverage(io: IOSpec, feeds: dict[str, np.ndarray], batch_size: int) ->
                 gated = sorted(
                     {min(batch_size, n)} | ({n % batch_size} if n > batch_size and n % batch_size else set())
                 )
-            else:
-                gated = [int(arr.shape[axis])]
             declared = {"min": inp.range.min[axis], "opt": inp.range.opt[axis], "max": inp.range.max[axis]}
+            if not batch:
+                # with shapes: generate, every declared size has its own bucket
+                gated = sorted({int(arr.shape[axis])} | (set(declared.values()) if generated else set()))
             rows.append(
                 {
                     "input": inp.name,

@@ -180,6 +180,13 @@ def render(manifest: dict[str, Any]) -> str:
         f"<td>{'batch: not judged' if r['batch'] else _e(', '.join(f'{v} ({k})' for k, v in r['not_gated'].items()) or 'none')}</td></tr>"
         for r in manifest.get("shape_coverage") or []
     ]
+    bucket_rows = [
+        f"<tr><td>{_e(v['name'])}</td><td>{_e(name)}</td><td>{b['samples']}</td>"
+        f"<td>{_e(' '.join(f'{k}={x:.6g}' for k, x in b['metrics'].items() if isinstance(x, float)))}</td>"
+        f"<td>{'pass' if b['passed'] else _e('fail: ' + '; '.join(b['failures']))}</td></tr>"
+        for v in variants
+        for name, b in (v.get("buckets") or {}).items()
+    ]
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>
 <style>
@@ -197,6 +204,7 @@ with mscompile {_e(manifest.get("mscompile", ""))}.</p>
 {"".join(rows)}</table>
 <h2>Shapes the gates covered</h2>
 {("<table><tr><th>input dim</th><th>name</th><th>declared</th><th>gated at</th><th>never gated</th></tr>" + "".join(shapes) + "</table>") if shapes else "<p>No dynamic dimensions with a declared range (or not recorded for this task).</p>"}
+{("<h3>Gates per generated shape (validation.shapes: generate)</h3><table><tr><th>variant</th><th>bucket</th><th>samples</th><th>parity vs PyTorch</th><th>gate</th></tr>" + "".join(bucket_rows) + "</table>") if bucket_rows else ""}
 <h2>Latency and throughput vs batch size</h2>
 <div class="plots">{_line_chart(lat_series, "batch size", "p50 latency (ms)")}{_line_chart(thr_series, "batch size", "throughput (samples/s; LLMs: tokens/s)")}</div>
 <h2>Parity error distributions (first output, validation set)</h2>

@@ -186,12 +186,21 @@ class DataSource(Section):
 class ValidationConfig(DataSource):
     labels: str | None = Field(default=None, description="name of the array in `data` holding integer class labels")
     batch_size: int = Field(default=32, ge=1, le=4096)
-    shapes: Literal["report", "strict"] = Field(
+    shapes: Literal["report", "generate", "strict"] = Field(
         default="report",
         description="report: the summary, --json, the manifest and the report name every declared size "
         "(range min/opt/max) of a dynamic non-batch dimension that the validation data never exercised, "
-        "so no gate figure covers it; strict: such a build fails (exit 3) and publishes nothing",
+        "so no gate figure covers it; generate: each such size gets its own gate bucket, made from the "
+        "first 32 validation samples cropped or tiled to it along that dimension (each sample continued "
+        "by the next ones), with its own reference and figures, and every bucket must pass; "
+        "strict: a build with such a size fails (exit 3) and publishes nothing",
     )
+
+    def gate_shapes(self) -> str:
+        """What the reference and the gates run (their steps' setting): the data as given
+        ("report"; `strict` only changes the verdict after the gates), or also the
+        generated shape buckets ("generate")."""
+        return "generate" if self.shapes == "generate" else "report"
 
 
 class CalibrationConfig(DataSource):

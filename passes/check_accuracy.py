@@ -14,7 +14,15 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from mscompile.accuracy import check_batch, evaluate, load_reference, per_sample, run_model
+from mscompile.accuracy import (
+    check_batch,
+    evaluate,
+    evaluate_buckets,
+    load_reference,
+    per_sample,
+    run_model,
+    shape_buckets,
+)
 from mscompile.artifacts import Artifact, OnnxModel, OpenVinoModel, ParityReport, TorchModel
 from mscompile.pipeline import Pass, PassContext, PassResult, Status
 from mscompile.sections import IOSpec, Section, Tolerance
@@ -26,11 +34,12 @@ class CheckConfig(Section):
     tolerance: Tolerance
     runtime: str = "onnxruntime"  # the runtime the step's session runs (for the report, and the key)
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    shapes: str = "report"  # validation.shapes: "generate" gates each generated shape bucket too
 
 
 class CheckAccuracy(Pass[OnnxModel, ParityReport]):
     name = "check_accuracy"
-    version = 5
+    version = 6
     input_type = OnnxModel
     output_type = ParityReport
     Config = CheckConfig
@@ -48,6 +57,10 @@ class CheckAccuracy(Pass[OnnxModel, ParityReport]):
         try:
             infer = ctx.open(inp.model_file, [o.name for o in cfg.io.outputs], providers=cfg.providers)
             outs, seconds = run_model(infer, cfg.io, feeds, batch)
+            buckets = {}
+            for name, bfeeds in generated(cfg, feeds):
+                ctx.note(f"{runtime} at {name}")
+                buckets[name], _ = run_model(infer, cfg.io, bfeeds, batch)
         except Exception as exc:
             if inp.meta.get("precision") in ("bf16", "fp8"):
                 # ONNX Runtime's CPU kernels lack these types: the engine's own check decides
@@ -56,16 +69,23 @@ class CheckAccuracy(Pass[OnnxModel, ParityReport]):
                     reason=f"{runtime} (CPU) cannot run a {inp.meta['precision']} graph: {str(exc).splitlines()[0][:160]}",
                 )
             raise
-        return make_report(ctx, inp.digest, inp.meta.get("precision"), outs, ref, labels, cfg, n, seconds, runtime)
+        return make_report(
+            ctx, inp.digest, inp.meta.get("precision"), outs, ref, labels, cfg, n, seconds, runtime, buckets
+        )
 
 
 class CheckAccuracyOpenVino(CheckAccuracy):
     """The gate of an OpenVINO IR, on the OpenVINO runtime (CPU plugin defaults)."""
 
     name = "check_accuracy_openvino"
-    version = 2
+    version = 3
     input_type = OpenVinoModel  # type: ignore[assignment]
     libraries = ("openvino", "numpy")
+
+
+def generated(cfg: CheckConfig, feeds: dict[str, np.ndarray]) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """The generated shape buckets this gate runs (none unless validation.shapes: generate)."""
+    return shape_buckets(cfg.io, feeds) if cfg.shapes == "generate" else []
 
 
 def make_report(
@@ -79,8 +99,13 @@ def make_report(
     n: int,
     seconds: float,
     runtime: str = "onnxruntime",
+    buckets: dict[str, dict[str, np.ndarray]] | None = None,
 ) -> PassResult[ParityReport]:
+    """The gate's verdict and report. `buckets`: the variant's outputs at each generated
+    shape; each is judged on its own and every one must pass."""
     agg, per_output, failures = evaluate(outs, ref, labels, cfg.io, cfg.tolerance)
+    per_bucket, bucket_fails = evaluate_buckets(buckets or {}, ref, cfg.io, cfg.tolerance)
+    failures = failures + bucket_fails
     distribution = per_sample(outs[cfg.io.outputs[0].name], ref[cfg.io.outputs[0].name])
     report = {
         "model_digest": model_digest,
@@ -88,6 +113,7 @@ def make_report(
         "runtime": runtime,
         "metrics": agg,
         "per_output": per_output,
+        "buckets": per_bucket,
         "tolerance": cfg.tolerance.model_dump(exclude_none=True),
         "passed": not failures,
         "failures": failures,
@@ -102,6 +128,7 @@ def make_report(
         "failures": failures,
         "distribution": distribution,
         "metrics": agg,
+        "buckets": per_bucket,
         "model_digest": model_digest,
         "runtime": runtime,
         "onnxruntime_seconds": seconds,

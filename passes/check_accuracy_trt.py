@@ -5,19 +5,20 @@ Needs TensorRT and a GPU: SKIPPED with the reason where either is missing."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 from mscompile.accuracy import check_batch, load_reference
 from mscompile.artifacts import ParityReport, TorchModel, TrtEngine
 from mscompile.data import batches
 from mscompile.device import tensorrt_status
-from mscompile.passes.check_accuracy import CheckConfig, make_report
+from mscompile.passes.check_accuracy import CheckConfig, generated, make_report
 from mscompile.pipeline import Pass, PassContext, PassResult, Status
 
 
 class CheckAccuracyTrt(Pass[TrtEngine, ParityReport]):
     name = "check_accuracy_trt"
-    version = 3
+    version = 4
     input_type = TrtEngine
     output_type = ParityReport
     Config = CheckConfig
@@ -40,17 +41,22 @@ class CheckAccuracyTrt(Pass[TrtEngine, ParityReport]):
         if cfg.io.has_batch_axis():
             batch = min(batch, *(profile[i.name]["max"][0] for i in cfg.io.inputs))
         names = [o.name for o in cfg.io.outputs]
-        parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
         ctx.note(f"TensorRT on {next(iter(feeds.values())).shape[0]} validation samples")
-        t0 = time.perf_counter()
-        with TrtRunner(EngineFromBytes(BytesFromPath(str(inp.plan_file))), optimization_profile=0) as runner:
-            for feed in batches(feeds, batch) if cfg.io.has_batch_axis() else [feeds]:
+
+        def run_all(runner: Any, fs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+            for feed in batches(fs, batch) if cfg.io.has_batch_axis() else [fs]:
                 out = runner.infer(feed)
                 for n in names:
                     parts[n].append(np.asarray(out[n]))
-        seconds = time.perf_counter() - t0
-        outs = {n: np.concatenate(v, axis=0) if cfg.io.has_batch_axis() else v[0] for n, v in parts.items()}
+            return {n: np.concatenate(v, axis=0) if cfg.io.has_batch_axis() else v[0] for n, v in parts.items()}
+
+        t0 = time.perf_counter()
+        with TrtRunner(EngineFromBytes(BytesFromPath(str(inp.plan_file))), optimization_profile=0) as runner:
+            outs = run_all(runner, feeds)
+            seconds = time.perf_counter() - t0
+            buckets = {name: run_all(runner, bfeeds) for name, bfeeds in generated(cfg, feeds)}
         n = int(next(iter(feeds.values())).shape[0])
         return make_report(
-            ctx, inp.digest, inp.meta.get("precision"), outs, ref, labels, cfg, n, seconds, runtime="tensorrt"
+            ctx, inp.digest, inp.meta.get("precision"), outs, ref, labels, cfg, n, seconds, "tensorrt", buckets
         )

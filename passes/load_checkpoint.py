@@ -13,6 +13,7 @@ import json
 import shutil
 
 import numpy as np
+from mscompile.accuracy import bucket_key, shape_buckets
 from mscompile.artifacts import TorchModel, TorchSource, sha256_file
 from mscompile.data import batches
 from mscompile.errors import CheckpointError, ShapeError
@@ -25,6 +26,7 @@ class LoadConfig(Section):
     source: SourceConfig
     io: IOSpec
     batch_size: int = 32
+    shapes: str = "report"  # validation.shapes: "generate" records a reference per generated bucket
 
 
 def reference_outputs(module, io: IOSpec, feeds: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
@@ -51,7 +53,7 @@ def reference_outputs(module, io: IOSpec, feeds: dict[str, np.ndarray], batch_si
 
 class LoadCheckpoint(Pass[TorchSource, TorchModel]):
     name = "load_checkpoint"
-    version = 2
+    version = 3
     input_type = TorchSource
     output_type = TorchModel
     Config = LoadConfig
@@ -79,6 +81,18 @@ class LoadCheckpoint(Pass[TorchSource, TorchModel]):
         feeds, labels = ctx.data("validation")
         ctx.note(f"reference outputs on {next(iter(feeds.values())).shape[0]} validation samples")
         ref = reference_outputs(module, cfg.io, feeds, cfg.batch_size)
+        if cfg.shapes == "generate":
+            for bucket, bfeeds in shape_buckets(cfg.io, feeds):
+                ctx.note(f"reference outputs at {bucket} (validation.shapes: generate)")
+                try:
+                    got = reference_outputs(module, cfg.io, bfeeds, cfg.batch_size)
+                except ShapeError as exc:
+                    raise ShapeError(
+                        f"validation.shapes: generate made inputs at {bucket} (the validation samples cropped "
+                        f"or tiled to the declared size) and the model rejected them ({exc}); declare the range "
+                        "the model takes in inputs[].range, or set validation.shapes: report"
+                    ) from None
+                ref.update({bucket_key(o, bucket): a for o, a in got.items()})
         for name, a in ref.items():
             if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
                 flat = a.reshape(a.shape[0], -1) if a.ndim else a.reshape(1, -1)

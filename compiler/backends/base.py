@@ -370,7 +370,13 @@ def parity_step(
     return Step(
         step_id,
         pass_cls,
-        CheckConfig(io=cfg.io, batch_size=cfg.validation.batch_size, tolerance=t.tolerance, **settings),
+        CheckConfig(
+            io=cfg.io,
+            batch_size=cfg.validation.batch_size,
+            tolerance=t.tolerance,
+            shapes=cfg.validation.gate_shapes(),
+            **settings,
+        ),
         extras={"reference": inputs.reference, "validation": inputs.validation},
         device=device,
         session=session,

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from ..backends import get
-from ..build import passes_ran
+from ..builder import passes_ran
 from ..handoff import summary_lines
 
 
@@ -66,6 +66,15 @@ def print_summary(result: Any) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    for v in result.variants:
+        buckets = v.report.meta.get("buckets") if v.report else None
+        if buckets:
+            click.echo(
+                f"{v.target} by shape: "
+                + "; ".join(
+                    f"{name} {fmt_parity(b['metrics'])}{'' if b['passed'] else ' FAIL'}" for name, b in buckets.items()
+                )
+            )
     for v in result.variants:
         if v.status != "OK" and v.reason:
             click.echo(f"{v.target}: {v.status}: {v.reason}")

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..accuracy import coverage_lines, shape_coverage
 from ..backends import get
-from ..build import Prepared, assemble, choose, selection_note
+from ..builder import Prepared, assemble, choose, selection_note
 from ..cache import Cache
 from ..config import ModelConfig, resolve_path, semantic_problems
 from ..ensemble import chain_gate
@@ -86,7 +86,9 @@ class TensorTask(Task):
         app can serve it."""
         deployed = next(t for t in cfg.targets if t.name == deployments[0].target)
         feeds, _ = prep.datasets.get(prep.inputs.validation)  # the arrays the gates read, not read again
-        result.shape_coverage = shape_coverage(cfg.io, feeds, cfg.validation.batch_size)
+        result.shape_coverage = shape_coverage(
+            cfg.io, feeds, cfg.validation.batch_size, generated=cfg.validation.shapes == "generate"
+        )
         gaps = coverage_lines(result.shape_coverage)
         for line in gaps:
             instruments.warn(f"not gated: {line}")
