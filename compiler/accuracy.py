@@ -95,6 +95,20 @@ def evaluate(
 ) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
     """Per-output metrics, their worst values over all outputs, and the gate's failures."""
     first = io.outputs[0].name
+    # an output whose size depends on the data (a detector's boxes) can come out with
+    # another count than the reference's: that is a failed gate, not a comparison
+    differ = {n: (outs[n].shape, ref[n].shape) for n in outs if outs[n].shape != ref[n].shape}
+    if differ:
+        fails = [
+            f"{n}: shape {list(a)} differs from the reference's {list(b)} (an output whose size follows the "
+            "data: the variant found another number of items)"
+            for n, (a, b) in differ.items()
+        ]
+        return (
+            {"shape_mismatch": len(differ)},
+            {n: {"shape": list(a), "reference_shape": list(b)} for n, (a, b) in differ.items()},
+            fails,
+        )
     # class scores: the labelled output, or every 2-D output when the gate asks for top-1
     classes = {n: (n == first and labels is not None) or tol.top1_agreement is not None for n in outs}
     per_output = {n: compare(outs[n], ref[n], classes[n]) for n in outs}

@@ -20,6 +20,7 @@ from . import live
 from .builder import BuildOptions, BuildResult
 from .errors import ConfigError
 from .jobs import Tracking, build_one, tracking_settings
+from .loading import as_output_list, flatten_outputs
 from .tasks import load_config, parse_config
 
 
@@ -124,23 +125,19 @@ def _input_names(module: Any, n: int, given: Sequence[str] | None, example: Any)
 
 
 def _output_names(result: Any, given: Sequence[str] | None) -> list[str]:
+    """One name per returned tensor, in the exporters' order: `output` for one tensor,
+    dict/ModelOutput keys, `output_<i>` for tuple entries, nested ones joined by '_'."""
     import torch
 
     if isinstance(result, torch.Tensor):
         found = ["output"]
-    elif isinstance(result, Mapping):  # a dict or a Hugging Face ModelOutput
-        found = [str(k) for k in result]
-    elif isinstance(result, (list, tuple)):
-        found = [f"output_{i}" for i in range(len(result))]
     else:
-        raise ConfigError(
-            f"module: forward() returned {type(result).__name__}; it must return a tensor, "
-            "a tuple/list of tensors or a dict of tensors"
-        )
+        paths = [p for p, _ in flatten_outputs(result)]
+        found = [(f"output_{p}" if p[0].isdigit() else p).replace(".", "_") for p in paths]
     if given is None:
         return found
     if len(given) != len(found):
-        raise ConfigError(f"output_names: {len(given)} name(s), but forward() returned {len(found)} value(s)")
+        raise ConfigError(f"output_names: {len(given)} name(s), but forward() returned {len(found)} tensor(s)")
     return list(given)
 
 
@@ -210,6 +207,7 @@ def optimize(
     finally:
         module.train(was_training)
     outs = _output_names(result, output_names)
+    as_output_list(result, len(outs), "example_inputs")  # every returned value is a tensor
 
     inputs = []
     for n in names:

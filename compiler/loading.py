@@ -427,23 +427,45 @@ def _fmt_args(args: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in args.items())
 
 
+def flatten_outputs(value: Any) -> list[tuple[str, Any]]:
+    """A module's return value as (path, leaf) pairs in the order the ONNX exporters
+    flatten it (torch's pytree: tuples and lists by index, dicts and Hugging Face
+    ModelOutputs by key, nested to any depth; None left out, as the exporters do).
+    Paths join keys with dots: '0.boxes' is the boxes of the first image's dict."""
+    from torch.utils import _pytree as pytree
+
+    out = []
+    for path, leaf in pytree.tree_flatten_with_path(value)[0]:
+        if leaf is None:
+            continue
+        keys = [getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path]
+        out.append((".".join(str(k) for k in keys) or "output", leaf))
+    return out
+
+
 def as_output_list(value: Any, n_expected: int, where: str) -> list[Any]:
-    """A module's return value as a list of tensors, checked against outputs:."""
+    """A module's return value as its list of tensors (flatten_outputs' order), checked
+    against the outputs: model.yaml declares; the error lists what the model returns."""
     import torch
 
-    if isinstance(value, torch.Tensor):
-        items = [value]
-    elif isinstance(value, (list, tuple)):
-        items = list(value)
-    elif isinstance(value, dict):
-        items = list(value.values())
-    else:
+    items = flatten_outputs(value)
+    odd = [(p, type(v).__name__) for p, v in items if not isinstance(v, torch.Tensor)]
+    if odd:
         raise ConfigError(
-            f"{where}: the model returned {type(value).__name__}; it must return a tensor or a tuple of tensors"
+            f"{where}: the model returns {', '.join(f'{t} at {p!r}' for p, t in odd[:5])}; every returned "
+            "value must be a tensor (in a tensor, tuple, list, dict or ModelOutput, nested as you like)"
         )
-    if len(items) != n_expected or not all(isinstance(t, torch.Tensor) for t in items):
+    if len(items) != n_expected:
+        shown = ", ".join(f"{p} {list(v.shape)}" for p, v in items[:12]) + (" ..." if len(items) > 12 else "")
+        hint = ""
+        if items and all("." in p and p.split(".")[0].isdigit() for p, _ in items):
+            hint = (
+                "; a model that returns one entry per sample (a detector's list of per-image dicts) has "
+                "outputs whose count follows the batch: declare a fixed batch of 1 (shape [1, ...]) and "
+                "name the first sample's tensors"
+            )
         raise ConfigError(
-            f"outputs: model.yaml declares {n_expected} output(s), but the model returned "
-            f"{len(items)} value(s); list one name per returned tensor"
+            f"outputs: model.yaml declares {n_expected} output(s), but the model returns {len(items)} "
+            f"tensor(s): {shown}; list one name per tensor, in this order{hint}"
         )
-    return items
+    return [v for _, v in items]
