@@ -8,7 +8,6 @@ the exit code the CLI would give), never an exit."""
 
 from __future__ import annotations
 
-import inspect
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -16,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from . import live
+from . import live, scaffold
 from .builder import BuildOptions, BuildResult
 from .errors import ConfigError
 from .jobs import Tracking, build_one, tracking_settings
-from .loading import as_output_list, flatten_outputs
+from .scaffold import DEFAULT_TOLERANCE
 from .tasks import load_config, parse_config
 
 
@@ -67,16 +66,6 @@ def build(
 
 # -- optimize: a module object in, the same build ------------------------------------------
 
-_DTYPES = ("float32", "float16", "int64", "int32", "int8", "uint8", "bool")
-
-# what a target named only by its precision is gated with (override with a dict target)
-DEFAULT_TOLERANCE = {
-    "fp32": {"max_rel": 1e-4},
-    "fp16": {"max_rel": 1e-2},
-    "bf16": {"max_rel": 5e-2},
-    "int8": {"cosine": 0.99},
-}
-
 
 def _arrays(value: Any, names: list[str], what: str) -> dict[str, np.ndarray]:
     """Tensors or arrays (one, a sequence in input order, or a dict by input name) as
@@ -104,41 +93,6 @@ def _arrays(value: Any, names: list[str], what: str) -> dict[str, np.ndarray]:
             raise ConfigError(f"{what}: input {n!r} is a scalar; give samples along axis 0")
         out[n] = np.ascontiguousarray(a)
     return out
-
-
-def _input_names(module: Any, n: int, given: Sequence[str] | None, example: Any) -> list[str]:
-    if given is not None:
-        if len(given) != n:
-            raise ConfigError(f"input_names: {len(given)} name(s) for {n} example input(s)")
-        return list(given)
-    if isinstance(example, Mapping):
-        return list(example)
-    try:
-        params = [
-            p.name
-            for p in inspect.signature(module.forward).parameters.values()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
-    except (TypeError, ValueError):
-        params = []
-    return params[:n] if len(params) >= n else [f"input_{i}" for i in range(n)]
-
-
-def _output_names(result: Any, given: Sequence[str] | None) -> list[str]:
-    """One name per returned tensor, in the exporters' order: `output` for one tensor,
-    dict/ModelOutput keys, `output_<i>` for tuple entries, nested ones joined by '_'."""
-    import torch
-
-    if isinstance(result, torch.Tensor):
-        found = ["output"]
-    else:
-        paths = [p for p, _ in flatten_outputs(result)]
-        found = [(f"output_{p}" if p[0].isdigit() else p).replace(".", "_") for p in paths]
-    if given is None:
-        return found
-    if len(given) != len(found):
-        raise ConfigError(f"output_names: {len(given)} name(s), but forward() returned {len(found)} tensor(s)")
-    return list(given)
 
 
 def _target(t: Any) -> dict[str, Any]:
@@ -193,35 +147,10 @@ def optimize(
         raise ConfigError(f"module: {type(module).__name__} is not a torch.nn.Module")
     warn = build_options.get("warn") or ((lambda _m: None) if build_options.get("quiet") else _stderr)
     n_in = len(example_inputs) if isinstance(example_inputs, (list, tuple, Mapping)) else 1
-    names = _input_names(module, n_in, input_names, example_inputs)
+    names = scaffold.input_names(module, n_in, input_names, example_inputs)
     examples = _arrays(example_inputs, names, "example_inputs")
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.inference_mode():
-            result = module(*(torch.from_numpy(examples[n]) for n in names))
-    except Exception as exc:
-        raise ConfigError(
-            f"example_inputs: forward() raised {type(exc).__name__}: {exc}; give inputs it takes, in its order"
-        ) from None
-    finally:
-        module.train(was_training)
-    outs = _output_names(result, output_names)
-    as_output_list(result, len(outs), "example_inputs")  # every returned value is a tensor
-
-    inputs = []
-    for n in names:
-        a = examples[n]
-        dtype = a.dtype.name
-        if dtype not in _DTYPES:
-            raise ConfigError(f"example_inputs: input {n!r} has dtype {dtype}; give one of {', '.join(_DTYPES)}")
-        spec: dict[str, Any] = {"name": n, "dtype": dtype, "shape": list(a.shape)}
-        if dynamic_batch:
-            b = int(a.shape[0])
-            top = max(max_batch_size, b)
-            spec["shape"] = [-1, *a.shape[1:]]
-            spec["range"] = {"min": [1, *a.shape[1:]], "opt": [b, *a.shape[1:]], "max": [top, *a.shape[1:]]}
-        inputs.append(spec)
+    outs = scaffold.trace(module, names, examples, output_names)
+    inputs = scaffold.input_specs(names, examples, dynamic_batch, max_batch_size)
 
     cache_dir = build_options.get("cache_dir")
     folder = BuildOptions(cache_dir=Path(cache_dir).resolve() if cache_dir else None).state.root / "api" / name

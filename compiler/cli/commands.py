@@ -18,6 +18,7 @@ from ..handoff import dumps, tune_lines
 from ..jobs import Tracking, build_many, build_one, error_summary, tracking_settings
 from ..reference import markdown as reference_page
 from ..report import latest_manifest, write_report
+from ..scaffold import init_yaml
 from ..state import State
 from ..tasks import json_schema, load_config, task_of
 from ..tracking import flush, list_runs, preflight, resolve
@@ -456,6 +457,82 @@ def deploy(
             )
 
         _checked(as_json, lambda: task_of(cfg).deploy(cfg, state, version, say, kw), ok, lines_on_failure=False)
+
+    run(ctx, go)
+
+
+@main.command()
+@click.option("--checkpoint", required=True, help="state_dict / safetensors / TorchScript / torch.export file.")
+@click.option("--factory", default=None, help="module:callable that builds the nn.Module (for weights-only files).")
+@click.option("--factory-args", default="{}", help="JSON object of keyword arguments for the factory.")
+@click.option(
+    "--data", type=click.Path(path_type=Path), default=None, help=".npz with one array per input (samples first)."
+)
+@click.option(
+    "--calibration",
+    type=click.Path(path_type=Path),
+    default=None,
+    help=".npz of INT8 calibration samples (other than --data's).",
+)
+@click.option(
+    "--input",
+    "inputs",
+    multiple=True,
+    help="name:SHAPE[:dtype] (e.g. images:8x3x224x224) when there is no --data; repeat per input.",
+)
+@click.option("--name", default=None, help="The model's name (default: the checkpoint's file name).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("model.yaml"), show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite OUTPUT.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def init(
+    ctx: click.Context,
+    checkpoint: str,
+    factory: str | None,
+    factory_args: str,
+    data: Path | None,
+    calibration: Path | None,
+    inputs: tuple[str, ...],
+    name: str | None,
+    output: Path,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Write a commented model.yaml for a checkpoint from one forward pass: input names,
+    dtypes and shapes (and which dims take other sizes), output names, and the targets
+    this machine can build. Paths in it are as given (relative ones start at the
+    directory you build from)."""
+
+    def go() -> None:
+        if output.exists() and not force:
+            raise ConfigError(f"--output: {output} exists; pass --force to overwrite it, or -o another path")
+        try:
+            args = json.loads(factory_args)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--factory-args: not JSON ({exc})") from None
+        if not isinstance(args, dict):
+            raise ConfigError("--factory-args: give a JSON object, e.g. '{\"num_classes\": 10}'")
+        model = name or Path(checkpoint.removeprefix("pkg:")).stem.replace(".", "_")
+        with json_stdout(as_json) as emit:
+            text, notes = init_yaml(
+                name=model,
+                checkpoint=checkpoint,
+                factory=factory,
+                factory_args=args,
+                data=str(data) if data else None,
+                calibration=str(calibration) if calibration else None,
+                inputs=inputs,
+                out_dir=output.parent,
+            )
+            tmp = output.with_name(output.name + ".tmp")
+            tmp.write_text(text)
+            tmp.replace(output)
+            for line in notes:
+                warn(line)
+            if as_json:
+                emit(json.dumps({"path": str(output), "notes": notes}, indent=2))
+            else:
+                click.echo(f"wrote {output}; check it, then: mscompile build {output}")
 
     run(ctx, go)
 
