@@ -16,6 +16,7 @@ import yaml
 
 from .backends import get
 from .errors import ConfigError
+from .hf import expand as expand_hf
 from .loading import as_output_list, flatten_outputs, load_module, resolve_checkpoint
 from .sections import SourceConfig
 from .tasks import parse_config
@@ -311,3 +312,30 @@ def init_yaml(
     for path, arrays in made.items():
         np.savez(path, **arrays)
     return text, notes
+
+
+def init_hf_yaml(*, name: str, folder: str, task: str) -> tuple[str, list[str]]:
+    """The short form for a Hugging Face folder: source {huggingface, task} and the
+    targets this machine can build; what it derives is shown as comments."""
+    short = {"name": name, "source": {"huggingface": folder, "task": task}}
+    full = expand_hf(dict(short, targets=[{"name": "int8", "precision": "int8"}]), "init")  # with calibration
+    targets, left = default_targets({k: v for k, v in full.items() if k != "targets"})
+    lines = [
+        f"# model.yaml written by `mscompile init` for the Hugging Face folder {folder} ({task}).",
+        "# Derived from the folder when the build reads it (declare a key to override it):",
+        *(f"#   inputs: {_flow(i)}" for i in full["inputs"]),
+        *(f"#   outputs: {_flow(o)}" for o in full["outputs"]),
+        "#   validation/calibration: seeded synthetic inputs through its tokenizer/processor unless",
+        "#   you set validation: {data: texts.txt or an image folder} (and calibration: the same way)",
+        f"name: {name}",
+        f"source: {_flow(short['source'])}",
+        "targets:",
+        *(f"  - {_flow(t)}" for t in targets),
+        *(f"  # not here: {line}" for line in left),
+        "",
+    ]
+    text = "\n".join(lines)
+    if not targets:
+        raise ConfigError(f"init: no target can be built here: {'; '.join(left)}")
+    parse_config(yaml.safe_load(text), where="the written model.yaml")
+    return text, [f"target {line}" for line in left]

@@ -74,6 +74,17 @@ class SourceConfig(Section):
         default=False,
         description="allow full pickles (arbitrary code runs on load); only for checkpoints you trust",
     )
+    huggingface: str | None = Field(
+        default=None,
+        description="a local Hugging Face model folder (config.json, model.safetensors, tokenizer or "
+        "image processor files) instead of checkpoint + factory: with `task`, the inputs, outputs, "
+        "checkpoint, factory and (when not given) validation/calibration data are derived from it",
+    )
+    task: str | None = Field(
+        default=None,
+        description="with huggingface: feature-extraction, text-classification, token-classification, "
+        "image-classification or semantic-segmentation",
+    )
 
 
 class RangeConfig(Section):

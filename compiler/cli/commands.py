@@ -18,7 +18,7 @@ from ..handoff import dumps, tune_lines
 from ..jobs import Tracking, build_many, build_one, error_summary, tracking_settings
 from ..reference import markdown as reference_page
 from ..report import latest_manifest, write_report
-from ..scaffold import init_yaml
+from ..scaffold import init_hf_yaml, init_yaml
 from ..state import State
 from ..tasks import json_schema, load_config, task_of
 from ..tracking import flush, list_runs, preflight, resolve
@@ -462,7 +462,11 @@ def deploy(
 
 
 @main.command()
-@click.option("--checkpoint", required=True, help="state_dict / safetensors / TorchScript / torch.export file.")
+@click.option("--checkpoint", default=None, help="state_dict / safetensors / TorchScript / torch.export file.")
+@click.option("--huggingface", default=None, help="A local Hugging Face model folder (instead of --checkpoint).")
+@click.option(
+    "--task", "hf_task", default=None, help="With --huggingface: text-classification, image-classification, ..."
+)
 @click.option("--factory", default=None, help="module:callable that builds the nn.Module (for weights-only files).")
 @click.option("--factory-args", default="{}", help="JSON object of keyword arguments for the factory.")
 @click.option(
@@ -487,7 +491,9 @@ def deploy(
 @click.pass_context
 def init(
     ctx: click.Context,
-    checkpoint: str,
+    checkpoint: str | None,
+    huggingface: str | None,
+    hf_task: str | None,
     factory: str | None,
     factory_args: str,
     data: Path | None,
@@ -512,18 +518,27 @@ def init(
             raise ConfigError(f"--factory-args: not JSON ({exc})") from None
         if not isinstance(args, dict):
             raise ConfigError("--factory-args: give a JSON object, e.g. '{\"num_classes\": 10}'")
-        model = name or Path(checkpoint.removeprefix("pkg:")).stem.replace(".", "_")
-        with json_stdout(as_json) as emit:
-            text, notes = init_yaml(
-                name=model,
-                checkpoint=checkpoint,
-                factory=factory,
-                factory_args=args,
-                data=str(data) if data else None,
-                calibration=str(calibration) if calibration else None,
-                inputs=inputs,
-                out_dir=output.parent,
+        if bool(checkpoint) == bool(huggingface):
+            raise ConfigError(
+                "init: give --checkpoint (with --factory for weights) or --huggingface FOLDER --task TASK"
             )
+        model = name or Path((checkpoint or huggingface or "model").removeprefix("pkg:").rstrip("/")).stem.replace(
+            ".", "_"
+        )
+        with json_stdout(as_json) as emit:
+            if huggingface:
+                text, notes = init_hf_yaml(name=model, folder=huggingface, task=hf_task or "")
+            else:
+                text, notes = init_yaml(
+                    name=model,
+                    checkpoint=checkpoint or "",
+                    factory=factory,
+                    factory_args=args,
+                    data=str(data) if data else None,
+                    calibration=str(calibration) if calibration else None,
+                    inputs=inputs,
+                    out_dir=output.parent,
+                )
             tmp = output.with_name(output.name + ".tmp")
             tmp.write_text(text)
             tmp.replace(output)

@@ -25,6 +25,8 @@ from ..handoff import (
     serve_check,
     tune,
 )
+from ..hf import SYNTHETIC
+from ..hf import expand as expand_hf
 from ..instruments import Instruments
 from ..pipeline import Driver, Status
 from ..publish import Deployment, deployment_names, preflight, write_repository
@@ -39,6 +41,13 @@ from .base import Task
 class TensorTask(Task):
     name = "tensor"
     description = "tensor models through ONNX: onnxruntime, openvino, tensorrt targets"
+
+    def parse(self, data: dict[str, Any], where: str) -> Any:
+        """A Hugging Face folder source is expanded to the plain form first (hf.expand)."""
+        src = data.get("source")
+        if isinstance(src, dict) and "huggingface" in src and "checkpoint" not in src:  # not yet expanded
+            data = expand_hf(data, where)
+        return super().parse(data, where)
 
     def config_model(self) -> Any:
         return ModelConfig
@@ -86,6 +95,12 @@ class TensorTask(Task):
         app can serve it."""
         deployed = next(t for t in cfg.targets if t.name == deployments[0].target)
         feeds, _ = prep.datasets.get(prep.inputs.validation)  # the arrays the gates read, not read again
+        if cfg.validation.generator == SYNTHETIC:
+            instruments.warn(
+                "validation: no data given, so the gates ran on seeded synthetic inputs made with the model's "
+                "own tokenizer/processor (a parity check); set validation.data to a .txt file or an image "
+                "folder of what you serve"
+            )
         result.shape_coverage = shape_coverage(
             cfg.io, feeds, cfg.validation.batch_size, generated=cfg.validation.shapes == "generate"
         )

@@ -1,0 +1,327 @@
+"""Hugging Face model folders as sources: `source: {huggingface: <folder>, task: <task>}`.
+
+`expand` turns such a model.yaml into the plain form before it is validated, the way
+Optimum's export configs derive a model's ONNX signature from its task: the
+checkpoint is the folder's model.safetensors, the factory is `mscompile.hf:model`
+(transformers' Auto class of the task, built from config.json, wrapped so that
+forward() takes the inputs in order and returns the task's outputs as a tuple); the
+inputs come from the model's main input (token ids and the tokenizer's other inputs,
+pixel values at the image processor's size, raw audio), the outputs from the task;
+validation and calibration data come from a text file (through the folder's own
+tokenizer), a folder of images (through its image processor), or, when none is given,
+seeded synthetic inputs made with the same tokenizer or processor. Only local folders
+are read (no hub access). What was derived is what the manifest records."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError
+from .sections import resolve_path
+
+# task -> (transformers Auto class, output names of the task's ModelOutput)
+TASKS: dict[str, tuple[str, list[str]]] = {
+    "feature-extraction": ("AutoModel", ["last_hidden_state"]),
+    "text-classification": ("AutoModelForSequenceClassification", ["logits"]),
+    "token-classification": ("AutoModelForTokenClassification", ["logits"]),
+    "image-classification": ("AutoModelForImageClassification", ["logits"]),
+    "semantic-segmentation": ("AutoModelForSemanticSegmentation", ["logits"]),
+}
+NOT_YET = {
+    "object-detection": "detection heads return per-image structures; export the model with a factory (see model-yaml.md)",
+    "automatic-speech-recognition": "the encoder alone is `feature-extraction` on the audio model's folder",
+    "text-generation": "language models are `task: text-generation` with `source: {checkpoint: <folder>}` (vLLM targets)",
+}
+PROCESSOR_FILES = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+    "preprocessor_config.json",
+    "sentencepiece.bpe.model",
+    "spiece.model",
+)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+SYNTHETIC_SAMPLES = 32
+SYNTHETIC = "mscompile.hf:synthetic"  # the generator of data made when none is given
+AUDIO_RATE = 16000
+
+
+def _folder(value: Any, key: str) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}: give the path of a local Hugging Face model folder")
+    path = resolve_path(value)
+    if not (path / "config.json").is_file():
+        raise ConfigError(
+            f"{key}: {path} has no config.json; give a folder written by save_pretrained "
+            "(mscompile reads local folders only, never the hub)"
+        )
+    return path
+
+
+def files_digest(folder: Path) -> str:
+    """The config and tokenizer/processor files: what shapes the model and its data."""
+    h = hashlib.sha256()
+    for name in PROCESSOR_FILES:
+        f = folder / name
+        if f.is_file():
+            h.update(name.encode() + b"\0" + hashlib.sha256(f.read_bytes()).hexdigest().encode())
+    return h.hexdigest()
+
+
+def _model_class(folder: Path, task: str) -> Any:
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    auto = getattr(transformers, TASKS[task][0])
+    try:
+        return auto._model_mapping[type(config)], config
+    except KeyError:
+        raise ConfigError(
+            f"source.task: {task}: transformers has no {TASKS[task][0]} for model_type {config.model_type!r}; "
+            "pick the task the model was made for"
+        ) from None
+
+
+def _tokenizer(folder: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+
+
+def _image_processor(folder: Path) -> Any:
+    from transformers import AutoImageProcessor
+
+    return AutoImageProcessor.from_pretrained(str(folder), local_files_only=True)
+
+
+def _image_size(folder: Path, config: Any) -> tuple[int, int]:
+    size: Any = None
+    if (folder / "preprocessor_config.json").is_file():
+        size = getattr(_image_processor(folder), "size", None)
+    if isinstance(size, dict):
+        if "height" in size and "width" in size:
+            return int(size["height"]), int(size["width"])
+        if "shortest_edge" in size:
+            return int(size["shortest_edge"]), int(size["shortest_edge"])
+    s = getattr(config, "image_size", None)
+    if isinstance(s, int):
+        return s, s
+    if isinstance(s, (list, tuple)) and len(s) == 2:
+        return int(s[0]), int(s[1])
+    raise ConfigError("source.huggingface: no image size in preprocessor_config.json or config.json; declare inputs")
+
+
+def signature(folder: Path, task: str) -> tuple[str, list[dict[str, Any]], list[str]]:
+    """(modality, inputs: entries, output names) for the folder's model under `task`."""
+    cls, config = _model_class(folder, task)
+    main = getattr(cls, "main_input_name", "input_ids")
+    params = list(inspect.signature(cls.forward).parameters)
+    if main == "input_ids":
+        tok = _tokenizer(folder)
+        names = [p for p in params if p in tok.model_input_names or p == "input_ids"]
+        limit = min(int(getattr(config, "max_position_embeddings", 512) or 512), int(tok.model_max_length or 512))
+        opt = min(128, limit)
+        inputs = [
+            {
+                "name": n,
+                "dtype": "int64",
+                "shape": [-1, "sequence"],
+                "range": {"min": [1, 1], "opt": [8, opt], "max": [64, limit]},
+            }
+            for n in names
+        ]
+        return "text", inputs, TASKS[task][1]
+    if main == "pixel_values":
+        h, w = _image_size(folder, config)
+        c = int(getattr(config, "num_channels", 3) or 3)
+        inputs = [
+            {
+                "name": "pixel_values",
+                "dtype": "float32",
+                "shape": [-1, c, h, w],
+                "range": {"min": [1, c, h, w], "opt": [8, c, h, w], "max": [64, c, h, w]},
+            }
+        ]
+        return "image", inputs, TASKS[task][1]
+    if main == "input_values":
+        inputs = [
+            {
+                "name": "input_values",
+                "dtype": "float32",
+                "shape": [-1, "samples"],
+                "range": {"min": [1, AUDIO_RATE // 10], "opt": [4, AUDIO_RATE], "max": [16, 4 * AUDIO_RATE]},
+            }
+        ]
+        return "audio", inputs, TASKS[task][1]
+    raise ConfigError(
+        f"source.huggingface: the model's main input is {main!r}, which mscompile does not derive yet; "
+        "declare inputs and outputs and use a factory"
+    )
+
+
+def _data(section: Any, folder: Path, modality: str, digest: str, seed: int, key: str) -> dict[str, Any]:
+    """A validation/calibration section for an HF source: a .txt through the tokenizer,
+    an image folder through the processor, nothing given: synthetic inputs."""
+    section = dict(section or {})
+    common = {"folder": str(folder), "files": digest}
+    data = section.get("data")
+    if data is None and section.get("generator") is None:
+        section["generator"] = SYNTHETIC
+        section["generator_args"] = {**common, "modality": modality, "seed": seed}
+        section.setdefault("samples", SYNTHETIC_SAMPLES)
+    elif isinstance(data, str) and data.endswith(".txt") and modality == "text" and "tokenizer" not in section:
+        section["tokenizer"] = "mscompile.hf:tokenize"
+        section["tokenizer_args"] = common
+    elif isinstance(data, str) and modality == "image" and resolve_path(data).is_dir():
+        path = resolve_path(data)
+        if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir()):
+            raise ConfigError(f"{key}.data: {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        section.pop("data")
+        section["generator"] = "mscompile.hf:images"
+        section["generator_args"] = {**common, "images_folder": str(path)}
+    return section
+
+
+def expand(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """A model.yaml mapping whose source names a Hugging Face folder, in the plain form
+    (keys the user wrote are kept: inputs, outputs, validation, export...)."""
+    src = dict(data.get("source") or {})
+    folder = _folder(src.get("huggingface"), f"{where}: source.huggingface")
+    task = src.get("task")
+    if task in NOT_YET:
+        raise ConfigError(f"{where}: source.task: {task} is not derived yet: {NOT_YET[task]}")
+    if task not in TASKS:
+        raise ConfigError(f"{where}: source.task: {task!r}; use one of {', '.join(TASKS)}")
+    if src.get("factory"):
+        raise ConfigError(f"{where}: source: give huggingface + task, or checkpoint (+ factory), not both")
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        shards = sorted(p.name for p in folder.glob("*.safetensors")) + sorted(p.name for p in folder.glob("*.bin"))
+        raise ConfigError(
+            f"{where}: source.huggingface: {folder} has no model.safetensors (found {shards or 'no weights'}); "
+            "re-save with model.save_pretrained(folder, max_shard_size='1000GB') for one safetensors file"
+        )
+    modality, inputs, outputs = signature(folder, task)
+    digest = files_digest(folder)
+    out = dict(data)
+    out["source"] = {
+        "huggingface": str(src["huggingface"]),
+        "task": task,
+        "checkpoint": str(weights),
+        "factory": "mscompile.hf:model",
+        "factory_args": {
+            "folder": str(folder),
+            "task": task,
+            "inputs": [i["name"] for i in (data.get("inputs") or inputs)],
+            "outputs": [
+                o["name"] if isinstance(o, dict) else o for o in (data.get("outputs") or [{"name": n} for n in outputs])
+            ],
+            "files": digest,
+        },
+    }
+    out.setdefault("inputs", inputs)
+    out.setdefault("outputs", [{"name": n} for n in outputs])
+    out.setdefault("export", {"exporter": "torchscript"})  # transformers' graphs: the one ORT's fusions know
+    out["validation"] = _data(data.get("validation"), folder, modality, digest, 0, "validation")
+    out["validation"].setdefault("shapes", "generate")  # the derived ranges are gated, not only the data's sizes
+    int8 = any(isinstance(t, dict) and t.get("precision") == "int8" for t in data.get("targets") or [])
+    if data.get("calibration") is not None or int8:
+        out["calibration"] = _data(data.get("calibration"), folder, modality, digest, 1, "calibration")
+    return out
+
+
+# -- what the build calls (factory, tokenizer, generators) ----------------------------
+
+
+def model(folder: str, task: str, inputs: list[str], outputs: list[str], files: str = "") -> Any:
+    """The task's model, taking `inputs` in order and returning `outputs` as a tuple. Its
+    weights come from the state dict the build loads (the load pass's checked copy of
+    model.safetensors) through transformers' own loading (its renamed and tied weights);
+    a missing or unexpected weight is an error. `files` is not read: it puts the config
+    and tokenizer files' digest in the cache keys."""
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    cls, config = _model_class(Path(folder), task)
+
+    class HfTask(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            with torch.device("meta"):  # the structure only: load_state_dict makes the real one
+                self.model = cls(config)
+
+        def forward(self, *args: Any) -> tuple[Any, ...]:
+            out = self.model(**dict(zip(inputs, args, strict=True)), return_dict=True)
+            return tuple(out[k] for k in outputs)
+
+        def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+            loaded, info = cls.from_pretrained(
+                None, config=config, state_dict=dict(state_dict), attn_implementation="eager", output_loading_info=True
+            )
+            bad = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+            if strict and bad:
+                raise RuntimeError(
+                    f"Error(s) in loading state_dict for {cls.__name__}: "
+                    + "; ".join(f"{k} {sorted(map(str, v))[:5]}" for k, v in bad.items())
+                )
+            self.model = loaded.eval()
+            return info
+
+    return HfTask()
+
+
+def tokenize(lines: list[str], folder: str, files: str = "") -> dict[str, np.ndarray]:
+    """Lines through the folder's tokenizer, padded to the longest, truncated to the
+    model's limit: one int64 array per tokenizer input."""
+    tok = _tokenizer(Path(folder))
+    enc = tok(lines, padding="longest", truncation=True, return_tensors="np")
+    return {k: np.asarray(v, dtype=np.int64) for k, v in enc.items()}
+
+
+def images(folder: str, images_folder: str, files: str = "", batch: int = 32) -> Any:
+    """The image files of a folder (sorted by name) through the model's image processor."""
+    from PIL import Image
+
+    proc = _image_processor(Path(folder))
+    paths = sorted(p for p in Path(images_folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    for s in range(0, len(paths), batch):
+        ims = [Image.open(p).convert("RGB") for p in paths[s : s + batch]]
+        yield {"pixel_values": np.asarray(proc(ims, return_tensors="np")["pixel_values"], dtype=np.float32)}
+
+
+def synthetic(folder: str, modality: str, seed: int, files: str = "") -> Any:
+    """Seeded inputs when no data is given: text of random vocabulary words of varied
+    length through the tokenizer; random images through the image processor; noise for
+    audio. A parity check of the same inputs through PyTorch and the variant: the
+    summary says the gates ran on synthetic inputs."""
+    rng = np.random.default_rng(seed)
+    n = SYNTHETIC_SAMPLES
+    if modality == "text":
+        tok = _tokenizer(Path(folder))
+        special = set(tok.all_special_ids)
+        vocab = [t for t, i in tok.get_vocab().items() if i not in special and t.isalpha()]
+        if len(vocab) < 10:
+            vocab = [t for t, i in tok.get_vocab().items() if i not in special]
+        words = [
+            tok.convert_tokens_to_string([vocab[j] for j in rng.integers(0, len(vocab), int(rng.integers(4, 48)))])
+            for _ in range(n)
+        ]
+        yield tokenize(words, folder)
+    elif modality == "image":
+        from PIL import Image
+
+        proc = _image_processor(Path(folder))
+        ims = [Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for _ in range(n)]
+        yield {"pixel_values": np.asarray(proc(ims, return_tensors="np")["pixel_values"], dtype=np.float32)}
+    else:
+        yield {"input_values": (rng.standard_normal((n, AUDIO_RATE)) * 0.1).astype(np.float32)}

@@ -1,0 +1,179 @@
+"""Hugging Face folders as sources: `source: {huggingface: <folder>, task: <task>}` and
+targets, nothing else. Folders are made here (configs, seeded weights, a tokenizer
+built from a word list, an image processor): no hub access."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from helpers import run_cli, write_config
+
+transformers = pytest.importorskip("transformers")
+
+WORDS = (
+    "the a cat dog sat on mat ran fast slow red blue green house tree car road sun moon star big small "
+    "and with over under near far old new"
+).split()
+
+
+def make_bert(folder: Path, task_cls: str = "BertForSequenceClassification", **extra) -> None:
+    from transformers import BertConfig, BertTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *(f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz")]
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, model_max_length=64).save_pretrained(folder)
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64, **extra,
+    )  # fmt: skip
+    getattr(transformers, task_cls)(cfg).eval().save_pretrained(folder)
+
+
+def make_vit(folder: Path) -> None:
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    torch.manual_seed(0)
+    cfg = ViTConfig(
+        image_size=32, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=2, intermediate_size=64, num_labels=5,
+    )  # fmt: skip
+    ViTForImageClassification(cfg).eval().save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+
+
+FIVE_LINES = """name: {name}
+source: {{huggingface: {folder}, task: {task}}}
+targets:
+  - {{name: fp32, tolerance: {{max_rel: 1.0e-4}}}}
+  - {{name: int8, precision: int8, tolerance: {{cosine: 0.98}}}}
+"""
+
+
+def _build(tmp_path, name, folder, task, extra=""):
+    text = FIVE_LINES.format(name=name, folder=folder, task=task) + extra
+    (tmp_path / f"{name}.yaml").write_text(text)
+    r = run_cli("build", f"{name}.yaml", "--json", cwd=tmp_path)
+    return r, text
+
+
+def test_a_bert_classifier_folder_builds_from_five_lines(tmp_path):
+    make_bert(tmp_path / "bert", num_labels=3)
+    r, text = _build(tmp_path, "bert", "bert", "text-classification")
+    assert len(text.strip().splitlines()) == 5
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    v = {x["name"]: x for x in out["variants"]}
+    assert v["fp32"]["status"] == "OK" and v["int8"]["status"] == "OK"
+    # the sequence range derived from the model (64 positions) is gated at each size
+    assert sorted(v["fp32"]["buckets"]) == ["sequence=1", "sequence=64"]
+    assert "seeded synthetic inputs" in r.stderr
+    manifest = json.loads((tmp_path / "model_repository/bert/1/build_manifest.json").read_text())
+    cfg = manifest["config"]
+    assert [i["name"] for i in cfg["inputs"]] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert cfg["inputs"][0]["shape"] == [-1, "sequence"] and cfg["inputs"][0]["range"]["max"] == [64, 64]
+    assert cfg["outputs"] == [{"name": "logits"}] or cfg["outputs"][0]["name"] == "logits"
+    assert cfg["source"]["huggingface"] == "bert" and cfg["source"]["factory"] == "mscompile.hf:model"
+
+    # independently: the published graph against transformers on a fresh sentence, unseen length
+    import onnxruntime as ort
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "bert"))
+    ref = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "bert")).eval()
+    enc = tok(["the big red dog ran over the old road near a tree", "a cat"], padding=True, return_tensors="np")
+    sess = ort.InferenceSession(
+        str(tmp_path / "model_repository/bert/1/model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    (got,) = sess.run(None, {k: v.astype(np.int64) for k, v in enc.items()})
+    with torch.no_grad():
+        want = ref(**{k: torch.from_numpy(v) for k, v in enc.items()}).logits.numpy()
+    assert np.abs(got - want).max() < 1e-4
+
+    # the same five lines again: every pass cached; an edited config.json is another model
+    again = run_cli("build", "bert.yaml", "--json", cwd=tmp_path)
+    assert json.loads(again.stdout)["passes_run"] == 0
+    conf = json.loads((tmp_path / "bert/config.json").read_text())
+    conf["id2label"] = {"0": "neg", "1": "neu", "2": "pos"}
+    (tmp_path / "bert/config.json").write_text(json.dumps(conf))
+    third = run_cli("build", "bert.yaml", "--json", cwd=tmp_path)
+    assert third.returncode == 0 and json.loads(third.stdout)["passes_run"] > 0
+
+
+def test_text_file_validation_goes_through_the_folders_tokenizer(tmp_path):
+    make_bert(tmp_path / "enc", task_cls="BertModel")
+    (tmp_path / "val.txt").write_text("the cat sat on the mat\na big dog ran fast\nthe sun and the moon\n" * 4)
+    (tmp_path / "cal.txt").write_text("red car on the road\ngreen tree near the house\n" * 4)
+    r, _ = _build(
+        tmp_path, "enc", "enc", "feature-extraction", "validation: {data: val.txt}\ncalibration: {data: cal.txt}\n"
+    )
+    assert r.returncode == 0, r.stderr
+    assert "synthetic" not in r.stderr
+    out = json.loads(r.stdout)
+    fp32 = next(v for v in out["variants"] if v["name"] == "fp32")
+    assert fp32["status"] == "OK" and "cosine" in fp32["metrics"]  # last_hidden_state [B, S, 32]
+    cfg = json.loads((tmp_path / "model_repository/enc/1/build_manifest.json").read_text())["config"]
+    assert (
+        cfg["validation"]["tokenizer"] == "mscompile.hf:tokenize" and cfg["outputs"][0]["name"] == "last_hidden_state"
+    )
+
+
+def test_a_vit_folder_with_an_image_folder_for_validation(tmp_path):
+    from PIL import Image
+
+    make_vit(tmp_path / "vit")
+    rng = np.random.default_rng(0)
+    for sub, n in (("images", 12), ("calib", 12)):
+        (tmp_path / sub).mkdir()
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp_path / sub / f"{i:02d}.png")
+    r, _ = _build(
+        tmp_path, "vit", "vit", "image-classification", "validation: {data: images}\ncalibration: {data: calib}\n"
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert all(v["status"] == "OK" for v in out["variants"])
+    cfg = json.loads((tmp_path / "model_repository/vit/1/build_manifest.json").read_text())["config"]
+    assert cfg["inputs"][0]["shape"] == [-1, 3, 32, 32]  # the image processor's size
+    assert cfg["validation"]["generator"] == "mscompile.hf:images"
+    assert (
+        out["variants"][0]["metrics"]["top1_agreement"] if "top1_agreement" in out["variants"][0]["metrics"] else True
+    )
+
+
+def test_hf_source_errors_name_the_key_and_the_fix(tmp_path):
+    make_bert(tmp_path / "bert", num_labels=2)
+    bad = [
+        ({"huggingface": "nowhere", "task": "text-classification"}, "has no config.json"),
+        ({"huggingface": "bert", "task": "translation"}, "source.task: 'translation'; use one of feature-extraction"),
+        ({"huggingface": "bert", "task": "object-detection"}, "object-detection is not derived yet"),
+        (
+            {"huggingface": "bert", "task": "image-classification"},
+            "no AutoModelForImageClassification for model_type 'bert'",
+        ),
+    ]
+    for source, want in bad:
+        d = {"name": "m", "source": source, "targets": [{"name": "fp32"}]}
+        r = run_cli("validate", str(write_config(d, tmp_path / "m.yaml")), cwd=tmp_path)
+        assert r.returncode == 2 and want in r.stderr, (source, r.stderr)
+    (tmp_path / "bert/model.safetensors").rename(tmp_path / "bert/model-00001-of-00002.safetensors")
+    d = {"name": "m", "source": {"huggingface": "bert", "task": "text-classification"}, "targets": [{"name": "fp32"}]}
+    r = run_cli("validate", str(write_config(d, tmp_path / "m.yaml")), cwd=tmp_path)
+    assert r.returncode == 2 and "has no model.safetensors (found ['model-00001-of-00002.safetensors'])" in r.stderr
+    assert yaml.safe_load((tmp_path / "m.yaml").read_text()) == d  # nothing rewritten
+
+
+def test_init_on_a_folder_writes_the_short_form_that_builds_unchanged(tmp_path):
+    make_vit(tmp_path / "vit")
+    r = run_cli("init", "--huggingface", "vit", "--task", "image-classification", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    text = (tmp_path / "model.yaml").read_text()
+    d = yaml.safe_load(text)
+    assert d["source"] == {"huggingface": "vit", "task": "image-classification"} and d["name"] == "vit"
+    assert '#   inputs: {"name": "pixel_values", "dtype": "float32", "shape": [-1, 3, 32, 32]' in text
+    assert [t["name"] for t in d["targets"]][:3] == ["fp32", "fp16", "int8"]
+    b = run_cli("build", "model.yaml", "--json", cwd=tmp_path)
+    assert b.returncode == 0, b.stderr
+    assert all(v["status"] == "OK" for v in json.loads(b.stdout)["variants"] if v["name"] != "openvino_int8")
