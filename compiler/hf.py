@@ -83,7 +83,9 @@ def _model_class(folder: Path, task: str) -> Any:
     config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
     auto = getattr(transformers, TASKS[task][0])
     try:
-        return auto._model_mapping[type(config)], config
+        found = auto._model_mapping[type(config)]
+        # some model types map to several classes (DeiT: with and without its teacher): the first
+        return (found[0] if isinstance(found, (tuple, list)) else found), config
     except KeyError:
         raise ConfigError(
             f"source.task: {task}: transformers has no {TASKS[task][0]} for model_type {config.model_type!r}; "
@@ -104,20 +106,22 @@ def _image_processor(folder: Path) -> Any:
 
 
 def _image_size(folder: Path, config: Any) -> tuple[int, int]:
-    size: Any = None
+    """The size the folder's image processor makes (run on a square image: resizing and
+    cropping settings differ between processors), else config.json's image_size."""
     if (folder / "preprocessor_config.json").is_file():
-        size = getattr(_image_processor(folder), "size", None)
-    if isinstance(size, dict):
-        if "height" in size and "width" in size:
-            return int(size["height"]), int(size["width"])
-        if "shortest_edge" in size:
-            return int(size["shortest_edge"]), int(size["shortest_edge"])
+        from PIL import Image
+
+        out = _image_processor(folder)(Image.new("RGB", (97, 97)), return_tensors="np")["pixel_values"]
+        return int(out.shape[-2]), int(out.shape[-1])
     s = getattr(config, "image_size", None)
     if isinstance(s, int):
         return s, s
     if isinstance(s, (list, tuple)) and len(s) == 2:
         return int(s[0]), int(s[1])
-    raise ConfigError("source.huggingface: no image size in preprocessor_config.json or config.json; declare inputs")
+    raise ConfigError(
+        "source.huggingface: no preprocessor_config.json and no image_size in config.json: "
+        "save the image processor in the folder, or declare inputs"
+    )
 
 
 def signature(folder: Path, task: str) -> tuple[str, list[dict[str, Any]], list[str]]:
@@ -158,7 +162,7 @@ def signature(folder: Path, task: str) -> tuple[str, list[dict[str, Any]], list[
                 "name": "input_values",
                 "dtype": "float32",
                 "shape": [-1, "samples"],
-                "range": {"min": [1, AUDIO_RATE // 10], "opt": [4, AUDIO_RATE], "max": [16, 4 * AUDIO_RATE]},
+                "range": {"min": [1, AUDIO_RATE // 10], "opt": [4, AUDIO_RATE], "max": [16, 2 * AUDIO_RATE]},
             }
         ]
         return "audio", inputs, TASKS[task][1]
