@@ -68,25 +68,39 @@ WHY_NOT = {
 
 def apply_gate(per_output: dict[str, dict[str, Any]], tol: Tolerance, task: dict[str, Any] | None = None) -> list[str]:
     """Each failed gate as a line naming the output; empty when the variant passes.
-    `task`: accuracy metrics over the first output (accuracy_drop). A gate no output
-    can be checked by is refused (ConfigError): it would pass while checking nothing."""
+    Each output is judged by tol.for_output (its per_output entry, the shared keys, or
+    not at all); `task`: accuracy metrics over the first output (accuracy_drop). A gate
+    no output can be checked by is refused (ConfigError): it would pass while checking
+    nothing."""
     fails = []
-    for name, m in per_output.items():
+    judged = {n: (m, t) for n, m in per_output.items() if (t := tol.for_output(n)) is not None}
+    for name, (m, _) in judged.items():
         if m.get("nonfinite", 0):
             fails.append(f"{name}: {m['nonfinite']} non-finite output values (NaN/inf)")
     for k in UPPER + LOWER:
-        limit = getattr(tol, k)
-        if limit is None:
+        if k == "accuracy_drop":
+            if tol.accuracy_drop is None:
+                continue
+            if task is None:
+                raise ConfigError(f"tolerance.accuracy_drop: checks nothing for this model ({WHY_NOT[k]}); remove it")
+            if task[k] > tol.accuracy_drop:
+                fails.append(f"{k} {task[k]:.6g} > {tol.accuracy_drop:g}")
             continue
-        scope = {"(task)": task} if k == "accuracy_drop" else per_output
-        applicable = {n: m for n, m in scope.items() if m is not None and k in m}
-        if not applicable:
-            raise ConfigError(f"tolerance.{k}: checks nothing for this model ({WHY_NOT[k]}); remove it")
-        for n, m in applicable.items():
+        if getattr(tol, k) is not None and not any(k in m for m, t in judged.values() if t is tol):
+            why = WHY_NOT.get(k) if any(t is tol for _, t in judged.values()) else None
+            why = why or "every output it could gate has its own per_output gate, or is not in tolerance.outputs"
+            raise ConfigError(f"tolerance.{k}: checks nothing for this model ({why}); remove it")
+        for n, (m, t) in judged.items():
+            limit = getattr(t, k)
+            if limit is None:
+                continue
+            if k not in m:
+                if t is not tol:
+                    raise ConfigError(f"tolerance.per_output.{n}.{k}: checks nothing for this output ({WHY_NOT[k]})")
+                continue
             bad = m[k] > limit if k in UPPER else m[k] < limit
             if bad:
-                where = "" if n == "(task)" else f"{n}: "
-                fails.append(f"{where}{k} {m[k]:.6g} {'>' if k in UPPER else '<'} {limit:g}")
+                fails.append(f"{n}: {k} {m[k]:.6g} {'>' if k in UPPER else '<'} {limit:g}")
     return fails
 
 
@@ -110,7 +124,10 @@ def evaluate(
             fails,
         )
     # class scores: the labelled output, or every 2-D output when the gate asks for top-1
-    classes = {n: (n == first and labels is not None) or tol.top1_agreement is not None for n in outs}
+    classes = {
+        n: (n == first and labels is not None) or getattr(tol.for_output(n), "top1_agreement", None) is not None
+        for n in outs
+    }
     per_output = {n: compare(outs[n], ref[n], classes[n]) for n in outs}
     agg: dict[str, Any] = {}
     for m in per_output.values():

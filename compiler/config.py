@@ -213,9 +213,31 @@ def semantic_problems(cfg: ModelConfig, where: str) -> list[str]:
     """Cross-field checks pydantic cannot express per field; each names its key."""
     out: list[str] = []
     names = [t.name for t in cfg.targets]
+    declared = [o.name for o in cfg.outputs]
     for i, t in enumerate(cfg.targets):
         if names.index(t.name) != i:
             out.append(f"{where}: targets[{i}].name: {t.name!r} is used twice; target names must be unique")
+        tol = getattr(t, "tolerance", None)
+        for key, named in (
+            ("outputs", (tol.outputs or []) if tol else []),
+            ("per_output", tol.per_output if tol else {}),
+        ):
+            for n in named:
+                if n not in declared:
+                    out.append(
+                        f"{where}: targets[{i}].tolerance.{key}: {n!r} is not an output; the outputs are {declared}"
+                    )
+        if tol is not None and tol.per_output:
+            shared = [
+                k
+                for k in ("max_abs", "max_rel", "cosine", "cosine_min", "top1_agreement")
+                if getattr(tol, k) is not None
+            ]
+            if shared and all(tol.for_output(n) is not tol for n in declared):
+                out.append(
+                    f"{where}: targets[{i}].tolerance.{shared[0]}: gates no output (each has its own per_output "
+                    "gate, or is not in tolerance.outputs); move it into per_output or remove it"
+                )
     seen_inputs: set[str] = set()
     dim_ranges: dict[str, tuple[int, int, str]] = {}
     for i, inp in enumerate(cfg.inputs):

@@ -221,9 +221,23 @@ class CalibrationConfig(DataSource):
     batch_size: int = Field(default=16, ge=1, le=4096)
 
 
+class OutputTolerance(Section):
+    """One output's own gate (tolerance.per_output.<name>)."""
+
+    max_abs: float | None = Field(default=None, ge=0, description="max |variant - reference|")
+    max_rel: float | None = Field(default=None, ge=0, description="max |variant - reference| / max |reference|")
+    cosine: float | None = Field(default=None, ge=-1, le=1, description="mean cosine similarity over samples")
+    cosine_min: float | None = Field(default=None, ge=-1, le=1, description="minimum cosine similarity over samples")
+    top1_agreement: float | None = Field(
+        default=None, ge=0, le=1, description="fraction of samples with the same argmax"
+    )
+
+
 class Tolerance(Section):
     """Accuracy gate of a variant against the PyTorch reference. Every key set
-    here must hold for the variant to pass; unset keys are not checked."""
+    here must hold for the variant to pass; unset keys are not checked. The keys
+    apply to every output, or to those `outputs` names; `per_output` gives an output
+    its own keys instead."""
 
     max_abs: float | None = Field(default=None, ge=0, description="max |variant - reference|")
     max_rel: float | None = Field(
@@ -237,6 +251,22 @@ class Tolerance(Section):
     accuracy_drop: float | None = Field(
         default=None, ge=0, description="task accuracy lost vs PyTorch, in percentage points"
     )
+    outputs: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="the outputs the keys above gate (default: every output); the others are measured "
+        "and reported, not judged, unless per_output names them",
+    )
+    per_output: dict[str, OutputTolerance] = Field(
+        default_factory=dict, description="output name -> its own gate, instead of the keys above"
+    )
+
+    def for_output(self, name: str) -> Any:
+        """The gate that judges output `name`: its per_output entry, these keys, or None
+        (measured, not judged)."""
+        if name in self.per_output:
+            return self.per_output[name]
+        return self if self.outputs is None or name in self.outputs else None
 
 
 class RecoveryConfig(Section):

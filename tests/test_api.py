@@ -3,6 +3,7 @@ run the CLI's build and return its result object; errors are the CLI's typed
 exceptions, with its exit codes."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -155,7 +156,7 @@ def test_python_c_one_liner_with_a_module(tmp_path):
         capture_output=True,
         text=True,
         timeout=600,
-        env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
+        env={**os.environ, "PYTHONPATH": f"{REPO}:{os.environ.get('PYTHONPATH', '')}"},
     )
     assert p.returncode == 0, p.stderr
     assert "'fp32': ('OK'" in p.stdout and "'fp16': ('OK'" in p.stdout and p.stdout.strip().endswith("fp32")
@@ -174,7 +175,7 @@ def test_the_documented_example_runs_as_written(tmp_path):
         capture_output=True,
         text=True,
         timeout=600,
-        env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
+        env={**os.environ, "PYTHONPATH": f"{REPO}:{os.environ.get('PYTHONPATH', '')}"},
     )
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()

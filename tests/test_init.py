@@ -1,6 +1,7 @@
 """mscompile init: a commented model.yaml from one forward pass, that builds unchanged."""
 
 import json
+import os
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ class Encoder(nn.Module):
 
 
 def test_init_writes_a_model_yaml_that_builds_unchanged(tmp_path):
-    env = {"PYTHONPATH": str(REPO)}
+    env = {"PYTHONPATH": f"{REPO}:{os.environ.get('PYTHONPATH', '')}"}
     r = run_cli(
         "init",
         "--checkpoint", str(REPO / "examples/digits/digits.pt"),
@@ -99,12 +100,12 @@ def test_init_finds_the_sequence_dimension_and_names_dict_outputs(tmp_path):
 def test_init_bad_input_names_the_option(tmp_path):
     r = run_cli(
         "init", "--checkpoint", str(REPO / "examples/digits/digits.pt"), "--factory", "examples.digits.model:DigitsNet",
-        "--input", "images:8by1", cwd=tmp_path, env={"PYTHONPATH": str(REPO)},
+        "--input", "images:8by1", cwd=tmp_path, env={"PYTHONPATH": f"{REPO}:{os.environ.get('PYTHONPATH', '')}"},
     )  # fmt: skip
     assert r.returncode == 2 and "--input 'images:8by1': the shape is sizes joined by x" in r.stderr
     r = run_cli(
         "init", "--checkpoint", str(REPO / "examples/digits/digits.pt"), "--factory", "examples.digits.model:DigitsNet",
-        "--input", "images:8x3x8x8", cwd=tmp_path, env={"PYTHONPATH": str(REPO)},
+        "--input", "images:8x3x8x8", cwd=tmp_path, env={"PYTHONPATH": f"{REPO}:{os.environ.get('PYTHONPATH', '')}"},
     )  # fmt: skip
     assert r.returncode == 2 and "forward() raised" in r.stderr and "images[8, 3, 8, 8]" in r.stderr
     assert not (tmp_path / "model.yaml").exists() and not list(tmp_path.glob("*.npz"))
