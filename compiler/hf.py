@@ -35,7 +35,7 @@ TASKS: dict[str, tuple[str, list[str]]] = {
 NOT_YET = {
     "object-detection": "detection heads return per-image structures; export the model with a factory (see model-yaml.md)",
     "automatic-speech-recognition": "the encoder alone is `feature-extraction` on the audio model's folder",
-    "text-generation": "language models are `task: text-generation` with `source: {checkpoint: <folder>}` (vLLM targets)",
+    "text-generation": "a language model's folder builds with vLLM or TensorRT-LLM targets (backend: vllm)",
 }
 PROCESSOR_FILES = (
     "config.json",
@@ -237,10 +237,50 @@ def expand(data: dict[str, Any], where: str) -> dict[str, Any]:
     out.setdefault("export", {"exporter": "torchscript"})  # transformers' graphs: the one ORT's fusions know
     out["validation"] = _data(data.get("validation"), folder, modality, digest, 0, "validation")
     out["validation"].setdefault("shapes", "generate")  # the derived ranges are gated, not only the data's sizes
+    pipe = data.get("pipeline")
+    if pipe == "auto" or (isinstance(pipe, dict) and pipe.get("auto") is True):
+        extra = {k: v for k, v in pipe.items() if k != "auto"} if isinstance(pipe, dict) else {}
+        out["pipeline"] = {**_pipeline(data, folder, task, modality, out["validation"], where), **extra}
     int8 = any(isinstance(t, dict) and t.get("precision") == "int8" for t in data.get("targets") or [])
     if data.get("calibration") is not None or int8:
         out["calibration"] = _data(data.get("calibration"), folder, modality, digest, 1, "calibration")
     return out
+
+
+def _pipeline(data: dict[str, Any], folder: Path, task: str, modality: str, validation: dict, where: str) -> dict:
+    """`pipeline: auto` (or `{auto: true, ...}` with keys of its own, e.g. python_path): the
+    Triton ensemble text -> the folder's tokenizer -> the model -> probabilities
+    (classification tasks), gated end to end on the validation text."""
+    key = f"{where}: pipeline: auto"
+    if modality != "text" or not (folder / "tokenizer.json").is_file():
+        raise ConfigError(f"{key}: made for text models with a tokenizer.json in the folder; write pipeline: steps")
+    text = validation.get("data")
+    if not (isinstance(text, str) and text.endswith(".txt")):
+        raise ConfigError(f"{key}: the end-to-end gate needs raw text: set validation.data to a .txt file")
+    files = [
+        str(folder / f) for f in ("tokenizer.json", "tokenizer_config.json", "config.json") if (folder / f).is_file()
+    ]
+    pipe: dict[str, Any] = {
+        "name": f"{data.get('name', 'model')}_text",
+        "preprocess": {
+            "function": "mscompile.hf_steps:text_preprocess",
+            "files": files,
+            "inputs": [{"name": "text", "dtype": "string", "shape": [1]}],
+        },
+        "validation": text,
+    }
+    if task in ("text-classification", "token-classification"):
+        from transformers import AutoConfig
+
+        labels = int(AutoConfig.from_pretrained(str(folder), local_files_only=True).num_labels)
+        pipe["postprocess"] = {
+            "function": "mscompile.hf_steps:softmax_postprocess",
+            "inputs": ["logits"],
+            "outputs": [
+                {"name": "probabilities", "shape": [labels] if task == "text-classification" else [-1, labels]}
+            ],
+        }
+    return pipe
 
 
 # -- what the build calls (factory, tokenizer, generators) ----------------------------

@@ -177,3 +177,23 @@ def test_init_on_a_folder_writes_the_short_form_that_builds_unchanged(tmp_path):
     b = run_cli("build", "model.yaml", "--json", cwd=tmp_path)
     assert b.returncode == 0, b.stderr
     assert all(v["status"] == "OK" for v in json.loads(b.stdout)["variants"] if v["name"] != "openvino_int8")
+
+
+def test_pipeline_auto_serves_text_in_probabilities_out(tmp_path):
+    """pipeline: auto: the ensemble's steps from the folder's own tokenizer, gated end to
+    end against the same chain with the PyTorch model."""
+    make_bert(tmp_path / "bert", num_labels=3)
+    (tmp_path / "val.txt").write_text("the cat sat on the mat\na big dog ran fast\nthe sun and the moon\n" * 4)
+    r, text = _build(tmp_path, "bert", "bert", "text-classification", "validation: {data: val.txt}\npipeline: auto\n")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["pipeline"]["passed"] and out["pipeline"]["samples"] == 12
+    assert out["pipeline"]["metrics"]["max_abs"] < 1e-5
+    published = {p["model"] for p in out["published"]}
+    assert published == {"bert", "bert_text_preprocess", "bert_text_postprocess", "bert_text"}
+    cfg = json.loads((tmp_path / "model_repository/bert/1/build_manifest.json").read_text())["config"]
+    assert cfg["pipeline"]["postprocess"]["outputs"] == [{"name": "probabilities", "dtype": "float32", "shape": [3]}]
+    # anywhere else, auto is refused with what to write
+    d = {"name": "m", "source": {"checkpoint": "x.pt"}, "pipeline": "auto", "targets": [{"name": "fp32"}]}
+    r = run_cli("validate", str(write_config(d, tmp_path / "m.yaml")), cwd=tmp_path)
+    assert r.returncode == 2 and "pipeline: auto derives the steps from a Hugging Face folder" in r.stderr

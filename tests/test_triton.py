@@ -69,6 +69,26 @@ def test_serve_check_broken_config_exits_1_with_tritons_message(tri, digits_fp32
     assert "Triton did not load digits" in r.stderr and "preferred size must be <= max batch size" in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        # the onnxruntime backend's own rules (ValidateInputs, CompareDimsSupported)
+        (("dims: 8\n  dims: 8\n", "dims: 8\n  dims: 9\n"), "configuration expects shape [1, 8, 9] for input 'images'"),
+        (("data_type: TYPE_FP32", "data_type: TYPE_FP16"), "configuration expects datatype TYPE_FP16 for input"),
+        (('name: "logits"', 'name: "scores"'), "unexpected inference output 'scores', allowed outputs are: logits"),
+    ],
+)
+def test_serve_check_a_config_the_onnxruntime_backend_refuses(tri, digits_fp32, edit, message):
+    path, repo = digits_fp32
+    cfg = repo / "digits" / "config.pbtxt"
+    text = cfg.read_text()
+    assert edit[0] in text
+    cfg.write_text(text.replace(edit[0], edit[1], 1))
+    r = run_cli("serve-check", str(path), *_server_args(tri))
+    assert r.returncode == 1, r.stderr
+    assert "Triton did not load digits" in r.stderr and message in r.stderr, r.stderr
+
+
 def test_serve_check_wrong_answers_exit_3_naming_the_output(tri, digits_fp32):
     path, repo = digits_fp32
     _scale_outputs(repo / "digits" / "1" / "model.onnx", 2.0)
@@ -268,3 +288,32 @@ def test_minilm_ensemble_strings_in_embeddings_out(tri, tmp_path):
         i.set_data_from_numpy(x)
         emb = c.infer("minilm_text", [i]).as_numpy("embedding")
         assert emb.shape == (1, 384) and abs(float(np.linalg.norm(emb)) - 1.0) < 1e-4
+
+
+def test_hf_pipeline_auto_on_a_real_server(tri, tmp_path):
+    """A Hugging Face classifier folder with `pipeline: auto`: strings in over gRPC and
+    HTTP, probabilities out, equal to the PyTorch chain within the gate."""
+    from test_huggingface import make_bert
+
+    make_bert(tmp_path / "bert", num_labels=3)
+    (tmp_path / "val.txt").write_text("the cat sat on the mat\na big dog ran fast\nthe sun and the moon\n" * 4)
+    cfg = {
+        "name": "bert",
+        "source": {"huggingface": "bert", "task": "text-classification"},
+        "validation": {"data": "val.txt"},
+        # the stub's numpy<2 and tokenizers on the steps' path
+        "pipeline": {"auto": True, "python_path": [str(tri.site)]},
+        "targets": [{"name": "fp32", "tolerance": {"max_rel": 1e-4}}],
+        "profile": {"enabled": False},
+    }
+    path = write_config(cfg, tmp_path / "model.yaml")
+    r = run_cli("build", str(path), "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((tmp_path / "model_repository/bert/1/build_manifest.json").read_text())
+    assert manifest["config"]["pipeline"]["name"] == "bert_text"
+    r = run_cli("serve-check", str(path), *_server_args(tri), "--json", "--concurrency", "4", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    pipe = json.loads(r.stdout)["pipeline"]
+    assert pipe["model"] == "bert_text" and pipe["passed"]
+    for proto in ("grpc", "http"):
+        assert pipe["protocols"][proto]["requests"] == 12

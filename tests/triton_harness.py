@@ -32,11 +32,18 @@ refuse fails here too:
   unless ENABLE_BATCH_PADDING is YES, which zero-fills the rest into the
   compiled input tensor (so padding needs static non-batch dims); with
   max_batch_size 0 each request runs alone at its own shape.
-- `onnxruntime` (triton-inference-server/onnxruntime_backend, src/onnxruntime.cc):
-  a `cpu_execution_accelerator` other than `openvino` is refused
-  ("unknown Execution Accelerator"), and `openvino` too when the environment
-  sets MSCOMPILE_TEST_ORT_WITHOUT_OPENVINO (a backend built without ONNX Runtime's
-  OpenVINO execution provider, as the field check found)."""
+- `onnxruntime` (triton-inference-server/onnxruntime_backend, src/onnxruntime.cc,
+  and the backend repo's CompareDimsSupported): a `cpu_execution_accelerator`
+  other than `openvino` is refused ("unknown Execution Accelerator"), and
+  `openvino` too when the environment sets MSCOMPILE_TEST_ORT_WITHOUT_OPENVINO (a
+  backend built without ONNX Runtime's OpenVINO execution provider, as the field
+  check found); ValidateInputs/ValidateOutputs: the config lists exactly as many
+  inputs as the model has, every configured input and output is one of the
+  model's ("unexpected inference input"), with the model's data type; with
+  max_batch_size > 0 every tensor's first model dimension must be a variable-size
+  batch dimension, and the remaining model dims must equal the configured dims
+  (a variable model dim takes any configured size; a fixed one must be given
+  exactly)."""
 
 from __future__ import annotations
 
@@ -66,6 +73,19 @@ import onnxruntime as ort  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 
+ONNX_TYPES = {{
+    "tensor(float)": "TYPE_FP32",
+    "tensor(float16)": "TYPE_FP16",
+    "tensor(double)": "TYPE_FP64",
+    "tensor(int64)": "TYPE_INT64",
+    "tensor(int32)": "TYPE_INT32",
+    "tensor(int8)": "TYPE_INT8",
+    "tensor(uint8)": "TYPE_UINT8",
+    "tensor(bool)": "TYPE_BOOL",
+    "tensor(string)": "TYPE_STRING",
+}}
+
+
 class TritonPythonModel:
     def initialize(self, args):
         cfg = json.loads(args["model_config"])
@@ -82,6 +102,45 @@ class TritonPythonModel:
         self.inputs = [i["name"] for i in cfg["input"]]
         self.outputs = [o["name"] for o in cfg["output"]]
         self.batching = int(cfg.get("max_batch_size", 0)) > 0
+        self._validate(cfg)
+
+    def _validate(self, cfg):
+        model = cfg["name"]
+        ins = {{i.name: i for i in self.sess.get_inputs()}}
+        outs = {{o.name: o for o in self.sess.get_outputs()}}
+        if len(cfg["input"]) != len(ins):
+            raise pb_utils.TritonModelException(
+                f"unable to load model '{{model}}', configuration expects {{len(cfg['input'])}} inputs, "
+                f"model provides {{len(ins)}}"
+            )
+        for kind, ios, known in (("input", cfg["input"], ins), ("output", cfg["output"], outs)):
+            for io in ios:
+                arg = known.get(io["name"])
+                if arg is None:
+                    raise pb_utils.TritonModelException(
+                        f"unexpected inference {{kind}} '{{io['name']}}', allowed {{kind}}s are: {{', '.join(known)}}"
+                    )
+                want = ONNX_TYPES.get(arg.type)
+                if want != io["data_type"]:
+                    raise pb_utils.TritonModelException(
+                        f"unable to load model '{{model}}', configuration expects datatype {{io['data_type']}} for "
+                        f"{{kind}} '{{io['name']}}', model provides {{want}}"
+                    )
+                shape = [d if isinstance(d, int) and d >= 0 else -1 for d in arg.shape]
+                dims = [int(d) for d in io.get("reshape", {{}}).get("shape", io["dims"])]
+                if self.batching:
+                    if not shape or shape[0] != -1:
+                        raise pb_utils.TritonModelException(
+                            f"unable to load model '{{model}}', model configuration supports batching but first "
+                            f"dimension of tensor '{{io['name']}}' expected by framework is not a variable-size batch "
+                            f"dimension: {{shape}} whereas model configuration shape is: {{dims}}"
+                        )
+                    shape = shape[1:]
+                if len(shape) != len(dims) or any(m != -1 and m != d for m, d in zip(shape, dims)):
+                    raise pb_utils.TritonModelException(
+                        f"unable to load model '{{model}}', configuration expects shape {{dims}} for {{kind}} "
+                        f"'{{io['name']}}', model provides {{shape}}"
+                    )
 
     def execute(self, requests):
         # the requests the dynamic batcher merged run as one batch, as a real backend does

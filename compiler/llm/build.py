@@ -84,6 +84,11 @@ def factory_checkpoint(cfg: LlmModelConfig, state: Any) -> Path:
 
 def _data(cfg: LlmModelConfig) -> dict[str, Any]:
     v = cfg.validation
+    if v.text is None and v.prompts is None:
+        return {}  # synthetic token ids (LoadLlm)
+    missing = "validation.prompts" if v.prompts is None else "validation.text" if v.text is None else None
+    if missing:
+        raise ConfigError(f"{missing}: give both validation.text and validation.prompts, or neither (synthetic ids)")
     return {
         key: text_file(key, value)[0] for key, value in (("validation.text", v.text), ("validation.prompts", v.prompts))
     }
@@ -96,10 +101,10 @@ def load_step(cfg: LlmModelConfig) -> Step:
         "load_llm",
         LoadLlm,
         LoadLlmConfig(
-            texts=str(data["validation.text"]),
-            prompts=str(data["validation.prompts"]),
-            texts_sha256=_sha(data["validation.text"]),
-            prompts_sha256=_sha(data["validation.prompts"]),
+            texts=str(data["validation.text"]) if data else "",
+            prompts=str(data["validation.prompts"]) if data else "",
+            texts_sha256=_sha(data["validation.text"]) if data else "",
+            prompts_sha256=_sha(data["validation.prompts"]) if data else "",
             max_texts=v.max_texts,
             max_prompts=v.max_prompts,
             max_tokens=v.max_tokens,
@@ -150,8 +155,11 @@ def validate_llm(cfg: LlmModelConfig, config_path: Path) -> list[str]:
     lines = [f"{config_path}: configuration is valid ({len(cfg.targets)} target(s), task text-generation)"]
     source = describe_checkpoint(cfg)
     lines.append(f"checkpoint: {source.path} ({source.meta['files']} files, digest {source.digest[:12]}...)")
-    for key, p in _data(cfg).items():
+    data = _data(cfg)
+    for key, p in data.items():
         lines.append(f"{key}: {p}: {len(read_lines(str(p)))} lines")
+    if not data:
+        lines.append("validation: no text given: the gates use seeded synthetic token ids")
     try:
         from transformers import AutoConfig, AutoTokenizer
 

@@ -27,7 +27,7 @@ class LlmModelConfig(Section):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     task: Literal["text-generation"]
     source: LlmSource
-    validation: LlmValidation
+    validation: LlmValidation = Field(default_factory=LlmValidation)
     calibration: LlmCalibration | None = None
     targets: list[LlmTargetConfig] = Field(min_length=1)  # type: ignore[valid-type]
     triton: LlmTritonConfig = Field(default_factory=LlmTritonConfig)

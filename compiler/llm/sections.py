@@ -36,10 +36,15 @@ class LlmSource(Section):
 
 
 class LlmValidation(Section):
-    text: str = Field(
-        min_length=1, description="a .txt (one passage per line) or .jsonl ({'text': ...}) file: perplexity"
+    text: str | None = Field(
+        default=None,
+        min_length=1,
+        description="a .txt (one passage per line) or .jsonl ({'text': ...}) file: perplexity; "
+        "with neither text nor prompts, seeded synthetic token ids are used (and the build says so)",
     )
-    prompts: str = Field(min_length=1, description="a .txt (one prompt per line) or .jsonl file: greedy agreement")
+    prompts: str | None = Field(
+        default=None, min_length=1, description="a .txt (one prompt per line) or .jsonl file: greedy agreement"
+    )
     new_tokens: int = Field(default=32, ge=1, le=4096, description="greedy tokens generated per prompt")
     max_texts: int = Field(default=64, ge=1, le=100_000)
     max_prompts: int = Field(default=16, ge=1, le=100_000)

@@ -72,6 +72,11 @@ def parse_config(data: Any, where: str = "model.yaml") -> Any:
     every problem."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: the top level must be a mapping of keys (name, source, ...)")
+    src = data.get("source")
+    if "task" not in data and isinstance(src, dict) and src.get("task") == "text-generation" and src.get("huggingface"):
+        # a language model's folder: the text-generation task, its checkpoint the folder
+        rest = {k: v for k, v in src.items() if k not in ("huggingface", "task")}
+        data = dict(data, task="text-generation", source={"checkpoint": src["huggingface"], **rest})
     name = data.get("task", DEFAULT_TASK)
     task = all_tasks().get(name) if isinstance(name, str) else None
     if task is None:

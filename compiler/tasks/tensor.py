@@ -47,6 +47,11 @@ class TensorTask(Task):
         src = data.get("source")
         if isinstance(src, dict) and "huggingface" in src and "checkpoint" not in src:  # not yet expanded
             data = expand_hf(data, where)
+        elif data.get("pipeline") == "auto" or (isinstance(data.get("pipeline"), dict) and "auto" in data["pipeline"]):
+            raise ConfigError(
+                f"{where}: pipeline: auto derives the steps from a Hugging Face folder's tokenizer "
+                "(source: {huggingface: ...}); for other sources write the steps (pipeline: {preprocess: ...})"
+            )
         return super().parse(data, where)
 
     def config_model(self) -> Any:

@@ -85,6 +85,14 @@ class TextGenerationTask(Task):
         meta = load.output.meta if load is not None and load.output is not None else {}
         return {"reference": {"runtime": "transformers (CPU, float32)", **(meta or {})}}
 
+    def before_publish(self, cfg: Any, deployments: list[Any], result: Any, instruments: Any, prep: Any = None) -> None:
+        if cfg.validation.text is None:
+            instruments.warn(
+                "validation: no text given, so the gates compared the variants with transformers on seeded "
+                "synthetic token ids (perplexity increase and greedy agreement on random tokens); set "
+                "validation.text and validation.prompts to text like what you serve"
+            )
+
     def publish(self, cfg: Any, deployments: list[Any], manifest: dict, result: Any, instruments: Any) -> list:
         """What the deployed variant's backend serves (an ensemble last, its members.json
         recording the member versions published with it)."""

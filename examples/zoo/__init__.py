@@ -184,7 +184,7 @@ def segformer():
 @_hf("feature-extraction")
 def wav2vec2():
     cfg = _t().Wav2Vec2Config(
-        **SMALL, conv_dim=(16, 16), conv_kernel=(10, 3), conv_stride=(5, 2), num_feat_extract_layers=2,
+        **SMALL, conv_dim=(16, 16), conv_kernel=(10, 8), conv_stride=(10, 8), num_feat_extract_layers=2,
         num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, do_stable_layer_norm=True,
     )  # fmt: skip
     return _t().Wav2Vec2Model(cfg)

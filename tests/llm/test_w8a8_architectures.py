@@ -107,3 +107,34 @@ def test_phi3_w8a8_is_gated_in_vllm(tmp_path):
     assert r.returncode == 0, r.stderr
     v = json.loads(r.stdout)["variants"][0]
     assert v["status"] == "OK" and v["gated_on"] == ["vllm"], v
+
+
+FIVE_LINES = """name: qwen
+source: {{huggingface: {folder}, task: text-generation}}
+targets:
+  - {{name: fp32, backend: vllm, dtype: float32, tolerance: {{perplexity_increase: 1.0, token_agreement: 0.8}}}}
+  - {{name: w8a8, backend: vllm, quantization: w8a8, tolerance: {{perplexity_increase: 5.0}}}}
+"""
+
+
+def test_a_qwen2_folder_builds_from_five_lines(tmp_path):
+    """A Hugging Face decoder folder and targets, nothing else: the text-generation task
+    from source.task, the gates on seeded synthetic token ids (said plainly)."""
+    from vllm_harness import vllm_python, why
+
+    python = vllm_python()
+    if python is None:
+        pytest.skip(why())
+    src, _ = make_model(tmp_path, "qwen2")
+    text = FIVE_LINES.format(folder=src / "model")
+    assert len(text.strip().splitlines()) == 5
+    (tmp_path / "model.yaml").write_text(text)
+    v = run_cli("validate", "model.yaml", cwd=tmp_path, env={"MSCOMPILE_VLLM_PYTHON": python})
+    assert v.returncode == 0 and "seeded synthetic token ids" in v.stdout, v.stderr
+    r = run_cli("build", "model.yaml", "--json", cwd=tmp_path, env={"MSCOMPILE_VLLM_PYTHON": python})
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert {x["name"]: x["status"] for x in out["variants"]} == {"fp32": "OK", "w8a8": "OK"}
+    assert "seeded synthetic token ids" in r.stderr
+    manifest = json.loads((tmp_path / f"model_repository/qwen/{out['version']}/build_manifest.json").read_text())
+    assert manifest["task"] == "text-generation"
