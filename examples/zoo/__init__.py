@@ -158,8 +158,16 @@ def resnet():
 
 @_hf("image-classification", image=32)
 def mobilenet_v2():
+    import torch
+
     cfg = _t().MobileNetV2Config(num_channels=3, image_size=32, depth_multiplier=0.35, num_labels=5)
-    return _t().MobileNetV2ForImageClassification(cfg)
+    model = _t().MobileNetV2ForImageClassification(cfg)
+    # transformers' own init leaves this net's logits near 1e-25 (every INT8 rounds them to 0):
+    # He init, as a trained net's activations would be, keeps them at ~1
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+    return model
 
 
 @_hf("image-classification", image=32)
