@@ -131,13 +131,22 @@ SERVER_FILES = {
 }
 
 
+# tests that run vLLM itself (minutes each): CI runs them in its second leg only
+VLLM_FILES = {"test_vllm.py", "test_w8a8_architectures.py"}
+
+
 def pytest_collection_modifyitems(config, items):
-    """Every test under tests/llm is marked `llm`, every test of SERVER_FILES `servers`
-    (the gpu_stack leg leaves both out: llm tests never load that stack's onnx or
-    onnxruntime, server tests exercise the hand-off, which the first leg runs)."""
+    """Every test under tests/llm is marked `llm`, those of VLLM_FILES also `vllm`, every
+    test of SERVER_FILES `servers`. CI's legs (.ci/run, noxfile.py): the first runs
+    `not vllm`, the second (Python 3.12 with the GPU machine's onnx/onnxruntime) runs
+    `not servers and (not llm or vllm)`: vLLM runs in its own environment and never loads
+    either stack's onnx or onnxruntime, so the legs split it from the server tests to stay
+    near 30 minutes each on 2 cores; every test runs in one leg or both."""
     llm = REPO / "tests" / "llm"
     for item in items:
         if llm in item.path.parents:
             item.add_marker(pytest.mark.llm)
+            if item.path.name in VLLM_FILES:
+                item.add_marker(pytest.mark.vllm)
         if item.path.name in SERVER_FILES:
             item.add_marker(pytest.mark.servers)

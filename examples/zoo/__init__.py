@@ -355,6 +355,7 @@ def model_yaml(name: str, root: Path) -> dict[str, Any]:
         **doc,
         "targets": json.loads(json.dumps(TARGETS)),
         "triton": {"repository": str(root / "repo")},
+        "profile": {"enabled": False},  # the matrix is about what builds and passes, not speed
     }
 
 
