@@ -12,14 +12,23 @@ import yaml
 from helpers import REPO
 
 
-def test_readme_is_short_and_its_model_yaml_is_valid():
+def test_readme_is_short_and_its_model_yaml_is_valid(tmp_path, monkeypatch):
     from mscompile.tasks import parse_config
 
     text = (REPO / "README.md").read_text()
     assert len(text.encode()) <= 10 * 1024
-    (block,) = re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
+    block, short = re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
     cfg = parse_config(yaml.safe_load(block))
     assert cfg.name == "digits" and [t.name for t in cfg.targets] == ["fp32", "int8"]
+    # the Hugging Face short form, against a folder made where it says
+    pytest.importorskip("transformers")
+    from test_huggingface import make_bert
+
+    monkeypatch.chdir(tmp_path)
+    make_bert(tmp_path / "models/bert-classifier", num_labels=2)
+    cfg = parse_config(yaml.safe_load(short))
+    assert [i.name for i in cfg.inputs] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert [t.name for t in cfg.targets] == ["fp32", "int8"] and cfg.calibration is not None
     for link in re.findall(r"\]\((docs/[^)#]+)", text):
         assert (REPO / link).is_file(), link
 
