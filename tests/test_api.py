@@ -138,6 +138,12 @@ def test_build_takes_a_path_or_a_dict(workdir):
     assert e.value.exit_code == 2 and "targets" in str(e.value)
 
 
+def _python(code: str, cwd) -> subprocess.CompletedProcess:
+    """`python -c code` in `cwd`, as a user types it (the repository on the path)."""
+    env = {**os.environ, "PYTHONPATH": f"{REPO}:{os.environ.get('PYTHONPATH', '')}"}
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
+
+
 def test_python_c_one_liner_with_a_module(tmp_path):
     # what a user types: a module from their own file, no model.yaml
     (tmp_path / "net.py").write_text(
@@ -150,14 +156,7 @@ def test_python_c_one_liner_with_a_module(tmp_path):
         "r = mscompile.optimize(Net(), torch.randn(16, 6), name='net', targets=['fp32', 'fp16'])\n"
         "print({v.target: (v.status.value, round(v.metrics['max_rel'], 6)) for v in r.variants}, r.deployed)\n"
     )
-    p = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONPATH": f"{REPO}:{os.environ.get('PYTHONPATH', '')}"},
-    )
+    p = _python(code, tmp_path)
     assert p.returncode == 0, p.stderr
     assert "'fp32': ('OK'" in p.stdout and "'fp16': ('OK'" in p.stdout and p.stdout.strip().endswith("fp32")
     assert "no validation inputs given" in p.stderr  # said plainly: gated on the example inputs
@@ -169,14 +168,7 @@ def test_the_documented_example_runs_as_written(tmp_path):
 
     page = (REPO / "docs/python-api.md").read_text()
     (code,) = re.findall(r"```python\n(.*?)```", page, re.S)
-    p = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONPATH": f"{REPO}:{os.environ.get('PYTHONPATH', '')}"},
-    )
+    p = _python(code, tmp_path)
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
     assert [ln.split()[:2] for ln in lines[:3]] == [["fp32", "OK"], ["fp16", "OK"], ["int8", "OK"]]
