@@ -14,7 +14,7 @@ from collections import Counter
 from typing import Any, Literal
 
 import numpy as np
-from mscompile.accuracy import load_reference
+from mscompile.accuracy import cosine_rows, load_reference
 from mscompile.artifacts import OpenVinoModel
 from mscompile.data import batches
 from mscompile.instruments import capture_output
@@ -44,16 +44,9 @@ def samples(io: IOSpec, feeds: dict[str, np.ndarray]) -> list[dict[str, np.ndarr
     return [{k: v[i : i + 1] for k, v in feeds.items()} for i in range(n)]
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a.astype(np.float64).reshape(a.shape[0], -1)
-    b = b.astype(np.float64).reshape(a.shape)
-    d = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return np.where(d > 0, (a * b).sum(axis=1) / np.where(d > 0, d, 1.0), 1.0)
-
-
 class QuantizeNncf(Pass[OpenVinoModel, OpenVinoModel]):
     name = "quantize_nncf"
-    version = 1
+    version = 2
     input_type = OpenVinoModel
     output_type = OpenVinoModel
     Config = NncfConfig
@@ -127,7 +120,7 @@ class QuantizeNncf(Pass[OpenVinoModel, OpenVinoModel]):
                 if use_accuracy:
                     scores.extend((out.argmax(axis=-1) == lab).tolist())
                 else:
-                    scores.extend(_cosine(out, r).tolist())
+                    scores.extend(cosine_rows(out, r).tolist())  # zeros score 0, not 1
             return float(np.mean(scores)) if scores else 0.0
 
         validation = nncf.Dataset(items, lambda item: item[0])
