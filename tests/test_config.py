@@ -236,6 +236,14 @@ CORE_PROBLEMS = [
         lambda d: (d.update(name="m" * 128), d["targets"][0].update(name="t" * 128), d["triton"].update(deploy="all")),
         "would be a folder name over 255 bytes",
     ),
+    (
+        lambda d: d["targets"][0].update(tolerance={"per_output": {"scores": {"cosine": 0.9}}}),
+        "targets[0].tolerance.per_output: 'scores' is not an output; the outputs are ['logits']",
+    ),
+    (
+        lambda d: d["targets"][0].update(tolerance={"cosine": 0.9, "per_output": {"logits": {"cosine": 0.5}}}),
+        "targets[0].tolerance.cosine: gates no output",
+    ),
 ]
 
 
