@@ -135,12 +135,15 @@ def optimize(
     by parameter name; axis 0 is the batch, dynamic up to `max_batch_size`, unless
     `dynamic_batch` is False). `validation`: held-out inputs the gates run (same forms;
     default: the example inputs, with a warning), `labels` their integer classes;
-    `calibration`: INT8 calibration inputs (default: the validation inputs, with a
-    warning). `targets`: precision names (gated by DEFAULT_TOLERANCE) or model.yaml
+    `calibration`: INT8 calibration inputs (default: the example inputs when validation
+    is given apart from them; with neither, INT8 targets are left out with a warning:
+    the gate must see samples calibration did not). `targets`: precision names (gated by DEFAULT_TOLERANCE) or model.yaml
     target dicts. `config`: model.yaml keys merged over what is derived here (export,
     optimize, triton, ...). Other keywords go to build(). The module's weights, and the
     validation and calibration arrays, are written under the state folder
-    (.mscompile/api/<name>/) so that the build is cached like any other."""
+    (.mscompile/api/<name>/) so that the build is cached like any other: the same module
+    (weights and code) under the same name runs no pass again, in this process or the
+    next."""
     import torch
 
     if not isinstance(module, torch.nn.Module):
@@ -157,9 +160,9 @@ def optimize(
     folder.mkdir(parents=True, exist_ok=True)
     checkpoint = folder / "weights.pt"
     torch.save(module.state_dict(), checkpoint)
-    handle = f"{name}:{id(module)}"
-    live.register(handle, module)
+    live.register(name, module)  # the key names the model, not the object: cache keys stay the same across runs
 
+    separate = validation is not None  # the example inputs are then samples the gates never see
     if validation is None:
         warn(
             "optimize: no validation inputs given: the gates run on the example inputs only; "
@@ -171,12 +174,24 @@ def optimize(
         val["labels"] = np.asarray(labels.detach().cpu().numpy() if hasattr(labels, "detach") else labels)
     np.savez(folder / "validation.npz", **val)
     target_dicts = [_target(t) for t in targets]
+    if calibration is None and separate:
+        calibration = examples
+    if calibration is None and any(t.get("precision") == "int8" for t in target_dicts):
+        # the gate must see samples calibration did not (the rule model.yaml has)
+        left = [t["name"] for t in target_dicts if t.get("precision") == "int8"]
+        warn(
+            f"optimize: INT8 target(s) {left} left out: no calibration samples apart from the gate's; "
+            "pass calibration= (or validation= apart from the example inputs)"
+        )
+        target_dicts = [t for t in target_dicts if t.get("precision") != "int8"]
+        if not target_dicts:
+            raise ConfigError("targets: only INT8 targets, and no calibration= samples apart from the gate's")
     doc: dict[str, Any] = {
         "name": name,
         "source": {
             "checkpoint": str(checkpoint),
             "factory": "mscompile.live:module",
-            "factory_args": {"handle": handle, "code": live.code_digest(module)},
+            "factory_args": {"handle": name, "code": live.code_digest(module)},
         },
         "inputs": inputs,
         "outputs": [{"name": o} for o in outs],
@@ -188,9 +203,6 @@ def optimize(
         },
     }
     if any(t.get("precision") == "int8" for t in target_dicts):
-        if calibration is None:
-            warn("optimize: no calibration inputs given: INT8 is calibrated on the validation inputs")
-            calibration = {k: v for k, v in val.items() if k != "labels"}
         np.savez(folder / "calibration.npz", **_arrays(calibration, names, "calibration"))
         doc["calibration"] = {"data": str(folder / "calibration.npz")}
     doc = _merge(doc, config or {})

@@ -81,7 +81,7 @@ class Variant:
             "precision": self.precision,
             "status": self.status.value,
             "reason": self.reason,
-            "metrics": self.report.meta.get("metrics", {}) if self.report else {},
+            "metrics": self.metrics,
             "failures": self.report.meta.get("failures", []) if self.report else [],
             # the gate at each generated shape (validation.shapes: generate)
             "buckets": self.report.meta.get("buckets", {}) if self.report else {},

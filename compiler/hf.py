@@ -124,8 +124,9 @@ def _image_size(folder: Path, config: Any) -> tuple[int, int]:
     )
 
 
-def signature(folder: Path, task: str) -> tuple[str, list[dict[str, Any]], list[str]]:
-    """(modality, inputs: entries, output names) for the folder's model under `task`."""
+def signature(folder: Path, task: str) -> tuple[str, list[dict[str, Any]], list[str], Any]:
+    """(modality, inputs: entries, output names, its transformers config) for the
+    folder's model under `task`."""
     cls, config = _model_class(folder, task)
     main = getattr(cls, "main_input_name", "input_ids")
     params = list(inspect.signature(cls.forward).parameters)
@@ -143,7 +144,7 @@ def signature(folder: Path, task: str) -> tuple[str, list[dict[str, Any]], list[
             }
             for n in names
         ]
-        return "text", inputs, TASKS[task][1]
+        return "text", inputs, TASKS[task][1], config
     if main == "pixel_values":
         h, w = _image_size(folder, config)
         c = int(getattr(config, "num_channels", 3) or 3)
@@ -155,7 +156,7 @@ def signature(folder: Path, task: str) -> tuple[str, list[dict[str, Any]], list[
                 "range": {"min": [1, c, h, w], "opt": [8, c, h, w], "max": [64, c, h, w]},
             }
         ]
-        return "image", inputs, TASKS[task][1]
+        return "image", inputs, TASKS[task][1], config
     if main == "input_values":
         inputs = [
             {
@@ -165,7 +166,7 @@ def signature(folder: Path, task: str) -> tuple[str, list[dict[str, Any]], list[
                 "range": {"min": [1, AUDIO_RATE // 10], "opt": [4, AUDIO_RATE], "max": [16, 2 * AUDIO_RATE]},
             }
         ]
-        return "audio", inputs, TASKS[task][1]
+        return "audio", inputs, TASKS[task][1], config
     raise ConfigError(
         f"source.huggingface: the model's main input is {main!r}, which mscompile does not derive yet; "
         "declare inputs and outputs and use a factory"
@@ -214,7 +215,7 @@ def expand(data: dict[str, Any], where: str) -> dict[str, Any]:
             f"{where}: source.huggingface: {folder} has no model.safetensors (found {shards or 'no weights'}); "
             "re-save with model.save_pretrained(folder, max_shard_size='1000GB') for one safetensors file"
         )
-    modality, inputs, outputs = signature(folder, task)
+    modality, inputs, outputs, config = signature(folder, task)
     digest = files_digest(folder)
     out = dict(data)
     out["source"] = {
@@ -240,14 +241,19 @@ def expand(data: dict[str, Any], where: str) -> dict[str, Any]:
     pipe = data.get("pipeline")
     if pipe == "auto" or (isinstance(pipe, dict) and pipe.get("auto") is True):
         extra = {k: v for k, v in pipe.items() if k != "auto"} if isinstance(pipe, dict) else {}
-        out["pipeline"] = {**_pipeline(data, folder, task, modality, out["validation"], where), **extra}
+        out["pipeline"] = {
+            **_pipeline(data, folder, task, modality, int(config.num_labels), out["validation"], where),
+            **extra,
+        }
     int8 = any(isinstance(t, dict) and t.get("precision") == "int8" for t in data.get("targets") or [])
     if data.get("calibration") is not None or int8:
         out["calibration"] = _data(data.get("calibration"), folder, modality, digest, 1, "calibration")
     return out
 
 
-def _pipeline(data: dict[str, Any], folder: Path, task: str, modality: str, validation: dict, where: str) -> dict:
+def _pipeline(
+    data: dict[str, Any], folder: Path, task: str, modality: str, labels: int, validation: dict, where: str
+) -> dict:
     """`pipeline: auto` (or `{auto: true, ...}` with keys of its own, e.g. python_path): the
     Triton ensemble text -> the folder's tokenizer -> the model -> probabilities
     (classification tasks), gated end to end on the validation text."""
@@ -270,9 +276,6 @@ def _pipeline(data: dict[str, Any], folder: Path, task: str, modality: str, vali
         "validation": text,
     }
     if task in ("text-classification", "token-classification"):
-        from transformers import AutoConfig
-
-        labels = int(AutoConfig.from_pretrained(str(folder), local_files_only=True).num_labels)
         pipe["postprocess"] = {
             "function": "mscompile.hf_steps:softmax_postprocess",
             "inputs": ["logits"],
@@ -327,9 +330,16 @@ def model(folder: str, task: str, inputs: list[str], outputs: list[str], files: 
 def tokenize(lines: list[str], folder: str, files: str = "") -> dict[str, np.ndarray]:
     """Lines through the folder's tokenizer, padded to the longest, truncated to the
     model's limit: one int64 array per tokenizer input."""
-    tok = _tokenizer(Path(folder))
+    return _encode(_tokenizer(Path(folder)), lines)
+
+
+def _encode(tok: Any, lines: list[str]) -> dict[str, np.ndarray]:
     enc = tok(lines, padding="longest", truncation=True, return_tensors="np")
     return {k: np.asarray(v, dtype=np.int64) for k, v in enc.items()}
+
+
+def _pixels(proc: Any, ims: list[Any]) -> dict[str, np.ndarray]:
+    return {"pixel_values": np.asarray(proc(ims, return_tensors="np")["pixel_values"], dtype=np.float32)}
 
 
 def images(folder: str, images_folder: str, files: str = "", batch: int = 32) -> Any:
@@ -339,8 +349,7 @@ def images(folder: str, images_folder: str, files: str = "", batch: int = 32) ->
     proc = _image_processor(Path(folder))
     paths = sorted(p for p in Path(images_folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     for s in range(0, len(paths), batch):
-        ims = [Image.open(p).convert("RGB") for p in paths[s : s + batch]]
-        yield {"pixel_values": np.asarray(proc(ims, return_tensors="np")["pixel_values"], dtype=np.float32)}
+        yield _pixels(proc, [Image.open(p).convert("RGB") for p in paths[s : s + batch]])
 
 
 def synthetic(folder: str, modality: str, seed: int, files: str = "") -> Any:
@@ -360,12 +369,11 @@ def synthetic(folder: str, modality: str, seed: int, files: str = "") -> Any:
             tok.convert_tokens_to_string([vocab[j] for j in rng.integers(0, len(vocab), int(rng.integers(4, 48)))])
             for _ in range(n)
         ]
-        yield tokenize(words, folder)
+        yield _encode(tok, words)  # the tokenizer loaded above, not again
     elif modality == "image":
         from PIL import Image
 
         proc = _image_processor(Path(folder))
-        ims = [Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for _ in range(n)]
-        yield {"pixel_values": np.asarray(proc(ims, return_tensors="np")["pixel_values"], dtype=np.float32)}
+        yield _pixels(proc, [Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for _ in range(n)])
     else:
         yield {"input_values": (rng.standard_normal((n, AUDIO_RATE)) * 0.1).astype(np.float32)}

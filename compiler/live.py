@@ -4,7 +4,7 @@ build's config names for them, and the digest of what their weights do not hold.
 A build re-creates its module from a checkpoint and a factory (the export pass loads
 it again from the load pass's copy). For a module object the checkpoint is its
 state_dict and the factory is `mscompile.live:module`, which returns a copy of the
-object registered under its handle in this process. The weights are digested as a
+object registered under its handle (the model's name) in this process. The weights are digested as a
 file; `code_digest` covers the rest a cache key must see: the bytecode of every
 method of the module's classes (not the torch.nn ones: their version enters the keys)
 and the plain settings each submodule keeps in its attributes."""

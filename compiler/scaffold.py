@@ -27,7 +27,6 @@ DTYPES = ("float32", "float16", "int64", "int32", "int8", "uint8", "bool")
 DEFAULT_TOLERANCE = {
     "fp32": {"max_rel": 1e-4},
     "fp16": {"max_rel": 1e-2},
-    "bf16": {"max_rel": 5e-2},
     "int8": {"cosine": 0.99},
 }
 

@@ -120,6 +120,13 @@ def test_optimize_errors_are_the_clis_typed_exceptions(workdir):
         )
     assert e.value.exit_code == 3 and e.value.result.variant("fp16").status.value == "FAIL"
     assert not (workdir / "model_repository/model").exists()
+    # INT8 with nothing to calibrate on but the gate's own samples: left out, said so
+    said: list[str] = []
+    r = mscompile.optimize(net, x, name="nocal", quiet=True, warn=said.append)
+    assert [v.target for v in r.variants] == ["fp32", "fp16"]
+    assert any("INT8 target(s) ['int8'] left out" in m and "calibration=" in m for m in said)
+    with pytest.raises(ConfigError, match="only INT8 targets"):
+        mscompile.optimize(net, x, name="nocal", targets=["int8"], quiet=True)
 
 
 def test_build_takes_a_path_or_a_dict(workdir):
@@ -160,6 +167,11 @@ def test_python_c_one_liner_with_a_module(tmp_path):
     assert p.returncode == 0, p.stderr
     assert "'fp32': ('OK'" in p.stdout and "'fp16': ('OK'" in p.stdout and p.stdout.strip().endswith("fp32")
     assert "no validation inputs given" in p.stderr  # said plainly: gated on the example inputs
+    # a new process, the same module under the same name: every pass from the cache
+    again = code.replace("print({v.target", "print(sum(not rec.cached for rec in r.records), {v.target")
+    p = _python(again, tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("0 {")
 
 
 def test_the_documented_example_runs_as_written(tmp_path):
