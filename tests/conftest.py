@@ -140,8 +140,9 @@ def pytest_collection_modifyitems(config, items):
     test of SERVER_FILES `servers`. CI's legs (.ci/run, noxfile.py): the first runs
     `not vllm`, the second (Python 3.12 with the GPU machine's onnx/onnxruntime) runs
     `not servers and (not llm or vllm)`: vLLM runs in its own environment and never loads
-    either stack's onnx or onnxruntime, so the legs split it from the server tests to stay
-    near 30 minutes each on 2 cores; every test runs in one leg or both."""
+    either stack's onnx or onnxruntime, so the legs split it from the server tests (the first leg
+    measured 27 minutes on 2 cores; the second is estimated, not measured); every test
+    runs in one leg or both."""
     llm = REPO / "tests" / "llm"
     for item in items:
         if llm in item.path.parents:
