@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .tritonrepo.writer import MANIFEST, versions
+from .tritonrepo.writer import MANIFEST, versions, write_atomic
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 
@@ -219,9 +219,9 @@ with mscompile {_e(manifest.get("mscompile", ""))}.</p>
 
 def write_report(manifest: dict[str, Any], out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(render(manifest), encoding="utf-8")
-    tmp.replace(out)
+    # concurrent builds that reuse one version write the same report name: each stages
+    # its own temporary file
+    write_atomic(out, render(manifest))
     return out
 
 

@@ -248,7 +248,7 @@ def spool_record(record: dict[str, Any], state_dir: Path) -> Path:
     d = spool_dir(state_dir)
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"{record['id']}.json"
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(json.dumps(record, default=str))

@@ -99,7 +99,7 @@ def test_parallel_builds_get_distinct_whole_versions(tmp_path, figures):
     same = write_config(cfg, tmp_path / "model_same.yaml")
     t0 = time.time()
     results = _parallel(tmp_path, home, [same] * 8)
-    assert [r.returncode for r in results] == [0] * 8
+    assert [r.returncode for r in results] == [0] * 8, [r.stderr for r in results if r.returncode]
     assert versions(tmp_path / "repo_same/tiny") == [1]
     good, bad = check_cache(home / "cache")
     assert not bad
@@ -155,3 +155,28 @@ def test_retention_conflicting_with_the_policy_is_refused(tmp_path, policy, keep
     cfg["triton"].update(version_policy=policy, retention={"keep_last": keep})
     with pytest.raises(ConfigError, match=re.escape(message)):
         parse_config(cfg)
+
+
+def test_two_builds_writing_one_report_name_do_not_collide(tmp_path, monkeypatch):
+    """Concurrent builds that reuse one version write the same report file name (CI saw
+    one of 8 identical parallel builds fail with FileNotFoundError on the shared
+    '<stamp>-v1.tmp'). A second writer interleaved between the first one's write and its
+    rename, deterministically: both must land, the file is whole, no temporary is left."""
+    import os
+
+    from mscompile import report
+
+    out = tmp_path / "reports/tiny/20261203-090615-v1.html"
+    real_replace = os.replace
+    interleaved = []
+
+    def replace(src, dst):
+        if not interleaved:
+            interleaved.append(src)
+            report.write_report({"name": "tiny", "variants": []}, out)  # the other build
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    report.write_report({"name": "tiny", "variants": []}, out)
+    assert interleaved and out.read_text(encoding="utf-8").rstrip().endswith("</html>")
+    assert [p.name for p in out.parent.iterdir()] == [out.name]

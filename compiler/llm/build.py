@@ -76,7 +76,11 @@ def factory_checkpoint(cfg: LlmModelConfig, state: Any) -> Path:
         final = root / sha256_path(tmp)[:32]
         if final.is_dir():
             return final
-        os.rename(tmp, final)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():  # else a parallel build saved the same files first
+                raise
         return final
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
