@@ -31,10 +31,15 @@ TASKS: dict[str, tuple[str, list[str]]] = {
     "token-classification": ("AutoModelForTokenClassification", ["logits"]),
     "image-classification": ("AutoModelForImageClassification", ["logits"]),
     "semantic-segmentation": ("AutoModelForSemanticSegmentation", ["logits"]),
+    # DETR-style set prediction: a fixed number of queries, so fixed output shapes
+    "object-detection": ("AutoModelForObjectDetection", ["logits", "pred_boxes"]),
+    # CTC models (wav2vec2, HuBERT...): per-frame vocabulary logits; an encoder-decoder
+    # speech model (Whisper) builds its encoder (see ENCODER_OF)
+    "automatic-speech-recognition": ("AutoModelForCTC", ["logits"]),
 }
+# task -> the Auto class whose model's encoder is built when the first one has none
+ENCODER_OF = {"automatic-speech-recognition": "AutoModelForSpeechSeq2Seq"}
 NOT_YET = {
-    "object-detection": "detection heads return per-image structures; export the model with a factory (see model-yaml.md)",
-    "automatic-speech-recognition": "the encoder alone is `feature-extraction` on the audio model's folder",
     "text-generation": "a language model's folder builds with vLLM or TensorRT-LLM targets (backend: vllm)",
 }
 PROCESSOR_FILES = (
@@ -77,20 +82,21 @@ def files_digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-def _model_class(folder: Path, task: str) -> Any:
+def _model_class(folder: Path, task: str) -> tuple[Any, Any, bool]:
+    """(the transformers class, its config, whether only its encoder is built)."""
     import transformers
 
     config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
-    auto = getattr(transformers, TASKS[task][0])
-    try:
-        found = auto._model_mapping[type(config)]
-        # some model types map to several classes (DeiT: with and without its teacher): the first
-        return (found[0] if isinstance(found, (tuple, list)) else found), config
-    except KeyError:
-        raise ConfigError(
-            f"source.task: {task}: transformers has no {TASKS[task][0]} for model_type {config.model_type!r}; "
-            "pick the task the model was made for"
-        ) from None
+    for name, encoder in ((TASKS[task][0], False), (ENCODER_OF.get(task), True)):
+        found = getattr(transformers, name)._model_mapping.get(type(config), None) if name else None
+        if found is not None:
+            # some model types map to several classes (DeiT: with and without its teacher): the first
+            return (found[0] if isinstance(found, (tuple, list)) else found), config, encoder
+    also = f" or {ENCODER_OF[task]}" if task in ENCODER_OF else ""
+    raise ConfigError(
+        f"source.task: {task}: transformers has no {TASKS[task][0]}{also} for model_type {config.model_type!r}; "
+        "pick the task the model was made for"
+    )
 
 
 def _tokenizer(folder: Path) -> Any:
@@ -124,10 +130,34 @@ def _image_size(folder: Path, config: Any) -> tuple[int, int]:
     )
 
 
+def _feature_extractor(folder: Path) -> Any:
+    from transformers import AutoFeatureExtractor
+
+    return AutoFeatureExtractor.from_pretrained(str(folder), local_files_only=True)
+
+
+def _feature_size(folder: Path, config: Any) -> tuple[int, int]:
+    """(mel bins, frames) of a speech model's log-mel input: what the folder's feature
+    extractor makes of one second of audio (Whisper's pads to its fixed window), else
+    Whisper's own rule (two frames per encoder position)."""
+    if (folder / "preprocessor_config.json").is_file():
+        fe = _feature_extractor(folder)
+        out = fe(np.zeros(AUDIO_RATE, np.float32), sampling_rate=AUDIO_RATE, return_tensors="np")["input_features"]
+        return int(out.shape[-2]), int(out.shape[-1])
+    mels, positions = getattr(config, "num_mel_bins", None), getattr(config, "max_source_positions", None)
+    if config.model_type == "whisper" and mels and positions:
+        return int(mels), 2 * int(positions)
+    raise ConfigError(
+        "source.huggingface: a log-mel speech model needs its feature extractor in the folder "
+        "(preprocessor_config.json: feature_extractor.save_pretrained(folder)), or declare inputs"
+    )
+
+
 def signature(folder: Path, task: str) -> tuple[str, list[dict[str, Any]], list[str], Any]:
     """(modality, inputs: entries, output names, its transformers config) for the
     folder's model under `task`."""
-    cls, config = _model_class(folder, task)
+    cls, config, encoder = _model_class(folder, task)
+    outputs = ["last_hidden_state"] if encoder else TASKS[task][1]
     main = getattr(cls, "main_input_name", "input_ids")
     params = list(inspect.signature(cls.forward).parameters)
     if main == "input_ids":
@@ -144,7 +174,7 @@ def signature(folder: Path, task: str) -> tuple[str, list[dict[str, Any]], list[
             }
             for n in names
         ]
-        return "text", inputs, TASKS[task][1], config
+        return "text", inputs, outputs, config
     if main == "pixel_values":
         h, w = _image_size(folder, config)
         c = int(getattr(config, "num_channels", 3) or 3)
@@ -156,7 +186,7 @@ def signature(folder: Path, task: str) -> tuple[str, list[dict[str, Any]], list[
                 "range": {"min": [1, c, h, w], "opt": [8, c, h, w], "max": [64, c, h, w]},
             }
         ]
-        return "image", inputs, TASKS[task][1], config
+        return "image", inputs, outputs, config
     if main == "input_values":
         inputs = [
             {
@@ -166,16 +196,30 @@ def signature(folder: Path, task: str) -> tuple[str, list[dict[str, Any]], list[
                 "range": {"min": [1, AUDIO_RATE // 10], "opt": [4, AUDIO_RATE], "max": [16, 2 * AUDIO_RATE]},
             }
         ]
-        return "audio", inputs, TASKS[task][1], config
+        return "audio", inputs, outputs, config
+    if main == "input_features":
+        mels, frames = _feature_size(folder, config)
+        inputs = [
+            {
+                "name": "input_features",
+                "dtype": "float32",
+                "shape": [-1, mels, frames],
+                "range": {"min": [1, mels, frames], "opt": [4, mels, frames], "max": [16, mels, frames]},
+            }
+        ]
+        return "features", inputs, outputs, config
     raise ConfigError(
         f"source.huggingface: the model's main input is {main!r}, which mscompile does not derive yet; "
         "declare inputs and outputs and use a factory"
     )
 
 
-def _data(section: Any, folder: Path, modality: str, digest: str, seed: int, key: str) -> dict[str, Any]:
+def _data(
+    section: Any, folder: Path, modality: str, digest: str, seed: int, key: str, resize: list[int] | None = None
+) -> dict[str, Any]:
     """A validation/calibration section for an HF source: a .txt through the tokenizer,
-    an image folder through the processor, nothing given: synthetic inputs."""
+    an image folder through the processor (each image first resized to `resize`, [h, w],
+    where the processor keeps the aspect: a detector's), nothing given: synthetic inputs."""
     section = dict(section or {})
     common = {"folder": str(folder), "files": digest}
     data = section.get("data")
@@ -193,6 +237,8 @@ def _data(section: Any, folder: Path, modality: str, digest: str, seed: int, key
         section.pop("data")
         section["generator"] = "mscompile.hf:images"
         section["generator_args"] = {**common, "images_folder": str(path)}
+        if resize:
+            section["generator_args"]["resize"] = list(resize)
     return section
 
 
@@ -236,7 +282,9 @@ def expand(data: dict[str, Any], where: str) -> dict[str, Any]:
     out.setdefault("inputs", inputs)
     out.setdefault("outputs", [{"name": n} for n in outputs])
     out.setdefault("export", {"exporter": "torchscript"})  # transformers' graphs: the one ORT's fusions know
-    out["validation"] = _data(data.get("validation"), folder, modality, digest, 0, "validation")
+    # DETR-style processors keep the aspect ratio: a detector's images are first made the size it takes
+    resize = list(out["inputs"][0]["shape"][2:]) if task == "object-detection" and modality == "image" else None
+    out["validation"] = _data(data.get("validation"), folder, modality, digest, 0, "validation", resize)
     out["validation"].setdefault("shapes", "generate")  # the derived ranges are gated, not only the data's sizes
     pipe = data.get("pipeline")
     if pipe == "auto" or (isinstance(pipe, dict) and pipe.get("auto") is True):
@@ -247,7 +295,7 @@ def expand(data: dict[str, Any], where: str) -> dict[str, Any]:
         }
     int8 = any(isinstance(t, dict) and t.get("precision") == "int8" for t in data.get("targets") or [])
     if data.get("calibration") is not None or int8:
-        out["calibration"] = _data(data.get("calibration"), folder, modality, digest, 1, "calibration")
+        out["calibration"] = _data(data.get("calibration"), folder, modality, digest, 1, "calibration", resize)
     return out
 
 
@@ -293,13 +341,14 @@ def model(folder: str, task: str, inputs: list[str], outputs: list[str], files: 
     """The task's model, taking `inputs` in order and returning `outputs` as a tuple. Its
     weights come from the state dict the build loads (the load pass's checked copy of
     model.safetensors) through transformers' own loading (its renamed and tied weights);
-    a missing or unexpected weight is an error. `files` is not read: it puts the config
+    a missing or unexpected weight is an error; where the task builds an encoder-decoder's
+    encoder (Whisper under automatic-speech-recognition), the encoder. `files` is not read: it puts the config
     and tokenizer files' digest in the cache keys."""
     import torch
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    cls, config = _model_class(Path(folder), task)
+    cls, config, encoder = _model_class(Path(folder), task)
 
     class HfTask(torch.nn.Module):
         def __init__(self) -> None:
@@ -321,7 +370,8 @@ def model(folder: str, task: str, inputs: list[str], outputs: list[str], files: 
                     f"Error(s) in loading state_dict for {cls.__name__}: "
                     + "; ".join(f"{k} {sorted(map(str, v))[:5]}" for k, v in bad.items())
                 )
-            self.model = loaded.eval()
+            # an encoder-decoder speech model under automatic-speech-recognition: its encoder
+            self.model = (loaded.get_encoder() if encoder else loaded).eval()
             return info
 
     return HfTask()
@@ -342,20 +392,26 @@ def _pixels(proc: Any, ims: list[Any]) -> dict[str, np.ndarray]:
     return {"pixel_values": np.asarray(proc(ims, return_tensors="np")["pixel_values"], dtype=np.float32)}
 
 
-def images(folder: str, images_folder: str, files: str = "", batch: int = 32) -> Any:
-    """The image files of a folder (sorted by name) through the model's image processor."""
+def images(
+    folder: str, images_folder: str, files: str = "", batch: int = 32, resize: list[int] | None = None
+) -> Any:
+    """The image files of a folder (sorted by name) through the model's image processor,
+    each first resized to `resize` ([h, w]) when given."""
     from PIL import Image
 
     proc = _image_processor(Path(folder))
     paths = sorted(p for p in Path(images_folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     for s in range(0, len(paths), batch):
-        yield _pixels(proc, [Image.open(p).convert("RGB") for p in paths[s : s + batch]])
+        ims = [Image.open(p).convert("RGB") for p in paths[s : s + batch]]
+        if resize:
+            ims = [im.resize((int(resize[1]), int(resize[0])), Image.Resampling.BILINEAR) for im in ims]
+        yield _pixels(proc, ims)
 
 
 def synthetic(folder: str, modality: str, seed: int, files: str = "") -> Any:
     """Seeded inputs when no data is given: text of random vocabulary words of varied
     length through the tokenizer; random images through the image processor; noise for
-    audio. A parity check of the same inputs through PyTorch and the variant: the
+    audio (through the feature extractor for a log-mel model). A parity check of the same inputs through PyTorch and the variant: the
     summary says the gates ran on synthetic inputs."""
     rng = np.random.default_rng(seed)
     n = SYNTHETIC_SAMPLES
@@ -375,5 +431,16 @@ def synthetic(folder: str, modality: str, seed: int, files: str = "") -> Any:
 
         proc = _image_processor(Path(folder))
         yield _pixels(proc, [Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for _ in range(n)])
+    elif modality == "features":
+        audio = [(rng.standard_normal(AUDIO_RATE) * 0.1).astype(np.float32) for _ in range(n)]
+        if (Path(folder) / "preprocessor_config.json").is_file():
+            fe = _feature_extractor(Path(folder))
+            feats = fe(audio, sampling_rate=AUDIO_RATE, return_tensors="np")["input_features"]
+        else:  # Whisper without its extractor: log-mel-like values at the model's window
+            from transformers import AutoConfig
+
+            mels, frames = _feature_size(Path(folder), AutoConfig.from_pretrained(folder, local_files_only=True))
+            feats = rng.standard_normal((n, mels, frames)) * 0.5
+        yield {"input_features": np.asarray(feats, dtype=np.float32)}
     else:
         yield {"input_values": (rng.standard_normal((n, AUDIO_RATE)) * 0.1).astype(np.float32)}

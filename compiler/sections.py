@@ -83,7 +83,9 @@ class SourceConfig(Section):
     task: str | None = Field(
         default=None,
         description="with huggingface: feature-extraction, text-classification, token-classification, "
-        "image-classification or semantic-segmentation",
+        "image-classification, semantic-segmentation, object-detection (DETR-style: logits, pred_boxes), "
+        "automatic-speech-recognition (a CTC model's logits, or an encoder-decoder's encoder) or "
+        "text-generation (the LLM task)",
     )
 
 

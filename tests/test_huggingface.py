@@ -143,12 +143,79 @@ def test_a_vit_folder_with_an_image_folder_for_validation(tmp_path):
     )
 
 
+def test_a_detector_folder_with_images_of_other_aspects(tmp_path):
+    """object-detection: YOLOS (a fixed set of detection tokens: logits and boxes of fixed
+    shape). Its processor keeps the aspect ratio, so the images of a folder (48x40 here)
+    are first made the size the model takes; the published graph equals transformers."""
+    import onnxruntime as ort
+    from PIL import Image
+    from transformers import YolosConfig, YolosForObjectDetection, YolosImageProcessor
+
+    torch.manual_seed(0)
+    cfg = YolosConfig(
+        image_size=[32, 32], patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, num_detection_tokens=6, num_labels=4,
+    )  # fmt: skip
+    model = YolosForObjectDetection(cfg).eval()
+    model.save_pretrained(tmp_path / "det")
+    YolosImageProcessor(size={"shortest_edge": 32, "longest_edge": 64}).save_pretrained(tmp_path / "det")
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    for i in range(10):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "images" / f"{i}.png")
+    r, _ = _build(tmp_path, "det", "det", "object-detection", "validation: {data: images}\n")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert [v["status"] for v in out["variants"]] == ["OK", "OK"], out["variants"]
+    cfg = json.loads((tmp_path / "model_repository/det/1/build_manifest.json").read_text())["config"]
+    assert cfg["inputs"][0]["shape"] == [-1, 3, 32, 32]
+    assert [o["name"] for o in cfg["outputs"]] == ["logits", "pred_boxes"]
+    assert cfg["validation"]["generator_args"]["resize"] == [32, 32]
+    x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
+    sess = ort.InferenceSession(str(tmp_path / "model_repository/det/1/model.onnx"), providers=["CPUExecutionProvider"])
+    logits, boxes = sess.run(["logits", "pred_boxes"], {"pixel_values": x})
+    with torch.no_grad():
+        want = model(pixel_values=torch.from_numpy(x))
+    assert logits.shape == (2, 6, 5) and boxes.shape == (2, 6, 4)
+    assert np.abs(boxes - want.pred_boxes.numpy()).max() < 1e-4
+
+
+def test_a_whisper_folder_builds_its_encoder_for_speech_recognition(tmp_path):
+    """automatic-speech-recognition on an encoder-decoder: the encoder, on log-mel
+    features at Whisper's window (two frames per position) when the folder has no
+    feature extractor; the gate ran on synthetic features and says so."""
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    torch.manual_seed(0)
+    cfg = WhisperConfig(
+        num_mel_bins=8, d_model=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64,
+        decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64, max_source_positions=20,
+        vocab_size=64, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=3,
+    )  # fmt: skip
+    WhisperForConditionalGeneration(cfg).eval().save_pretrained(tmp_path / "asr")
+    r, _ = _build(tmp_path, "asr", "asr", "automatic-speech-recognition")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert all(v["status"] == "OK" for v in out["variants"]), out["variants"]
+    cfg = json.loads((tmp_path / "model_repository/asr/1/build_manifest.json").read_text())["config"]
+    assert cfg["inputs"][0]["name"] == "input_features" and cfg["inputs"][0]["shape"] == [-1, 8, 40]
+    assert [o["name"] for o in cfg["outputs"]] == ["last_hidden_state"]
+    assert "synthetic" in r.stderr
+
+
 def test_hf_source_errors_name_the_key_and_the_fix(tmp_path):
     make_bert(tmp_path / "bert", num_labels=2)
     bad = [
         ({"huggingface": "nowhere", "task": "text-classification"}, "has no config.json"),
         ({"huggingface": "bert", "task": "translation"}, "source.task: 'translation'; use one of feature-extraction"),
-        ({"huggingface": "bert", "task": "object-detection"}, "object-detection is not derived yet"),
+        (
+            {"huggingface": "bert", "task": "object-detection"},
+            "no AutoModelForObjectDetection for model_type 'bert'",
+        ),
+        (
+            {"huggingface": "bert", "task": "automatic-speech-recognition"},
+            "no AutoModelForCTC or AutoModelForSpeechSeq2Seq for model_type 'bert'",
+        ),
         (
             {"huggingface": "bert", "task": "image-classification"},
             "no AutoModelForImageClassification for model_type 'bert'",

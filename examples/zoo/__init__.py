@@ -45,7 +45,13 @@ def _save(model: Any, folder: Path) -> None:
     model.eval().save_pretrained(folder)
 
 
-def _hf(task: str, text: bool = False, image: int | None = None, outputs: list[str] | None = None):
+def _hf(
+    task: str,
+    text: bool = False,
+    image: int | None = None,
+    outputs: list[str] | None = None,
+    processor: Callable[[], Any] | None = None,
+):
     """An entry from a transformers config: (make the folder) -> model.yaml source part."""
 
     def wrap(make_model: Callable[[], Any]) -> Callable[[Path], dict[str, Any]]:
@@ -61,6 +67,8 @@ def _hf(task: str, text: bool = False, image: int | None = None, outputs: list[s
                 from transformers import ViTImageProcessor
 
                 ViTImageProcessor(size={"height": image, "width": image}).save_pretrained(folder)
+            if processor:
+                processor().save_pretrained(folder)
             doc: dict[str, Any] = {"source": {"huggingface": str(folder), "task": task}}
             if outputs:
                 doc["outputs"] = [{"name": o} for o in outputs]
@@ -198,6 +206,38 @@ def wav2vec2():
     return _t().Wav2Vec2Model(cfg)
 
 
+@_hf("automatic-speech-recognition")
+def wav2vec2_ctc():
+    cfg = _t().Wav2Vec2Config(
+        **SMALL, conv_dim=(16, 16), conv_kernel=(10, 8), conv_stride=(10, 8), num_feat_extract_layers=2,
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, vocab_size=12, pad_token_id=0,
+    )  # fmt: skip
+    return _t().Wav2Vec2ForCTC(cfg)
+
+
+# one second of audio at 16 kHz: 100 log-mel frames, Whisper's two frames per encoder position
+@_hf("automatic-speech-recognition", processor=lambda: _t().WhisperFeatureExtractor(feature_size=16, chunk_length=1))
+def whisper():
+    cfg = _t().WhisperConfig(
+        num_mel_bins=16, d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
+        decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64, max_source_positions=50,
+        vocab_size=64, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=3,
+    )  # fmt: skip
+    return _t().WhisperForConditionalGeneration(cfg)
+
+
+def _yolos_processor() -> Any:
+    return _t().YolosImageProcessor(size={"shortest_edge": 32, "longest_edge": 64})
+
+
+@_hf("object-detection", processor=_yolos_processor)
+def yolos():
+    cfg = _t().YolosConfig(
+        **SMALL, image_size=[32, 32], patch_size=8, num_detection_tokens=6, num_labels=4,
+    )  # fmt: skip
+    return _t().YolosForObjectDetection(cfg)
+
+
 # -- factory entries: what a source: {huggingface} does not derive ----------------------
 
 FACTORIES = '''
@@ -218,21 +258,6 @@ class T5Encoder(nn.Module):
     def forward(self, input_ids, attention_mask):
         return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
-
-class WhisperEncoder(nn.Module):
-    """An audio encoder on log-mel features (Whisper's, small)."""
-
-    def __init__(self):
-        super().__init__()
-        cfg = transformers.WhisperConfig(
-            num_mel_bins=16, d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
-            decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64, max_source_positions=32,
-        )
-        cfg._attn_implementation = "eager"
-        self.encoder = transformers.WhisperModel(cfg).get_encoder()
-
-    def forward(self, input_features):
-        return self.encoder(input_features=input_features).last_hidden_state
 
 
 class TinyDetector(nn.Module):
@@ -304,18 +329,6 @@ t5_encoder = _factory(
     ["last_hidden_state"],
     _ids,
 )
-whisper_encoder = _factory(
-    "WhisperEncoder",
-    [
-        {
-            "name": "input_features",
-            "shape": [-1, 16, 64],
-            "range": {"min": [1, 16, 64], "opt": [4, 16, 64], "max": [8, 16, 64]},
-        }
-    ],
-    ["last_hidden_state"],
-    lambda rng: {"input_features": rng.standard_normal((16, 16, 64)).astype(np.float32)},
-)
 detector = _factory(
     "TinyDetector",
     [{"name": "images", "shape": [1, 3, 32, 32]}],
@@ -342,7 +355,9 @@ ENTRIES: dict[str, tuple[str, Callable[[Path], dict[str, Any]]]] = {
     "segformer": ("SegFormer, semantic-segmentation (HF folder)", segformer),
     "wav2vec2": ("wav2vec2 audio encoder on raw audio, feature-extraction (HF folder)", wav2vec2),
     "t5_encoder": ("T5 encoder of an encoder-decoder (factory)", t5_encoder),
-    "whisper_encoder": ("Whisper audio encoder on log-mel features (factory)", whisper_encoder),
+    "wav2vec2_ctc": ("wav2vec2 with its CTC head, automatic-speech-recognition (HF folder)", wav2vec2_ctc),
+    "whisper": ("Whisper's encoder on log-mel features, automatic-speech-recognition (HF folder)", whisper),
+    "yolos": ("YOLOS (ViT detector: logits, boxes), object-detection (HF folder)", yolos),
     "detector": ("detector with per-image dicts, variable box count, batch 1 (factory)", detector),
 }
 
