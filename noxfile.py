@@ -28,7 +28,7 @@ def gpu_stack(session: nox.Session) -> None:
     hand-off to real Triton/Ray/MLflow servers, whose checks do not change with these
     pins) and the `llm` tests other than the `vllm` ones (they run in environments of
     their own and never load this stack's onnx or onnxruntime); CI's first leg runs the
-    rest (`not vllm`), so every test runs in one leg or both."""
+    rest (`not vllm and not zoo`), so every test runs in one leg or both."""
     session.install(*INSTALL, "onnx==1.23.1", "onnxruntime==1.30.0")
     session.run("python", "-m", "pytest", "-m", "not servers and (not llm or vllm)", *session.posargs)
 

@@ -392,9 +392,7 @@ def _pixels(proc: Any, ims: list[Any]) -> dict[str, np.ndarray]:
     return {"pixel_values": np.asarray(proc(ims, return_tensors="np")["pixel_values"], dtype=np.float32)}
 
 
-def images(
-    folder: str, images_folder: str, files: str = "", batch: int = 32, resize: list[int] | None = None
-) -> Any:
+def images(folder: str, images_folder: str, files: str = "", batch: int = 32, resize: list[int] | None = None) -> Any:
     """The image files of a folder (sorted by name) through the model's image processor,
     each first resized to `resize` ([h, w]) when given."""
     from PIL import Image

@@ -87,6 +87,20 @@ class SourceConfig(Section):
         "automatic-speech-recognition (a CTC model's logits, or an encoder-decoder's encoder) or "
         "text-generation (the LLM task)",
     )
+    torchvision: str | None = Field(
+        default=None,
+        description="a torchvision.models name (get_model) whose weights are `checkpoint`: the factory, input "
+        "(images at the model's preset size), outputs and (when not given) data are derived",
+    )
+    timm: str | None = Field(
+        default=None, description="a timm model name (create_model) whose weights are `checkpoint`; as torchvision"
+    )
+    model_args: dict[str, Any] = Field(
+        default_factory=dict, description="with torchvision/timm: the constructor's arguments, e.g. num_classes"
+    )
+    image_size: int | list[int] | None = Field(
+        default=None, description="with torchvision/timm: the input size (or [height, width]) instead of the preset's"
+    )
 
 
 class RangeConfig(Section):

@@ -355,13 +355,14 @@ class W8A8Config(Section):
 class QuantizeW8A8(Pass[HfModel, HfModel]):
     """W8A8 INT8 in the compressed-tensors format vLLM loads (`int-quantized`):
     per-output-channel symmetric INT8 weights by round-to-nearest (weight_scale =
-    max|row| / 127) for every Linear layer inside the decoder blocks, found from the
-    architecture itself (decoder_layers), activations quantized per token at run
+    max|row| / 127) for every Linear layer inside the decoder blocks (and every
+    transformers Conv1D there, GPT-2's, kept in its [in, out] layout, which vLLM's
+    GPT-2 loader transposes), found from the architecture itself (decoder_layers), activations quantized per token at run
     time (dynamic, so no calibration data); embeddings, norms and the output head
     stay in float, and the config's targets name exactly the layers written. The recipe is recorded in the artifact's meta (and the manifest)."""
 
     name = "quantize_w8a8"
-    version = 2
+    version = 3
     input_type = HfModel
     output_type = HfModel
     Config = W8A8Config
@@ -378,32 +379,30 @@ class QuantizeW8A8(Pass[HfModel, HfModel]):
         if len(files) != 1:
             raise ValueError(f"quantize_w8a8 handles a single-file checkpoint; found {len(files)} safetensors files")
         linears, conv1d = decoder_layers(dst)
-        if not linears:
-            if conv1d:
-                raise ValueError(
-                    f"quantize_w8a8: this architecture's decoder layers are transformers Conv1D ({conv1d[0]}, ...: "
-                    "GPT-2's layout), which quantize_w8a8 does not write (vLLM's loader transposes their weights; "
-                    "INT8 in that layout is not verified); use quantization: none, or dtype bfloat16"
-                )
+        if not linears and not conv1d:
             raise ValueError("quantize_w8a8 found no Linear layers inside the model's decoder blocks to quantize")
         tensors = load_file(str(files[0]))
-        missing = [n for n in linears if f"{n}.weight" not in tensors]
+        missing = [n for n in linears + conv1d if f"{n}.weight" not in tensors]
         if missing:
             raise ValueError(
                 f"quantize_w8a8: the checkpoint has no weight for the decoder's Linear layer {missing[0]} "
                 f"(and {len(missing) - 1} more); are the checkpoint's names the architecture's?"
             )
         wanted = {f"{n}.weight" for n in linears}
+        # transformers Conv1D (GPT-2) stores [in, out]; vLLM's loader transposes every such
+        # `.weight` (not its `.weight_scale`), so the INT8 weight stays in that layout and
+        # its per-output-channel scale is written [out, 1] as for a Linear
+        transposed = {f"{n}.weight" for n in conv1d}
         out: dict[str, torch.Tensor] = {}
         layers, worst = 0, 0.0
         for name, w in tensors.items():
             base = name[: -len(".weight")] if name.endswith(".weight") else None
-            if name in wanted and w.ndim == 2 and base is not None:
-                wf = w.float()
+            if (name in wanted or name in transposed) and w.ndim == 2 and base is not None:
+                wf = w.float().t() if name in transposed else w.float()  # [out, in]
                 scale = (wf.abs().amax(dim=1, keepdim=True) / 127.0).clamp(min=1e-12)
                 q = torch.round(wf / scale).clamp(-128, 127).to(torch.int8)
                 worst = max(worst, float((q.float() * scale - wf).abs().max() / wf.abs().max().clamp(min=1e-12)))
-                out[name] = q.contiguous()
+                out[name] = (q.t() if name in transposed else q).contiguous()
                 out[f"{base}.weight_scale"] = scale.to(w.dtype).contiguous()
                 layers += 1
             else:
@@ -417,7 +416,7 @@ class QuantizeW8A8(Pass[HfModel, HfModel]):
             "quantization_status": "compressed",
             "config_groups": {
                 "group_0": {
-                    "targets": target_patterns(linears),  # exactly the layers written in INT8
+                    "targets": target_patterns(linears + conv1d),  # exactly the layers written in INT8
                     "weights": {
                         "num_bits": 8,
                         "type": "int",
@@ -439,7 +438,10 @@ class QuantizeW8A8(Pass[HfModel, HfModel]):
         }
         config["quantization_config"] = recipe
         (dst / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        ctx.note(f"W8A8 INT8 (round-to-nearest weights, dynamic per-token activations): {layers} Linear layers")
+        ctx.note(
+            f"W8A8 INT8 (round-to-nearest weights, dynamic per-token activations): {layers} layers"
+            + (f" ({len(conv1d)} transformers Conv1D, in their [in, out] layout)" if conv1d else "")
+        )
         meta = dict(inp.meta, quantization={"scheme": cfg.scheme, "layers": layers, "recipe": recipe})
         return PassResult(path=ctx.workdir, meta=meta, metrics={"layers": layers, "max_weight_rel_err": worst})
 

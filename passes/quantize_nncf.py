@@ -89,6 +89,11 @@ class QuantizeNncf(Pass[OpenVinoModel, OpenVinoModel]):
                 quantized = nncf.quantize(model, calibration, **kwargs)
         ops = Counter(op.get_type_name() for op in quantized.get_ops())
         fq = ops.get("FakeQuantize", 0)
+        if fq == 0 and cfg.accuracy_control:
+            raise RuntimeError(
+                f"NNCF accuracy control returned every layer to float: no INT8 layer set kept {cfg.metric} within "
+                f"{cfg.max_drop:g} of the float model"
+            )
         if fq == 0:
             raise RuntimeError("NNCF inserted no FakeQuantize nodes: nothing in this model was quantized")
         ov.save_model(quantized, str(ctx.workdir / "model.xml"), compress_to_fp16=False)

@@ -133,12 +133,14 @@ SERVER_FILES = {
 
 # tests that run vLLM itself (minutes each): CI runs them in its second leg only
 VLLM_FILES = {"test_vllm.py", "test_w8a8_architectures.py"}
+# the architecture coverage set (about 5 minutes): CI runs it in its second leg only
+ZOO_FILES = {"test_zoo.py"}
 
 
 def pytest_collection_modifyitems(config, items):
     """Every test under tests/llm is marked `llm`, those of VLLM_FILES also `vllm`, every
-    test of SERVER_FILES `servers`. CI's legs (.ci/run, noxfile.py): the first runs
-    `not vllm`, the second (Python 3.12 with the GPU machine's onnx/onnxruntime) runs
+    test of SERVER_FILES `servers`, of ZOO_FILES `zoo`. CI's legs (.ci/run, noxfile.py):
+    the first runs `not vllm and not zoo`, the second (Python 3.12 with the GPU machine's onnx/onnxruntime) runs
     `not servers and (not llm or vllm)`: vLLM runs in its own environment and never loads
     either stack's onnx or onnxruntime, so the legs split it from the server tests (the first leg
     measured 27 minutes on 2 cores; the second is estimated, not measured); every test
@@ -151,3 +153,5 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(pytest.mark.vllm)
         if item.path.name in SERVER_FILES:
             item.add_marker(pytest.mark.servers)
+        if item.path.name in ZOO_FILES:
+            item.add_marker(pytest.mark.zoo)

@@ -259,3 +259,52 @@ def uncovered(sources: list[str], cases: list) -> list[str]:
         for pieces in message_fragments(src)
         if not any(shared(p, m) >= min(20, len(p)) for p in pieces for m in expected)
     ]
+
+
+VISION_PINS = ("torchvision==0.29.1", "timm==1.0.31")
+
+
+def vision_libraries() -> Path | None:
+    """A folder to put on the path where torchvision and timm import beside this torch;
+    None where they import already. The registry's torchvision wheels are CUDA builds
+    whose C++ ops do not load beside torch 2.13 CPU (../shared/FIELD-NOTES.md): the
+    wheels are unpacked (cached in $MSCOMPILE_TEST_CACHE) without the compiled ops and
+    without the import of their registrations. The model code is torchvision's and
+    timm's own; what needs the C++ ops (nms, roi_align) is not usable there."""
+    import importlib.util
+    import zipfile
+
+    if importlib.util.find_spec("torchvision") and importlib.util.find_spec("timm"):
+        probe = subprocess.run([sys.executable, "-c", "import torchvision, timm"], capture_output=True)
+        if probe.returncode == 0:
+            return None
+    cache = Path(os.environ.get("MSCOMPILE_TEST_CACHE", Path.home() / ".cache" / "mscompile-tests"))
+    root = cache / ("vision-" + "-".join(p.replace("==", "") for p in VISION_PINS))
+    if (root / ".complete").is_file():
+        return root
+    wheels = cache / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(wheels), *VISION_PINS],
+        check=True,
+        capture_output=True,
+    )
+    tmp = root.with_name(root.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for pin in VISION_PINS:
+        name, ver = pin.split("==")
+        (whl,) = wheels.glob(f"{name}-{ver}-*.whl")
+        with zipfile.ZipFile(whl) as z:
+            z.extractall(tmp)
+    for so in (tmp / "torchvision").glob("*.so"):
+        so.unlink()
+    init = tmp / "torchvision/__init__.py"
+    text = init.read_text()
+    for line in ("    _autograd_registrations,\n", "    _meta_registrations,\n"):
+        assert line in text, f"torchvision's __init__ changed: {line.strip()}"
+        text = text.replace(line, "")
+    init.write_text(text)
+    (tmp / ".complete").write_text("\n".join(VISION_PINS) + "\n")
+    shutil.rmtree(root, ignore_errors=True)
+    tmp.rename(root)
+    return root

@@ -327,4 +327,7 @@ class NncfSearch:
             )
         else:
             out.reason = f"{out.reason} (after {len(tries)} NNCF tr{'y' if len(tries) == 1 else 'ies'})"
+            if len(tries) > 1 and tries[0]["failures"] and not tries[-1]["failures"]:
+                # the last try produced nothing to gate: the first try's figure says how close INT8 came
+                out.reason += f"; try 1 (nncf): {tries[0]['failures'][0]}"
         return out

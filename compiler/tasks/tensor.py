@@ -28,6 +28,9 @@ from ..handoff import (
 from ..hf import SYNTHETIC
 from ..hf import expand as expand_hf
 from ..instruments import Instruments
+from ..named import SYNTHETIC as SYNTHETIC_IMAGES
+from ..named import expand as expand_named
+from ..named import library_of
 from ..pipeline import Driver, Status
 from ..publish import Deployment, deployment_names, preflight, write_repository
 from ..rayserve import problems as rayserve_problems
@@ -43,10 +46,13 @@ class TensorTask(Task):
     description = "tensor models through ONNX: onnxruntime, openvino, tensorrt targets"
 
     def parse(self, data: dict[str, Any], where: str) -> Any:
-        """A Hugging Face folder source is expanded to the plain form first (hf.expand)."""
+        """A Hugging Face folder source (hf.expand) or a torchvision/timm model by name
+        (named.expand) is expanded to the plain form first."""
         src = data.get("source")
         if isinstance(src, dict) and "huggingface" in src and "checkpoint" not in src:  # not yet expanded
             data = expand_hf(data, where)
+        elif isinstance(src, dict) and library_of(src):
+            data = expand_named(data, where)
         elif data.get("pipeline") == "auto" or (isinstance(data.get("pipeline"), dict) and "auto" in data["pipeline"]):
             raise ConfigError(
                 f"{where}: pipeline: auto derives the steps from a Hugging Face folder's tokenizer "
@@ -100,11 +106,11 @@ class TensorTask(Task):
         app can serve it."""
         deployed = next(t for t in cfg.targets if t.name == deployments[0].target)
         feeds, _ = prep.datasets.get(prep.inputs.validation)  # the arrays the gates read, not read again
-        if cfg.validation.generator == SYNTHETIC:
+        if cfg.validation.generator in (SYNTHETIC, SYNTHETIC_IMAGES):
             instruments.warn(
                 "validation: no data given, so the gates ran on seeded synthetic inputs made with the model's "
-                "own tokenizer/processor (a parity check); set validation.data to a .txt file or an image "
-                "folder of what you serve"
+                "own tokenizer/processor or preprocessing preset (a parity check); set validation.data to a "
+                ".txt file or an image folder of what you serve"
             )
         result.shape_coverage = shape_coverage(
             cfg.io, feeds, cfg.validation.batch_size, generated=cfg.validation.shapes == "generate"

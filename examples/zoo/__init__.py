@@ -238,6 +238,28 @@ def yolos():
     return _t().YolosForObjectDetection(cfg)
 
 
+# -- by name from torchvision / timm, with a weights file ---------------------------------
+
+
+def _named(lib: str, model: str, image_size: int, **args: Any) -> Callable[[Path], dict[str, Any]]:
+    def make(folder: Path) -> dict[str, Any]:
+        import importlib
+
+        import torch
+
+        folder.mkdir(parents=True, exist_ok=True)
+        mod = importlib.import_module(lib)  # where it does not import, the build says so
+        torch.manual_seed(0)
+        m = mod.create_model(model, pretrained=False, **args) if lib == "timm" else mod.models.get_model(model, **args)
+        torch.save(m.state_dict(), folder / "weights.pth")
+        return {
+            "source": {lib: model, "checkpoint": str(folder / "weights.pth"), "model_args": args,
+                       "image_size": image_size},
+        }  # fmt: skip
+
+    return make
+
+
 # -- factory entries: what a source: {huggingface} does not derive ----------------------
 
 FACTORIES = '''
@@ -338,6 +360,16 @@ detector = _factory(
 
 # name -> (what it covers, maker)
 ENTRIES: dict[str, tuple[str, Callable[[Path], dict[str, Any]]]] = {
+    "tv_resnet18": ("torchvision resnet18 (by name)", _named("torchvision", "resnet18", 64, num_classes=10)),
+    "tv_mobilenet_v3": (
+        "torchvision mobilenet_v3_small (hardswish, squeeze-excite; by name)",
+        _named("torchvision", "mobilenet_v3_small", 64, num_classes=10),
+    ),
+    "timm_efficientnet": ("timm efficientnet_b0 (by name)", _named("timm", "efficientnet_b0", 64, num_classes=10)),
+    "timm_vit": (
+        "timm vit_tiny_patch16_224 at 32 px (by name)",
+        _named("timm", "vit_tiny_patch16_224", 32, num_classes=10, img_size=32, patch_size=8),
+    ),
     "bert": ("BERT encoder, text-classification (HF folder)", bert),
     "bert_two_outputs": ("BERT, two outputs of its ModelOutput (HF folder)", bert_two_outputs),
     "distilbert": ("DistilBERT, text-classification (HF folder)", distilbert),

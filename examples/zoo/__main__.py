@@ -28,6 +28,18 @@ def cell(t: dict[str, Any] | None) -> str:
     return f"{t['status'].lower()}: {reason[:160]}{'...' if len(reason) > 160 else ''}".replace("|", "\\|")
 
 
+def _vision() -> str:
+    import importlib
+
+    found = []
+    for lib in ("torchvision", "timm"):
+        try:
+            found.append(f", {lib} {importlib.import_module(lib).__version__}")
+        except Exception:
+            found.append(f", {lib} not importable")
+    return "".join(found)
+
+
 def markdown(rows: list[dict[str, Any]], seconds: float) -> str:
     import onnxruntime
     import torch
@@ -41,16 +53,18 @@ def markdown(rows: list[dict[str, Any]], seconds: float) -> str:
         "",
         "Third-party architectures built here the way a user would: transformers' own model",
         "classes from tiny configs with seeded weights, saved as Hugging Face folders and built",
-        "from `source: {huggingface, task}`, and three through a factory (an encoder-decoder's",
-        "encoder, an audio encoder on log-mel features, a torchvision-style detector: torchvision's",
-        "own models cannot load here, its only wheels for torch 2.13 are CUDA builds). Each row is",
+        "from `source: {huggingface, task}`; torchvision and timm models by name with a weights",
+        "file (`source: {torchvision|timm: name, checkpoint}`; their own model code, here unpacked",
+        "without torchvision's C++ ops: the registry's wheels are CUDA builds that do not load",
+        "beside torch 2.13 CPU); two through a factory (an encoder-decoder's encoder, a",
+        "torchvision-style detector with per-image dicts). Each row is",
         "one build with the targets below; a target that misses its gate is left out (`on_fail:",
         "skip`) with its reason. Gates: fp32 `max_rel` 1e-3, fp16 `max_rel` 2e-2, INT8 (ONNX",
         "Runtime `mode: auto` with 2 recovery tries; OpenVINO NNCF) mean cosine 0.98, on 32",
         "synthetic or seeded samples per model (parity, not task accuracy).",
         "",
         f"Measured on {platform.machine()} ({platform.processor() or 'CPU'}), torch {torch.__version__}, "
-        f"transformers {transformers.__version__}, onnxruntime {onnxruntime.__version__}; "
+        f"transformers {transformers.__version__}, onnxruntime {onnxruntime.__version__}{_vision()}; "
         f"{len(rows)} models in {seconds:.0f} s. Refresh: `python -m examples.zoo --write docs/model-coverage.md`.",
         "",
         "| model | covers | " + " | ".join(names) + " |",

@@ -2,8 +2,8 @@
 itself (every Linear inside the decoder blocks), and the compressed-tensors config
 names exactly the layers written in INT8. Tiny seeded models made here from configs:
 Qwen2 (biases, grouped-query attention), Phi-3 (fused qkv_proj, gate_up_proj), Falcon
-(query_key_value, dense_h_to_4h), and GPT-2 (Conv1D: refused with the reason). One of
-them is gated in vLLM itself."""
+(query_key_value, dense_h_to_4h), and GPT-2 (transformers Conv1D, [in, out] weights).
+Phi-3 and GPT-2 are gated in vLLM itself."""
 
 import json
 import re
@@ -14,7 +14,6 @@ import torch
 import yaml
 from helpers import REPO, make_driver, run_cli, write_config
 from mscompile.artifacts import HfModel
-from mscompile.errors import PassError
 from mscompile.passes.llm import QuantizeW8A8, W8A8Config
 from mscompile.pipeline import Step
 
@@ -30,7 +29,8 @@ CONFIGS = {
     "falcon": ("FalconConfig", dict(vocab_size=2048, hidden_size=64, num_attention_heads=4, num_hidden_layers=2,
                                     new_decoder_architecture=False, multi_query=True, parallel_attn=True,
                                     bias=False)),
-    "gpt2": ("GPT2Config", dict(vocab_size=2048, n_embd=64, n_head=4, n_layer=2, n_positions=512)),
+    "gpt2": ("GPT2Config", dict(vocab_size=2048, n_embd=128, n_head=4, n_layer=2, n_positions=512, bos_token_id=0,
+                                eos_token_id=1)),
 }  # fmt: skip
 
 
@@ -74,24 +74,47 @@ def test_every_decoder_linear_is_quantized_and_the_config_names_exactly_those(tm
     assert matched == set(in_blocks)  # the config claims INT8 for exactly what was written
 
 
-def test_gpt2_conv1d_is_refused_with_the_reason(tmp_path):
-    src, _ = make_model(tmp_path, "gpt2")
-    with pytest.raises(PassError, match="transformers Conv1D .*GPT-2's layout"):
-        make_driver(tmp_path / "d").run_step(Step("w8a8", QuantizeW8A8, W8A8Config()), HfModel(src, "gpt2"))
+def test_gpt2_conv1d_layers_are_quantized_in_their_own_layout(tmp_path):
+    """GPT-2's c_attn/c_proj/c_fc are transformers Conv1D ([in, out] weights): INT8 kept in
+    that layout (vLLM's GPT-2 loader transposes `.weight`, not `.weight_scale`), one scale
+    per output channel [out, 1], and the config names exactly those layers."""
+    from safetensors.torch import load_file
+
+    src, model = make_model(tmp_path, "gpt2")
+    rec = make_driver(tmp_path / "d").run_step(Step("w8a8", QuantizeW8A8, W8A8Config()), HfModel(src, "gpt2"))
+    out = rec.output.path / "model"
+    tensors = load_file(str(out / "model.safetensors"))
+    conv = [n for n, m in model.named_modules() if type(m).__name__ == "Conv1D"]
+    assert len(conv) == 8  # 2 blocks x c_attn, attn.c_proj, c_fc, mlp.c_proj
+    for n in conv:
+        w = dict(model.named_parameters())[f"{n}.weight"].detach()  # [in, out]
+        q, scale = tensors[f"{n}.weight"], tensors[f"{n}.weight_scale"]
+        assert q.dtype == torch.int8 and q.shape == w.shape and scale.shape == (w.shape[1], 1)
+        back = q.float() * scale.float().t()
+        assert (back - w).abs().max() <= scale.max() * 0.51  # round-to-nearest per output column
+    int8 = {k[: -len(".weight")] for k, v in tensors.items() if v.dtype == torch.int8}
+    assert int8 == set(conv)
+    targets = json.loads((out / "config.json").read_text())["quantization_config"]["config_groups"]["group_0"][
+        "targets"
+    ]
+    names = [n for n, _ in model.named_modules() if n]
+    assert {n for n in names if any(re.match(t[3:], n) for t in targets)} == set(conv)
 
 
-def test_phi3_w8a8_is_gated_in_vllm(tmp_path):
-    """vLLM loads the exact-name targets of a fused-projection architecture and serves it
-    within the gate (greedy agreement and perplexity against transformers)."""
+@pytest.mark.parametrize("arch", ["phi3", "gpt2"])
+def test_w8a8_is_gated_in_vllm(tmp_path, arch):
+    """vLLM loads the exact-name targets of a fused-projection architecture (Phi-3) and of
+    GPT-2's Conv1D layout, and serves each within the gate (perplexity against
+    transformers)."""
     from vllm_harness import vllm_python, why
 
     python = vllm_python()
     if python is None:
         pytest.skip(why())
-    src, _ = make_model(tmp_path, "phi3")
+    src, _ = make_model(tmp_path, arch)
     cfg = yaml.safe_load((REPO / "examples/tinyllm/model.yaml").read_text())
     cfg.update(
-        name="tinyphi",
+        name=f"tiny{arch}",
         source={"checkpoint": str(src / "model")},
         targets=[
             {"name": "w8a8", "backend": "vllm", "quantization": "w8a8", "tolerance": {"perplexity_increase": 5.0}}
