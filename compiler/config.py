@@ -193,8 +193,15 @@ def _pipeline_problems(cfg: ModelConfig, where: str) -> list[str]:
             out.append(
                 f"{key}.validation: a .txt file feeds one string input; preprocess.inputs must be one string tensor"
             )
+    elif resolve_path(pc.validation).is_dir():
+        pre = pc.preprocess
+        if pre is None or len(pre.inputs) != 1 or pre.inputs[0].dtype != "uint8" or pre.inputs[0].shape[-1:] != [3]:
+            out.append(
+                f"{key}.validation: a folder of images feeds one uint8 [h, w, 3] input; preprocess.inputs must be "
+                "one such tensor"
+            )
     elif not pc.validation.endswith(".npz"):
-        out.append(f"{key}.validation: {pc.validation!r} must be a .txt or .npz file")
+        out.append(f"{key}.validation: {pc.validation!r} must be a .txt or .npz file, or a folder of images")
     if pc.name is not None and not re.fullmatch(NAME_PATTERN, pc.name):
         out.append(f"{key}.name: {pc.name!r} is not a valid model name")
     # every model the unit publishes has its own folder: one name may not stand for two

@@ -100,11 +100,30 @@ def load_function(folder: Path, module_file: str, function: str, label: str) -> 
     return fn
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def _image_folder(path: Path) -> np.ndarray:
+    """The folder's images (sorted by name) as uint8 RGB [n, h, w, 3]; one request batch
+    has one size, so every image is resized (bilinear) to the first one's size."""
+    from PIL import Image
+
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ConfigError(f"pipeline.validation: {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    ims = [Image.open(f).convert("RGB") for f in files]
+    size = ims[0].size
+    return np.stack([np.asarray(im if im.size == size else im.resize(size, Image.Resampling.BILINEAR)) for im in ims])
+
+
 def raw_validation(pc: PipelineConfig) -> dict[str, np.ndarray]:
     path = resolve_path(pc.validation)
-    if not path.is_file():
+    if path.is_dir():
+        assert pc.preprocess is not None
+        data = {pc.preprocess.inputs[0].name: _image_folder(path)}
+    elif not path.is_file():
         raise ConfigError(f"pipeline.validation: {path} not found; check the path")
-    if path.suffix == ".txt":
+    elif path.suffix == ".txt":
         lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
         assert pc.preprocess is not None
         data = {pc.preprocess.inputs[0].name: np.array(lines, dtype=object).reshape(-1, 1)}

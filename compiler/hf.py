@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from . import hf_steps
 from .errors import ConfigError
 from .sections import resolve_path
 
@@ -303,18 +304,38 @@ def _pipeline(
     data: dict[str, Any], folder: Path, task: str, modality: str, labels: int, validation: dict, where: str
 ) -> dict:
     """`pipeline: auto` (or `{auto: true, ...}` with keys of its own, e.g. python_path): the
-    Triton ensemble text -> the folder's tokenizer -> the model -> probabilities
-    (classification tasks), gated end to end on the validation text."""
+    Triton ensemble text -> the folder's tokenizer (or RGB pixels -> its image
+    processor's settings) -> the model -> probabilities (classification tasks), gated
+    end to end on the validation text or images."""
     key = f"{where}: pipeline: auto"
+    if modality == "image":
+        pipe = _image_pipeline(data, folder, validation, key)
+    else:
+        pipe = _text_pipeline(data, folder, modality, validation, key)
+    if task in ("text-classification", "token-classification", "image-classification"):
+        pipe["postprocess"] = {
+            "function": "mscompile.hf_steps:softmax_postprocess",
+            "inputs": ["logits"],
+            "outputs": [
+                {"name": "probabilities", "shape": [-1, labels] if task == "token-classification" else [labels]}
+            ],
+        }
+    return pipe
+
+
+def _text_pipeline(data: dict[str, Any], folder: Path, modality: str, validation: dict, key: str) -> dict[str, Any]:
     if modality != "text" or not (folder / "tokenizer.json").is_file():
-        raise ConfigError(f"{key}: made for text models with a tokenizer.json in the folder; write pipeline: steps")
+        raise ConfigError(
+            f"{key}: made for text models with a tokenizer.json and image models with a preprocessor_config.json "
+            "in the folder; write pipeline: steps"
+        )
     text = validation.get("data")
     if not (isinstance(text, str) and text.endswith(".txt")):
         raise ConfigError(f"{key}: the end-to-end gate needs raw text: set validation.data to a .txt file")
     files = [
         str(folder / f) for f in ("tokenizer.json", "tokenizer_config.json", "config.json") if (folder / f).is_file()
     ]
-    pipe: dict[str, Any] = {
+    return {
         "name": f"{data.get('name', 'model')}_text",
         "preprocess": {
             "function": "mscompile.hf_steps:text_preprocess",
@@ -323,15 +344,47 @@ def _pipeline(
         },
         "validation": text,
     }
-    if task in ("text-classification", "token-classification"):
-        pipe["postprocess"] = {
-            "function": "mscompile.hf_steps:softmax_postprocess",
-            "inputs": ["logits"],
-            "outputs": [
-                {"name": "probabilities", "shape": [labels] if task == "text-classification" else [-1, labels]}
-            ],
-        }
-    return pipe
+
+
+def _image_pipeline(data: dict[str, Any], folder: Path, validation: dict, key: str) -> dict[str, Any]:
+    """RGB pixels of any size in; the folder's image processor settings replayed by
+    hf_steps.pixels_for, checked here against the processor itself on two test images."""
+    import json
+
+    conf = folder / "preprocessor_config.json"
+    if not conf.is_file():
+        raise ConfigError(
+            f"{key}: the folder has no preprocessor_config.json (its image processor); write pipeline: steps"
+        )
+    images = validation.get("generator_args", {}).get("images_folder")
+    if not images:
+        raise ConfigError(f"{key}: the end-to-end gate needs raw images: set validation.data to an image folder")
+    cfg = json.loads(conf.read_text())
+    rng = np.random.default_rng(0)
+    tests = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((50, 70), (81, 64))]
+    try:
+        ours = [hf_steps.pixels_for([t], cfg) for t in tests]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{key}: {exc}; write pipeline: steps") from None
+    proc = _image_processor(folder)
+    theirs = [np.asarray(proc([t], return_tensors="np")["pixel_values"], np.float32) for t in tests]
+    diff = max(
+        float(np.abs(a - b).max()) if a.shape == b.shape else float("inf") for a, b in zip(ours, theirs, strict=True)
+    )
+    if diff > 0.05:
+        raise ConfigError(
+            f"{key}: mscompile.hf_steps does not reproduce {type(proc).__name__} (max difference {diff:.3g} on a "
+            "test image); write pipeline: steps"
+        )
+    return {
+        "name": f"{data.get('name', 'model')}_image",
+        "preprocess": {
+            "function": "mscompile.hf_steps:image_preprocess",
+            "files": [str(conf)],
+            "inputs": [{"name": "image", "dtype": "uint8", "shape": [-1, -1, 3]}],
+        },
+        "validation": images,
+    }
 
 
 # -- what the build calls (factory, tokenizer, generators) ----------------------------

@@ -436,7 +436,8 @@ class PipelineConfig(Section):
     validation: str = Field(
         min_length=1,
         description="raw inputs for the end-to-end gate: a .txt (one string per line, for a single string "
-        "input) or an .npz with one array per preprocess input",
+        "input), an .npz with one array per preprocess input, or a folder of images (uint8 RGB [h, w, 3] for a "
+        "single input; every image resized to the first one's size)",
     )
     samples: int | None = Field(default=None, ge=1, le=100_000)
     tolerance: Tolerance = Field(default_factory=lambda: Tolerance(cosine=0.99))

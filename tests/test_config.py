@@ -302,6 +302,10 @@ PIPELINE_PROBLEMS = [
         "pipeline.validation: a .txt file feeds one string input",
     ),
     (lambda d: _with_pipeline(d, validation="raw.csv"), "pipeline.validation: 'raw.csv' must be a .txt or .npz file"),
+    (
+        lambda d: _with_pipeline(d, validation="examples"),  # a folder: images for one uint8 [h, w, 3] input
+        "pipeline.validation: a folder of images feeds one uint8 [h, w, 3] input",
+    ),
     (lambda d: _with_pipeline(d, name="bad name!"), "pipeline.name: 'bad name!' is not a valid model name"),
     (
         lambda d: _with_pipeline(d, name=d["name"]),

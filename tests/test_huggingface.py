@@ -264,3 +264,51 @@ def test_pipeline_auto_serves_text_in_probabilities_out(tmp_path):
     d = {"name": "m", "source": {"checkpoint": "x.pt"}, "pipeline": "auto", "targets": [{"name": "fp32"}]}
     r = run_cli("validate", str(write_config(d, tmp_path / "m.yaml")), cwd=tmp_path)
     assert r.returncode == 2 and "pipeline: auto derives the steps from a Hugging Face folder" in r.stderr
+
+
+def test_pipeline_auto_for_an_image_model_replays_its_processor(tmp_path):
+    """pipeline: auto on a ViT folder: RGB pixels of any size in, the folder's image
+    processor settings replayed by mscompile.hf_steps (equal to the processor itself,
+    also for center-cropping and ConvNeXt's crop_pct rule), probabilities out, gated end to
+    end on the validation images; a processor it cannot replay is refused at validate."""
+    from mscompile import hf_steps
+    from PIL import Image
+    from transformers import BitImageProcessor, ConvNextImageProcessor, DeiTImageProcessor, ViTImageProcessor
+
+    rng = np.random.default_rng(0)
+    for proc in (
+        ViTImageProcessor(size={"height": 32, "width": 32}),
+        DeiTImageProcessor(size={"height": 40, "width": 40}, crop_size={"height": 32, "width": 32}),
+        BitImageProcessor(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32}),
+        ConvNextImageProcessor(size={"shortest_edge": 32}),
+    ):
+        cfg = json.loads(proc.to_json_string())
+        for h, w in ((50, 70), (81, 64)):
+            im = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            want = np.asarray(proc([im], return_tensors="np")["pixel_values"])
+            got = hf_steps.pixels_for([im], cfg)
+            assert got.shape == want.shape and np.abs(got - want).max() < 1e-5, (type(proc).__name__, h, w)
+
+    make_vit(tmp_path / "vit")
+    (tmp_path / "images").mkdir()
+    for i in range(10):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp_path / f"images/{i:02d}.png")
+    r, _ = _build(tmp_path, "vit", "vit", "image-classification", "validation: {data: images}\npipeline: auto\n")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["pipeline"]["passed"] and out["pipeline"]["samples"] == 10, out["pipeline"]
+    assert {p["model"] for p in out["published"]} == {
+        "vit",
+        "vit_image_preprocess",
+        "vit_image_postprocess",
+        "vit_image",
+    }
+    cfg = json.loads((tmp_path / "model_repository/vit/1/build_manifest.json").read_text())["config"]
+    assert cfg["pipeline"]["preprocess"]["inputs"] == [{"name": "image", "dtype": "uint8", "shape": [-1, -1, 3]}]
+    assert (tmp_path / "model_repository/vit_image_preprocess/1/preprocessor_config.json").is_file()
+
+    # ConvNeXt from 384 px has a rule hf_steps replays; a size rule it does not know is refused
+    conf = tmp_path / "vit/preprocessor_config.json"
+    conf.write_text(json.dumps({**json.loads(conf.read_text()), "size": {"max_height": 32, "max_width": 32}}))
+    r = run_cli("validate", "vit.yaml", cwd=tmp_path)
+    assert r.returncode == 2 and "pipeline: auto" in r.stderr and "write pipeline: steps" in r.stderr, r.stderr

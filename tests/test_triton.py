@@ -317,3 +317,33 @@ def test_hf_pipeline_auto_on_a_real_server(tri, tmp_path):
     assert pipe["model"] == "bert_text" and pipe["passed"]
     for proto in ("grpc", "http"):
         assert pipe["protocols"][proto]["requests"] == 12
+
+
+def test_hf_image_pipeline_auto_on_a_real_server(tri, tmp_path):
+    """A ViT folder with `pipeline: auto`: RGB pixels (uint8 [h, w, 3]) in, the image
+    processor's settings replayed on the server (Pillow, from the stub's site),
+    probabilities out, equal to the PyTorch chain within the gate."""
+    from PIL import Image
+    from test_huggingface import make_vit
+
+    make_vit(tmp_path / "vit")
+    (tmp_path / "images").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp_path / f"images/{i}.png")
+    cfg = {
+        "name": "vit",
+        "source": {"huggingface": "vit", "task": "image-classification"},
+        "validation": {"data": "images"},
+        "pipeline": {"auto": True, "python_path": [str(tri.site)]},
+        "targets": [{"name": "fp32", "tolerance": {"max_rel": 1e-4}}],
+        "profile": {"enabled": False},
+    }
+    path = write_config(cfg, tmp_path / "model.yaml")
+    r = run_cli("build", str(path), "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("serve-check", str(path), *_server_args(tri), "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    pipe = json.loads(r.stdout)["pipeline"]
+    assert pipe["model"] == "vit_image" and pipe["passed"], pipe
+    assert pipe["protocols"]["grpc"]["requests"] == 6

@@ -12,7 +12,7 @@ explicit or polled loading.
 Facts that shape it (FIELD-NOTES): the python backend stub must run under a
 Python whose libpython matches the stdlib it loads (Debian's /usr/bin/python3.11),
 it ignores PYTHONPATH (model.py puts its packages on sys.path), and it needs
-numpy<2 (plus onnxruntime, and tokenizers for the MiniLM ensemble's
+numpy<2 (plus onnxruntime, openvino, tokenizers and Pillow for the ensembles'
 preprocessing). Everything is fetched from PyPI once into $MSCOMPILE_TEST_CACHE
 (default ~/.cache/mscompile-tests); without network or that Python, the tests
 that need a server skip with the reason.
@@ -316,7 +316,7 @@ def _server_tree() -> Path:
 
 
 def _stub_site() -> Path:
-    site = CACHE / "stub-site-py311-v3"
+    site = CACHE / "stub-site-py311-v4"
     if (site / ".complete").exists():
         return site
     tmp = Path(tempfile.mkdtemp(dir=CACHE, prefix=".stub-site-"))
@@ -334,6 +334,7 @@ def _stub_site() -> Path:
             "onnxruntime",
             "tokenizers",
             "openvino",
+            "pillow",  # the image ensemble's preprocess step (mscompile.hf_steps)
         ]
     )
     (tmp / ".complete").write_text("ok\n")
