@@ -324,6 +324,11 @@ def _pipeline(
 
 
 def _text_pipeline(data: dict[str, Any], folder: Path, modality: str, validation: dict, key: str) -> dict[str, Any]:
+    if modality in ("audio", "features"):
+        raise ConfigError(
+            f"{key}: derives text and image ensembles; an audio model's feature extractor is not turned into a "
+            "step: write pipeline: steps (preprocess: raw audio -> input_values / input_features)"
+        )
     if modality != "text" or not (folder / "tokenizer.json").is_file():
         raise ConfigError(
             f"{key}: made for text models with a tokenizer.json and image models with a preprocessor_config.json "

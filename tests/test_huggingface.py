@@ -201,6 +201,10 @@ def test_a_whisper_folder_builds_its_encoder_for_speech_recognition(tmp_path):
     assert cfg["inputs"][0]["name"] == "input_features" and cfg["inputs"][0]["shape"] == [-1, 8, 40]
     assert [o["name"] for o in cfg["outputs"]] == ["last_hidden_state"]
     assert "synthetic" in r.stderr
+    # an audio model's feature extractor is not made a pipeline step: said, with what to write
+    (tmp_path / "asr.yaml").write_text((tmp_path / "asr.yaml").read_text() + "pipeline: auto\n")
+    r = run_cli("validate", "asr.yaml", cwd=tmp_path)
+    assert r.returncode == 2 and "feature extractor is not turned into a step: write pipeline: steps" in r.stderr
 
 
 def test_hf_source_errors_name_the_key_and_the_fix(tmp_path):
