@@ -38,7 +38,8 @@ PEERS: dict[str, tuple[list[list[str]], list[str], list[str]]] = {
         [],
     ),
     "optimum_intel": (
-        [["optimum-intel[openvino,nncf]==2.2.0"]],
+        # datasets: what its quantizer takes an image model's calibration set as
+        [["optimum-intel[openvino,nncf]==2.2.0", "datasets", "huggingface-hub<1.22"]],
         ["optimum-intel", "openvino", "nncf", "transformers"],
         ["torchvision"],
     ),

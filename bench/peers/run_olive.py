@@ -65,13 +65,22 @@ def workflow(req: dict, quant: str | None, out: Path) -> dict:
             "calibrate_method": "MinMax",
             "data_config": "calib",
         }
+    model: dict = {
+        "type": "HfModel",
+        "model_path": req["model"],
+        "task": req["task"],
+        "load_kwargs": {"attn_implementation": "eager"},
+    }
+    if req["task"] == "image-classification":
+        # Olive's export of an image model has a fixed batch of 1 unless io_config says otherwise
+        model["io_config"] = {
+            "input_names": ["pixel_values"],
+            "input_shapes": [[1, 3, 224, 224]],
+            "output_names": ["logits"],
+            "dynamic_axes": {"pixel_values": {"0": "batch"}, "logits": {"0": "batch"}},
+        }
     return {
-        "input_model": {
-            "type": "HfModel",
-            "model_path": req["model"],
-            "task": req["task"],
-            "load_kwargs": {"attn_implementation": "eager"},
-        },
+        "input_model": model,
         "systems": {
             "local_system": {
                 "type": "LocalSystem",
@@ -109,8 +118,9 @@ def main() -> None:
         r = subprocess.run([sys.executable, "-m", "olive", "run", "--config", str(cfg)], capture_output=True, text=True)
         found = sorted(out.rglob("*.onnx"), key=lambda p: p.stat().st_mtime) if out.exists() else []
         if r.returncode or not found:
-            tail = (r.stderr or r.stdout).strip().splitlines()[-6:]
-            results[name] = {"error": f"olive run exit {r.returncode}: " + " | ".join(tail)[-600:]}
+            lines = (r.stderr or r.stdout).strip().splitlines()
+            why = next((ln for ln in reversed(lines) if "Error" in ln.split(":")[0]), lines[-1] if lines else "")
+            results[name] = {"error": f"olive run exit {r.returncode}: {why[:400]}"}
         else:
             results[name] = {"path": str(found[-1]), "seconds": round(time.time() - t0, 1)}
     Path(sys.argv[2]).write_text(json.dumps(results, indent=2))

@@ -27,7 +27,9 @@ from pathlib import Path
 def cli(*args: str) -> None:
     r = subprocess.run([sys.executable, "-m", "optimum.commands.optimum_cli", *args], capture_output=True, text=True)
     if r.returncode:
-        raise RuntimeError(f"optimum-cli {' '.join(args[:2])} failed: {(r.stderr or r.stdout).strip()[-500:]}")
+        lines = (r.stderr or r.stdout).strip().splitlines()
+        why = next((ln for ln in reversed(lines) if "Error" in ln.split(":")[0]), lines[-1] if lines else "")
+        raise RuntimeError(f"optimum-cli {' '.join(args[:2])} failed: {why[:400]}")
 
 
 def main() -> None:

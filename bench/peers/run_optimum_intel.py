@@ -52,7 +52,9 @@ def main() -> None:
         with np.load(req["calibration"]) as z:
             arrays = {k: z[k] for k in z.files}
         n = len(next(iter(arrays.values())))
-        samples = [{k: v[i] for k, v in arrays.items()} for i in range(n)]  # the quantizer batches them
+        from datasets import Dataset  # the form its documentation passes a calibration set in
+
+        samples = Dataset.from_dict({k: v.tolist() for k, v in arrays.items()})
         kwargs = {"num_samples": n}
         if req.get("ov_model_type"):
             kwargs["model_type"] = req["ov_model_type"]
