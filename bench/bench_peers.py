@@ -25,7 +25,6 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -38,6 +37,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from bench_int8 import smooth_images, time_side_by_side  # noqa: E402
+
 WORK = ROOT / "bench" / ".work" / "peers"
 THREADS = int(os.environ.get("BENCH_THREADS", os.cpu_count() or 1))
 PEERS = ("optimum", "olive", "optimum_intel", "navigator")
@@ -69,16 +71,6 @@ def isa() -> dict[str, Any]:
 
 
 # -- models: Hugging Face folders every tool takes -------------------------------------
-
-
-def smooth_images(n: int, seed: int) -> np.ndarray:
-    """Natural-image-like inputs: blurred noise, normalized like ImageNet."""
-    import torch
-    import torch.nn.functional as F
-
-    g = torch.Generator().manual_seed(seed)
-    x = F.interpolate(torch.randn(n, 3, 56, 56, generator=g), size=224, mode="bilinear", align_corners=False)
-    return ((x - x.mean()) / x.std()).numpy().astype(np.float32)
 
 
 def prepare_resnet() -> dict[str, Any]:
@@ -219,21 +211,6 @@ def eager_runner(m: dict[str, Any], model: Any) -> tuple[Callable[[dict], np.nda
     best = min(times, key=times.get)
     model.to(memory_format=torch.channels_last if best else torch.contiguous_format)
     return make(best), f"torch eager fp32 ({'channels_last' if best else 'NCHW'})"
-
-
-def time_side_by_side(runners: dict[str, Callable[[], Any]], rounds: int, iters: int) -> dict[str, float]:
-    """Median ms per call; runners interleaved round by round so drift hits all alike."""
-    for fn in runners.values():
-        for _ in range(2):
-            fn()
-    samples: dict[str, list[float]] = {k: [] for k in runners}
-    for _ in range(rounds):
-        for name, fn in runners.items():
-            t0 = time.perf_counter()
-            for _ in range(iters):
-                fn()
-            samples[name].append((time.perf_counter() - t0) / iters * 1000)
-    return {k: statistics.median(v) for k, v in samples.items()}
 
 
 # -- mscompile and the peers ---------------------------------------------------------

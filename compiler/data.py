@@ -58,6 +58,18 @@ MAX_TEXT_BYTES = 64 << 20  # bytes of a text file
 MAX_LINE_CHARS = 100_000  # characters of one line: a passage, never a whole book
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def image_files(folder: Path, key: str) -> list[Path]:
+    """The image files of a folder, sorted by name; a folder without any is an error
+    naming `key`."""
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ConfigError(f"{key}: {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
 def describe_dataset(src: DataSource, key: str) -> Dataset:
     """The data source as an artifact whose digest covers everything that shapes the
     arrays: the file(s), the source of the tokenizer or generator (with the local

@@ -26,6 +26,7 @@ from mscompile.accuracy import evaluate
 
 from .backends import get
 from .config import ensemble_name, resolve_path, step_names
+from .data import image_files
 from .errors import ConfigError, TargetSkippedError
 from .loading import as_output_list, cwd_on_path, load_module, resolve_checkpoint, resolve_shipped_file
 from .runtimes import RuntimeUnavailableError
@@ -100,18 +101,12 @@ def load_function(folder: Path, module_file: str, function: str, label: str) -> 
     return fn
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-
-
 def _image_folder(path: Path) -> np.ndarray:
     """The folder's images (sorted by name) as uint8 RGB [n, h, w, 3]; one request batch
     has one size, so every image is resized (bilinear) to the first one's size."""
     from PIL import Image
 
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ConfigError(f"pipeline.validation: {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    ims = [Image.open(f).convert("RGB") for f in files]
+    ims = [Image.open(f).convert("RGB") for f in image_files(path, "pipeline.validation")]
     size = ims[0].size
     return np.stack([np.asarray(im if im.size == size else im.resize(size, Image.Resampling.BILINEAR)) for im in ims])
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from . import hf_steps
+from .data import image_files
 from .errors import ConfigError
 from .sections import resolve_path
 
@@ -55,7 +56,6 @@ PROCESSOR_FILES = (
     "sentencepiece.bpe.model",
     "spiece.model",
 )
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 SYNTHETIC_SAMPLES = 32
 SYNTHETIC = "mscompile.hf:synthetic"  # the generator of data made when none is given
 AUDIO_RATE = 16000
@@ -233,8 +233,7 @@ def _data(
         section["tokenizer_args"] = common
     elif isinstance(data, str) and modality == "image" and resolve_path(data).is_dir():
         path = resolve_path(data)
-        if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir()):
-            raise ConfigError(f"{key}.data: {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        image_files(path, f"{key}.data")
         section.pop("data")
         section["generator"] = "mscompile.hf:images"
         section["generator_args"] = {**common, "images_folder": str(path)}
@@ -456,7 +455,7 @@ def images(folder: str, images_folder: str, files: str = "", batch: int = 32, re
     from PIL import Image
 
     proc = _image_processor(Path(folder))
-    paths = sorted(p for p in Path(images_folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = image_files(Path(images_folder), "validation.data")
     for s in range(0, len(paths), batch):
         ims = [Image.open(p).convert("RGB") for p in paths[s : s + batch]]
         if resize:

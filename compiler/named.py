@@ -23,12 +23,12 @@ from typing import Any
 
 import numpy as np
 
+from .data import image_files
 from .errors import ConfigError
 from .loading import flatten_outputs
 from .sections import resolve_path
 
 LIBRARIES = ("torchvision", "timm")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 SYNTHETIC_SAMPLES = 32
 SYNTHETIC = "mscompile.named:synthetic"
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "crop_pct": 0.875}
@@ -193,8 +193,7 @@ def _data(section: Any, preset: dict[str, Any], seed: int, key: str) -> dict[str
         section.setdefault("samples", SYNTHETIC_SAMPLES)
     elif isinstance(data, str) and resolve_path(data).is_dir():
         path = resolve_path(data)
-        if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir()):
-            raise ConfigError(f"{key}.data: {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        image_files(path, f"{key}.data")
         section.pop("data")
         section["generator"] = "mscompile.named:images"
         section["generator_args"] = {"preset": preset, "images_folder": str(path)}
@@ -228,7 +227,7 @@ def images(preset: dict[str, Any], images_folder: str, batch: int = 32) -> Any:
     from PIL import Image
 
     h, w = preset["size"]
-    paths = sorted(p for p in Path(images_folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = image_files(Path(images_folder), "validation.data")
     for s in range(0, len(paths), batch):
         out = []
         for p in paths[s : s + batch]:

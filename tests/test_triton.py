@@ -290,18 +290,13 @@ def test_minilm_ensemble_strings_in_embeddings_out(tri, tmp_path):
         assert emb.shape == (1, 384) and abs(float(np.linalg.norm(emb)) - 1.0) < 1e-4
 
 
-def test_hf_pipeline_auto_on_a_real_server(tri, tmp_path):
-    """A Hugging Face classifier folder with `pipeline: auto`: strings in over gRPC and
-    HTTP, probabilities out, equal to the PyTorch chain within the gate."""
-    from test_huggingface import make_bert
-
-    make_bert(tmp_path / "bert", num_labels=3)
-    (tmp_path / "val.txt").write_text("the cat sat on the mat\na big dog ran fast\nthe sun and the moon\n" * 4)
+def _build_and_serve_hf_pipeline(tri, tmp_path, name: str, task: str, data: str, *check_args: str) -> dict:
+    """Build a Hugging Face folder with `pipeline: auto` (the stub's numpy<2, tokenizers
+    and Pillow on the steps' path) and serve-check it; the pipeline's serve-check JSON."""
     cfg = {
-        "name": "bert",
-        "source": {"huggingface": "bert", "task": "text-classification"},
-        "validation": {"data": "val.txt"},
-        # the stub's numpy<2 and tokenizers on the steps' path
+        "name": name,
+        "source": {"huggingface": name, "task": task},
+        "validation": {"data": data},
         "pipeline": {"auto": True, "python_path": [str(tri.site)]},
         "targets": [{"name": "fp32", "tolerance": {"max_rel": 1e-4}}],
         "profile": {"enabled": False},
@@ -309,11 +304,21 @@ def test_hf_pipeline_auto_on_a_real_server(tri, tmp_path):
     path = write_config(cfg, tmp_path / "model.yaml")
     r = run_cli("build", str(path), "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+    r = run_cli("serve-check", str(path), *_server_args(tri), "--json", *check_args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)["pipeline"]
+
+
+def test_hf_pipeline_auto_on_a_real_server(tri, tmp_path):
+    """A Hugging Face classifier folder with `pipeline: auto`: strings in over gRPC and
+    HTTP, probabilities out, equal to the PyTorch chain within the gate."""
+    from test_huggingface import make_bert
+
+    make_bert(tmp_path / "bert", num_labels=3)
+    (tmp_path / "val.txt").write_text("the cat sat on the mat\na big dog ran fast\nthe sun and the moon\n" * 4)
+    pipe = _build_and_serve_hf_pipeline(tri, tmp_path, "bert", "text-classification", "val.txt", "--concurrency", "4")
     manifest = json.loads((tmp_path / "model_repository/bert/1/build_manifest.json").read_text())
     assert manifest["config"]["pipeline"]["name"] == "bert_text"
-    r = run_cli("serve-check", str(path), *_server_args(tri), "--json", "--concurrency", "4", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    pipe = json.loads(r.stdout)["pipeline"]
     assert pipe["model"] == "bert_text" and pipe["passed"]
     for proto in ("grpc", "http"):
         assert pipe["protocols"][proto]["requests"] == 12
@@ -331,19 +336,6 @@ def test_hf_image_pipeline_auto_on_a_real_server(tri, tmp_path):
     rng = np.random.default_rng(0)
     for i in range(6):
         Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp_path / f"images/{i}.png")
-    cfg = {
-        "name": "vit",
-        "source": {"huggingface": "vit", "task": "image-classification"},
-        "validation": {"data": "images"},
-        "pipeline": {"auto": True, "python_path": [str(tri.site)]},
-        "targets": [{"name": "fp32", "tolerance": {"max_rel": 1e-4}}],
-        "profile": {"enabled": False},
-    }
-    path = write_config(cfg, tmp_path / "model.yaml")
-    r = run_cli("build", str(path), "--json", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    r = run_cli("serve-check", str(path), *_server_args(tri), "--json", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    pipe = json.loads(r.stdout)["pipeline"]
+    pipe = _build_and_serve_hf_pipeline(tri, tmp_path, "vit", "image-classification", "images")
     assert pipe["model"] == "vit_image" and pipe["passed"], pipe
     assert pipe["protocols"]["grpc"]["requests"] == 6

@@ -22,6 +22,18 @@ from pathlib import Path
 CLASSES = {"feature-extraction": "OVModelForFeatureExtraction", "image-classification": "OVModelForImageClassification"}
 
 
+def step(results: dict, name: str, fn, path: Path) -> bool:
+    """Run one variant's work; its file, or its error (the others go on)."""
+    t0 = time.time()
+    try:
+        fn()
+        results[name] = {"path": str(path), "seconds": round(time.time() - t0, 1)}
+        return True
+    except Exception as exc:
+        results[name] = {"error": f"{type(exc).__name__}: {str(exc)[-500:]}", "trace": traceback.format_exc()[-1500:]}
+        return False
+
+
 def main() -> None:
     import numpy as np
     import optimum.intel as oi
@@ -30,48 +42,32 @@ def main() -> None:
     out = Path(req["out"])
     results: dict[str, dict] = {}
     cls = getattr(oi, CLASSES[req["task"]])
-    fp32 = out / "fp32"
-    t0 = time.time()
-    try:
+    fp32, int8 = out / "fp32", out / "int8"
+    model = None
+
+    def export() -> None:
+        nonlocal model
         model = cls.from_pretrained(req["model"], export=True, compile=False)
         model.save_pretrained(str(fp32))
-        results["optimum_intel_fp32"] = {
-            "path": str(fp32 / "openvino_model.xml"),
-            "seconds": round(time.time() - t0, 1),
-        }
-    except Exception as exc:
-        results["optimum_intel_fp32"] = {
-            "error": f"{type(exc).__name__}: {str(exc)[-500:]}",
-            "trace": traceback.format_exc()[-1500:],
-        }
-        Path(sys.argv[2]).write_text(json.dumps(results, indent=2))
-        return
-    int8 = out / "int8"
-    t0 = time.time()
-    try:
-        with np.load(req["calibration"]) as z:
-            arrays = {k: z[k] for k in z.files}
-        n = len(next(iter(arrays.values())))
+
+    def quantize() -> None:
         from datasets import Dataset  # the form its documentation passes a calibration set in
 
-        samples = Dataset.from_dict({k: v.tolist() for k, v in arrays.items()})
-        kwargs = {"num_samples": n}
+        with np.load(req["calibration"]) as z:
+            arrays = {k: z[k] for k in z.files}
+        kwargs = {"num_samples": len(next(iter(arrays.values())))}
         if req.get("ov_model_type"):
             kwargs["model_type"] = req["ov_model_type"]
         qc = oi.OVQuantizationConfig(**kwargs)
         quantizer = oi.OVQuantizer.from_pretrained(model)
         quantizer.quantize(
-            calibration_dataset=samples, save_directory=str(int8), ov_config=oi.OVConfig(quantization_config=qc)
+            calibration_dataset=Dataset.from_dict({k: v.tolist() for k, v in arrays.items()}),
+            save_directory=str(int8),
+            ov_config=oi.OVConfig(quantization_config=qc),
         )
-        results["optimum_intel_int8"] = {
-            "path": str(int8 / "openvino_model.xml"),
-            "seconds": round(time.time() - t0, 1),
-        }
-    except Exception as exc:
-        results["optimum_intel_int8"] = {
-            "error": f"{type(exc).__name__}: {str(exc)[-500:]}",
-            "trace": traceback.format_exc()[-1500:],
-        }
+
+    if step(results, "optimum_intel_fp32", export, fp32 / "openvino_model.xml"):
+        step(results, "optimum_intel_int8", quantize, int8 / "openvino_model.xml")
     Path(sys.argv[2]).write_text(json.dumps(results, indent=2))
 
 
