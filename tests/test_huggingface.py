@@ -285,6 +285,7 @@ def test_pipeline_auto_for_an_image_model_replays_its_processor(tmp_path):
         DeiTImageProcessor(size={"height": 40, "width": 40}, crop_size={"height": 32, "width": 32}),
         BitImageProcessor(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32}),
         ConvNextImageProcessor(size={"shortest_edge": 32}),
+        ConvNextImageProcessor(size={"shortest_edge": 400}),  # from 384 up: warped to a square
     ):
         cfg = json.loads(proc.to_json_string())
         for h, w in ((50, 70), (81, 64)):

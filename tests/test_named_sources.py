@@ -124,6 +124,24 @@ def test_a_timm_model_with_an_image_folder_and_a_dict_output_segmenter(tmp_path,
     assert got.shape == (2, 3, 64, 64) and np.abs(got - want).max() / np.abs(want).max() < 1e-4
 
 
+def test_the_input_size_is_the_librarys_preset(vision_env):
+    """Without image_size: torchvision's registered weights' crop size, timm's
+    pretrained_cfg input size (a shape-only pass, nothing downloaded)."""
+    from mscompile.named import expand
+
+    path, _ = vision_env
+    _library(path, "torchvision")
+    _library(path, "timm")
+    for source, size in (
+        ({"torchvision": "resnet18"}, [224, 224]),
+        ({"torchvision": "inception_v3", "model_args": {"init_weights": False}}, [299, 299]),
+        ({"timm": "vit_tiny_patch16_384"}, [384, 384]),
+    ):
+        doc = expand({"name": "m", "source": {**source, "checkpoint": "w.pth"}, "targets": [{"name": "fp32"}]}, "m")
+        assert doc["inputs"][0]["shape"] == [-1, 3, *size], (source, doc["inputs"])
+        assert doc["outputs"] == [{"name": "logits"}], doc["outputs"]
+
+
 def test_named_source_errors_name_the_key_and_the_fix(tmp_path, vision_env):
     _, env = vision_env
     (tmp_path / "w.pth").write_bytes(b"")
