@@ -26,6 +26,7 @@ def test_perf_sweeps_concurrency_and_request_rate_with_perf_analyzer(tri, pa, di
     r = run_cli(
         "serve-check", str(path), *server_args(tri), "--json", "--perf", "--perf-analyzer", pa,
         "--perf-concurrency", "1,4", "--perf-request-rate", "200", "--perf-window", "1000",
+        "--perf-stability", "100",  # what is checked is the sweep's record, not how steady a shared CI host is
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)

@@ -342,6 +342,14 @@ def _checked(as_json: bool, check: Any, after: Any, lines_on_failure: bool) -> N
     help="perf_analyzer's measurement window (ms); an unstable point is measured again with twice the window.",
 )
 @click.option(
+    "--perf-stability",
+    type=click.FloatRange(1, 100),
+    default=10.0,
+    show_default=True,
+    help="perf_analyzer's stability (%): a point is measured when three windows' throughput and latency "
+    "lie within this of their mean. Raise it on a noisy or shared host.",
+)
+@click.option(
     "--perf-analyzer",
     "perf_analyzer",
     default=None,
@@ -399,6 +407,9 @@ def serve_check_cmd(
 )
 @click.option("--perf-concurrency", default="1,2,4,8", show_default=True, help="Concurrency points per trial.")
 @click.option("--perf-window", type=click.IntRange(100, 600_000), default=2000, show_default=True, help="ms")
+@click.option(
+    "--perf-stability", type=click.FloatRange(1, 100), default=10.0, show_default=True, help="perf_analyzer's %."
+)
 @click.option("--perf-analyzer", "perf_analyzer", default=None, help="The perf_analyzer binary (or a wrapper).")
 @click.option("--dry-run", is_flag=True, help="Search and report; do not write the config.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")

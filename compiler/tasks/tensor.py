@@ -258,6 +258,7 @@ def perf_options(server: dict[str, Any]) -> PerfOptions | None:
         concurrency=conc,
         request_rate=rates,
         measurement_ms=int(server.get("perf_window") or 2000),
+        stability_percent=float(server.get("perf_stability") or 10.0),
         binary=find_perf_analyzer(server.get("perf_analyzer")),  # before any load: exit 2 naming the fix
     )
 
