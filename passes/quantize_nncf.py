@@ -27,7 +27,7 @@ class NncfConfig(Section):
     batch_size: int
     validation_batch_size: int = 32
     preset: Literal["performance", "mixed"] = "performance"
-    model_type: Literal["default", "transformer"] = "default"
+    model_type: Literal["auto", "default", "transformer"] = "auto"
     fast_bias_correction: bool = True
     exclude_nodes: tuple[str, ...] = ()
     exclude_op_types: tuple[str, ...] = ()
@@ -44,9 +44,46 @@ def samples(io: IOSpec, feeds: dict[str, np.ndarray]) -> list[dict[str, np.ndarr
     return [{k: v[i : i + 1] for k, v in feeds.items()} for i in range(n)]
 
 
+# ops between an attention product and its Softmax (scale, mask, casts, head reshapes)
+_SCORE_OPS = {
+    "Add",
+    "Multiply",
+    "Divide",
+    "Subtract",
+    "Convert",
+    "Reshape",
+    "Select",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+}
+
+
+def attention_blocks(model: Any) -> int:
+    """Attention in an OpenVINO model: ScaledDotProductAttention ops (OpenVINO fuses
+    most exported attention into one), and Softmaxes whose input is, through scaling
+    and masking ops, a MatMul of two activations. A graph with one is quantized with
+    NNCF's transformer model type."""
+
+    def product_of_activations(node: Any, depth: int) -> bool:
+        kind = node.get_type_name()
+        if kind == "MatMul":
+            return all(i.get_source_output().get_node().get_type_name() != "Constant" for i in node.inputs())
+        if kind not in _SCORE_OPS or depth == 0:
+            return False
+        return any(product_of_activations(i.get_source_output().get_node(), depth - 1) for i in node.inputs())
+
+    return sum(
+        1
+        for op in model.get_ops()
+        if op.get_type_name() == "ScaledDotProductAttention"
+        or (op.get_type_name() == "Softmax" and product_of_activations(op.input(0).get_source_output().get_node(), 6))
+    )
+
+
 class QuantizeNncf(Pass[OpenVinoModel, OpenVinoModel]):
     name = "quantize_nncf"
-    version = 2
+    version = 3
     input_type = OpenVinoModel
     output_type = OpenVinoModel
     Config = NncfConfig
@@ -65,7 +102,13 @@ class QuantizeNncf(Pass[OpenVinoModel, OpenVinoModel]):
             "subset_size": len(items),
             "fast_bias_correction": cfg.fast_bias_correction,
         }
-        if cfg.model_type == "transformer":
+        model_type = cfg.model_type
+        if model_type == "auto":
+            found = attention_blocks(model)
+            model_type = "transformer" if found else "default"
+            if found:
+                ctx.note(f"{found} attention block(s): NNCF's transformer model type")
+        if model_type == "transformer":
             kwargs["model_type"] = nncf.ModelType.TRANSFORMER
         if cfg.exclude_nodes or cfg.exclude_op_types:
             kwargs["ignored_scope"] = nncf.IgnoredScope(
@@ -76,7 +119,7 @@ class QuantizeNncf(Pass[OpenVinoModel, OpenVinoModel]):
             "quantizer": "nncf.quantize_with_accuracy_control" if cfg.accuracy_control else "nncf.quantize",
             "nncf": nncf.__version__,
             "preset": cfg.preset,
-            "model_type": cfg.model_type,
+            "model_type": model_type,
             "calibration_samples": len(items),
         }
         if cfg.accuracy_control:

@@ -73,8 +73,10 @@ class OpenVinoServing(Section):
 
 
 class OpenVinoRecovery(Section):
-    """int8: when plain NNCF quantization misses the gate, run NNCF's accuracy-aware
-    quantization, which returns layers to float until the metric drop fits."""
+    """int8: when plain NNCF quantization misses the gate, try NNCF's mixed preset
+    (asymmetric activations; skipped when the target already asks for it), then NNCF's
+    accuracy-aware quantization on that preset, which returns layers to float until the
+    metric drop fits."""
 
     enabled: bool = True
     max_drop: float | None = Field(
@@ -94,8 +96,11 @@ class OpenVinoTarget(TargetBase):
     preset: Literal["performance", "mixed"] = Field(
         default="performance", description="int8: NNCF preset (mixed: asymmetric activations)"
     )
-    model_type: Literal["default", "transformer"] = Field(
-        default="default", description="int8: transformer keeps NNCF's transformer-specific rules"
+    model_type: Literal["auto", "default", "transformer"] = Field(
+        default="auto",
+        description="int8: NNCF's model type; transformer keeps its transformer-specific rules (attention "
+        "scores, layer norms); auto: transformer where the IR has attention (ScaledDotProductAttention, or a "
+        "Softmax over a product of two activations)",
     )
     fast_bias_correction: bool = True
     exclude_nodes: list[str] = Field(default_factory=list, description="int8: node names kept in float")
@@ -232,20 +237,31 @@ BACKEND = OpenVinoBackend()
 
 
 class NncfSearch:
-    """Try 1: NNCF post-training quantization. Try 2 (recovery): NNCF's
+    """Try 1: NNCF post-training quantization with the target's preset. Recovery: the
+    mixed preset (asymmetric activations) where try 1 was symmetric, then NNCF's
     accuracy-aware quantization. Each try is a cached quantize + gate."""
 
     def __init__(self, cfg: ModelConfig, t: OpenVinoTarget, inputs: RecipeInputs) -> None:
         self.cfg, self.t, self.inputs = cfg, t, inputs
 
-    def quantize_step(self, k: int, accuracy_control: bool) -> Step:
+    def modes(self) -> list[tuple[str, bool]]:
+        """(preset, accuracy control) of each try, in order."""
+        t = self.t
+        out = [(t.preset, False)]
+        if t.recovery.enabled:
+            if t.preset != "mixed":
+                out.append(("mixed", False))
+            out.append(("mixed", True))
+        return out
+
+    def quantize_step(self, k: int, preset: str, accuracy_control: bool) -> Step:
         t, cfg = self.t, self.cfg
         metric, max_drop = self.metric()
         qc = NncfConfig(
             io=cfg.io,
             batch_size=cfg.calibration.batch_size,  # type: ignore[union-attr]
             validation_batch_size=cfg.validation.batch_size,
-            preset=t.preset,
+            preset=preset,
             model_type=t.model_type,
             fast_bias_correction=t.fast_bias_correction,
             exclude_nodes=tuple(t.exclude_nodes),
@@ -281,19 +297,20 @@ class NncfSearch:
         )
 
     def first_tries(self) -> list[list[Step]]:
-        return [[self.quantize_step(1, False), self.check_step(1)]]
+        preset, ac = self.modes()[0]
+        return [[self.quantize_step(1, preset, ac), self.check_step(1)]]
 
     def later(self) -> list[str]:
-        if not self.t.recovery.enabled:
-            return []
-        return [self.quantize_step(2, True).id, self.check_step(2).id]
+        ids = []
+        for k, (preset, ac) in enumerate(self.modes()[1:], start=2):
+            ids += [self.quantize_step(k, preset, ac).id, self.check_step(k).id]
+        return ids
 
     def run(self, runner: RecipeRunner, graph: Artifact) -> TargetOutcome:
         tries: list[dict[str, Any]] = []
-        modes = [False, True] if self.t.recovery.enabled else [False]
         out: TargetOutcome | None = None
-        for k, accuracy_control in enumerate(modes, start=1):
-            q = runner.run(self.quantize_step(k, accuracy_control), graph)
+        for k, (preset, accuracy_control) in enumerate(self.modes(), start=1):
+            q = runner.run(self.quantize_step(k, preset, accuracy_control), graph)
             c = runner.run(self.check_step(k), q.output)  # type: ignore[arg-type]
             report = c.output if isinstance(c.output, ParityReport) else None
             ok = report is not None and report.passed
@@ -302,6 +319,7 @@ class NncfSearch:
                 {
                     "try": k,
                     "mode": "nncf accuracy control" if accuracy_control else "nncf",
+                    "preset": preset,
                     "excluded_nodes": (quant or {}).get("float_nodes", []),
                     "metrics": report.meta.get("metrics", {}) if report else {},
                     "failures": report.meta.get("failures", []) if report else [],
@@ -327,7 +345,9 @@ class NncfSearch:
             )
         else:
             out.reason = f"{out.reason} (after {len(tries)} NNCF tr{'y' if len(tries) == 1 else 'ies'})"
-            if len(tries) > 1 and tries[0]["failures"] and not tries[-1]["failures"]:
-                # the last try produced nothing to gate: the first try's figure says how close INT8 came
-                out.reason += f"; try 1 (nncf): {tries[0]['failures'][0]}"
+            gated = [x for x in tries if x["failures"]]
+            if len(tries) > 1 and gated and not tries[-1]["failures"]:
+                # the last try produced nothing to gate: the last gated try's figure says how close INT8 came
+                g = gated[-1]
+                out.reason += f"; try {g['try']} ({g['mode']}, preset {g['preset']}): {g['failures'][0]}"
         return out

@@ -46,6 +46,7 @@ def test_openvino_variants_are_gated_on_openvino_and_published_for_its_backend(o
     assert v["ort_ov"]["gated_on"] == ["onnxruntime", "openvino"]
     assert "not through ONNX Runtime's OpenVINO execution provider" in v["ort_ov"]["served_by"]
     assert v["ov_int8"]["quantization"]["quantizer"] == "nncf.quantize"
+    assert v["ov_int8"]["quantization"]["model_type"] == "default"  # auto: a CNN has no attention
     assert v["ov_int8"]["quantization"]["fake_quantize_nodes"] > 0
     assert v["ov_int8"]["metrics"]["accuracy_drop"] <= 0.5
     assert v["ov_fp32"]["profile"]["runtime"] == "openvino"
@@ -70,7 +71,7 @@ def test_openvino_variants_are_gated_on_openvino_and_published_for_its_backend(o
     assert again["passes_run"] == 0
 
 
-def test_int8_that_misses_its_gate_tries_nncf_accuracy_control_then_fails_with_exit_3(tmp_path, ov_config):
+def test_int8_that_misses_its_gate_tries_the_mixed_preset_and_accuracy_control_then_exits_3(tmp_path, ov_config):
     ov_config["targets"] = [
         {"name": "ov_int8", "backend": "openvino", "precision": "int8", "tolerance": {"cosine_min": 0.99999}}
     ]
@@ -78,8 +79,12 @@ def test_int8_that_misses_its_gate_tries_nncf_accuracy_control_then_fails_with_e
     r = run_cli("build", str(path), "--json", env={"MSCOMPILE_HOME": str(tmp_path / "home")})
     assert r.returncode == 3, r.stderr
     v = json.loads(r.stdout)["variants"][0]
-    assert [t["mode"] for t in v["tries"]] == ["nncf", "nncf accuracy control"]
-    assert "cosine_min" in v["reason"] and "after 2 NNCF tries" in v["reason"]
+    assert [(t["mode"], t["preset"]) for t in v["tries"]] == [
+        ("nncf", "performance"),
+        ("nncf", "mixed"),
+        ("nncf accuracy control", "mixed"),
+    ]
+    assert "cosine_min" in v["reason"] and "after 3 NNCF tries" in v["reason"]
     assert v["quantization"]["quantizer"] == "nncf.quantize_with_accuracy_control"
     assert not (tmp_path / "repo").exists()
 
@@ -170,3 +175,40 @@ def test_onnxruntime_openvino_accelerator_needs_a_backend_with_openvinos_provide
     assert r.returncode == 1, r.stderr
     assert "unknown Execution Accelerator 'openvino'" in r.stderr, r.stderr
     assert "OpenVINO execution provider" in r.stderr and "backend: openvino" in r.stderr, r.stderr
+
+
+def test_auto_model_type_finds_attention_in_the_openvino_graph(tmp_path):
+    """model_type: auto quantizes as a transformer exactly where the IR has attention: a
+    Softmax over a product of two activations (through scale and mask), or the
+    ScaledDotProductAttention OpenVINO fuses it into; not a classifier's Softmax."""
+    import openvino as ov
+    import torch
+    from mscompile.passes.quantize_nncf import attention_blocks
+
+    class Attention(torch.nn.Module):
+        def forward(self, q, k):
+            return torch.softmax(q @ k.transpose(-1, -2) / 8.0 + 1.0, -1)
+
+    class Classifier(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            return torch.softmax(self.fc(x) * 2.0, -1)
+
+    class Sdpa(torch.nn.Module):
+        def forward(self, q, k, v):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    qk = (torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4))
+    found = {}
+    for net, args in (
+        (Attention(), qk),
+        (Classifier(), (torch.randn(2, 4),)),
+        (Sdpa(), (*qk, torch.randn(1, 2, 5, 4))),
+    ):
+        f = tmp_path / f"{type(net).__name__}.onnx"
+        torch.onnx.export(net, args, str(f), dynamo=False)
+        found[type(net).__name__] = attention_blocks(ov.Core().read_model(str(f)))
+    assert found == {"Attention": 1, "Classifier": 0, "Sdpa": 1}
