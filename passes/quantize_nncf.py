@@ -18,7 +18,7 @@ from mscompile.accuracy import cosine_rows, load_reference
 from mscompile.artifacts import OpenVinoModel
 from mscompile.data import batches
 from mscompile.instruments import capture_output
-from mscompile.pipeline import Pass, PassContext, PassResult
+from mscompile.pipeline import Pass, PassContext, PassResult, Status
 from mscompile.sections import IOSpec, Section
 
 
@@ -132,12 +132,15 @@ class QuantizeNncf(Pass[OpenVinoModel, OpenVinoModel]):
                 quantized = nncf.quantize(model, calibration, **kwargs)
         ops = Counter(op.get_type_name() for op in quantized.get_ops())
         fq = ops.get("FakeQuantize", 0)
+        verdict = ""
         if fq == 0 and cfg.accuracy_control:
-            raise RuntimeError(
+            # a verdict on this input, not a crash: stored (FAIL, with the float IR NNCF returned)
+            # so that an unchanged build does not spend the search again
+            verdict = (
                 f"NNCF accuracy control returned every layer to float: no INT8 layer set kept {cfg.metric} within "
                 f"{cfg.max_drop:g} of the float model"
             )
-        if fq == 0:
+        elif fq == 0:
             raise RuntimeError("NNCF inserted no FakeQuantize nodes: nothing in this model was quantized")
         ov.save_model(quantized, str(ctx.workdir / "model.xml"), compress_to_fp16=False)
         settings["fake_quantize_nodes"] = fq
@@ -148,6 +151,8 @@ class QuantizeNncf(Pass[OpenVinoModel, OpenVinoModel]):
             "bytes_before": (inp.path / "model.bin").stat().st_size,
             "bytes_after": (ctx.workdir / "model.bin").stat().st_size,
         }
+        if verdict:
+            return PassResult(path=ctx.workdir, meta=meta, metrics=metrics, status=Status.FAIL, reason=verdict)
         return PassResult(path=ctx.workdir, meta=meta, metrics=metrics)
 
     def _accuracy_control(self, nncf: Any, model: Any, calibration: Any, cfg: NncfConfig, ctx: PassContext, kwargs):

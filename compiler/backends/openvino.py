@@ -85,6 +85,13 @@ class OpenVinoRecovery(Section):
         description="metric drop NNCF may accept (accuracy as a fraction, or cosine); "
         "default: from tolerance.accuracy_drop, else tolerance.cosine",
     )
+    budget_s: float = Field(
+        default=1800.0,
+        ge=0,
+        le=86_400,
+        description="seconds of work the INT8 tries may spend (steps served from the cache cost nothing); "
+        "when spent the search stops before its next try and says which tries it did not run",
+    )
 
 
 INT8_KEYS = ("preset", "model_type", "fast_bias_correction", "exclude_nodes", "exclude_op_types", "recovery")
@@ -256,7 +263,8 @@ class NncfSearch:
 
     def quantize_step(self, k: int, preset: str, accuracy_control: bool) -> Step:
         t, cfg = self.t, self.cfg
-        metric, max_drop = self.metric()
+        # what accuracy control watches is in the key of its own try only: changing it reruns nothing else
+        metric, max_drop = self.metric() if accuracy_control else ("cosine", 0.01)
         qc = NncfConfig(
             io=cfg.io,
             batch_size=cfg.calibration.batch_size,  # type: ignore[union-attr]
@@ -309,28 +317,50 @@ class NncfSearch:
     def run(self, runner: RecipeRunner, graph: Artifact) -> TargetOutcome:
         tries: list[dict[str, Any]] = []
         out: TargetOutcome | None = None
-        for k, (preset, accuracy_control) in enumerate(self.modes(), start=1):
+        modes = self.modes()
+        spent = 0.0  # seconds of work (cache hits cost nothing)
+        budget = self.t.recovery.budget_s
+        for k, (preset, accuracy_control) in enumerate(modes, start=1):
+            mode = "nncf accuracy control" if accuracy_control else "nncf"
+            if tries and spent > budget:
+                untried = [f"try {j} ({'nncf accuracy control' if a else 'nncf'}, preset {p})" for j, (p, a) in
+                           enumerate(modes[k - 1 :], start=k)]  # fmt: skip
+                tries[-1]["stopped"] = (
+                    f"time budget spent ({spent:.0f} s of recovery.budget_s {budget:g} s); "
+                    f"not tried: {', '.join(untried)}"
+                )
+                assert out is not None
+                out.reason += f"; {tries[-1]['stopped']}"
+                break
             q = runner.run(self.quantize_step(k, preset, accuracy_control), graph)
-            c = runner.run(self.check_step(k), q.output)  # type: ignore[arg-type]
-            report = c.output if isinstance(c.output, ParityReport) else None
-            ok = report is not None and report.passed
+            spent += 0.0 if q.cached else q.seconds
             quant = q.output.meta.get("quantization") if q.output is not None else None
+            report, reason = None, q.reason
+            if q.status is Status.OK:
+                # a quantizer that gave nothing to gate (accuracy control returning every layer to
+                # float) is a FAIL verdict of its own, cached like any step: not run again
+                c = runner.run(self.check_step(k), q.output)  # type: ignore[arg-type]
+                spent += 0.0 if c.cached else c.seconds
+                report = c.output if isinstance(c.output, ParityReport) else None
+                reason = c.reason
+            ok = report is not None and report.passed
             tries.append(
                 {
                     "try": k,
-                    "mode": "nncf accuracy control" if accuracy_control else "nncf",
+                    "mode": mode,
                     "preset": preset,
                     "excluded_nodes": (quant or {}).get("float_nodes", []),
                     "metrics": report.meta.get("metrics", {}) if report else {},
                     "failures": report.meta.get("failures", []) if report else [],
                     "passed": ok,
+                    **({} if report is not None else {"reason": q.reason}),
                 }
             )
             out = TargetOutcome(
                 Status.OK if ok else Status.FAIL,
                 q.output,
                 report,
-                "" if ok else c.reason,
+                "" if ok else reason,
                 quantization=quant,
                 gated_on=["openvino"],
             )
