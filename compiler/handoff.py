@@ -660,7 +660,18 @@ def summary_lines(s: dict[str, Any]) -> list[str]:
             "  the build's gate measured: "
             + ", ".join(f"{k}={v:.6g}" for k, v in g.items() if isinstance(v, float | int))
         )
-    return lines
+    return lines + recorded_lines(s)
+
+
+def recorded_lines(s: dict[str, Any]) -> list[str]:
+    """Where a capacity measurement or a tune was kept (report, MLflow run)."""
+    r = s.get("recorded")
+    if not r:
+        return []
+    out = [f"  recorded: {r.get('report') or r['file']}"]
+    if (r.get("mlflow") or {}).get("run_id"):
+        out[0] += f"; MLflow run {r['mlflow']['run_id']} ({r['mlflow']['experiment']})"
+    return out
 
 
 def dumps(s: dict[str, Any]) -> str:
@@ -837,4 +848,4 @@ def tune_lines(s: dict[str, Any]) -> list[str]:
         "  keep it in later builds with, in model.yaml:\n"
         + "\n".join("    " + ln for ln in s["model_yaml"].split("\n"))
     )
-    return out
+    return out + recorded_lines(s)

@@ -1,12 +1,16 @@
 """One self-contained HTML page per build: variants with accuracy and size,
 latency-vs-batch plots, parity error distributions, INT8 tries and excluded
-layers, pass timings. Plots are inline SVG; the page loads nothing."""
+layers, pass timings; and what was measured on the server since (serve-check
+--perf's capacity curve, tune's trials and Pareto front), from the records those
+commands keep under the state folder. Plots are inline SVG; the page loads nothing."""
 
 from __future__ import annotations
 
 import html
 import json
 import math
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +102,106 @@ def _histogram(values: list[float], label: str, log: bool, w: int = 260, h: int 
     return "".join(out)
 
 
-def render(manifest: dict[str, Any]) -> str:
+SERVING_KINDS = ("capacity", "tune")
+
+
+def serving_folder(reports: Path, model: str, version: int) -> Path:
+    return reports / model / f"v{version}" / "serving"
+
+
+def save_serving(reports: Path, model: str, version: int, kind: str, data: dict[str, Any]) -> Path:
+    """Keep one server measurement of a published version (kind: capacity or tune)."""
+    assert kind in SERVING_KINDS
+    d = serving_folder(reports, model, version)
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{kind}.json"
+    write_atomic(
+        path, json.dumps({"kind": kind, "recorded": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **data}, default=str)
+    )
+    return path
+
+
+def load_serving(reports: Path, model: str, version: int) -> dict[str, dict[str, Any]]:
+    """The latest record of each kind for this version (none: {})."""
+    out: dict[str, dict[str, Any]] = {}
+    d = serving_folder(reports, model, version)
+    for path in sorted(d.glob("*.json")) if d.is_dir() else []:
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # a record cut short is not shown
+        if rec.get("kind") in SERVING_KINDS:
+            out[rec["kind"]] = dict(rec, file=str(path))
+    return out
+
+
+def _serving_section(serving: dict[str, dict[str, Any]]) -> str:
+    if not serving:
+        return (
+            "<p>Nothing measured on a server for this version yet: <code>mscompile serve-check --perf</code> "
+            "(capacity with perf_analyzer) and <code>mscompile tune</code> (serving-config search) add it here.</p>"
+        )
+    parts = []
+    cap = serving.get("capacity")
+    if cap:
+        c = cap.get("capacity") or {}
+        series, rows = {}, []
+        for proto in ("grpc", "http"):
+            pts = [p for p in c.get(proto) or [] if p.get("stable")]
+            if pts:
+                series[f"{proto}"] = sorted((p["throughput"], p["latency_ms"]["p99"]) for p in pts)
+            for p in c.get(proto) or []:
+                if p.get("stable"):
+                    lat, tri = p["latency_ms"], p.get("triton") or {}
+                    rows.append(
+                        f"<tr><td>{proto}</td><td>{_e(p['mode'])} {p['value']:g}</td><td>{p['throughput']:.1f}</td>"
+                        f"<td>{lat['p50']:.3g}</td><td>{lat['p90']:.3g}</td><td>{lat['p99']:.3g}</td>"
+                        f"<td>{_e(tri.get('mean_batch', '-'))}</td></tr>"
+                    )
+                else:
+                    rows.append(
+                        f"<tr><td>{proto}</td><td>{_e(p['mode'])} {p['value']:g}</td>"
+                        f"<td colspan='5'>not measured: {_e(p.get('error', 'unstable'))}</td></tr>"
+                    )
+        st = c.get("settings") or {}
+        parts.append(
+            f"<h3>Capacity (perf_analyzer, recorded {_e(cap.get('recorded', ''))})</h3>"
+            f"<p style='font-size:12px'>{_e(st.get('requests', ''))}; windows of {_e(st.get('measurement_ms', '-'))} ms, "
+            f"stable within {_e(st.get('stability_percent', '-'))}%</p>"
+            f"{_line_chart(series, 'throughput (infer/s)', 'p99 latency (ms)')}"
+            "<table><tr><th>protocol</th><th>point</th><th>infer/s</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th>"
+            f"<th>mean batch (Triton)</th></tr>{''.join(rows)}</table>"
+        )
+    tune = serving.get("tune")
+    if tune:
+        front = {p["trial"] for p in tune.get("pareto") or []}
+        rows = []
+        for t in tune.get("trials") or []:
+            k = (t["max_batch_size"], t["max_queue_delay_microseconds"], t["instances"])
+            at = t.get("at") or {}
+            rows.append(
+                f"<tr><td>{t['trial']}</td><td>{k[0]}</td><td>{k[1]}</td><td>{k[2]}</td>"
+                f"<td>{t['throughput_under_slo']}</td><td>{_e(at.get('p99_ms', '-'))}</td>"
+                f"<td>{'yes' if t['trial'] in front else ''}</td></tr>"
+            )
+        pareto = sorted((p["throughput"], p["p99_ms"]) for p in tune.get("pareto") or [])
+        slo = tune.get("objective", {}).get("slo", {}).get("p99_ms")
+        best = tune.get("best") or {}
+        written = tune.get("written")
+        parts.append(
+            f"<h3>Serving-config search (tune, recorded {_e(tune.get('recorded', ''))})</h3>"
+            f"<p>Objective: the highest throughput with p99 &le; {_e(slo)} ms. Published config: "
+            f"{_e(tune.get('published', {}).get('throughput_under_slo'))} infer/s; best: {_e(best.get('candidate', '-'))} "
+            f"at {_e(best.get('throughput_under_slo', '-'))} infer/s"
+            f"{' (written to ' + _e(written['config']) + ')' if written else ' (not written)'}.</p>"
+            f"{_line_chart({'Pareto front': pareto}, 'throughput (infer/s)', 'p99 latency (ms)') if pareto else ''}"
+            "<table><tr><th>trial</th><th>max_batch_size</th><th>queue delay (us)</th><th>instances</th>"
+            f"<th>infer/s under the SLO</th><th>p99 ms there</th><th>on the Pareto front</th></tr>{''.join(rows)}</table>"
+        )
+    return "".join(parts)
+
+
+def render(manifest: dict[str, Any], serving: dict[str, dict[str, Any]] | None = None) -> str:
     cfg = manifest.get("config", {})
     variants = manifest.get("variants", [])
     title = f"mscompile build report: {cfg.get('name', '?')}"
@@ -162,7 +265,8 @@ def render(manifest: dict[str, Any]) -> str:
         for t in v.get("tries") or []:
             tm = t.get("metrics", {})
             tries.append(
-                f"<tr><td>{_e(v['name'])}</td><td>{t['try']}</td><td>{_e(t['mode'])}</td>"
+                f"<tr><td>{_e(v['name'])}</td><td>{t['try']}</td>"
+                f"<td>{_e(t['mode'] + (', preset ' + t['preset'] if t.get('preset') else ''))}</td>"
                 f"<td>{len(t['excluded_nodes'])}{_fraction(t)}</td>"
                 f"<td>{tm.get('cosine', float('nan')):.4f}</td><td>{'pass' if t['passed'] else 'fail'}</td>"
                 f"<td><details><summary>nodes</summary>{'<br>'.join(_e(n) for n in t['excluded_nodes']) or '-'}</details></td></tr>"
@@ -211,17 +315,19 @@ with mscompile {_e(manifest.get("mscompile", ""))}.</p>
 <div class="dists">{"".join(dists) or "<p>No parity data.</p>"}</div>
 <h2>INT8 tries and layers kept in float</h2>
 {("<table><tr><th>variant</th><th>try</th><th>mode</th><th>excluded</th><th>cosine</th><th>gate</th><th>excluded nodes</th></tr>" + "".join(tries) + "</table>") if tries else "<p>No INT8 search in this build.</p>"}
+<h2>Measured on the server</h2>
+{_serving_section(serving or {})}
 <h2>Pass timings</h2>
 <table><tr><th>step</th><th>status</th><th>cached</th><th>seconds</th></tr>{"".join(passes)}</table>
 </body></html>
 """
 
 
-def write_report(manifest: dict[str, Any], out: Path) -> Path:
+def write_report(manifest: dict[str, Any], out: Path, serving: dict[str, dict[str, Any]] | None = None) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     # concurrent builds that reuse one version write the same report name: each stages
     # its own temporary file
-    write_atomic(out, render(manifest))
+    write_atomic(out, render(manifest, serving))
     return out
 
 

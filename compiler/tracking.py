@@ -238,6 +238,69 @@ def make_record(
     return rec
 
 
+def serving_record(settings: TrackingSettings, cfg: Any, kind: str, data: dict[str, Any], files: list[Path]) -> dict:
+    """An MLflow run for a measurement on the server (kind: capacity or tune) of a
+    published version: tagged with the model and version, its points as metrics whose
+    step is the concurrency (capacity: one curve per protocol and figure) or the trial
+    (tune), the whole record and the report as artifacts."""
+    now = time.time()
+    model, version = data.get("model", cfg.name), data.get("version")
+    tags = {
+        "mscompile.kind": f"serve-check-{kind}" if kind == "capacity" else kind,
+        "mscompile.model": cfg.name,
+        "mscompile.version": __version__,
+        "triton.model": str(model),
+        "triton.version": str(version),
+        **{f"ci.{k}": os.environ[k] for k in CI_VARIABLES if os.environ.get(k)},
+    }
+    series: list[list[Any]] = []
+    metrics: dict[str, float] = {}
+    params: dict[str, str] = {}
+    if kind == "capacity":
+        cap = data.get("capacity") or {}
+        params = flatten(cap.get("settings") or {})
+        for proto in ("grpc", "http"):
+            for p in cap.get(proto) or []:
+                if not p.get("stable"):
+                    continue
+                step = int(p["value"])
+                pre = f"{proto}.{p['mode']}"
+                series.append([f"{pre}.throughput", p["throughput"], step])
+                for q, v in p["latency_ms"].items():
+                    series.append([f"{pre}.{q}_ms", v, step])
+                if (p.get("triton") or {}).get("mean_batch") is not None:
+                    series.append([f"{pre}.mean_batch", p["triton"]["mean_batch"], step])
+        best = [p["throughput"] for proto in ("grpc", "http") for p in cap.get(proto) or [] if p.get("stable")]
+        if best:
+            metrics["max_throughput"] = max(best)
+    else:
+        params = {"slo_p99_ms": str(data["objective"]["slo"]["p99_ms"]), "variant": str(data.get("variant"))}
+        for t in data.get("trials") or []:
+            series.append(["trial.throughput_under_slo", t["throughput_under_slo"], int(t["trial"])])
+        metrics["published.throughput_under_slo"] = data["published"]["throughput_under_slo"]
+        metrics["best.throughput_under_slo"] = (data.get("best") or {}).get("throughput_under_slo", 0.0)
+        if data.get("speedup_vs_published") is not None:
+            metrics["speedup_vs_published"] = data["speedup_vs_published"]
+        metrics["written"] = 1.0 if data.get("written") else 0.0
+    return {
+        "id": uuid.uuid4().hex,
+        "settings": asdict(settings),
+        "run_name": f"{model}-v{version}-{kind}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}",
+        "start_ms": int(now * 1000),
+        "end_ms": int(now * 1000),
+        "params": params,
+        "tags": tags,
+        "error": None,
+        "metrics": metrics,
+        "series": series,
+        "variants": [],
+        "artifacts": [[str(f), "serving"] for f in files],
+        "published": [],
+        "summary": None,
+        "manifest": None,
+    }
+
+
 def spool_dir(state_dir: Path) -> Path:
     return state_dir / "mlflow-spool"
 
@@ -422,6 +485,9 @@ def _log_record(rec: dict[str, Any]) -> str:
     run_id = run.info.run_id
     params(run_id, rec["params"])
     metrics(run_id, rec["metrics"])
+    steps = [Metric(k, float(v), rec["end_ms"], int(step)) for k, v, step in rec.get("series") or []]
+    for i in range(0, len(steps), 1000):
+        client.log_batch(run_id, metrics=steps[i : i + 1000])
     for v in rec["variants"]:
         child = client.create_run(
             exp_id,

@@ -27,6 +27,7 @@ def test_perf_sweeps_concurrency_and_request_rate_with_perf_analyzer(tri, pa, di
         "serve-check", str(path), *server_args(tri), "--json", "--perf", "--perf-analyzer", pa,
         "--perf-concurrency", "1,4", "--perf-request-rate", "200", "--perf-window", "1000",
         "--perf-stability", "100",  # what is checked is the sweep's record, not how steady a shared CI host is
+        env={"MSCOMPILE_NO_MLFLOW": ""},  # recorded in MLflow (the suite turns it off elsewhere)
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
@@ -45,6 +46,22 @@ def test_perf_sweeps_concurrency_and_request_rate_with_perf_analyzer(tri, pa, di
         assert c1["triton"]["mean_batch"] == 1.0 and c4["triton"]["mean_batch"] > 1.0
         assert rate["throughput"] == pytest.approx(200, rel=0.1)
         assert c4["throughput"] > c1["throughput"]
+    # kept for the version's report and as an MLflow run whose steps are the concurrency
+    rec = out["recorded"]
+    page = Path(rec["report"]).read_text()
+    assert "Capacity (perf_analyzer" in page and "p99 latency (ms) vs throughput (infer/s)" in page
+    assert json.loads(Path(rec["file"]).read_text())["capacity"] == cap
+    assert rec["mlflow"]["run_id"] and not rec["warnings"]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=rec["mlflow"]["tracking_uri"])
+    hist = client.get_metric_history(rec["mlflow"]["run_id"], "grpc.concurrency.throughput")
+    assert sorted(m.step for m in hist) == [1, 4]
+    run = client.get_run(rec["mlflow"]["run_id"])
+    assert run.data.tags["mscompile.kind"] == "serve-check-capacity" and run.data.tags["triton.version"] == "1"
+    # `mscompile report` renders it too
+    r = run_cli("report", str(path))
+    assert r.returncode == 0 and "Capacity (perf_analyzer" in Path(r.stdout.split(": ")[-1].strip()).read_text()
 
 
 def test_perf_without_a_working_perf_analyzer_exits_2_before_loading(tmp_path, digits_fp32):

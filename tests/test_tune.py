@@ -73,3 +73,9 @@ def test_tune_on_triton_records_every_trial_and_writes_a_config_that_serves(tri,
         assert out["check"]["passed"]  # reloaded from the repository, answers within the gate
     else:  # the published config was already the best measured: left as it was
         assert out["written"] is None and (repo / "digits/config.pbtxt").read_text() == before
+    # every trial is kept for the version's report, the Pareto front marked; no MLflow run here
+    # (the suite turns tracking off; tests/test_perf.py checks the run of a capacity record)
+    page = Path(out["recorded"]["report"]).read_text()
+    assert "Serving-config search (tune" in page and page.count("<tr><td>") >= len(out["trials"])
+    assert "yes</td></tr>" in page  # at least one trial on the Pareto front
+    assert "mlflow" not in out["recorded"]

@@ -19,7 +19,7 @@ from ..jobs import Tracking, build_many, build_one, error_summary, tracking_sett
 from ..llm.tools import TOOLS
 from ..llm.tools import setup as setup_tool
 from ..reference import markdown as reference_page
-from ..report import latest_manifest, write_report
+from ..report import latest_manifest, load_serving, write_report
 from ..scaffold import init_hf_yaml, init_yaml
 from ..state import State
 from ..tasks import json_schema, load_config, task_of
@@ -287,8 +287,10 @@ def report(
         cfg = load_config(config)
         name = model_name or cfg.name
         manifest, path = latest_manifest(resolve_path(cfg.triton.repository), name, version)
-        dest = out or State.resolve(cache_dir).reports / name / f"v{manifest['version']}.html"
-        click.echo(f"report of {path.parent}: {write_report(manifest, dest)}")
+        reports = State.resolve(cache_dir).reports
+        dest = out or reports / name / f"v{manifest['version']}.html"
+        serving = load_serving(reports, name, int(manifest["version"]))
+        click.echo(f"report of {path.parent}: {write_report(manifest, dest, serving)}")
 
     run(ctx, go)
 
@@ -355,6 +357,13 @@ def _checked(as_json: bool, check: Any, after: Any, lines_on_failure: bool) -> N
     default=None,
     help="The perf_analyzer binary (or a wrapper); default: $MSCOMPILE_PERF_ANALYZER, else perf_analyzer on PATH.",
 )
+@click.option(
+    "--no-mlflow",
+    is_flag=True,
+    envvar="MSCOMPILE_NO_MLFLOW",
+    help="--perf: do not record the capacity as an MLflow run (it is still kept for the version's report; "
+    "$MSCOMPILE_NO_MLFLOW=1 too).",
+)
 @CACHE_DIR_OPT
 @click.pass_context
 def serve_check_cmd(
@@ -411,6 +420,12 @@ def serve_check_cmd(
     "--perf-stability", type=click.FloatRange(1, 100), default=10.0, show_default=True, help="perf_analyzer's %."
 )
 @click.option("--perf-analyzer", "perf_analyzer", default=None, help="The perf_analyzer binary (or a wrapper).")
+@click.option(
+    "--no-mlflow",
+    is_flag=True,
+    envvar="MSCOMPILE_NO_MLFLOW",
+    help="Do not record the search as an MLflow run (the report still shows it; $MSCOMPILE_NO_MLFLOW=1 too).",
+)
 @click.option("--dry-run", is_flag=True, help="Search and report; do not write the config.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @CACHE_DIR_OPT

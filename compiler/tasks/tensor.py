@@ -35,7 +35,11 @@ from ..pipeline import Driver, Status
 from ..publish import Deployment, deployment_names, preflight, write_repository
 from ..rayserve import problems as rayserve_problems
 from ..rayserve import servable, serve_check_rayserve, write_app
+from ..report import latest_manifest, load_serving, save_serving, write_report
 from ..serving.perf import PerfOptions, find_perf_analyzer
+from ..tracking import preflight as tracking_preflight
+from ..tracking import resolve as tracking_settings
+from ..tracking import serving_record, submit
 from ..tritonrepo.config import to_text
 from ..validate import probe_io, validate_all
 from .base import Task
@@ -198,8 +202,12 @@ class TensorTask(Task):
                 start_timeout=server.get("load_timeout") or 300.0,
             )
         if server.get("url") or server.get("grpc_url"):
-            return serve_check(cfg, state, check_options(server, version, say))
-        return _on_local_server(cfg, state, server, version, say, serve_check)
+            out = serve_check(cfg, state, check_options(server, version, say))
+        else:
+            out = _on_local_server(cfg, state, server, version, say, serve_check)
+        if "capacity" in out:
+            record_serving(cfg, state, "capacity", out, say, mlflow=not server.get("no_mlflow"))
+        return out
 
     def tune(self, cfg: Any, state: Any, version: int | None, say: Any, server: dict[str, Any]) -> dict:
         """The serving-config search, against --grpc-url or a tritonserver started here."""
@@ -211,11 +219,46 @@ class TensorTask(Task):
         )
         server = dict(server, perf=True, protocol="grpc")
         if server.get("grpc_url"):
-            return tune(cfg, state, check_options(server, version, say), topts)
-        return _on_local_server(cfg, state, server, version, say, lambda c, st, o: tune(c, st, o, topts))
+            out = tune(cfg, state, check_options(server, version, say), topts)
+        else:
+            out = _on_local_server(cfg, state, server, version, say, lambda c, st, o: tune(c, st, o, topts))
+        record_serving(cfg, state, "tune", out, say, mlflow=not server.get("no_mlflow"))
+        return out
 
     def deploy(self, cfg: Any, state: Any, version: int | None, say: Any, server: dict[str, Any]) -> dict:
         return deploy(cfg, state, check_options(server, version, say))
+
+
+def record_serving(cfg: Any, state: Any, kind: str, out: dict[str, Any], say: Any, mlflow: bool) -> None:
+    """Keep a measurement on the server (capacity or tune) of a published version: its
+    record under the state folder, the version's HTML report rendered again with it, and
+    an MLflow run (unless --no-mlflow). Where each went is `out["recorded"]`; a record
+    that cannot be written is said (`out["recorded"]["warnings"]`), never hiding the
+    measurement itself."""
+    model, version = out["model"], out["version"]
+    saved = save_serving(state.reports, model, version, kind, out)
+    rec: dict[str, Any] = {"file": str(saved), "warnings": []}
+    files = [saved]
+    try:
+        manifest, _ = latest_manifest(resolve_path(cfg.triton.repository), model, version)
+        page = write_report(
+            manifest, state.reports / model / f"v{version}.html", load_serving(state.reports, model, version)
+        )
+        rec["report"] = str(page)
+        files.append(page)
+    except ConfigError as exc:
+        rec["warnings"].append(f"report not written: {exc}")
+    if mlflow:
+        settings = tracking_settings(cfg, state.root, None, None)
+        try:
+            tracking_preflight(settings)
+            logged = submit(serving_record(settings, cfg, kind, out, files), state.root, sync=True)
+            rec["mlflow"] = {"tracking_uri": settings.shown, "experiment": settings.experiment, **logged}
+        except Exception as exc:  # noqa: BLE001 - the measurement stands; say why it was not logged
+            rec["warnings"].append(f"not recorded in MLflow ({settings.shown}): {type(exc).__name__}: {exc}")
+    for w in rec["warnings"]:
+        say(f"warning: {w}")
+    out["recorded"] = rec
 
 
 def _on_local_server(cfg: Any, state: Any, server: dict[str, Any], version: int | None, say: Any, work: Any) -> dict:
