@@ -30,7 +30,7 @@ def gpu_stack(session: nox.Session) -> None:
     their own and never load this stack's onnx or onnxruntime); CI's first leg runs the
     rest (`not vllm and not zoo`), so every test runs in one leg or both."""
     session.install(*INSTALL, "onnx==1.23.1", "onnxruntime==1.30.0")
-    session.run("python", "-m", "pytest", "-m", "not servers and (not llm or vllm)", *session.posargs)
+    session.run("python", "-m", "pytest", "-n", "2", "-m", "not servers and (not llm or vllm)", *session.posargs)
 
 
 @nox.session(python="3.12")

@@ -96,6 +96,14 @@ def tiny_project(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="session")
+def minilm_home(tmp_path_factory):
+    """One state folder for the builds of the MiniLM example (tests of the xdist group
+    "minilm"): the second build of the unchanged example is a cache hit, and other
+    MiniLM configs share its export and graph steps."""
+    return tmp_path_factory.mktemp("minilm-home")
+
+
+@pytest.fixture(scope="session")
 def digits_module():
     sys.path.insert(0, str(REPO))
     from examples.digits.model import DigitsNet
@@ -107,9 +115,17 @@ FIGURES: list[str] = []
 
 
 @pytest.fixture
-def figures():
-    """Lines printed at the end of the run (the safety tests' measured figures)."""
-    return FIGURES
+def figures(request):
+    """Lines printed at the end of the run (the safety tests' measured figures). They
+    travel in the test's report, so that a run with workers (-n 2) prints them too."""
+    lines: list[str] = []
+    yield lines
+    request.node.user_properties += [("mscompile-figure", line) for line in lines]
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "teardown":
+        FIGURES.extend(v for k, v in report.user_properties if k == "mscompile-figure")
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -136,6 +152,18 @@ VLLM_FILES = {"test_vllm.py", "test_w8a8_architectures.py"}
 # the architecture coverage set (about 5 minutes): CI runs it in its second leg only
 ZOO_FILES = {"test_zoo.py"}
 
+# With workers (-n 2, --dist loadgroup), tests of one group run on one worker, one at a
+# time: Ray clusters (a second head on one machine collides on Ray's fixed ports), the
+# capacity measurements (perf_analyzer figures of one another's load), vLLM engines
+# (each sizes its KV cache from the memory it finds).
+XDIST_GROUPS = {
+    "test_farm.py": "ray",
+    "test_rayserve.py": "ray",
+    "test_perf.py": "perf",
+    "test_tune.py": "perf",
+    **dict.fromkeys(VLLM_FILES, "vllm"),
+}
+
 
 def pytest_collection_modifyitems(config, items):
     """Every test under tests/llm is marked `llm`, those of VLLM_FILES also `vllm`, every
@@ -155,3 +183,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.servers)
         if item.path.name in ZOO_FILES:
             item.add_marker(pytest.mark.zoo)
+        if item.path.name in XDIST_GROUPS:
+            item.add_marker(pytest.mark.xdist_group(XDIST_GROUPS[item.path.name]))
+        elif item.path.name == "test_build_minilm.py" or "examples/minilm/" in item.nodeid:
+            item.add_marker(pytest.mark.xdist_group("minilm"))  # they share minilm_home

