@@ -147,6 +147,11 @@ SERVER_FILES = {
 }
 
 
+# tests of refusals and of crash and concurrency safety: what they check (exit codes,
+# messages, nothing half-written, no poisoned cache) does not change with the
+# onnx/onnxruntime pins, so CI runs them in its first leg only
+ONCE_FILES = {"test_hostile.py", "test_hostile3.py", "test_cli_errors.py", "test_safety.py", "test_dataflow.py"}
+
 # tests that run vLLM itself (minutes each): CI runs them in its second leg only
 VLLM_FILES = {"test_vllm.py", "test_w8a8_architectures.py"}
 # the architecture coverage set (about 5 minutes): CI runs it in its second leg only
@@ -167,12 +172,12 @@ XDIST_GROUPS = {
 
 def pytest_collection_modifyitems(config, items):
     """Every test under tests/llm is marked `llm`, those of VLLM_FILES also `vllm`, every
-    test of SERVER_FILES `servers`, of ZOO_FILES `zoo`. CI's legs (.ci/run, noxfile.py):
-    the first runs `not vllm and not zoo`, the second (Python 3.12 with the GPU machine's onnx/onnxruntime) runs
-    `not servers and (not llm or vllm)`: vLLM runs in its own environment and never loads
-    either stack's onnx or onnxruntime, so the legs split it from the server tests (the first leg
-    measured 27 minutes on 2 cores; the second is estimated, not measured); every test
-    runs in one leg or both."""
+    test of SERVER_FILES `servers`, of ZOO_FILES `zoo`, of ONCE_FILES `once`. CI's legs
+    (.ci/run, noxfile.py), each on two workers: the first runs `not vllm and not zoo`, the
+    second (Python 3.12 with the GPU machine's onnx/onnxruntime) runs
+    `not servers and not once and (not llm or vllm)`: vLLM runs in its own environment and
+    never loads either stack's onnx or onnxruntime, so the legs split it from the server
+    tests; every test runs in one leg or both."""
     llm = REPO / "tests" / "llm"
     for item in items:
         if llm in item.path.parents:
@@ -183,6 +188,8 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.servers)
         if item.path.name in ZOO_FILES:
             item.add_marker(pytest.mark.zoo)
+        if item.path.name in ONCE_FILES:
+            item.add_marker(pytest.mark.once)
         if item.path.name in XDIST_GROUPS:
             item.add_marker(pytest.mark.xdist_group(XDIST_GROUPS[item.path.name]))
         elif item.path.name == "test_build_minilm.py" or "examples/minilm/" in item.nodeid:

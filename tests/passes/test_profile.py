@@ -97,19 +97,22 @@ def test_profile_stops_at_its_time_budget():
     """A batch size whose windows never agree stops when its share of the budget is spent,
     reported unsettled with its noise (the budget, not max_windows, ends it)."""
     import itertools
-    import time
 
     from mscompile.passes.profile import ProfilingConfig, measure
 
     cfg = parse_config(yaml.safe_load((REPO / "examples/digits/model.yaml").read_text()))
     pc = ProfilingConfig(io=cfg.io, batch_sizes=(1,), window=3, max_windows=1000, agreement=0.01, warmup=0)
-    waits = itertools.cycle([0.0, 0.004])  # alternate windows of two speeds: they never agree
+    # the test's clock: calls cost 1 ms and 5 ms in turn, so windows of three alternate
+    # between medians of 1 and 5 ms and never agree, on any host
+    now = [0.0]
+    costs = itertools.cycle([0.001, 0.005])
 
     def run(_feeds):
-        time.sleep(next(waits))
+        now[0] += next(costs)
 
-    m = measure(run, {}, pc, budget_s=0.2)
-    assert not m["stable"] and m["over_budget"] and m["windows"] < 1000 and m["noise"] > 0.01
+    m = measure(run, {}, pc, budget_s=0.2, clock=lambda: now[0])
+    assert not m["stable"] and m["over_budget"] and m["noise"] > 0.01
+    assert m["windows"] == 23  # windows of 7 and 11 ms: 22 take 0.198 s of its clock, the 23rd passes 0.2 s
 
 
 def test_smallest_and_all(tmp_path, digits):
