@@ -158,9 +158,11 @@ VLLM_FILES = {"test_vllm.py", "test_w8a8_architectures.py"}
 ZOO_FILES = {"test_zoo.py"}
 
 # With workers (-n 2, --dist loadgroup), tests of one group run on one worker, one at a
-# time: Ray clusters (a second head on one machine collides on Ray's fixed ports), the
-# capacity measurements (perf_analyzer figures of one another's load), vLLM engines
-# (each sizes its KV cache from the memory it finds).
+# time. Each file is a group of its own (its module fixtures, such as the coverage set's
+# builds, are made once, not once per worker), and these files share one: Ray clusters (a
+# second head on one machine collides on Ray's fixed ports), the capacity measurements
+# (perf_analyzer figures of one another's load), vLLM engines (each sizes its KV cache
+# from the memory it finds).
 XDIST_GROUPS = {
     "test_farm.py": "ray",
     "test_rayserve.py": "ray",
@@ -170,6 +172,7 @@ XDIST_GROUPS = {
 }
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the xdist_group marks added here
 def pytest_collection_modifyitems(config, items):
     """Every test under tests/llm is marked `llm`, those of VLLM_FILES also `vllm`, every
     test of SERVER_FILES `servers`, of ZOO_FILES `zoo`, of ONCE_FILES `once`. CI's legs
@@ -191,6 +194,9 @@ def pytest_collection_modifyitems(config, items):
         if item.path.name in ONCE_FILES:
             item.add_marker(pytest.mark.once)
         if item.path.name in XDIST_GROUPS:
-            item.add_marker(pytest.mark.xdist_group(XDIST_GROUPS[item.path.name]))
+            group = XDIST_GROUPS[item.path.name]
         elif item.path.name == "test_build_minilm.py" or "examples/minilm/" in item.nodeid:
-            item.add_marker(pytest.mark.xdist_group("minilm"))  # they share minilm_home
+            group = "minilm"  # they share minilm_home
+        else:
+            group = str(item.path.relative_to(REPO / "tests"))
+        item.add_marker(pytest.mark.xdist_group(group))
