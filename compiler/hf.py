@@ -455,7 +455,7 @@ def images(folder: str, images_folder: str, files: str = "", batch: int = 32, re
     from PIL import Image
 
     proc = _image_processor(Path(folder))
-    paths = image_files(Path(images_folder), "validation.data")
+    paths = image_files(Path(images_folder), "generator_args.images_folder")
     for s in range(0, len(paths), batch):
         ims = [Image.open(p).convert("RGB") for p in paths[s : s + batch]]
         if resize:

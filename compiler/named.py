@@ -227,7 +227,7 @@ def images(preset: dict[str, Any], images_folder: str, batch: int = 32) -> Any:
     from PIL import Image
 
     h, w = preset["size"]
-    paths = image_files(Path(images_folder), "validation.data")
+    paths = image_files(Path(images_folder), "generator_args.images_folder")
     for s in range(0, len(paths), batch):
         out = []
         for p in paths[s : s + batch]:

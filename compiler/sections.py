@@ -285,6 +285,17 @@ class Tolerance(Section):
         return self if self.outputs is None or name in self.outputs else None
 
 
+def recovery_budget() -> Any:
+    """recovery.budget_s of every INT8 search (ONNX Runtime's, NNCF's)."""
+    return Field(
+        default=1800.0,
+        ge=0,
+        le=86_400,
+        description="seconds of work the INT8 search may spend (steps served from the cache cost nothing); "
+        "when spent it stops before its next try and says which tries it did not run",
+    )
+
+
 class RecoveryConfig(Section):
     """What to do when an INT8 variant misses its gate: rank tensors by quantization
     noise (SQNR), keep the worst nodes in float, re-quantize, re-check."""
@@ -302,13 +313,7 @@ class RecoveryConfig(Section):
     max_excluded_fraction: float = Field(
         default=0.3, gt=0, le=1, description="most quantizable nodes that may be left in float"
     )
-    budget_s: float = Field(
-        default=1800.0,
-        ge=0,
-        le=86_400,
-        description="seconds of work the INT8 search may spend (steps served from the cache cost nothing); "
-        "when spent it stops before its next try and says which tries and modes it did not run",
-    )
+    budget_s: float = recovery_budget()
 
 
 class ProfileSettings(Section):

@@ -40,6 +40,7 @@ from .errors import ConfigError
 from .faults import point
 from .pipeline import tracked_libraries
 from .sections import redact_url
+from .state import file_lock
 
 CI_VARIABLES = (
     "CI",
@@ -167,36 +168,56 @@ def _metric_name(*parts: str) -> str:
 # -- the record: everything MLflow gets, captured when the build ends ------------------
 
 
-def make_record(
-    settings: TrackingSettings, cfg: Any, config_path: Path, result: Any, error: BaseException | None, started: float
-) -> dict[str, Any]:
-    # the versions the build recorded (its passes' libraries); the core's when it ended early
-    libraries = (getattr(result, "manifest", None) or {}).get("libraries") or tracked_libraries([])
-    tags = {
-        "mscompile.kind": "build",
-        "mscompile.model": cfg.name,
-        "mscompile.version": __version__,
-        "mscompile.config_file": str(config_path.resolve()),
-        **git_info(config_path.resolve().parent),
-        **{f"ci.{k}": os.environ[k] for k in CI_VARIABLES if os.environ.get(k)},
-        **{f"lib.{k}": v for k, v in libraries.items()},
-    }
+def _record(settings: TrackingSettings, kind: str, model: str, run_name: str, started: float, **fields: Any) -> dict:
+    """What every record holds (a build's, a serving measurement's); `fields` add to it."""
     rec: dict[str, Any] = {
         "id": uuid.uuid4().hex,
         "settings": asdict(settings),
-        "run_name": f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(started))}",
+        "run_name": f"{run_name}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(started))}",
         "start_ms": int(started * 1000),
         "end_ms": int(time.time() * 1000),
-        "params": flatten(cfg.model_dump(mode="json")),
-        "tags": tags,
-        "error": str(error) if error is not None else None,
+        "params": {},
+        "tags": {
+            "mscompile.kind": kind,
+            "mscompile.model": model,
+            "mscompile.version": __version__,
+            **{f"ci.{k}": os.environ[k] for k in CI_VARIABLES if os.environ.get(k)},
+        },
+        "error": None,
         "metrics": {},
+        "series": [],  # [metric, value, step]: curves
         "variants": [],
         "artifacts": [],
         "published": [],
         "summary": None,
         "manifest": None,
     }
+    tags = fields.pop("tags", {})
+    rec.update(fields)
+    rec["tags"].update(tags)
+    return rec
+
+
+def make_record(
+    settings: TrackingSettings, cfg: Any, config_path: Path, result: Any, error: BaseException | None, started: float
+) -> dict[str, Any]:
+    # the versions the build recorded (its passes' libraries); the core's when it ended early
+    libraries = (getattr(result, "manifest", None) or {}).get("libraries") or tracked_libraries([])
+    tags = {
+        "mscompile.config_file": str(config_path.resolve()),
+        **git_info(config_path.resolve().parent),
+        **{f"lib.{k}": v for k, v in libraries.items()},
+    }
+    rec = _record(
+        settings,
+        "build",
+        cfg.name,
+        cfg.name,
+        started,
+        tags=tags,
+        params=flatten(cfg.model_dump(mode="json")),
+        error=str(error) if error is not None else None,
+    )
     if result is None:
         return rec
     m = rec["metrics"]
@@ -243,16 +264,7 @@ def serving_record(settings: TrackingSettings, cfg: Any, kind: str, data: dict[s
     published version: tagged with the model and version, its points as metrics whose
     step is the concurrency (capacity: one curve per protocol and figure) or the trial
     (tune), the whole record and the report as artifacts."""
-    now = time.time()
     model, version = data.get("model", cfg.name), data.get("version")
-    tags = {
-        "mscompile.kind": f"serve-check-{kind}" if kind == "capacity" else kind,
-        "mscompile.model": cfg.name,
-        "mscompile.version": __version__,
-        "triton.model": str(model),
-        "triton.version": str(version),
-        **{f"ci.{k}": os.environ[k] for k in CI_VARIABLES if os.environ.get(k)},
-    }
     series: list[list[Any]] = []
     metrics: dict[str, float] = {}
     params: dict[str, str] = {}
@@ -282,23 +294,18 @@ def serving_record(settings: TrackingSettings, cfg: Any, kind: str, data: dict[s
         if data.get("speedup_vs_published") is not None:
             metrics["speedup_vs_published"] = data["speedup_vs_published"]
         metrics["written"] = 1.0 if data.get("written") else 0.0
-    return {
-        "id": uuid.uuid4().hex,
-        "settings": asdict(settings),
-        "run_name": f"{model}-v{version}-{kind}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}",
-        "start_ms": int(now * 1000),
-        "end_ms": int(now * 1000),
-        "params": params,
-        "tags": tags,
-        "error": None,
-        "metrics": metrics,
-        "series": series,
-        "variants": [],
-        "artifacts": [[str(f), "serving"] for f in files],
-        "published": [],
-        "summary": None,
-        "manifest": None,
-    }
+    return _record(
+        settings,
+        f"serve-check-{kind}" if kind == "capacity" else kind,
+        cfg.name,
+        f"{model}-v{version}-{kind}",
+        time.time(),
+        tags={"triton.model": str(model), "triton.version": str(version)},
+        params=params,
+        metrics=metrics,
+        series=series,
+        artifacts=[[str(f), "serving"] for f in files],
+    )
 
 
 def spool_dir(state_dir: Path) -> Path:
@@ -374,24 +381,6 @@ def scrub_uri(text: str, uri: str) -> str:
     return text.replace(bare, redact_url(bare)) if bare != redact_url(bare) else text
 
 
-@contextlib.contextmanager
-def _flock(path: Path, blocking: bool):
-    """An exclusive lock held by an open file (released when the holder exits or
-    dies: no stale lock). Yields False when non-blocking and taken."""
-    import fcntl
-
-    fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
-
-
 def _store_lock(record: dict[str, Any], spool: Path) -> Path:
     """One writer per tracking store at a time: two builds opening a fresh SQLite
     store together race in its schema migration."""
@@ -403,13 +392,13 @@ def _store_lock(record: dict[str, Any], spool: Path) -> Path:
 def log_spooled(path: Path) -> str | None:
     """Log one spooled record into MLflow, then delete it. Returns the run id (None
     when another process holds the record, or it is gone)."""
-    with _flock(path.with_suffix(".lock"), blocking=False) as mine:
+    with file_lock(path.with_suffix(".lock"), blocking=False) as mine:
         if not mine or not path.exists():
             return None
         record = json.loads(path.read_text())
         point("mlflow:log")
         try:
-            with _flock(_store_lock(record, path.parent), blocking=True):
+            with file_lock(_store_lock(record, path.parent), blocking=True):
                 run_id = log_record(record)
         except Exception as exc:
             path.with_suffix(".error").write_text(
@@ -485,7 +474,7 @@ def _log_record(rec: dict[str, Any]) -> str:
     run_id = run.info.run_id
     params(run_id, rec["params"])
     metrics(run_id, rec["metrics"])
-    steps = [Metric(k, float(v), rec["end_ms"], int(step)) for k, v, step in rec.get("series") or []]
+    steps = [Metric(k, float(v), rec["end_ms"], int(step)) for k, v, step in rec.get("series", [])]
     for i in range(0, len(steps), 1000):
         client.log_batch(run_id, metrics=steps[i : i + 1000])
     for v in rec["variants"]:

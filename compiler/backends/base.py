@@ -65,16 +65,26 @@ class Gate:
 
 
 class RecipeRunner:
-    """Runs steps of one target through the driver and remembers their ids in order."""
+    """Runs steps of one target through the driver and remembers their ids in order;
+    `work_s`: seconds of the steps that ran (cache hits cost nothing), what a search's
+    time budget counts."""
 
     def __init__(self, driver: Driver) -> None:
         self.driver = driver
         self.steps: list[str] = []
+        self.work_s = 0.0
 
     def run(self, step: Step, inp: Artifact) -> StepRecord:
         rec = self.driver.run_step(step, inp)
         self.steps.append(step.id)
+        if not rec.cached:
+            self.work_s += rec.seconds
         return rec
+
+
+def budget_stop(spent: float, budget: float, untried: list[str]) -> str:
+    """What an INT8 search that spent its recovery.budget_s says it left out."""
+    return f"time budget spent ({spent:.0f} s of recovery.budget_s {budget:g} s); not tried: {', '.join(untried)}"
 
 
 class Search(Protocol):

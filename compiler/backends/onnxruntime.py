@@ -36,6 +36,7 @@ from .base import (
     Requirement,
     ServedModel,
     TargetOutcome,
+    budget_stop,
     parity_step,
     profile_step,
 )
@@ -323,20 +324,11 @@ class Int8Search:
         tries: list[dict[str, Any]] = []
         passing: list[tuple[float, TargetOutcome]] = []
         last: TargetOutcome | None = None
-        spent = [0.0]  # seconds of steps that ran (not from the cache)
+        start = runner.work_s
         untried: list[str] = []
 
-        class _Timed:
-            def run(self, step: Step, inp: Any) -> Any:
-                rec = runner.run(step, inp)
-                if not rec.cached:
-                    spent[0] += rec.seconds
-                return rec
-
-        timed = _Timed()
-
         def over_budget(what: str) -> bool:
-            if tries and spent[0] > t.recovery.budget_s:
+            if tries and runner.work_s - start > t.recovery.budget_s:
                 untried.append(what)
                 return True
             return False
@@ -357,7 +349,7 @@ class Int8Search:
                 k += 1
                 prefix = f"{t.name}/{mode}#{k}"
                 try:
-                    q = timed.run(self.quantize_step(mode, excluded, prefix, floated, corrected), graph)
+                    q = runner.run(self.quantize_step(mode, excluded, prefix, floated, corrected), graph)
                 except PassError as exc:  # this try failed, not the build: record it, try the next mode
                     last = _failed_try(tries, mode, why, f"quantization failed: {_first_line(exc.cause)}")
                     break
@@ -371,7 +363,7 @@ class Int8Search:
                     used += 1
                     seen.add(q.output.digest)  # type: ignore[union-attr]
                     try:
-                        c = timed.run(self.check_step(prefix), q.output)  # type: ignore[arg-type]
+                        c = runner.run(self.check_step(prefix), q.output)  # type: ignore[arg-type]
                     except PassError as exc:  # the quantized graph does not run: a failed try
                         last = _failed_try(
                             tries, mode, why, f"ONNX Runtime cannot run the quantized graph: {_first_line(exc.cause)}"
@@ -411,7 +403,7 @@ class Int8Search:
                     break
                 if not equalized and t.recovery.equalize:
                     # float-exact rescaling first: it keeps everything quantized
-                    e = timed.run(self.equalize_step(prefix), graph)
+                    e = runner.run(self.equalize_step(prefix), graph)
                     equalized = True
                     if e.output is not None and (e.metrics.get("pairs", 0) or e.metrics.get("smoothed", 0)):
                         graph, why = e.output, "equalization"
@@ -420,7 +412,7 @@ class Int8Search:
                     corrected, why = True, "bias correction"
                     continue
                 # keep the noisiest activations in float (their consumers read float)
-                a = timed.run(self.analyze_step(prefix, graph), q.output)  # type: ignore[arg-type]
+                a = runner.run(self.analyze_step(prefix, graph), q.output)  # type: ignore[arg-type]
                 n_quant = int(q.metrics.get("quantizable_nodes", 0))
                 budget = math.floor(t.recovery.max_excluded_fraction * n_quant)
                 target_n = min(budget, math.ceil(budget * used / (attempts - 1)))
@@ -433,10 +425,7 @@ class Int8Search:
                     break
                 floated, why = chosen, "tensors in float"
         if untried and tries:
-            tries[-1]["stopped"] = (
-                f"time budget spent ({spent[0]:.0f} s of recovery.budget_s {t.recovery.budget_s:g} s); "
-                f"not tried: {', '.join(untried)}"
-            )
+            tries[-1]["stopped"] = budget_stop(runner.work_s - start, t.recovery.budget_s, untried)
         if passing:
             passing.sort(key=lambda p: p[0])
             best = passing[0][1]

@@ -26,7 +26,7 @@ from pydantic import Field
 from ..artifacts import Artifact
 from ..pipeline import Status, Step
 from ..runtimes import openvino_session
-from ..sections import Section, TargetBase, is_dynamic
+from ..sections import Section, TargetBase, is_dynamic, recovery_budget
 from ..tritonrepo.config import base_model_config
 from .base import (
     Backend,
@@ -37,6 +37,7 @@ from .base import (
     Requirement,
     ServedModel,
     TargetOutcome,
+    budget_stop,
     parity_step,
     profile_step,
 )
@@ -85,13 +86,7 @@ class OpenVinoRecovery(Section):
         description="metric drop NNCF may accept (accuracy as a fraction, or cosine); "
         "default: from tolerance.accuracy_drop, else tolerance.cosine",
     )
-    budget_s: float = Field(
-        default=1800.0,
-        ge=0,
-        le=86_400,
-        description="seconds of work the INT8 tries may spend (steps served from the cache cost nothing); "
-        "when spent the search stops before its next try and says which tries it did not run",
-    )
+    budget_s: float = recovery_budget()
 
 
 INT8_KEYS = ("preset", "model_type", "fast_bias_correction", "exclude_nodes", "exclude_op_types", "recovery")
@@ -243,6 +238,10 @@ class OpenVinoBackend(Backend):
 BACKEND = OpenVinoBackend()
 
 
+def _mode(accuracy_control: bool) -> str:
+    return "nncf accuracy control" if accuracy_control else "nncf"
+
+
 class NncfSearch:
     """Try 1: NNCF post-training quantization with the target's preset. Recovery: the
     mixed preset (asymmetric activations) where try 1 was symmetric, then NNCF's
@@ -318,29 +317,22 @@ class NncfSearch:
         tries: list[dict[str, Any]] = []
         out: TargetOutcome | None = None
         modes = self.modes()
-        spent = 0.0  # seconds of work (cache hits cost nothing)
-        budget = self.t.recovery.budget_s
+        start, budget = runner.work_s, self.t.recovery.budget_s
         for k, (preset, accuracy_control) in enumerate(modes, start=1):
-            mode = "nncf accuracy control" if accuracy_control else "nncf"
-            if tries and spent > budget:
-                untried = [f"try {j} ({'nncf accuracy control' if a else 'nncf'}, preset {p})" for j, (p, a) in
-                           enumerate(modes[k - 1 :], start=k)]  # fmt: skip
-                tries[-1]["stopped"] = (
-                    f"time budget spent ({spent:.0f} s of recovery.budget_s {budget:g} s); "
-                    f"not tried: {', '.join(untried)}"
-                )
+            mode = _mode(accuracy_control)
+            if tries and runner.work_s - start > budget:
+                untried = [f"try {j} ({_mode(a)}, preset {p})" for j, (p, a) in enumerate(modes[k - 1 :], start=k)]
+                tries[-1]["stopped"] = budget_stop(runner.work_s - start, budget, untried)
                 assert out is not None
                 out.reason += f"; {tries[-1]['stopped']}"
                 break
             q = runner.run(self.quantize_step(k, preset, accuracy_control), graph)
-            spent += 0.0 if q.cached else q.seconds
             quant = q.output.meta.get("quantization") if q.output is not None else None
             report, reason = None, q.reason
             if q.status is Status.OK:
                 # a quantizer that gave nothing to gate (accuracy control returning every layer to
                 # float) is a FAIL verdict of its own, cached like any step: not run again
                 c = runner.run(self.check_step(k), q.output)  # type: ignore[arg-type]
-                spent += 0.0 if c.cached else c.seconds
                 report = c.output if isinstance(c.output, ParityReport) else None
                 reason = c.reason
             ok = report is not None and report.passed

@@ -7,7 +7,6 @@ them here when MSCOMPILE_VLLM_PYTHON / MSCOMPILE_LLMCOMPRESSOR_PYTHON are unset.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import subprocess
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, MscompileError
+from ..state import file_lock
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,7 @@ def setup(name: str, root: Path | None = None, say: Callable[[str], None] = lamb
     env.parent.mkdir(parents=True, exist_ok=True)
     # two setups at once (parallel CI jobs or test workers on one machine): the second
     # waits for the first and finds its environment instead of deleting it
-    with open(env.parent / f".{tool.folder}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(env.parent / f".{tool.folder}.lock"):
         done = installed(name, root)
         if done is not None:
             say(f"{name}: set up meanwhile by another process: {done}")
