@@ -158,11 +158,11 @@ VLLM_FILES = {"test_vllm.py", "test_w8a8_architectures.py"}
 ZOO_FILES = {"test_zoo.py"}
 
 # With workers (-n 2, --dist loadgroup), tests of one group run on one worker, one at a
-# time. Each file is a group of its own (its module fixtures, such as the coverage set's
-# builds, are made once, not once per worker), and these files share one: Ray clusters (a
-# second head on one machine collides on Ray's fixed ports), the capacity measurements
-# (perf_analyzer figures of one another's load), vLLM engines (each sizes its KV cache
-# from the memory it finds).
+# time. Each file is a group of its own (its tests run on one worker, beside their module
+# fixtures), and these files share one: the tests that
+# start local Ray clusters (written for one at a time on a machine), the capacity
+# measurements (perf_analyzer's figures would include one another's load), and the vLLM
+# engines (several GB of memory each).
 XDIST_GROUPS = {
     "test_farm.py": "ray",
     "test_rayserve.py": "ray",

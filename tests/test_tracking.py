@@ -330,3 +330,46 @@ def test_an_explicit_sqlite_uri_keeps_artifacts_in_the_state_folder(tmp_path):
     assert r.returncode == 0, r.stderr
     assert not (path.parent / "mlruns").exists() and (home / "mlartifacts").is_dir()
     assert len(_build_runs(uri, "mscompile/tiny")) == 1
+
+
+def test_a_serving_record_is_logged_with_steps_and_an_unreachable_store_is_a_warning(tmp_path, digits_config):
+    """tune's record as an MLflow run (each trial at its step, the record file as an
+    artifact); a version without a published build and a store that cannot be reached
+    are warnings in `recorded`, never a failed check (docs/serving-triton.md)."""
+    from mscompile.state import State
+    from mscompile.tasks import parse_config
+    from mscompile.tasks.tensor import record_serving
+
+    cfg = parse_config(digits_config)
+    state = State(root=tmp_path / "home", cache=tmp_path / "home" / "cache")
+    tune = {
+        "model": "digits",
+        "version": 1,
+        "variant": "fp32",
+        "objective": {"maximize": "throughput", "slo": {"p99_ms": 5.0}},
+        "published": {"throughput_under_slo": 900.0},
+        "trials": [
+            {"trial": 1, "throughput_under_slo": 1500.0},
+            {"trial": 2, "throughput_under_slo": 700.0},
+        ],
+        "best": {"throughput_under_slo": 1500.0},
+        "written": None,
+    }
+    said: list[str] = []
+    record_serving(cfg, state, "tune", tune, said.append, mlflow=True)
+    rec = tune["recorded"]
+    assert any(w.startswith("report not written: ") and "no published version" in w for w in rec["warnings"])
+    client = MlflowClient(tracking_uri=rec["mlflow"]["tracking_uri"])
+    hist = client.get_metric_history(rec["mlflow"]["run_id"], "trial.throughput_under_slo")
+    assert sorted((m.step, m.value) for m in hist) == [(1, 1500.0), (2, 700.0)]
+    run = client.get_run(rec["mlflow"]["run_id"])
+    assert run.data.tags["mscompile.kind"] == "tune" and run.data.metrics["written"] == 0.0
+    arts = [a.path for a in client.list_artifacts(rec["mlflow"]["run_id"], "serving")]
+    assert arts == [f"serving/{os.path.basename(rec['file'])}"]
+
+    unreachable = parse_config(dict(digits_config, mlflow={"tracking_uri": "http://127.0.0.1:9"}))
+    out = dict(tune)
+    record_serving(unreachable, state, "tune", out, said.append, mlflow=True)
+    assert "mlflow" not in out["recorded"] and os.path.isfile(out["recorded"]["file"])
+    assert any(w.startswith("not recorded in MLflow (http://127.0.0.1:9)") for w in out["recorded"]["warnings"])
+    assert any(s.startswith("warning: not recorded in MLflow") for s in said)
