@@ -17,17 +17,46 @@ from .errors import ConfigError
 from .sections import IOSpec, Tolerance, is_dynamic
 
 
-def compare(out: np.ndarray, ref: np.ndarray, classes: bool = True) -> dict[str, float]:
+def real_positions(out: np.ndarray, mask: np.ndarray | None) -> np.ndarray | None:
+    """Where a token-level output holds answers: the padding mask (validation.padding_mask)
+    != 0, broadcast over the output's trailing dims; None when the output is not
+    token-level (its leading dims are not the mask's) or there is no mask."""
+    if mask is None or out.ndim < mask.ndim or out.shape[: mask.ndim] != mask.shape:
+        return None
+    keep = np.asarray(mask) != 0
+    return np.broadcast_to(keep.reshape(keep.shape + (1,) * (out.ndim - keep.ndim)), out.shape)
+
+
+def without_padding(out: np.ndarray, ref: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """`out` and `ref` with their padded positions set to 0 in both (they then add
+    nothing to a difference, a dot product or a norm); unchanged where `mask` does not
+    apply to the output."""
+    keep = real_positions(out, mask)
+    if keep is None:
+        return out, ref
+    return np.where(keep, out, 0).astype(out.dtype), np.where(keep, ref, 0).astype(ref.dtype)
+
+
+def compare(
+    out: np.ndarray, ref: np.ndarray, classes: bool = True, mask: np.ndarray | None = None, mask_name: str = ""
+) -> dict[str, Any]:
     """Parity metrics of one output against its reference (samples on axis 0).
     Cosine only where a sample has more than one value (on one value it is always
-    +-1 and checks nothing); top-1 agreement only for class scores (`classes`)."""
+    +-1 and checks nothing); top-1 agreement only for class scores (`classes`).
+    `mask`: the padding mask; a token-level output is compared at its real positions
+    only, and says so (`positions`)."""
+    keep = real_positions(out, mask)
+    if keep is not None:
+        out, ref = without_padding(out, ref, mask)
     a = out.astype(np.float64).reshape(out.shape[0], -1) if out.ndim > 0 else out.astype(np.float64).reshape(1, -1)
     b = ref.astype(np.float64).reshape(a.shape)
     diff = np.abs(a - b)
-    scale = float(np.abs(b).max()) or 1.0
-    m = {
+    scale = float(np.abs(b).max()) if b.size else 1.0
+    scale = scale or 1.0
+    counted = int(keep.sum()) if keep is not None else diff.size
+    m: dict[str, Any] = {
         "max_abs": float(diff.max()) if diff.size else 0.0,
-        "mean_abs": float(diff.mean()) if diff.size else 0.0,
+        "mean_abs": float(diff.sum() / counted) if counted else 0.0,
         "max_rel": float(diff.max() / scale) if diff.size else 0.0,
         "nonfinite": int((~np.isfinite(out)).sum()),
     }
@@ -35,7 +64,13 @@ def compare(out: np.ndarray, ref: np.ndarray, classes: bool = True) -> dict[str,
         cos = cosine_rows(a, b)
         m.update(cosine=float(cos.mean()), cosine_min=float(cos.min()))
     if classes and out.ndim == 2 and out.shape[1] > 1:
-        m["top1_agreement"] = float((out.argmax(axis=1) == ref.argmax(axis=1)).mean())
+        if keep is None:
+            got, want = out.argmax(axis=1), ref.argmax(axis=1)
+        else:  # the best-scoring real position
+            got, want = np.where(keep, out, -np.inf).argmax(axis=1), np.where(keep, ref, -np.inf).argmax(axis=1)
+        m["top1_agreement"] = float((got == want).mean())
+    if keep is not None:
+        m["positions"] = {"compared": int(keep.sum()), "of": int(keep.size), "mask": mask_name or "padding mask"}
     return m
 
 
@@ -50,12 +85,23 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(denom > 0, (a * b).sum(axis=1) / np.where(denom > 0, denom, 1.0), np.where(na + nb == 0, 1.0, 0.0))
 
 
-def per_sample(out: np.ndarray, ref: np.ndarray, cap: int = 2000) -> dict[str, list[float]]:
-    """Per-sample max |error| and cosine of the first output (for the report's histograms)."""
-    a = out[:cap].astype(np.float64).reshape(min(len(out), cap), -1)
-    b = ref[:cap].astype(np.float64).reshape(a.shape)
+def per_sample(
+    out: np.ndarray, ref: np.ndarray, cap: int = 2000, mask: np.ndarray | None = None
+) -> dict[str, list[float]]:
+    """Per-sample max |error| and cosine of the first output (for the report's histograms),
+    at the real positions of a token-level output."""
+    out, ref = without_padding(out[:cap], ref[:cap], None if mask is None else mask[:cap])
+    a = out.astype(np.float64).reshape(len(out), -1)
+    b = ref.astype(np.float64).reshape(a.shape)
     cos = cosine_rows(a, b)
     return {"max_abs": [float(x) for x in np.abs(a - b).max(axis=1)], "cosine": [float(x) for x in cos]}
+
+
+def padding_line(padding: dict[str, Any]) -> str:
+    """Which outputs the gates compared at real positions only, e.g. 'last_hidden_state
+    where attention_mask != 0 (812 of 1,024 positions; validation.padding_mask)'."""
+    parts = [f"{n} where {p['mask']} != 0 ({p['compared']:,} of {p['of']:,} values)" for n, p in padding.items()]
+    return "; ".join(parts) + ": padded positions carry no answer (validation.padding_mask: none compares them too)"
 
 
 UPPER = ("max_abs", "max_rel", "accuracy_drop")  # gates that hold a maximum
@@ -108,9 +154,17 @@ def apply_gate(per_output: dict[str, dict[str, Any]], tol: Tolerance, task: dict
 
 
 def evaluate(
-    outs: dict[str, np.ndarray], ref: dict[str, np.ndarray], labels: np.ndarray | None, io: IOSpec, tol: Tolerance
+    outs: dict[str, np.ndarray],
+    ref: dict[str, np.ndarray],
+    labels: np.ndarray | None,
+    io: IOSpec,
+    tol: Tolerance,
+    mask: np.ndarray | None = None,
+    mask_name: str = "",
 ) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
-    """Per-output metrics, their worst values over all outputs, and the gate's failures."""
+    """Per-output metrics, their worst values over all outputs, and the gate's failures.
+    `mask`: the padding mask input's values (validation.padding_mask): token-level
+    outputs are judged at their real positions only."""
     first = io.outputs[0].name
     # an output whose size depends on the data (a detector's boxes) can come out with
     # another count than the reference's: that is a failed gate, not a comparison
@@ -131,10 +185,12 @@ def evaluate(
         n: (n == first and labels is not None) or getattr(tol.for_output(n), "top1_agreement", None) is not None
         for n in outs
     }
-    per_output = {n: compare(outs[n], ref[n], classes[n]) for n in outs}
+    per_output = {n: compare(outs[n], ref[n], classes[n], mask, mask_name) for n in outs}
     agg: dict[str, Any] = {}
     for m in per_output.values():
         for k, v in m.items():
+            if not isinstance(v, int | float):
+                continue
             worse = max if k in ("max_abs", "mean_abs", "max_rel", "nonfinite") else min
             agg[k] = v if k not in agg else worse(agg[k], v)
     task = None
@@ -264,17 +320,22 @@ def bucket_key(output: str, bucket: str) -> str:
 
 
 def evaluate_buckets(
-    buckets: dict[str, dict[str, np.ndarray]], ref: dict[str, np.ndarray], io: IOSpec, tol: Tolerance
+    buckets: dict[str, dict[str, np.ndarray]],
+    ref: dict[str, np.ndarray],
+    io: IOSpec,
+    tol: Tolerance,
+    masks: dict[str, np.ndarray] | None = None,
+    mask_name: str = "",
 ) -> tuple[dict[str, Any], list[str]]:
     """The gate at each generated shape: per bucket its samples, metrics and failures;
     and every failure, prefixed with the bucket. Labels belong to the data as given, so
-    accuracy_drop is judged there only."""
+    accuracy_drop is judged there only. `masks`: each bucket's padding mask."""
     per_bucket: dict[str, Any] = {}
     fails: list[str] = []
     tol_b = tol.model_copy(update={"accuracy_drop": None})
     for name, outs in buckets.items():
         r = {o: ref[bucket_key(o, name)] for o in outs}
-        agg, _, f = evaluate(outs, r, None, io, tol_b)
+        agg, _, f = evaluate(outs, r, None, io, tol_b, (masks or {}).get(name), mask_name)
         per_bucket[name] = {
             "samples": int(next(iter(outs.values())).shape[0]) if io.has_batch_axis() else 1,
             "metrics": agg,

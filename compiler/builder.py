@@ -85,6 +85,8 @@ class Variant:
             "failures": self.report.meta.get("failures", []) if self.report else [],
             # the gate at each generated shape (validation.shapes: generate)
             "buckets": self.report.meta.get("buckets", {}) if self.report else {},
+            # token-level outputs compared at their real positions (validation.padding_mask)
+            "padding": self.report.meta.get("padding", {}) if self.report else {},
             # what would ship (meta "bytes" where the artifact folder holds more, e.g. a checkpoint's
             # calibration state)
             "size_bytes": (self.model.meta.get("bytes") or size_of(self.model.path)) if self.model else None,

@@ -108,6 +108,17 @@ class ModelConfig(Section):
     def has_batch_axis(self) -> bool:
         return self.io.has_batch_axis()
 
+    def padding_mask(self) -> str | None:
+        """The input whose zeros mark padded positions (validation.padding_mask resolved):
+        the gates compare token-level outputs where it is not 0."""
+        setting = self.validation.padding_mask
+        if setting == "none":
+            return None
+        if setting == "auto":
+            ints = {i.name for i in self.inputs if i.dtype.startswith(("int", "uint")) or i.dtype == "bool"}
+            return "attention_mask" if "attention_mask" in ints else None
+        return setting
+
     def max_batch_size(self) -> int:
         """Triton's max_batch_size: the configured one, else the batch range max."""
         if self.triton.max_batch_size is not None:
@@ -365,6 +376,19 @@ def semantic_problems(cfg: ModelConfig, where: str) -> list[str]:
 
     for i, t in enumerate(cfg.targets):
         out.extend(get(t.backend).problems(cfg, t, f"{where}: targets[{i}]"))
+    mask = cfg.validation.padding_mask
+    if mask not in ("auto", "none"):
+        spec = next((i for i in cfg.inputs if i.name == mask), None)
+        if spec is None:
+            out.append(
+                f"{where}: validation.padding_mask: {mask!r} is not an input (inputs: "
+                f"{', '.join(i.name for i in cfg.inputs)}); name the mask input, or write auto or none"
+            )
+        elif not (spec.dtype.startswith(("int", "uint")) or spec.dtype == "bool"):
+            out.append(
+                f"{where}: validation.padding_mask: input {mask!r} is {spec.dtype}; a padding mask holds "
+                "integers or booleans (0 at padded positions)"
+            )
     if cfg.validation.labels is not None and cfg.validation.labels in seen_inputs:
         out.append(f"{where}: validation.labels: {cfg.validation.labels!r} is also an input name")
     if cfg.pipeline is not None:

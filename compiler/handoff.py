@@ -355,7 +355,9 @@ def serve_check(cfg: Any, state: Any, opts: CheckOptions) -> dict[str, Any]:
     try:
         summary["load_seconds"] = _load(control, name, version, opts, loaded)
         feeds, ref, labels = validation_reference(cfg, state)
-        results, fails = _check(libs, control, name, version, feeds, ref, labels, cfg.io, target.tolerance, opts)
+        results, fails = _check(
+            libs, control, name, version, feeds, ref, labels, cfg.io, target.tolerance, opts, cfg.padding_mask()
+        )
         failures += fails
         gate = next((v for v in manifest.get("variants", []) if v.get("name") == target_name), {})
         summary.update(
@@ -442,8 +444,10 @@ def _check(
     io: Any,
     tolerance: Any,
     opts: CheckOptions,
+    mask: str | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
-    """Replay `feeds` over every protocol and gate the answers; (per protocol, failures)."""
+    """Replay `feeds` over every protocol and gate the answers; (per protocol, failures).
+    `mask`: the padding-mask input (token-level outputs judged at real positions)."""
     served = _served_config(control, name, version)
     clients = [
         TritonClient(
@@ -460,7 +464,12 @@ def _check(
         for proto, lib in libs.items()
     ]
     return check_clients(
-        clients, clients[0].requests, opts.concurrency, tensor_judge(ref, labels, io, tolerance), opts.progress, name
+        clients,
+        clients[0].requests,
+        opts.concurrency,
+        tensor_judge(ref, labels, io, tolerance, feeds, mask),
+        opts.progress,
+        name,
     )
 
 
@@ -796,7 +805,9 @@ def tune(cfg: Any, state: Any, opts: CheckOptions, topts: TuneOptions) -> dict[s
             keep = replace_config(repo, name, published_text, text, cfg.triton.lock_timeout_s)
             summary["written"] = {"config": str(repo / name / "config.pbtxt"), "replaced_kept_in": str(keep)}
             load(None)  # from the repository, as a server restart would
-            results, failures = _check(libs, control, name, version, feeds, ref, labels, cfg.io, target.tolerance, opts)
+            results, failures = _check(
+                libs, control, name, version, feeds, ref, labels, cfg.io, target.tolerance, opts, cfg.padding_mask()
+            )
             summary["check"] = {"protocols": results, "passed": not failures, "failures": failures}
             if failures:
                 raise ServedWrongError(f"the tuned config of {name} serves wrong answers: {'; '.join(failures)}")

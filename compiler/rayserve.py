@@ -338,7 +338,7 @@ def serve_check_rayserve(
             [client],
             client.requests,
             concurrency,
-            tensor_judge(ref, labels, cfg.io, target.tolerance),
+            tensor_judge(ref, labels, cfg.io, target.tolerance, feeds, cfg.padding_mask()),
             say,
             f"{cfg.name} (Ray Serve)",
         )

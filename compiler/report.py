@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .accuracy import padding_line
 from .errors import ConfigError
 from .tritonrepo.writer import MANIFEST, versions, write_atomic
 
@@ -284,6 +285,7 @@ def render(manifest: dict[str, Any], serving: dict[str, dict[str, Any]] | None =
         f"<td>{'batch: not judged' if r['batch'] else _e(', '.join(f'{v} ({k})' for k, v in r['not_gated'].items()) or 'none')}</td></tr>"
         for r in manifest.get("shape_coverage") or []
     ]
+    padded = next((v["padding"] for v in variants if v.get("padding")), {})
     bucket_rows = [
         f"<tr><td>{_e(v['name'])}</td><td>{_e(name)}</td><td>{b['samples']}</td>"
         f"<td>{_e(' '.join(f'{k}={x:.6g}' for k, x in b['metrics'].items() if isinstance(x, float)))}</td>"
@@ -308,6 +310,7 @@ with mscompile {_e(manifest.get("mscompile", ""))}.</p>
 {"".join(rows)}</table>
 <h2>Shapes the gates covered</h2>
 {("<table><tr><th>input dim</th><th>name</th><th>declared</th><th>gated at</th><th>never gated</th></tr>" + "".join(shapes) + "</table>") if shapes else "<p>No dynamic dimensions with a declared range (or not recorded for this task).</p>"}
+{("<p>" + _e("The gates compared " + padding_line(padded)) + "</p>") if padded else ""}
 {("<h3>Gates per generated shape (validation.shapes: generate)</h3><table><tr><th>variant</th><th>bucket</th><th>samples</th><th>parity vs PyTorch</th><th>gate</th></tr>" + "".join(bucket_rows) + "</table>") if bucket_rows else ""}
 <h2>Latency and throughput vs batch size</h2>
 <div class="plots">{_line_chart(lat_series, "batch size", "p50 latency (ms)")}{_line_chart(thr_series, "batch size", "throughput (samples/s; LLMs: tokens/s)")}</div>

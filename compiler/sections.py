@@ -223,6 +223,15 @@ class ValidationConfig(DataSource):
         "strict: a build with such a size fails (exit 3) and publishes nothing",
     )
 
+    padding_mask: str = Field(
+        default="auto",
+        description="the input whose zeros mark padding (a tokenizer's attention mask): an output whose "
+        "leading dims are that input's (a token-level output, e.g. last_hidden_state [batch, sequence, "
+        "hidden]) is compared only where the mask is not 0, since padded positions carry no answer; "
+        "auto: the input named attention_mask, if the model has an integer one; none: compare every "
+        "position; or an input's name",
+    )
+
     def gate_shapes(self) -> str:
         """What the reference and the gates run (their steps' setting): the data as given
         ("report"; `strict` only changes the verdict after the gates), or also the

@@ -35,11 +35,12 @@ class CheckConfig(Section):
     runtime: str = "onnxruntime"  # the runtime the step's session runs (for the report, and the key)
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     shapes: str = "report"  # validation.shapes: "generate" gates each generated shape bucket too
+    padding_mask: str | None = None  # the input whose zeros mark padding (validation.padding_mask, resolved)
 
 
 class CheckAccuracy(Pass[OnnxModel, ParityReport]):
     name = "check_accuracy"
-    version = 6
+    version = 7
     input_type = OnnxModel
     output_type = ParityReport
     Config = CheckConfig
@@ -70,7 +71,7 @@ class CheckAccuracy(Pass[OnnxModel, ParityReport]):
                 )
             raise
         return make_report(
-            ctx, inp.digest, inp.meta.get("precision"), outs, ref, labels, cfg, n, seconds, runtime, buckets
+            ctx, inp.digest, inp.meta.get("precision"), outs, ref, labels, cfg, n, seconds, runtime, buckets, feeds
         )
 
 
@@ -78,7 +79,7 @@ class CheckAccuracyOpenVino(CheckAccuracy):
     """The gate of an OpenVINO IR, on the OpenVINO runtime (CPU plugin defaults)."""
 
     name = "check_accuracy_openvino"
-    version = 3
+    version = 4
     input_type = OpenVinoModel  # type: ignore[assignment]
     libraries = ("openvino", "numpy")
 
@@ -100,13 +101,21 @@ def make_report(
     seconds: float,
     runtime: str = "onnxruntime",
     buckets: dict[str, dict[str, np.ndarray]] | None = None,
+    feeds: dict[str, np.ndarray] | None = None,
 ) -> PassResult[ParityReport]:
     """The gate's verdict and report. `buckets`: the variant's outputs at each generated
-    shape; each is judged on its own and every one must pass."""
-    agg, per_output, failures = evaluate(outs, ref, labels, cfg.io, cfg.tolerance)
-    per_bucket, bucket_fails = evaluate_buckets(buckets or {}, ref, cfg.io, cfg.tolerance)
+    shape; each is judged on its own and every one must pass. `feeds`: the validation
+    inputs, whose padding mask (cfg.padding_mask) limits token-level outputs to their
+    real positions, at the data's shape and in each bucket."""
+    key = cfg.padding_mask
+    mask = feeds.get(key) if feeds is not None and key else None
+    masks = {name: b[key] for name, b in generated(cfg, feeds)} if feeds is not None and key else {}
+    agg, per_output, failures = evaluate(outs, ref, labels, cfg.io, cfg.tolerance, mask, key or "")
+    per_bucket, bucket_fails = evaluate_buckets(buckets or {}, ref, cfg.io, cfg.tolerance, masks, key or "")
     failures = failures + bucket_fails
-    distribution = per_sample(outs[cfg.io.outputs[0].name], ref[cfg.io.outputs[0].name])
+    first = cfg.io.outputs[0].name
+    distribution = per_sample(outs[first], ref[first], mask=mask)
+    padding = {n: m["positions"] for n, m in per_output.items() if "positions" in m}
     report = {
         "model_digest": model_digest,
         "precision": precision,
@@ -114,6 +123,7 @@ def make_report(
         "metrics": agg,
         "per_output": per_output,
         "buckets": per_bucket,
+        "padding": padding,
         "tolerance": cfg.tolerance.model_dump(exclude_none=True),
         "passed": not failures,
         "failures": failures,
@@ -129,6 +139,7 @@ def make_report(
         "distribution": distribution,
         "metrics": agg,
         "buckets": per_bucket,
+        "padding": padding,
         "model_digest": model_digest,
         "runtime": runtime,
         "onnxruntime_seconds": seconds,

@@ -18,7 +18,7 @@ from mscompile.pipeline import Pass, PassContext, PassResult, Status
 
 class CheckAccuracyTrt(Pass[TrtEngine, ParityReport]):
     name = "check_accuracy_trt"
-    version = 4
+    version = 5
     input_type = TrtEngine
     output_type = ParityReport
     Config = CheckConfig
@@ -58,5 +58,5 @@ class CheckAccuracyTrt(Pass[TrtEngine, ParityReport]):
             buckets = {name: run_all(runner, bfeeds) for name, bfeeds in generated(cfg, feeds)}
         n = int(next(iter(feeds.values())).shape[0])
         return make_report(
-            ctx, inp.digest, inp.meta.get("precision"), outs, ref, labels, cfg, n, seconds, "tensorrt", buckets
+            ctx, inp.digest, inp.meta.get("precision"), outs, ref, labels, cfg, n, seconds, "tensorrt", buckets, feeds
         )

@@ -14,7 +14,7 @@ from collections import Counter
 from typing import Any, Literal
 
 import numpy as np
-from mscompile.accuracy import cosine_rows, load_reference
+from mscompile.accuracy import cosine_rows, load_reference, without_padding
 from mscompile.artifacts import OpenVinoModel
 from mscompile.data import batches
 from mscompile.instruments import capture_output
@@ -34,6 +34,7 @@ class NncfConfig(Section):
     accuracy_control: bool = False
     metric: Literal["accuracy", "cosine"] = "cosine"
     max_drop: float = 0.01
+    padding_mask: str | None = None  # accuracy control's cosine skips padded positions, as the gate does
 
 
 def samples(io: IOSpec, feeds: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
@@ -173,7 +174,8 @@ class QuantizeNncf(Pass[OpenVinoModel, OpenVinoModel]):
                 if use_accuracy:
                     scores.extend((out.argmax(axis=-1) == lab).tolist())
                 else:
-                    scores.extend(cosine_rows(out, r).tolist())  # zeros score 0, not 1
+                    mask = feed.get(cfg.padding_mask) if cfg.padding_mask else None
+                    scores.extend(cosine_rows(*without_padding(out, r, mask)).tolist())  # zeros score 0, not 1
             return float(np.mean(scores)) if scores else 0.0
 
         validation = nncf.Dataset(items, lambda item: item[0])

@@ -311,3 +311,58 @@ def _unpack_vision(cache: Path, root: Path) -> None:
     (tmp / ".complete").write_text("\n".join(VISION_PINS) + "\n")
     shutil.rmtree(root, ignore_errors=True)
     tmp.rename(root)
+
+
+TOKEN_MODEL_SRC = '''
+import torch
+
+
+class Tokens(torch.nn.Module):
+    """Embeds tokens; padded positions get a value fp16 cannot hold (its graph says 65504)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(20, 8)
+        self.proj = torch.nn.Linear(8, 8)
+
+    def forward(self, input_ids, attention_mask):
+        h = torch.tanh(self.proj(self.emb(input_ids)))
+        keep = attention_mask.unsqueeze(-1) > 0
+        return torch.where(keep, h, torch.full_like(h, 1.0e6)), h.mean(dim=1)
+'''
+
+
+def make_token_project(tmp_path: Path) -> dict:
+    """A token model on disk (tokmodel.py, tok.pt, val.npz of 12 texts of 3..9 tokens
+    padded to 10) whose padded positions of last_hidden_state hold 1e6, which an fp16
+    graph cannot hold; returns its model.yaml dict (one fp16 target)."""
+    import numpy as np
+    import torch
+
+    (tmp_path / "tokmodel.py").write_text(TOKEN_MODEL_SRC)
+    ns: dict = {}
+    exec(compile(TOKEN_MODEL_SRC, "tokmodel", "exec"), ns)  # noqa: S102 - our own test source
+    torch.manual_seed(0)
+    torch.save(ns["Tokens"]().state_dict(), tmp_path / "tok.pt")
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 20, size=(12, 10)).astype(np.int64)
+    mask = np.ones_like(ids)
+    for i in range(12):
+        mask[i, 3 + i % 7 :] = 0  # texts of 3..9 tokens padded to 10
+    ids[mask == 0] = 0
+    np.savez(tmp_path / "val.npz", input_ids=ids, attention_mask=mask)
+    rng_dims = {"min": [1, 1], "opt": [4, 10], "max": [16, 10]}
+    return {
+        "name": "tok",
+        "source": {"checkpoint": "tok.pt", "factory": "tokmodel:Tokens"},
+        "inputs": [
+            {"name": "input_ids", "dtype": "int64", "shape": [-1, "sequence"], "range": rng_dims},
+            {"name": "attention_mask", "dtype": "int64", "shape": [-1, "sequence"], "range": rng_dims},
+        ],
+        "outputs": [{"name": "last_hidden_state"}, {"name": "pooled"}],
+        "export": {"exporter": "torchscript"},
+        "validation": {"data": "val.npz"},
+        "targets": [{"name": "fp16", "precision": "fp16", "tolerance": {"max_rel": 0.02}}],
+        "triton": {"repository": "repo"},
+        "profile": {"enabled": False},
+    }

@@ -219,6 +219,14 @@ CORE_PROBLEMS = [
     ),
     (lambda d: d["validation"].update(labels="images"), "validation.labels: 'images' is also an input name"),
     (
+        lambda d: d["validation"].update(padding_mask="mask"),
+        "validation.padding_mask: 'mask' is not an input (inputs: images); name the mask input",
+    ),
+    (
+        lambda d: d["validation"].update(padding_mask="images"),
+        "validation.padding_mask: input 'images' is float32; a padding mask holds integers or booleans",
+    ),
+    (
         lambda d: d.update(profile={"batch_sizes": [1, 128]}),
         "profile.batch_sizes[1]: 128 is outside the batch range 1..64",
     ),

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from helpers import REPO, make_tiny_project, requires, run_cli, write_config
+from helpers import REPO, make_tiny_project, make_token_project, requires, run_cli, write_config
 from triton_harness import server_args
 
 
@@ -225,6 +225,31 @@ def test_polling_server_never_sees_a_broken_pair(tri, tmp_path, monkeypatch):
     for version, got in answers:
         np.testing.assert_allclose(got, expected[version], atol=1e-6)
     assert {a[0] for a in answers} >= {"1", "4"} and len(answers) > 10
+
+
+def test_serve_check_judges_token_outputs_at_real_positions(tri, tmp_path):
+    """What Triton serves at the padded positions of a token-level output (an fp16 graph's
+    65504) is left out of serve-check's gate as it is of the build's; with
+    validation.padding_mask: none the same answers fail there, named."""
+    d = make_token_project(tmp_path)
+    path = write_config(d, tmp_path / "model.yaml")
+    r = run_cli("build", str(path), "-q", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run_cli("serve-check", str(path), *_server_args(tri), "--json", "--protocol", "grpc", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    row = json.loads(r.stdout)["protocols"]["grpc"]
+    real = int(np.load(tmp_path / "val.npz")["attention_mask"].sum())
+    assert row["per_output"]["last_hidden_state"]["positions"] == {
+        "compared": real * 8,
+        "of": 960,
+        "mask": "attention_mask",
+    }
+    assert "positions" not in row["per_output"]["pooled"]
+    d["validation"]["padding_mask"] = "none"
+    write_config(d, path)
+    r = run_cli("serve-check", str(path), *_server_args(tri), "--json", "--protocol", "grpc", cwd=tmp_path)
+    assert r.returncode == 3
+    assert "last_hidden_state: max_rel 0.93" in " ".join(json.loads(r.stdout)["failures"])
 
 
 def test_build_serve_check_runs_after_publishing(tri, tmp_path, digits_config):

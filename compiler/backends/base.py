@@ -385,6 +385,7 @@ def parity_step(
             batch_size=cfg.validation.batch_size,
             tolerance=t.tolerance,
             shapes=cfg.validation.gate_shapes(),
+            padding_mask=cfg.padding_mask(),
             **settings,
         ),
         extras={"reference": inputs.reference, "validation": inputs.validation},

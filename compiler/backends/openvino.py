@@ -276,6 +276,7 @@ class NncfSearch:
             accuracy_control=accuracy_control,
             metric=metric,
             max_drop=max_drop,
+            padding_mask=cfg.padding_mask() if accuracy_control else None,
         )
         extras = {
             "calibration": self.inputs.calibration,

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from ..accuracy import padding_line
 from ..backends import get
 from ..builder import passes_ran
 from ..handoff import summary_lines
@@ -75,6 +76,9 @@ def print_summary(result: Any) -> None:
                     f"{name} {fmt_parity(b['metrics'])}{'' if b['passed'] else ' FAIL'}" for name, b in buckets.items()
                 )
             )
+    padded = next((v.report.meta["padding"] for v in result.variants if v.report and v.report.meta.get("padding")), {})
+    if padded:
+        click.echo("gates compare " + padding_line(padded))
     for v in result.variants:
         if v.status != "OK" and v.reason:
             click.echo(f"{v.target}: {v.status}: {v.reason}")

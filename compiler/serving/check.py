@@ -122,12 +122,21 @@ def check_clients(
     return rows, failures
 
 
-def tensor_judge(ref: dict[str, Any], labels: Any, io: Any, tolerance: Any) -> Judge:
-    """The build's gate over arrays per output (compared in float32, as the build did)."""
+def tensor_judge(
+    ref: dict[str, Any],
+    labels: Any,
+    io: Any,
+    tolerance: Any,
+    feeds: dict[str, Any] | None = None,
+    mask: str | None = None,
+) -> Judge:
+    """The build's gate over arrays per output (compared in float32, as the build did;
+    token-level outputs at the real positions of `feeds[mask]`, the padding mask)."""
+    values = feeds.get(mask) if feeds is not None and mask else None
 
     def judge(outs: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         outs = {k: v.astype(np.float32) if v.dtype != np.float32 else v for k, v in outs.items() if k in ref}
-        metrics, per_output, fails = evaluate(outs, ref, labels, io, tolerance)
+        metrics, per_output, fails = evaluate(outs, ref, labels, io, tolerance, values, mask or "")
         return {"metrics": metrics, "per_output": per_output}, fails
 
     return judge
