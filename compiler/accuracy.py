@@ -44,7 +44,7 @@ def compare(
     Cosine only where a sample has more than one value (on one value it is always
     +-1 and checks nothing); top-1 agreement only for class scores (`classes`).
     `mask`: the padding mask; a token-level output is compared at its real positions
-    only, and says so (`positions`)."""
+    only, and says so (`positions`) where the mask left any out."""
     keep = real_positions(out, mask)
     if keep is not None:
         out, ref = without_padding(out, ref, mask)
@@ -69,7 +69,7 @@ def compare(
         else:  # the best-scoring real position
             got, want = np.where(keep, out, -np.inf).argmax(axis=1), np.where(keep, ref, -np.inf).argmax(axis=1)
         m["top1_agreement"] = float((got == want).mean())
-    if keep is not None:
+    if keep is not None and not keep.all():  # said only where some position was left out
         m["positions"] = {"compared": int(keep.sum()), "of": int(keep.size), "mask": mask_name or "padding mask"}
     return m
 

@@ -104,3 +104,9 @@ def test_nncf_accuracy_control_scores_real_positions_too(tmp_path):
     search = NncfSearch(cfg, cfg.targets[0], RecipeInputs(validation=None, calibration=None))
     assert search.quantize_step(3, "mixed", True).config.padding_mask == "attention_mask"
     assert search.quantize_step(1, "performance", False).config.padding_mask is None
+
+
+def test_nothing_is_said_where_no_position_is_padded():
+    out, ref, _ = _pair()
+    m = compare(out[:, :4], ref[:, :4], mask=np.ones((4, 4), np.int64))
+    assert "positions" not in m and m["max_abs"] == 0.0

@@ -63,7 +63,13 @@ def test_serve_check_broken_config_exits_1_with_tritons_message(tri, digits_fp32
     path, repo = digits_fp32
     cfg = repo / "digits" / "config.pbtxt"
     # a config Triton itself refuses: a preferred batch larger than max_batch_size
-    cfg.write_text(cfg.read_text().replace("preferred_batch_size: 16", "preferred_batch_size: 128"))
+    text = cfg.read_text()
+    assert "max_queue_delay_microseconds: 500" in text
+    cfg.write_text(
+        text.replace(
+            "max_queue_delay_microseconds: 500", "preferred_batch_size: 128\n  max_queue_delay_microseconds: 500"
+        )
+    )
     r = run_cli("serve-check", str(path), *_server_args(tri))
     assert r.returncode == 1, r.stderr
     assert "Triton did not load digits" in r.stderr and "preferred size must be <= max batch size" in r.stderr, r.stderr

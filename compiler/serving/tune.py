@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..tritonrepo.config import throughput_knee
+
 DELAYS_US = (0, 100, 500, 2000)
 NOISE = 0.05  # a neighbour must beat the current point by more than this to move
 
@@ -69,12 +71,8 @@ def start_point(profile: dict[str, Any] | None, max_batch: int, batching: bool) 
     """Where the variant's profile says throughput stops growing by 10% per step."""
     if not batching:
         return Candidate(0, 0, 1)
-    rows = sorted((profile or {}).get("batches", []), key=lambda r: r["batch"])
-    best = rows[0]["batch"] if rows else 1
-    for prev, r in zip(rows, rows[1:], strict=False):
-        if r.get("throughput", 0) < prev.get("throughput", 0) * 1.10:
-            break
-        best = r["batch"]
+    rows = (profile or {}).get("batches", [])
+    best = throughput_knee(rows) if rows else 1
     sizes = batch_sizes(max_batch)
     return Candidate(min(sizes, key=lambda s: abs(s - best)), 100, 1)
 

@@ -106,9 +106,10 @@ def base_model_config(
         mc.output.add(name=spec["name"], data_type=_dtype(spec), dims=_dims(spec, batched, "output"))
     if t.dynamic_batching is not None and batched:
         db = mc.dynamic_batching
-        # given in model.yaml, else derived from the profile (where throughput stops growing)
-        derived = [preferred_batch(profile["batches"])] if profile and len(profile["batches"]) > 1 else []
-        db.preferred_batch_size.extend(t.dynamic_batching.preferred_batch_size or derived)
+        # only where model.yaml gives them: Triton's batcher guide starts from none (batches as
+        # large as the queue allows), and Model Analyzer keeps a config's preferred sizes in every
+        # candidate, so it cannot search a max_batch_size below them
+        db.preferred_batch_size.extend(t.dynamic_batching.preferred_batch_size)
         db.max_queue_delay_microseconds = t.dynamic_batching.max_queue_delay_microseconds
         db.SetInParent()
     for g in t.instance_group:
@@ -146,7 +147,7 @@ def parse(text: str) -> Any:
     return text_format.Parse(text, triton_pb().ModelConfig())
 
 
-def preferred_batch(rows: list[dict[str, Any]], gain: float = 1.10) -> int:
+def throughput_knee(rows: list[dict[str, Any]], gain: float = 1.10) -> int:
     """The batch size where throughput stops growing by more than `gain` per step."""
     rows = sorted(rows, key=lambda r: r["batch"])
     best = rows[0]

@@ -9,18 +9,18 @@ import yaml
 from helpers import REPO, run_cli, write_config
 from mscompile.publish import model_config
 from mscompile.tasks import parse_config
-from mscompile.tritonrepo.config import parse, preferred_batch, to_text
+from mscompile.tritonrepo.config import parse, throughput_knee, to_text
 
 
-def test_preferred_batch_is_where_throughput_stops_growing():
+def test_throughput_knee_is_where_throughput_stops_growing():
     rows = [
         {"batch": 1, "throughput": 100},
         {"batch": 4, "throughput": 350},
         {"batch": 8, "throughput": 370},
         {"batch": 16, "throughput": 900},
     ]
-    assert preferred_batch(rows) == 4  # 8 adds under 10%: stop there
-    assert preferred_batch([{"batch": 1, "throughput": 10}, {"batch": 8, "throughput": 60}]) == 8
+    assert throughput_knee(rows) == 4  # 8 adds under 10%: stop there
+    assert throughput_knee([{"batch": 1, "throughput": 10}, {"batch": 8, "throughput": 60}]) == 8
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def _build(cfg, tmp_path, *extra):
 
 def test_fastest_deploys_the_variant_the_profile_measured_fastest(tmp_path, digits):
     digits["triton"]["deploy"] = "fastest"
-    digits["triton"]["dynamic_batching"] = {"max_queue_delay_microseconds": 100}  # preferred sizes derived
+    digits["triton"]["dynamic_batching"] = {"max_queue_delay_microseconds": 100}
     out, r = _build(digits, tmp_path)
     variants = {v["name"]: v for v in out["variants"]}
     for v in variants.values():
@@ -62,8 +62,9 @@ def test_fastest_deploys_the_variant_the_profile_measured_fastest(tmp_path, digi
     assert out["selection"].startswith(f"fastest passing variant is {fastest} (")
     assert manifest["selection"] == out["selection"] and "noise margin" in out["selection"]
     mc = parse((tmp_path / "repo/digits/config.pbtxt").read_text())
-    expected = preferred_batch(variants[fastest]["profile"]["batches"])
-    assert list(mc.dynamic_batching.preferred_batch_size) == [expected]
+    # no preferred sizes unless model.yaml gives them (Model Analyzer could not search below them)
+    assert list(mc.dynamic_batching.preferred_batch_size) == []
+    assert mc.dynamic_batching.max_queue_delay_microseconds == 100
 
 
 def _timed(name: str, p50: float, noise: float, stable: bool = True):

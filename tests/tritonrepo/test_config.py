@@ -27,7 +27,7 @@ def test_digits_config_round_trips_through_tritons_schema():
     assert list(mc.input[0].dims) == [1, 8, 8]  # batch dim left out with max_batch_size > 0
     assert list(mc.output[0].dims) == [10]
     assert mc.input[0].data_type == model_config_pb2.TYPE_FP32
-    assert list(mc.dynamic_batching.preferred_batch_size) == [8, 16]
+    assert list(mc.dynamic_batching.preferred_batch_size) == []  # none unless model.yaml gives them
     assert mc.dynamic_batching.max_queue_delay_microseconds == 500
     assert mc.version_policy.latest.num_versions == 2
     assert mc.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
@@ -125,7 +125,7 @@ def test_openvino_padding_batches_to_full_executions():
     assert mc.parameters["ENABLE_BATCH_PADDING"].string_value == "YES"
     assert list(mc.dynamic_batching.preferred_batch_size) == [64]  # only a full batch wastes nothing
     # sizes model.yaml gives are kept
-    mc = parse(to_text(model_config(_ov_cfg("pad"), "digits", DIGITS_IO)))
+    mc = parse(to_text(model_config(_ov_cfg("pad", preferred=[8, 16]), "digits", DIGITS_IO)))
     assert list(mc.dynamic_batching.preferred_batch_size) == [8, 16]
 
 
