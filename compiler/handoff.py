@@ -24,7 +24,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -708,9 +708,7 @@ def _candidate_config(base: Any, c: Candidate) -> Any:
         db = mc.dynamic_batching
         del db.preferred_batch_size[:]
         db.max_queue_delay_microseconds = c.delay_us
-        db.SetInParent()
-        for w in mc.model_warmup:
-            w.batch_size = min(w.batch_size, c.max_batch_size)
+        db.SetInParent()  # the warmup is one batch-1 request: it fits every candidate
     return mc
 
 
@@ -820,6 +818,83 @@ def tune(cfg: Any, state: Any, opts: CheckOptions, topts: TuneOptions) -> dict[s
             except Exception:  # noqa: BLE001 - best effort
                 pass
     return summary
+
+
+def require_deploy_all(cfg: Any) -> None:
+    """tune --variants needs each variant published as a model of its own (triton.deploy: all)."""
+    if cfg.triton.deploy != "all":
+        raise ConfigError(
+            "tune --variants compares the variants on the server, each published as its own Triton model: "
+            f"set triton.deploy: all in {cfg.name}'s model.yaml and build again (it is {cfg.triton.deploy or 'unset'})"
+        )
+
+
+def tune_variants(cfg: Any, state: Any, opts: CheckOptions, topts: TuneOptions) -> dict[str, Any]:
+    """`tune` for every published variant (triton.deploy: all publishes each as
+    <name>_<target>) on one server, ranked by throughput under the SLO: which variant and
+    which config serve best here, as measured on the server (a variant none of whose
+    configs meets the SLO ranks last, with the reason)."""
+    require_deploy_all(cfg)
+    repo = resolve_path(cfg.triton.repository)
+    runs: dict[str, dict[str, Any]] = {}
+    for t in cfg.targets:
+        model = f"{cfg.name}_{t.name}"
+        if not (repo / model).is_dir():
+            runs[t.name] = {"model": model, "skipped": "not published (it did not pass its gate, or was not built)"}
+            continue
+        opts.progress(f"variant {t.name}: tuning {model}")
+        try:
+            runs[t.name] = tune(cfg, state, replace(opts, model_name=model, version=None), topts)
+        except ConfigError as exc:  # no config of this variant met the SLO: ranked last, said why
+            runs[t.name] = {"model": model, "skipped": str(exc)}
+    ranked = sorted(
+        (n for n, r in runs.items() if "best" in r),
+        key=lambda n: -runs[n]["best"]["throughput_under_slo"],
+    )
+    if not ranked:
+        raise ConfigError(
+            "tune --variants: no variant met p99 <= "
+            f"{topts.p99_ms} ms with any configuration: " + "; ".join(f"{n}: {r['skipped']}" for n, r in runs.items())
+        )
+    best = ranked[0]
+    b = runs[best]
+    return {
+        "model": cfg.name,
+        "objective": {"maximize": "throughput", "slo": {"p99_ms": topts.p99_ms}},
+        "variants": runs,
+        "ranking": [
+            {
+                "variant": n,
+                "model": runs[n]["model"],
+                "throughput_under_slo": runs[n]["best"]["throughput_under_slo"],
+                "config": runs[n]["best"]["candidate"],
+            }
+            for n in ranked
+        ],  # fmt: skip
+        "best_variant": best,
+        "model_yaml": b["model_yaml"].replace("triton:", f"triton:\n  deploy: {best}", 1),
+    }
+
+
+def tune_variants_lines(s: dict[str, Any]) -> list[str]:
+    """The human summary of tune --variants: each variant's search, then the ranking."""
+    out: list[str] = []
+    for name, r in s["variants"].items():
+        if "skipped" in r:
+            out.append(f"{r['model']} (variant {name}): not tuned: {r['skipped']}")
+        else:
+            lines = tune_lines(r)
+            keep = next(i for i, ln in enumerate(lines) if ln.startswith("  keep it in later builds"))
+            out += lines[:keep] + lines[keep + 1 :]  # each variant's model.yaml lines: the best one's below
+    slo = s["objective"]["slo"]["p99_ms"]
+    out.append(f"{s['model']}: variants by throughput with p99 <= {slo} ms, measured on the server:")
+    for i, r in enumerate(s["ranking"], 1):
+        out.append(f"  {i}. {r['variant']:<12} {r['throughput_under_slo']:>10} infer/s  ({r['config']})")
+    out.append(
+        f"  best: {s['best_variant']}; to serve it as {s['model']} with that config, in model.yaml:\n"
+        + "\n".join("    " + ln for ln in s["model_yaml"].split("\n"))
+    )
+    return out
 
 
 def data_note(data: dict[str, Any]) -> str:

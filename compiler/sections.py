@@ -398,7 +398,11 @@ class TritonConfig(Section):
     dynamic_batching: DynamicBatching | None = None
     instance_group: list[InstanceGroup] = Field(default_factory=lambda: [InstanceGroup()])
     version_policy: VersionPolicy | None = None
-    warmup: bool = False
+    warmup: bool = Field(
+        default=False,
+        description="a model_warmup sample Triton runs at load: one request (batch 1) of zeros at the "
+        "inputs' opt shape",
+    )
     retention: RetentionConfig | None = None
     lock_timeout_s: float = Field(
         default=600, gt=0, description="how long to wait for another build's lock on the model"

@@ -57,14 +57,12 @@ def _dtype(spec: dict[str, Any]) -> Any:
     return pb.DataType.Value(name)
 
 
-def _opt_dims(io: IOSpec, name: str, batched: bool = True) -> tuple[int, list[int]]:
-    """Warm-up batch and dims from the range's opt shape (1 for unbounded dynamic dims);
-    a config without batching (max_batch_size 0) gets the whole shape as its dims."""
+def _opt_dims(io: IOSpec, name: str, batched: bool = True) -> list[int]:
+    """Warm-up dims from the range's opt shape (1 for unbounded dynamic dims), without the
+    batch dim; a config without batching (max_batch_size 0) gets the whole shape."""
     inp = next(i for i in io.inputs if i.name == name)
     shape = list(inp.range.opt) if inp.range else [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
-    if io.has_batch_axis() and batched:
-        return shape[0], shape[1:]
-    return 1, shape
+    return shape[1:] if io.has_batch_axis() and batched else shape
 
 
 def fp16_io(io_sig: dict[str, Any]) -> dict[str, Any]:
@@ -129,8 +127,12 @@ def base_model_config(
     if t.warmup:
         w = mc.model_warmup.add(name="mscompile_opt_shape")
         for spec in io_sig["inputs"]:
-            batch, dims = _opt_dims(cfg.io, spec["name"], batched)
-            w.batch_size = batch if batched else 0
+            dims = _opt_dims(cfg.io, spec["name"], batched)
+            # Triton's core sends batch_size requests of batch 1 each and silently skips a
+            # sample whose batch_size is 0 (model_config.proto: >= 1, and 1 without batching).
+            # One request: a config searched down to max_batch_size 1 (Model Analyzer keeps the
+            # warmup of the config it starts from) still loads
+            w.batch_size = 1
             w.inputs[spec["name"]].data_type = _dtype(spec)
             w.inputs[spec["name"]].dims.extend(dims)
             # zeros are valid for every input, token ids included (random ids may be out of vocabulary)
