@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from helpers import run_cli, write_config
+from mscompile.handoff import tune_variants_lines
 from mscompile.serving.tune import Candidate, neighbours, pareto, score, search, start_point
 from triton_harness import server_args
 
@@ -79,3 +80,40 @@ def test_tune_on_triton_records_every_trial_and_writes_a_config_that_serves(tri,
     assert "Serving-config search (tune" in page and page.count("<tr><td>") >= len(out["trials"])
     assert "yes</td></tr>" in page  # at least one trial on the Pareto front
     assert "mlflow" not in out["recorded"]
+
+
+def test_tune_variants_ranks_every_published_variant_on_the_server(tri, pa, tmp_path, digits_config):
+    """deploy: all publishes each variant as <name>_<target>; tune --variants searches each on
+    the one server and ranks them by throughput under the SLO, with the model.yaml lines
+    that serve the best one with its config."""
+    cfg = digits_config
+    cfg["targets"] = cfg["targets"][:2]  # fp32, fp16
+    path = write_config(cfg, tmp_path / "model.yaml")
+    args = [
+        "tune", str(path), *server_args(tri), "--json", "--perf-analyzer", pa, "--slo-p99-ms", "200",
+        "--perf-window", "500", "--perf-stability", "100", "--variants", "--dry-run",
+    ]  # fmt: skip
+    assert run_cli("build", str(path), "-q").returncode == 0
+    r = run_cli(*args)  # one model per variant is needed
+    assert r.returncode == 2 and "set triton.deploy: all" in r.stderr and r.stdout == ""
+
+    cfg["triton"]["deploy"] = "all"
+    write_config(cfg, path)
+    assert run_cli("build", str(path), "-q").returncode == 0
+    r = run_cli(*args, "--max-trials", "1", "--perf-concurrency", "4")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert {n: v["model"] for n, v in out["variants"].items()} == {"fp32": "digits_fp32", "fp16": "digits_fp16"}
+    ranking = out["ranking"]
+    assert sorted(r["variant"] for r in ranking) == ["fp16", "fp32"]
+    assert ranking[0]["throughput_under_slo"] >= ranking[1]["throughput_under_slo"] > 0
+    for row in ranking:
+        assert row["throughput_under_slo"] == out["variants"][row["variant"]]["best"]["throughput_under_slo"]
+        assert out["variants"][row["variant"]]["written"] is None  # a dry run writes nothing
+    assert out["best_variant"] == ranking[0]["variant"]
+    assert out["model_yaml"].startswith(f"triton:\n  deploy: {out['best_variant']}\n")
+    text = "\n".join(tune_variants_lines(out))  # what the terminal shows
+    assert "variants by throughput with p99 <= 200.0 ms" in text and f"best: {out['best_variant']}" in text
+    assert text.count("keep it in later builds") == 0  # one model.yaml block: the best variant's
+    r = run_cli(*args, "--version", "1")
+    assert r.returncode == 2 and "leave out --version" in r.stderr and r.stdout == ""

@@ -14,7 +14,7 @@ from ..backends import doctor as doctor_rows
 from ..builder import BuildOptions
 from ..config import resolve_path
 from ..errors import AccuracyGateError, ConfigError, MscompileError, TargetSkippedError
-from ..handoff import dumps, tune_lines
+from ..handoff import dumps, tune_lines, tune_variants_lines
 from ..jobs import Tracking, build_many, build_one, error_summary, tracking_settings
 from ..llm.tools import TOOLS
 from ..llm.tools import setup as setup_tool
@@ -427,6 +427,12 @@ def serve_check_cmd(
     help="Do not record the search as an MLflow run (the report still shows it; $MSCOMPILE_NO_MLFLOW=1 too).",
 )
 @click.option("--dry-run", is_flag=True, help="Search and report; do not write the config.")
+@click.option(
+    "--variants",
+    is_flag=True,
+    help="Tune every published variant (triton.deploy: all publishes each as <name>_<target>) on the one "
+    "server and rank them by throughput under the SLO: the variant and config that serve best there.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @CACHE_DIR_OPT
 @click.pass_context
@@ -449,7 +455,7 @@ def tune(
             raise ConfigError(f"tune: {cfg.name} is a {t.name} model; tune searches Triton configs of tensor models")
 
         def ok(out: dict[str, Any]) -> None:
-            for line in tune_lines(out):
+            for line in tune_variants_lines(out) if kw.get("variants") else tune_lines(out):
                 click.echo(line)
 
         _checked(as_json, lambda: t.tune(cfg, state, version, say, kw), ok, lines_on_failure=False)

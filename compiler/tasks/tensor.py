@@ -22,8 +22,10 @@ from ..handoff import (
     TuneOptions,
     deploy,
     find_tritonserver,
+    require_deploy_all,
     serve_check,
     tune,
+    tune_variants,
 )
 from ..hf import SYNTHETIC
 from ..hf import expand as expand_hf
@@ -210,19 +212,29 @@ class TensorTask(Task):
         return out
 
     def tune(self, cfg: Any, state: Any, version: int | None, say: Any, server: dict[str, Any]) -> dict:
-        """The serving-config search, against --grpc-url or a tritonserver started here."""
+        """The serving-config search, against --grpc-url or a tritonserver started here; with
+        --variants, of every published variant (deploy: all), ranked."""
         topts = TuneOptions(
             p99_ms=float(server["slo_p99_ms"]),
             max_trials=int(server.get("max_trials") or 12),
             max_instances=int(server.get("max_instances") or 0),
             write=not server.get("dry_run"),
         )
+        every = bool(server.get("variants"))
+        if every and version is not None:
+            raise ConfigError("tune --variants tunes each variant's latest version: leave out --version")
+        if every:
+            require_deploy_all(cfg)  # before a server starts
+        work = tune_variants if every else tune
         server = dict(server, perf=True, protocol="grpc")
         if server.get("grpc_url"):
-            out = tune(cfg, state, check_options(server, version, say), topts)
+            out = work(cfg, state, check_options(server, version, say), topts)
         else:
-            out = _on_local_server(cfg, state, server, version, say, lambda c, st, o: tune(c, st, o, topts))
-        record_serving(cfg, state, "tune", out, say, mlflow=not server.get("no_mlflow"))
+            out = _on_local_server(cfg, state, server, version, say, lambda c, st, o: work(c, st, o, topts))
+        mlflow = not server.get("no_mlflow")
+        for run in out["variants"].values() if every else [out]:
+            if "best" in run:
+                record_serving(cfg, state, "tune", run, say, mlflow=mlflow)
         return out
 
     def deploy(self, cfg: Any, state: Any, version: int | None, say: Any, server: dict[str, Any]) -> dict:
