@@ -195,11 +195,23 @@ def _serving_section(serving: dict[str, dict[str, Any]]) -> str:
             f"{_e(tune.get('published', {}).get('throughput_under_slo'))} infer/s; best: {_e(best.get('candidate', '-'))} "
             f"at {_e(best.get('throughput_under_slo', '-'))} infer/s"
             f"{' (written to ' + _e(written['config']) + ')' if written else ' (not written)'}.</p>"
+            f"{_confirmation(tune.get('confirmation'), tune.get('not_written'))}"
             f"{_line_chart({'Pareto front': pareto}, 'throughput (infer/s)', 'p99 latency (ms)') if pareto else ''}"
             "<table><tr><th>trial</th><th>max_batch_size</th><th>queue delay (us)</th><th>instances</th>"
             f"<th>infer/s under the SLO</th><th>p99 ms there</th><th>on the Pareto front</th></tr>{''.join(rows)}</table>"
         )
     return "".join(parts)
+
+
+def _confirmation(c: dict[str, Any] | None, not_written: str | None) -> str:
+    """tune's confirmation rounds (the published and the best config measured again)."""
+    if not c:
+        return f"<p>Not written: {_e(not_written)}.</p>" if not_written else ""
+    verdict = "the lead holds" if c["holds"] else f"the lead does not hold (not more than {c['margin']:.0%})"
+    return (
+        f"<p>Measured again, {_e(c['rounds'])} interleaved round(s): published {_e(c['published'])}, "
+        f"best {_e(c['best'])} infer/s under the SLO: {verdict}.</p>"
+    )
 
 
 def render(manifest: dict[str, Any], serving: dict[str, dict[str, Any]] | None = None) -> str:

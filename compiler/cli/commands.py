@@ -428,6 +428,14 @@ def serve_check_cmd(
 )
 @click.option("--dry-run", is_flag=True, help="Search and report; do not write the config.")
 @click.option(
+    "--confirm-rounds",
+    type=click.IntRange(0, 10),
+    default=2,
+    show_default=True,
+    help="Measure the published and the best config again, interleaved, this many times; the best one is "
+    "written only if its median beats the published one's by more than 5% (0: trust the search's figures).",
+)
+@click.option(
     "--variants",
     is_flag=True,
     help="Tune every published variant (triton.deploy: all publishes each as <name>_<target>) on the one "

@@ -158,8 +158,12 @@ def sweep(
     opts: PerfOptions,
     stats: Callable[[], dict[str, int]],
     progress: Callable[[str], None],
+    past_p99_ms: float | None = None,
 ) -> list[dict[str, Any]]:
-    """Every point of the concurrency sweep, then of the request-rate sweep, over one protocol."""
+    """Every point of the concurrency sweep, then of the request-rate sweep, over one
+    protocol. With `past_p99_ms` (tune's SLO), the concurrencies above a point whose p99
+    is past it are not measured (more clients only queue longer; Model Analyzer stops its
+    sweep there too): they are listed as not measured, with the reason."""
     binary = opts.binary or find_perf_analyzer(None)  # checked once when the options were made
     rows = []
     with tempfile.TemporaryDirectory(prefix="mscompile-perf-") as tmp:
@@ -172,9 +176,29 @@ def sweep(
         points = [("concurrency", float(c)) for c in opts.concurrency] + [
             ("request_rate", float(r)) for r in opts.request_rate
         ]
+        past: float | None = None  # the concurrency whose p99 was past the SLO
         for mode, value in points:
+            if past is not None and mode == "concurrency":
+                rows.append(
+                    {
+                        "mode": mode,
+                        "value": value,
+                        "stable": False,
+                        "skipped": True,
+                        "error": f"not measured: p99 was past {past_p99_ms:g} ms at concurrency {past:g}",
+                    }
+                )
+                continue
             progress(f"perf_analyzer {protocol} {mode.replace('_', ' ')} {value:g}")
-            rows.append(_point(cmd, mode, value, opts, work, stats))
+            row = _point(cmd, mode, value, opts, work, stats)
+            rows.append(row)
+            if (
+                past_p99_ms is not None
+                and mode == "concurrency"
+                and row.get("stable")
+                and row["latency_ms"]["p99"] > past_p99_ms
+            ):
+                past = value
     return rows
 
 

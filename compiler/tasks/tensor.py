@@ -219,6 +219,7 @@ class TensorTask(Task):
             max_trials=int(server.get("max_trials") or 12),
             max_instances=int(server.get("max_instances") or 0),
             write=not server.get("dry_run"),
+            confirm_rounds=int(server.get("confirm_rounds", 2)),
         )
         every = bool(server.get("variants"))
         if every and version is not None:
