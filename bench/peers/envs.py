@@ -1,6 +1,6 @@
 """The real peers, each installed in a virtual environment of its own:
 
-  python -m bench.peers.envs [--only optimum,olive,optimum_intel,navigator] [--force]
+  python -m bench.peers.envs [--only optimum,olive,optimum_intel,navigator,model_analyzer] [--force]
 
 Environments live in $MSCOMPILE_BENCH_ENVS (default ~/.cache/mscompile-bench/peers),
 one folder per peer with a `status.json` ({"ok": bool, "error": str, "versions": ...}).
@@ -55,7 +55,11 @@ PEERS: dict[str, tuple[list[list[str]], list[str], list[str]]] = {
         ["triton-model-navigator", "onnxruntime", "onnx", "polygraphy"],
         [],
     ),
+    # Triton Model Analyzer (bench/bench_tune.py): it drives a tritonserver and perf_analyzer
+    # given by path, so it needs neither torch nor a runtime of its own
+    "model_analyzer": ([["triton-model-analyzer==1.58.0"]], ["triton-model-analyzer"], []),
 }  # fmt: skip
+NO_TORCH = {"model_analyzer"}
 
 
 def env_dir(peer: str) -> Path:
@@ -97,14 +101,15 @@ def make(peer: str, force: bool = False) -> dict:
     try:
         subprocess.run([sys.executable, "-m", "venv", str(d)], check=True)
         py = python_of(peer)
-        _pip(py, [TORCH], log)
+        if peer not in NO_TORCH:
+            _pip(py, [TORCH], log)
         for step in steps:
             _pip(py, step, log)
         for pkg in removed:
             subprocess.run([str(py), "-m", "pip", "uninstall", "-q", "-y", pkg], capture_output=True)
         code = (
             "import importlib.metadata as m, json; "
-            f"print(json.dumps({{p: m.version(p) for p in {recorded + ['torch']!r}}}))"
+            f"print(json.dumps({{p: m.version(p) for p in {recorded + ([] if peer in NO_TORCH else ['torch'])!r}}}))"
         )
         versions = json.loads(subprocess.run([str(py), "-c", code], check=True, capture_output=True, text=True).stdout)
         st = {"ok": True, "error": "", "versions": versions, "install_s": round(time.time() - t0, 1)}
