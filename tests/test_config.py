@@ -187,7 +187,9 @@ CORE_PROBLEMS = [
         "triton.max_batch_size: 128 exceeds inputs[0].range.max[0] = 64",
     ),
     (
-        lambda d: d["triton"].update(max_batch_size=8),
+        lambda d: d["triton"].update(
+            max_batch_size=8, dynamic_batching={"preferred_batch_size": [4, 16], "max_queue_delay_microseconds": 500}
+        ),
         "triton.dynamic_batching.preferred_batch_size[1]: 16 exceeds max_batch_size 8",
     ),
     (
