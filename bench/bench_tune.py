@@ -82,21 +82,12 @@ def run_tune(path: Path, tri: Any, pa: str, a: argparse.Namespace) -> dict[str, 
 
 
 def host() -> str:
-    """The CPU model, its core count and its vector ISA flags."""
+    """The CPU model, its CPU count and its vector ISA extensions (mscompile's own view)."""
     import os
-    import platform
 
-    flags, model = set(), platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]
-    return f"{model}, {os.cpu_count()} CPUs, {' '.join(isa) or 'no AVX2'}"
+    from mscompile.device import cpu_flags, cpu_model
+
+    return f"{cpu_model()}, {os.cpu_count()} CPUs, {' '.join(cpu_flags()) or 'no AVX2'}"
 
 
 def sweeps(s: dict[str, Any]) -> list[list[dict[str, Any]]]:

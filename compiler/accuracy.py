@@ -31,7 +31,10 @@ def without_padding(out: np.ndarray, ref: np.ndarray, mask: np.ndarray | None) -
     """`out` and `ref` with their padded positions set to 0 in both (they then add
     nothing to a difference, a dot product or a norm); unchanged where `mask` does not
     apply to the output."""
-    keep = real_positions(out, mask)
+    return _zeroed(out, ref, real_positions(out, mask))
+
+
+def _zeroed(out: np.ndarray, ref: np.ndarray, keep: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     if keep is None:
         return out, ref
     return np.where(keep, out, 0).astype(out.dtype), np.where(keep, ref, 0).astype(ref.dtype)
@@ -46,8 +49,7 @@ def compare(
     `mask`: the padding mask; a token-level output is compared at its real positions
     only, and says so (`positions`) where the mask left any out."""
     keep = real_positions(out, mask)
-    if keep is not None:
-        out, ref = without_padding(out, ref, mask)
+    out, ref = _zeroed(out, ref, keep)
     a = out.astype(np.float64).reshape(out.shape[0], -1) if out.ndim > 0 else out.astype(np.float64).reshape(1, -1)
     b = ref.astype(np.float64).reshape(a.shape)
     diff = np.abs(a - b)
@@ -99,7 +101,7 @@ def per_sample(
 
 def padding_line(padding: dict[str, Any]) -> str:
     """Which outputs the gates compared at real positions only, e.g. 'last_hidden_state
-    where attention_mask != 0 (812 of 1,024 positions; validation.padding_mask)'."""
+    where attention_mask != 0 (812 of 1,024 values): padded positions carry no answer (...)'."""
     parts = [f"{n} where {p['mask']} != 0 ({p['compared']:,} of {p['of']:,} values)" for n, p in padding.items()]
     return "; ".join(parts) + ": padded positions carry no answer (validation.padding_mask: none compares them too)"
 

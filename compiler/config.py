@@ -115,8 +115,8 @@ class ModelConfig(Section):
         if setting == "none":
             return None
         if setting == "auto":
-            ints = {i.name for i in self.inputs if i.dtype.startswith(("int", "uint")) or i.dtype == "bool"}
-            return "attention_mask" if "attention_mask" in ints else None
+            spec = next((i for i in self.inputs if i.name == "attention_mask"), None)
+            return "attention_mask" if spec is not None and holds_integers(spec.dtype) else None
         return setting
 
     def max_batch_size(self) -> int:
@@ -384,7 +384,7 @@ def semantic_problems(cfg: ModelConfig, where: str) -> list[str]:
                 f"{where}: validation.padding_mask: {mask!r} is not an input (inputs: "
                 f"{', '.join(i.name for i in cfg.inputs)}); name the mask input, or write auto or none"
             )
-        elif not (spec.dtype.startswith(("int", "uint")) or spec.dtype == "bool"):
+        elif not holds_integers(spec.dtype):
             out.append(
                 f"{where}: validation.padding_mask: input {mask!r} is {spec.dtype}; a padding mask holds "
                 "integers or booleans (0 at padded positions)"
@@ -595,3 +595,8 @@ def read_model_yaml(path: str | Path) -> Any:
     except UnicodeDecodeError:
         raise ConfigError(f"{p}: not a UTF-8 text file") from None
     return data
+
+
+def holds_integers(dtype: str) -> bool:
+    """An integer or boolean dtype: what a padding mask (validation.padding_mask) holds."""
+    return dtype.startswith(("int", "uint")) or dtype == "bool"

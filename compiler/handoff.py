@@ -765,17 +765,7 @@ def tune(cfg: Any, state: Any, opts: CheckOptions, topts: TuneOptions) -> dict[s
             load(None if c is None else _candidate_config(base, c))
         except Exception as exc:  # noqa: BLE001 - a config the server refuses is a failed trial
             return [{"mode": "load", "value": 0, "stable": False, "error": _triton_error(exc)}]
-        return sweep(
-            name,
-            version,
-            opts.grpc_url,
-            "grpc",
-            data,
-            opts.perf,
-            stats,
-            opts.progress,
-            past_p99_ms=topts.p99_ms,  # type: ignore[arg-type]
-        )
+        return sweep(name, version, opts.grpc_url, "grpc", data, opts.perf, stats, opts.progress, topts.p99_ms)  # type: ignore[arg-type]
 
     try:
         opts.progress(f"trial 0: the published config of {name} version {version}")
@@ -917,9 +907,7 @@ def tune_variants_lines(s: dict[str, Any]) -> list[str]:
         if "skipped" in r:
             out.append(f"{r['model']} (variant {name}): not tuned: {r['skipped']}")
         else:
-            lines = tune_lines(r)
-            keep = next(i for i, ln in enumerate(lines) if ln.startswith("  keep it in later builds"))
-            out += lines[:keep] + lines[keep + 1 :]  # each variant's model.yaml lines: the best one's below
+            out += tune_lines(r, model_yaml=False)  # the best variant's model.yaml lines come below
     slo = s["objective"]["slo"]["p99_ms"]
     out.append(f"{s['model']}: variants by throughput with p99 <= {slo} ms, measured on the server:")
     for i, r in enumerate(s["ranking"], 1):
@@ -979,8 +967,8 @@ def model_yaml_lines(c: Candidate) -> str:
     return "\n".join(lines)
 
 
-def tune_lines(s: dict[str, Any]) -> list[str]:
-    """The human summary of a tune."""
+def tune_lines(s: dict[str, Any], model_yaml: bool = True) -> list[str]:
+    """The human summary of a tune (with the model.yaml lines that keep its config)."""
     slo = s["objective"]["slo"]["p99_ms"]
     out = [f"{s['model']} version {s['version']} (variant {s['variant']}): throughput with p99 <= {slo} ms"]
     out.append(f"  published config: {s['published']['throughput_under_slo']} infer/s")
@@ -1010,8 +998,9 @@ def tune_lines(s: dict[str, Any]) -> list[str]:
         out.append(f"  written: {s['written']['config']} (the replaced one kept in {s['written']['replaced_kept_in']})")
     elif s.get("not_written"):
         out.append(f"  not written: {s['not_written']}")
-    out.append(
-        "  keep it in later builds with, in model.yaml:\n"
-        + "\n".join("    " + ln for ln in s["model_yaml"].split("\n"))
-    )
+    if model_yaml:
+        out.append(
+            "  keep it in later builds with, in model.yaml:\n"
+            + "\n".join("    " + ln for ln in s["model_yaml"].split("\n"))
+        )
     return out + recorded_lines(s)

@@ -59,7 +59,8 @@ class CheckAccuracy(Pass[OnnxModel, ParityReport]):
             infer = ctx.open(inp.model_file, [o.name for o in cfg.io.outputs], providers=cfg.providers)
             outs, seconds = run_model(infer, cfg.io, feeds, batch)
             buckets = {}
-            for name, bfeeds in generated(cfg, feeds):
+            gen = dict(generated(cfg, feeds))
+            for name, bfeeds in gen.items():
                 ctx.note(f"{runtime} at {name}")
                 buckets[name], _ = run_model(infer, cfg.io, bfeeds, batch)
         except Exception as exc:
@@ -71,7 +72,7 @@ class CheckAccuracy(Pass[OnnxModel, ParityReport]):
                 )
             raise
         return make_report(
-            ctx, inp.digest, inp.meta.get("precision"), outs, ref, labels, cfg, n, seconds, runtime, buckets, feeds
+            ctx, inp.digest, inp.meta.get("precision"), outs, ref, labels, cfg, n, seconds, runtime, buckets, feeds, gen
         )
 
 
@@ -102,14 +103,15 @@ def make_report(
     runtime: str = "onnxruntime",
     buckets: dict[str, dict[str, np.ndarray]] | None = None,
     feeds: dict[str, np.ndarray] | None = None,
+    bucket_feeds: dict[str, dict[str, np.ndarray]] | None = None,
 ) -> PassResult[ParityReport]:
     """The gate's verdict and report. `buckets`: the variant's outputs at each generated
-    shape; each is judged on its own and every one must pass. `feeds`: the validation
-    inputs, whose padding mask (cfg.padding_mask) limits token-level outputs to their
-    real positions, at the data's shape and in each bucket."""
+    shape; each is judged on its own and every one must pass. `feeds` and `bucket_feeds`:
+    the validation inputs as given and at each generated shape, whose padding mask
+    (cfg.padding_mask) limits token-level outputs to their real positions."""
     key = cfg.padding_mask
     mask = feeds.get(key) if feeds is not None and key else None
-    masks = {name: b[key] for name, b in generated(cfg, feeds)} if feeds is not None and key else {}
+    masks = {name: b[key] for name, b in (bucket_feeds or {}).items()} if key else {}
     agg, per_output, failures = evaluate(outs, ref, labels, cfg.io, cfg.tolerance, mask, key or "")
     per_bucket, bucket_fails = evaluate_buckets(buckets or {}, ref, cfg.io, cfg.tolerance, masks, key or "")
     failures = failures + bucket_fails

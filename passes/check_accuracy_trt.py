@@ -55,8 +55,21 @@ class CheckAccuracyTrt(Pass[TrtEngine, ParityReport]):
         with TrtRunner(EngineFromBytes(BytesFromPath(str(inp.plan_file))), optimization_profile=0) as runner:
             outs = run_all(runner, feeds)
             seconds = time.perf_counter() - t0
-            buckets = {name: run_all(runner, bfeeds) for name, bfeeds in generated(cfg, feeds)}
+            gen = dict(generated(cfg, feeds))
+            buckets = {name: run_all(runner, bfeeds) for name, bfeeds in gen.items()}
         n = int(next(iter(feeds.values())).shape[0])
         return make_report(
-            ctx, inp.digest, inp.meta.get("precision"), outs, ref, labels, cfg, n, seconds, "tensorrt", buckets, feeds
+            ctx,
+            inp.digest,
+            inp.meta.get("precision"),
+            outs,
+            ref,
+            labels,
+            cfg,
+            n,
+            seconds,
+            "tensorrt",
+            buckets,
+            feeds,
+            gen,
         )
