@@ -162,8 +162,9 @@ def sweep(
 ) -> list[dict[str, Any]]:
     """Every point of the concurrency sweep, then of the request-rate sweep, over one
     protocol. With `past_p99_ms` (tune's SLO), the concurrencies above a point whose p99
-    is past it are not measured (more clients only queue longer; Model Analyzer stops its
-    sweep there too): they are listed as not measured, with the reason."""
+    is past it are not measured, on the assumption that p99 does not fall as clients are
+    added (Model Analyzer 1.58 stops its sweep on another rule: where throughput stops
+    growing); they are listed as not measured, with the reason."""
     binary = opts.binary or find_perf_analyzer(None)  # checked once when the options were made
     rows = []
     with tempfile.TemporaryDirectory(prefix="mscompile-perf-") as tmp:
