@@ -90,6 +90,12 @@ def host() -> str:
     return f"{cpu_model()}, {os.cpu_count()} CPUs, {' '.join(cpu_flags()) or 'no AVX2'}"
 
 
+def spread(measured: dict[str, Any]) -> float:
+    """The largest ratio of one config's highest to its lowest round (rounds that met the SLO)."""
+    ratios = [max(v) / min(v) for m in measured.values() if (v := [x for x in m["rounds"] if x > 0])]
+    return max(ratios, default=1.0)
+
+
 def sweeps(s: dict[str, Any]) -> list[list[dict[str, Any]]]:
     """Every sweep a tune summary holds: the published config's, each trial's, the confirmation's."""
     conf = (s.get("confirmation") or {}).get("points", {})
@@ -322,8 +328,9 @@ def main() -> None:
         '"Its own figure" is what each search reported for its winner (tune: the median of its confirmation '
         "rounds, where it measures the winner and the published config again before writing; Model Analyzer: "
         "its one measurement). The re-measured rounds are listed beside their median: where the server, its "
-        "stand-in backend and perf_analyzer share the host's cores, one config's figure can change several-fold "
-        "from one round to the next, and a difference within that spread is not a result.",
+        "stand-in backend and perf_analyzer share the host's cores, one config's figure changes from one round "
+        f"to the next (in this run by up to {spread(measured):.2f}x, highest over lowest round of one config), "
+        "and a difference within that spread is not a result.",
         "",
         "| search | configs measured | perf_analyzer runs | wall time | chose | its own figure | infer/s under SLO (re-measured, median) | vs published |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
