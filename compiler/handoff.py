@@ -709,6 +709,8 @@ def _candidate_config(base: Any, c: Candidate) -> Any:
         mc.max_batch_size = c.max_batch_size
         db = mc.dynamic_batching
         del db.preferred_batch_size[:]
+        if c.preferred:
+            db.preferred_batch_size.append(c.preferred)
         db.max_queue_delay_microseconds = c.delay_us
         db.SetInParent()  # the warmup is one batch-1 request: it fits every candidate
     return mc
@@ -775,12 +777,7 @@ def tune(cfg: Any, state: Any, opts: CheckOptions, topts: TuneOptions) -> dict[s
         best, trials = search(
             measure, first, max_batch, max_inst, topts.p99_ms, topts.max_trials, progress=opts.progress
         )
-        best_trial = next(
-            t
-            for t in trials
-            if (t["max_batch_size"], t["max_queue_delay_microseconds"], t["instances"])
-            == (best.max_batch_size, best.delay_us, best.instances)
-        )
+        best_trial = next(t for t in trials if trial_key(t) == best.key())
         summary: dict[str, Any] = {
             "model": name,
             "version": version,
@@ -956,13 +953,20 @@ def data_note(data: dict[str, Any]) -> str:
     return f"batch-1 requests cycling through {len(data['data'])} validation samples"
 
 
+def trial_key(t: dict[str, Any]) -> tuple[int, int, int, int]:
+    """A recorded trial's Candidate.key()."""
+    pref = t.get("preferred_batch_size") or [0]
+    return (t["max_batch_size"], t["max_queue_delay_microseconds"], t["instances"], pref[0])
+
+
 def model_yaml_lines(c: Candidate) -> str:
     """The triton: settings that keep the tuned config in later builds."""
     lines = ["triton:", f"  instance_group: [{{kind: KIND_CPU, count: {c.instances}}}]"]
     if c.max_batch_size:
+        pref = f", preferred_batch_size: [{c.preferred}]" if c.preferred else ""
         lines += [
             f"  max_batch_size: {c.max_batch_size}",
-            f"  dynamic_batching: {{max_queue_delay_microseconds: {c.delay_us}}}",
+            f"  dynamic_batching: {{max_queue_delay_microseconds: {c.delay_us}{pref}}}",
         ]
     return "\n".join(lines)
 
@@ -972,14 +976,14 @@ def tune_lines(s: dict[str, Any], model_yaml: bool = True) -> list[str]:
     slo = s["objective"]["slo"]["p99_ms"]
     out = [f"{s['model']} version {s['version']} (variant {s['variant']}): throughput with p99 <= {slo} ms"]
     out.append(f"  published config: {s['published']['throughput_under_slo']} infer/s")
-    out.append(f"  {'trial':>5} {'max_batch':>9} {'delay us':>8} {'inst':>4} {'infer/s':>9}  at")
+    out.append(f"  {'trial':>5} {'max_batch':>9} {'delay us':>8} {'pref':>4} {'inst':>4} {'infer/s':>9}  at")
     for t in s["trials"]:
         at = (
             f"concurrency {t['at']['concurrency']:g}, p99 {t['at']['p99_ms']} ms" if t["at"] else "no point met the SLO"
         )
         out.append(
             f"  {t['trial']:>5} {t['max_batch_size']:>9} {t['max_queue_delay_microseconds']:>8} "
-            f"{t['instances']:>4} {t['throughput_under_slo']:>9}  {at}"
+            f"{trial_key(t)[3] or '-':>4} {t['instances']:>4} {t['throughput_under_slo']:>9}  {at}"
         )
     sp = s.get("speedup_vs_published")
     c = s.get("confirmation")

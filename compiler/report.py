@@ -179,9 +179,10 @@ def _serving_section(serving: dict[str, dict[str, Any]]) -> str:
         rows = []
         for t in tune.get("trials") or []:
             k = (t["max_batch_size"], t["max_queue_delay_microseconds"], t["instances"])
+            pref = ", ".join(str(x) for x in t.get("preferred_batch_size") or []) or "-"
             at = t.get("at") or {}
             rows.append(
-                f"<tr><td>{t['trial']}</td><td>{k[0]}</td><td>{k[1]}</td><td>{k[2]}</td>"
+                f"<tr><td>{t['trial']}</td><td>{k[0]}</td><td>{k[1]}</td><td>{_e(pref)}</td><td>{k[2]}</td>"
                 f"<td>{t['throughput_under_slo']}</td><td>{_e(at.get('p99_ms', '-'))}</td>"
                 f"<td>{'yes' if t['trial'] in front else ''}</td></tr>"
             )
@@ -197,7 +198,7 @@ def _serving_section(serving: dict[str, dict[str, Any]]) -> str:
             f"{' (written to ' + _e(written['config']) + ')' if written else ' (not written)'}.</p>"
             f"{_confirmation(tune.get('confirmation'), tune.get('not_written'))}"
             f"{_line_chart({'Pareto front': pareto}, 'throughput (infer/s)', 'p99 latency (ms)') if pareto else ''}"
-            "<table><tr><th>trial</th><th>max_batch_size</th><th>queue delay (us)</th><th>instances</th>"
+            "<table><tr><th>trial</th><th>max_batch_size</th><th>queue delay (us)</th><th>preferred</th><th>instances</th>"
             f"<th>infer/s under the SLO</th><th>p99 ms there</th><th>on the Pareto front</th></tr>{''.join(rows)}</table>"
         )
     return "".join(parts)

@@ -35,6 +35,48 @@ def test_hill_climb_finds_the_peak_under_the_slo_in_few_trials():
     assert front and all(p["p99_ms"] <= 25.0 for p in front)
 
 
+def test_preferred_batch_size_is_an_axis_of_the_search():
+    """A preferred size is a neighbour only where the batcher waits (a queue delay), stays
+    below max_batch_size when that shrinks, and is dropped with the delay; a surface that
+    peaks at preferred 4 is climbed to it and the trial records it."""
+    n = neighbours(Candidate(16, 500, 1), 64, 1)
+    assert Candidate(16, 500, 1, 8) in n and all(c.preferred in (0, 8) for c in n)
+    assert all(c.preferred == 0 for c in neighbours(Candidate(16, 0, 1), 64, 1))
+    n = neighbours(Candidate(8, 100, 1, 4), 64, 1)
+    assert Candidate(8, 0, 1, 0) in n and Candidate(4, 100, 1, 0) in n and Candidate(8, 100, 1, 2) in n
+    assert Candidate(8, 100, 1, 0) in n  # back to none
+
+    def measure(c: Candidate) -> list[dict]:
+        bonus = {4: 300, 2: 150, 8: 150}.get(c.preferred, 0) if c.delay_us else 0
+        return _points(1000 + 20 * c.max_batch_size.bit_length() + bonus, 4.0)
+
+    best, trials = search(measure, Candidate(16, 100, 1), 16, 1, p99_ms=10, max_trials=20)
+    assert best == Candidate(16, 100, 1, 4)
+    assert any(t["preferred_batch_size"] == [4] for t in trials)
+    assert "preferred 4" in best.label()
+
+
+def test_the_model_yaml_lines_rebuild_the_tuned_config(tmp_path, digits_config):
+    """What tune prints to keep its config (preferred size included) gives a later build the
+    same batching and instances as the candidate it measured."""
+    import yaml
+    from mscompile.handoff import _candidate_config, model_yaml_lines
+    from mscompile.tasks import load_config
+    from mscompile.tritonrepo.config import base_model_config
+
+    sig = {"inputs": [{"name": "images", "dtype": "float32", "dims": [-1, 1, 8, 8]}],
+           "outputs": [{"name": "logits", "dtype": "float32", "dims": [-1, 10]}]}  # fmt: skip
+    cfg = load_config(write_config(digits_config, tmp_path / "model.yaml"))
+    published = base_model_config(cfg, "digits", sig, backend="onnxruntime", filename="model.onnx")
+    for c in (Candidate(8, 500, 2, 4), Candidate(16, 0, 1)):
+        digits_config["triton"].update(yaml.safe_load(model_yaml_lines(c))["triton"])
+        kept = load_config(write_config(digits_config, tmp_path / "model.yaml"))
+        rebuilt = base_model_config(kept, "digits", sig, backend="onnxruntime", filename="model.onnx")
+        tuned = _candidate_config(published, c)
+        for field in ("max_batch_size", "dynamic_batching", "instance_group"):
+            assert getattr(rebuilt, field) == getattr(tuned, field), (c, field)
+
+
 def test_a_config_without_batching_searches_instances_only():
     assert neighbours(Candidate(0, 0, 1), 0, 4) == [Candidate(0, 0, 2)]
     assert start_point(None, 0, False) == Candidate(0, 0, 1)
@@ -69,12 +111,17 @@ def test_tune_on_triton_records_every_trial_and_writes_a_config_that_serves(tri,
         assert pts[0]["stable"] and pts[0]["value"] == 1.0
         assert pts[1]["skipped"] and pts[1]["error"] == "not measured: p99 was past 0.001 ms at concurrency 1"
 
-    r = run_cli(*args, "--max-trials", "3", "--perf-concurrency", "1,4", "--confirm-rounds", "1")
+    # six trials: the start and its first five neighbours, the last of which gives a preferred
+    # batch size (half the start's max_batch_size) where the start batches more than 1
+    r = run_cli(*args, "--max-trials", "6", "--perf-concurrency", "1,4", "--confirm-rounds", "1")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert len(out["trials"]) == 3
-    for t in out["trials"]:
+    assert len(out["trials"]) == 6
+    for t in out["trials"]:  # every candidate loaded on the real server and served
         assert {p["value"] for p in t["points"]} == {1.0, 4.0} and t["throughput_under_slo"] > 0
+    start = out["trials"][0]
+    if start["max_batch_size"] > 1:
+        assert out["trials"][5]["preferred_batch_size"] == [start["max_batch_size"] // 2]
     assert out["best"]["throughput_under_slo"] == max(t["throughput_under_slo"] for t in out["trials"])
     assert out["published"]["throughput_under_slo"] > 0 and out["pareto"]
     assert "max_batch_size: " in out["model_yaml"]

@@ -209,7 +209,6 @@ class OnnxRuntimeBackend(Backend):
             backend="onnxruntime",
             filename="model.onnx",
             on_gpu=t.gpu is not None,
-            profile=profile,
         )
         if t.cpu is not None:
             c = t.cpu

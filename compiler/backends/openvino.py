@@ -214,7 +214,6 @@ class OpenVinoBackend(Backend):
             backend="openvino",
             filename="model.xml",
             on_gpu=False,
-            profile=profile,
             max_batch_size=None if pad else 0,
         )
         if pad:

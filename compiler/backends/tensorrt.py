@@ -201,7 +201,6 @@ class TensorRTBackend(Backend):
             backend="tensorrt",
             filename="model.plan",
             on_gpu=True,
-            profile=profile,
         )
         profiles = trt_profiles(cfg, t)
         if len(profiles) > 1:

@@ -1,6 +1,6 @@
 """The serving-config search of `mscompile tune`: max_batch_size, the dynamic
-batcher's queue delay and the instance count, measured on the real server with
-perf_analyzer, under a latency objective (the highest throughput whose p99 meets the
+batcher's queue delay and preferred batch size, and the instance count, measured on
+the real server with perf_analyzer, under a latency objective (the highest throughput whose p99 meets the
 SLO). A hill climb like Model Analyzer's quick search, started where the variant's
 own latency-vs-batch profile says throughput stops growing (so it needs few trials);
 every trial is kept. The search itself is here (pure: it asks `measure` for each
@@ -23,11 +23,20 @@ class Candidate:
     max_batch_size: int  # 0: the config does not batch (only instances are searched)
     delay_us: int
     instances: int
+    # 0: none given, which Triton's config normalization turns into [max_batch_size];
+    # k: the batcher sends a batch as soon as k requests are queued, without waiting out
+    # the delay (Triton core's DynamicBatchScheduler::GetDynamicBatch), and larger batches
+    # (up to max_batch_size) only from a backlog older than the delay
+    preferred: int = 0
 
     def label(self) -> str:
         if self.max_batch_size == 0:
             return f"no batching, {self.instances} instance(s)"
-        return f"max_batch {self.max_batch_size}, delay {self.delay_us} us, {self.instances} instance(s)"
+        pref = f", preferred {self.preferred}" if self.preferred else ""
+        return f"max_batch {self.max_batch_size}, delay {self.delay_us} us{pref}, {self.instances} instance(s)"
+
+    def key(self) -> tuple[int, int, int, int]:
+        return (self.max_batch_size, self.delay_us, self.instances, self.preferred)
 
 
 def score(points: list[dict[str, Any]], p99_ms: float) -> tuple[float, dict[str, Any] | None]:
@@ -49,21 +58,37 @@ def batch_sizes(limit: int) -> list[int]:
     return out
 
 
+def preferred_sizes(max_batch_size: int) -> list[int]:
+    """The preferred sizes a candidate may give, in order: the powers of two below its
+    max_batch_size, then 0 (none: the batch fills to max_batch_size or the delay runs out)."""
+    return [s for s in batch_sizes(max_batch_size) if s < max_batch_size] + [0]
+
+
 def neighbours(c: Candidate, max_batch: int, max_instances: int) -> list[Candidate]:
+    """One step along each axis. The preferred size is searched only with a queue delay:
+    without one the batcher never waits, and a preferred size then only caps the batch,
+    which a smaller max_batch_size already tries."""
     out = []
     if c.max_batch_size:
         sizes = batch_sizes(max_batch)
         i = sizes.index(c.max_batch_size) if c.max_batch_size in sizes else 0
         for j in (i - 1, i + 1):
             if 0 <= j < len(sizes):
-                out.append(Candidate(sizes[j], c.delay_us, c.instances))
+                keep = c.preferred if c.preferred < sizes[j] else 0
+                out.append(Candidate(sizes[j], c.delay_us, c.instances, keep))
         d = DELAYS_US.index(c.delay_us) if c.delay_us in DELAYS_US else 0
         for j in (d - 1, d + 1):
             if 0 <= j < len(DELAYS_US):
-                out.append(Candidate(c.max_batch_size, DELAYS_US[j], c.instances))
+                out.append(Candidate(c.max_batch_size, DELAYS_US[j], c.instances, c.preferred if DELAYS_US[j] else 0))
+        if c.delay_us:
+            prefs = preferred_sizes(c.max_batch_size)
+            k = prefs.index(c.preferred) if c.preferred in prefs else len(prefs) - 1
+            for j in (k - 1, k + 1):
+                if 0 <= j < len(prefs):
+                    out.append(Candidate(c.max_batch_size, c.delay_us, c.instances, prefs[j]))
     for n in (c.instances - 1, c.instances + 1):
         if 1 <= n <= max_instances:
-            out.append(Candidate(c.max_batch_size, c.delay_us, n))
+            out.append(Candidate(c.max_batch_size, c.delay_us, n, c.preferred))
     return out
 
 
@@ -105,6 +130,7 @@ def search(
                     "trial": len(trials) + 1,
                     "max_batch_size": c.max_batch_size,
                     "max_queue_delay_microseconds": c.delay_us,
+                    "preferred_batch_size": [c.preferred] if c.preferred else [],
                     "instances": c.instances,
                     "throughput_under_slo": round(s, 2),
                     "at": {"concurrency": at["value"], "p99_ms": at["latency_ms"]["p99"]} if at else None,

@@ -81,15 +81,14 @@ def base_model_config(
     filename: str,
     platform: str = "",
     on_gpu: bool = False,
-    profile: dict[str, Any] | None = None,
     max_batch_size: int | None = None,
 ) -> Any:
     """The part of a ModelConfig every backend shares: inputs and outputs from the
     real graph's signature, batching, instances, version policy and warm-up, from
-    the `triton` section. `profile` (the variant's latency profile) gives the
-    preferred batch size when model.yaml does not. `max_batch_size` overrides the
-    section's where a backend's batching rules need another (0: no batching, the
-    batch dimension is then part of every tensor's dims). A backend adds its own fields."""
+    the `triton` section (preferred batch sizes only where model.yaml gives them).
+    `max_batch_size` overrides the section's where a backend's batching rules need
+    another (0: no batching, the batch dimension is then part of every tensor's dims).
+    A backend adds its own fields."""
 
     pb = triton_pb()
     t = cfg.triton
