@@ -717,10 +717,11 @@ def _candidate_config(base: Any, c: Candidate) -> Any:
 
 
 def tune(cfg: Any, state: Any, opts: CheckOptions, topts: TuneOptions) -> dict[str, Any]:
-    """Search max_batch_size, the queue delay and the instance count of the deployed
-    model's config on the server (each trial loaded with a config override, measured by
-    perf_analyzer), pick the highest throughput whose p99 meets the SLO, write it (the
-    replaced config kept beside it), reload it from the repository and check its answers."""
+    """Search max_batch_size, the queue delay, the preferred batch size and the instance
+    count of the deployed model's config on the server (each trial loaded with a config
+    override, measured by perf_analyzer), pick the highest throughput whose p99 meets the
+    SLO, measure it again beside the published config and, where its lead holds, write it
+    (the replaced config kept beside it), reload it from the repository and check its answers."""
     from google.protobuf import json_format
 
     assert opts.perf is not None and opts.grpc_url

@@ -448,11 +448,13 @@ def tune(
     ctx: click.Context, config: Path, version: int | None, as_json: bool, cache_dir: Path | None, **kw: Any
 ) -> None:
     """Search the deployed model's serving config on a real Triton server: max_batch_size,
-    the batcher's queue delay and the instance count, each trial loaded as a config
-    override and measured by perf_analyzer; the highest throughput whose p99 meets
-    --slo-p99-ms is written to config.pbtxt (the replaced one kept beside it), reloaded
-    and its answers checked. Every trial is reported. Exit 2: no perf_analyzer or no
-    config meets the SLO; 1: the server fails; 3: the tuned config answers wrongly."""
+    the batcher's queue delay and preferred batch size, and the instance count, each
+    trial loaded as a config override and measured by perf_analyzer. The config with the
+    highest throughput whose p99 meets --slo-p99-ms is measured again beside the
+    published one (--confirm-rounds) and, if it still leads by more than 5%, written to
+    config.pbtxt (the replaced one kept beside it), reloaded and its answers checked.
+    Every trial is reported. Exit 2: no perf_analyzer or no config meets the SLO; 1: the
+    server fails; 3: the tuned config answers wrongly."""
 
     def go() -> None:
         cfg = load_config(config)
