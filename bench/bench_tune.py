@@ -19,8 +19,10 @@ import argparse
 import csv
 import datetime
 import json
+import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -157,11 +159,22 @@ def run_model_analyzer(mode: str, tri: Any, pa: str, a: argparse.Namespace) -> d
         doc["profile_models"]["digits"]["parameters"] = {"concurrency": conc}
     (out / "config.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     t0 = time.perf_counter()
-    r = subprocess.run(
-        [str(exe), "profile", "-f", str(out / "config.yaml")], capture_output=True, text=True, cwd=out, timeout=7200
-    )
+    log = out / "log.txt"
+    with log.open("w") as f:  # its own session: a search that hangs is stopped with the servers it started
+        proc = subprocess.Popen(
+            [str(exe), "profile", "-f", str(out / "config.yaml")], stdout=f, stderr=subprocess.STDOUT, text=True,
+            cwd=out, start_new_session=True,
+        )  # fmt: skip
+        try:
+            proc.wait(timeout=a.ma_timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return {"error": f"did not finish within {a.ma_timeout_s} s (stopped; its checkpoint is not taken as a "
+                    "result)", "wall_s": time.perf_counter() - t0}  # fmt: skip
     wall = time.perf_counter() - t0
-    (out / "log.txt").write_text(r.stdout + r.stderr)
+    text = log.read_text()
+    r = subprocess.CompletedProcess(proc.args, proc.returncode, stdout=text, stderr="")
     ckpt = out / "checkpoints" / "0.ckpt"
     if r.returncode != 0:  # a checkpoint may be there, but the search did not finish: not a result
         tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
@@ -283,6 +296,7 @@ def main() -> None:
     ap.add_argument("--max-instances", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--searches", default="tune,brute,quick")
+    ap.add_argument("--ma-timeout-s", type=int, default=1200, help="stop a Model Analyzer search after this long")
     ap.add_argument("--write", type=Path, default=None)
     a = ap.parse_args()
     from perf_harness import perf_analyzer, why
