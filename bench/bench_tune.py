@@ -174,14 +174,13 @@ def run_model_analyzer(mode: str, tri: Any, pa: str, a: argparse.Namespace) -> d
                     "result)", "wall_s": time.perf_counter() - t0}  # fmt: skip
     wall = time.perf_counter() - t0
     text = log.read_text()
-    r = subprocess.CompletedProcess(proc.args, proc.returncode, stdout=text, stderr="")
     ckpt = out / "checkpoints" / "0.ckpt"
-    if r.returncode != 0:  # a checkpoint may be there, but the search did not finish: not a result
-        tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
-        return {"error": f"exit {r.returncode} after {wall:.0f} s: {' | '.join(tail)[-300:]}", "wall_s": wall}
+    if proc.returncode != 0:  # a checkpoint may be there, but the search did not finish: not a result
+        tail = text.strip().splitlines()[-3:]
+        return {"error": f"exit {proc.returncode} after {wall:.0f} s: {' | '.join(tail)[-300:]}", "wall_s": wall}
     if not ckpt.exists():
-        tail = (r.stderr or r.stdout).strip().splitlines()[-6:]
-        return {"error": f"exit {r.returncode}: {' | '.join(tail)[-500:]}", "wall_s": wall}
+        tail = text.strip().splitlines()[-6:]
+        return {"error": f"exit {proc.returncode}: {' | '.join(tail)[-500:]}", "wall_s": wall}
     # its measurements, from the checkpoint it writes (the CSV reports come from `report`)
     results = json.loads(ckpt.read_text())["ResultManager.results"]["_results"].get("digits", {})
     measured = []
@@ -197,8 +196,8 @@ def run_model_analyzer(mode: str, tri: Any, pa: str, a: argparse.Namespace) -> d
                         "p99_ms": tags["perf_latency_p99"][1]["_value"],
                     }
                 )
-    tried = len(re.findall(r"Creating model config: ", r.stdout + r.stderr))
-    failed = re.findall(r"Model (\S+) load failed: (.*)", r.stdout + r.stderr)
+    tried = len(re.findall(r"Creating model config: ", text))
+    failed = re.findall(r"Model (\S+) load failed: (.*)", text)
     ok = [m for m in measured if m["p99_ms"] <= a.slo_p99_ms]
     if not ok:
         return {"error": "no measured config met the SLO", "wall_s": wall, "configs": tried}

@@ -17,14 +17,13 @@ under the same setting. Accuracy is not measured here (bench_peers does, at the 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+from bench_int8 import time_side_by_side  # noqa: E402
 from bench_peers import THREADS, WORK, isa, prepare_minilm, prepare_vit  # noqa: E402
 
 SETTINGS = ("default", "static", "f32")
@@ -66,21 +65,14 @@ def main() -> None:
             sys.exit(
                 f"{m['title']}: run bench_peers.py --models {name} --peers optimum_intel first (missing {missing})"
             )
-        runs = {}
-        for who, path in irs.items():
-            for setting in SETTINGS:
-                for b in (1, 8):
-                    runs[(who, setting, b)] = compiled(core, path, setting, {k: v[:b] for k, v in m["held"].items()})
-        times: dict[tuple, list[float]] = {k: [] for k in runs}
-        for _ in range(a.rounds):
-            for k, (c, f) in runs.items():
-                n = 20 if k[2] == 1 else 5
-                c(f)
-                t0 = time.perf_counter()
-                for _ in range(n):
-                    c(f)
-                times[k].append((time.perf_counter() - t0) / n * 1e3)
-        med = {k: statistics.median(v) for k, v in times.items()}
+        med: dict[tuple, float] = {}
+        for b in (1, 8):  # interleaved round by round, as bench_peers times its runners
+            runs = {}
+            for who, path in irs.items():
+                for setting in SETTINGS:
+                    c, f = compiled(core, path, setting, {k: v[:b] for k, v in m["held"].items()})
+                    runs[(who, setting, b)] = lambda c=c, f=f: c(f)
+            med.update(time_side_by_side(runs, a.rounds, 20 if b == 1 else 5))
         print(f"\n{m['title']} ({a.rounds} interleaved rounds, median ms)")
         print(f"{'setting':<8} {'batch':>5} {'mscompile':>10} {'optimum-intel':>14} {'ratio':>6}")
         for setting in SETTINGS:

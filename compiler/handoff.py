@@ -778,7 +778,7 @@ def tune(cfg: Any, state: Any, opts: CheckOptions, topts: TuneOptions) -> dict[s
         best, trials = search(
             measure, first, max_batch, max_inst, topts.p99_ms, topts.max_trials, progress=opts.progress
         )
-        best_trial = next(t for t in trials if trial_key(t) == best.key())
+        best_trial = next(t for t in trials if Candidate.of_trial(t) == best)
         summary: dict[str, Any] = {
             "model": name,
             "version": version,
@@ -954,12 +954,6 @@ def data_note(data: dict[str, Any]) -> str:
     return f"batch-1 requests cycling through {len(data['data'])} validation samples"
 
 
-def trial_key(t: dict[str, Any]) -> tuple[int, int, int, int]:
-    """A recorded trial's Candidate.key()."""
-    pref = t.get("preferred_batch_size") or [0]
-    return (t["max_batch_size"], t["max_queue_delay_microseconds"], t["instances"], pref[0])
-
-
 def model_yaml_lines(c: Candidate) -> str:
     """The triton: settings that keep the tuned config in later builds."""
     lines = ["triton:", f"  instance_group: [{{kind: KIND_CPU, count: {c.instances}}}]"]
@@ -984,7 +978,7 @@ def tune_lines(s: dict[str, Any], model_yaml: bool = True) -> list[str]:
         )
         out.append(
             f"  {t['trial']:>5} {t['max_batch_size']:>9} {t['max_queue_delay_microseconds']:>8} "
-            f"{trial_key(t)[3] or '-':>4} {t['instances']:>4} {t['throughput_under_slo']:>9}  {at}"
+            f"{Candidate.of_trial(t).preferred or '-':>4} {t['instances']:>4} {t['throughput_under_slo']:>9}  {at}"
         )
     sp = s.get("speedup_vs_published")
     c = s.get("confirmation")

@@ -27,7 +27,6 @@ class Deployment:
     model_name: str
     target: str
     model: Artifact  # what the target's recipe made deployable (a graph, an engine, an IR)
-    profile: dict[str, Any] | None = None
     engines: dict[str, Artifact] | None = None  # compute capability -> engine (several GPU kinds)
 
 
@@ -41,7 +40,7 @@ def deployment_names(cfg: ModelConfig, targets: list[str]) -> list[tuple[str, st
 def served_models(cfg: ModelConfig, d: Deployment) -> list[ServedModel]:
     t = next(x for x in cfg.targets if x.name == d.target)
     extra = {"engines": d.engines} if d.engines else {}
-    return get(t.backend).serving(cfg, t, d.model_name, d.model.meta["io"], d.model, d.profile, **extra)
+    return get(t.backend).serving(cfg, t, d.model_name, d.model.meta["io"], d.model, **extra)
 
 
 def preflight(cfg: ModelConfig) -> None:
@@ -184,8 +183,7 @@ def model_config(
     name: str,
     io_sig: dict[str, Any],
     target: Any = None,
-    profile: dict[str, Any] | None = None,
 ) -> Any:
     """The config.pbtxt message the target's backend would publish (first target by default)."""
     t = target if target is not None else cfg.targets[0]
-    return get(t.backend).serving(cfg, t, name, io_sig, None, profile)[0].config
+    return get(t.backend).serving(cfg, t, name, io_sig, None)[0].config

@@ -185,7 +185,7 @@ def test_engines_for_several_gpu_kinds_are_one_model_with_cc_model_filenames(tmp
         engines[cc] = TrtEngine(d, cc * 32, {})
     io = {"inputs": [{"name": "images", "dtype": "float32", "dims": ["batch", 1, 8, 8]}],
           "outputs": [{"name": "logits", "dtype": "float32", "dims": ["batch", 10]}]}  # fmt: skip
-    (served,) = get("tensorrt").serving(cfg, t, "digits_trt", io, engines["8.0"], None, engines=engines)
+    (served,) = get("tensorrt").serving(cfg, t, "digits_trt", io, engines["8.0"], engines=engines)
     mc = parse(to_text(served.config))  # Triton's schema
     assert dict(mc.cc_model_filenames) == {"8.0": "model.sm80.plan", "9.0": "model.sm90.plan"}
     assert sorted(served.files) == ["model.sm80.plan", "model.sm90.plan"]

@@ -350,7 +350,6 @@ class Backend:
         name: str,
         io_sig: dict[str, Any],
         artifact: Artifact | None,
-        profile: dict[str, Any] | None = None,
     ) -> list[ServedModel]:  # pragma: no cover
         """What Triton gets for a deployed variant; `artifact` is None in a plan."""
         raise NotImplementedError

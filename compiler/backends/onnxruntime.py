@@ -197,7 +197,6 @@ class OnnxRuntimeBackend(Backend):
         name: str,
         io_sig: dict[str, Any],
         artifact: Artifact | None,
-        profile: dict[str, Any] | None = None,
     ) -> list[ServedModel]:
         if artifact is None and t.precision == "fp16" and not t.keep_io_types:
             io_sig = fp16_io(io_sig)

@@ -203,7 +203,6 @@ class OpenVinoBackend(Backend):
         name: str,
         io_sig: dict[str, Any],
         artifact: Artifact | None,
-        profile: dict[str, Any] | None = None,
     ) -> list[ServedModel]:
         o = t.openvino
         pad = o.batching == "pad"

@@ -188,7 +188,6 @@ class TensorRTBackend(Backend):
         name: str,
         io_sig: dict[str, Any],
         artifact: Artifact | None,
-        profile: dict[str, Any] | None = None,
         engines: dict[str, Artifact] | None = None,
     ) -> list[ServedModel]:
         """One engine (model.plan), or one per GPU kind (`engines`: compute capability ->

@@ -203,7 +203,6 @@ class TensorRTLLMBackend(Backend):
         name: str,
         io_sig: dict[str, Any],
         artifact: Artifact | None,
-        profile: dict[str, Any] | None = None,
     ) -> list[ServedModel]:
         """The inflight_batcher_llm models; each config is made for the version being
         published (the engine and tokenizer paths name the version folder)."""

@@ -195,7 +195,6 @@ class VllmBackend(Backend):
         name: str,
         io_sig: dict[str, Any],
         artifact: Artifact | None,
-        profile: dict[str, Any] | None = None,
     ) -> list[ServedModel]:
         pb = triton_pb()
         mc = pb.ModelConfig()

@@ -1,7 +1,7 @@
 """The serving-config search of `mscompile tune`: max_batch_size, the dynamic
 batcher's queue delay and preferred batch size, and the instance count, measured on
-the real server with perf_analyzer, under a latency objective (the highest throughput whose p99 meets the
-SLO). A hill climb like Model Analyzer's quick search, started where the variant's
+the real server with perf_analyzer, under a latency objective (the highest
+throughput whose p99 meets the SLO). A hill climb like Model Analyzer's quick search, started where the variant's
 own latency-vs-batch profile says throughput stops growing (so it needs few trials);
 every trial is kept. The search itself is here (pure: it asks `measure` for each
 candidate); handoff.tune runs it against a server."""
@@ -35,8 +35,11 @@ class Candidate:
         pref = f", preferred {self.preferred}" if self.preferred else ""
         return f"max_batch {self.max_batch_size}, delay {self.delay_us} us{pref}, {self.instances} instance(s)"
 
-    def key(self) -> tuple[int, int, int, int]:
-        return (self.max_batch_size, self.delay_us, self.instances, self.preferred)
+    @classmethod
+    def of_trial(cls, t: dict[str, Any]) -> Candidate:
+        """The candidate a trial recorded by `search` measured."""
+        pref = t.get("preferred_batch_size") or [0]
+        return cls(t["max_batch_size"], t["max_queue_delay_microseconds"], t["instances"], pref[0])
 
 
 def score(points: list[dict[str, Any]], p99_ms: float) -> tuple[float, dict[str, Any] | None]:

@@ -103,7 +103,7 @@ class TensorTask(Task):
     def deployments(self, cfg: Any, chosen: list[Any]) -> list[Any]:
         by_name = {v.target: v for v in chosen}
         return [
-            Deployment(name, t, by_name[t].model, by_name[t].profile, by_name[t].engines or None)
+            Deployment(name, t, by_name[t].model, by_name[t].engines or None)
             for name, t in deployment_names(cfg, [v.target for v in chosen])
         ]
 

@@ -78,7 +78,7 @@ class TextGenerationTask(Task):
 
     def deployments(self, cfg: Any, chosen: list[Any]) -> list[Any]:
         v = chosen[0]
-        return [Deployment(cfg.name, v.target, v.model, v.profile)]
+        return [Deployment(cfg.name, v.target, v.model)]
 
     def manifest_extras(self, cfg: Any, prep: Any, result: Any) -> dict[str, Any]:
         load = next((r for r in result.records if r.id == prep.shared.steps[0].id), None)
@@ -98,7 +98,7 @@ class TextGenerationTask(Task):
         recording the member versions published with it)."""
         d = deployments[0]
         target = next(t for t in cfg.targets if t.name == d.target)
-        served = get(target.backend).serving(cfg, target, cfg.name, {}, d.model, d.profile)
+        served = get(target.backend).serving(cfg, target, cfg.name, {}, d.model)
         repo = resolve_path(cfg.triton.repository)
         server_repo = cfg.triton.server_repository or str(repo)
         return publish_served(cfg, repo, server_repo, served, dict(manifest, deployed_variant=d.target))
