@@ -337,7 +337,7 @@ def main() -> None:
         "(tune also searches a preferred batch size; Model Analyzer's automatic search does not). "
         f"Each winner then measured again by one perf_analyzer command line, {a.rounds} interleaved rounds "
         f"(median). Command: `python bench/bench_tune.py --slo-p99-ms {a.slo_p99_ms:g} --concurrency "
-        f"{a.concurrency} --rounds {a.rounds}`. Host: {host()}.",
+        f"{a.concurrency} --rounds {a.rounds} --window-ms {a.window_ms} --searches {a.searches}`. Host: {host()}.",
         "",
         '"Its own figure" is what each search reported for its winner (tune: the median of its confirmation '
         "rounds, where it measures the winner and the published config again before writing; Model Analyzer: "
@@ -368,7 +368,6 @@ def main() -> None:
             f"| {name} | {res['configs']} | {res['runs']} | {res['wall_s']:.0f} s | {describe(res['config'])}"
             + (" (the published config)" if describe(res["config"]) == describe(published) else "")
             + " | "
-            f"{res['found']:.0f} | {med:.0f} ({', '.join(f'{v:.0f}' for v in measured[name]['rounds'])}) | "
             f"{res['found']:.0f} | {med:.0f} ({', '.join(f'{v:.0f}' for v in measured[name]['rounds'])}) | "
             f"{med / base:.2f}x |"
         )
